@@ -1,0 +1,22 @@
+"""Process-level defaults that must be in place before MindSpore runs its first op.
+
+Imported first by ``mind_diffusion/__init__.py``. Only sets a variable when the user has not:
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: on many x86 CPUs MindSpore's bundled oneDNN otherwise picks a
+  reference convolution kernel that is about 100x slower.
+- ``GLOG_v=3``: MindSpore logs errors only (set ``GLOG_v=2`` for warnings, ``1`` for info).
+"""
+import os
+
+DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "GLOG_v": "3"}
+
+
+def apply_env_defaults():
+    applied = {}
+    for key, value in DEFAULTS.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied
+
+
+APPLIED = apply_env_defaults()

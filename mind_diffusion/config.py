@@ -1,0 +1,120 @@
+"""OmegaConf YAML configs with CLI dotlist overrides and strict, readable validation.
+
+A family declares its schema as a nested dict of defaults (e.g. ``ddpm_train_defaults()``).
+``load_config(path, overrides, schema)`` merges schema <- YAML <- overrides and rejects:
+- a key that the schema does not have (typo in the YAML or on the command line), naming the
+  closest valid key;
+- a value whose type does not match the default's type (``train.lr=abc``);
+- a malformed override (``train.lr`` without ``=``) or an unreadable / invalid YAML file.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says what and how to fix it."""
+
+
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple, ListConfig)):
+        return isinstance(value, (list, tuple, ListConfig))
+    if isinstance(default, (dict, DictConfig)):
+        return isinstance(value, (dict, DictConfig))
+    return True
+
+
+def _check(schema: Any, value: Any, where: str, source: str):
+    if isinstance(schema, (dict, DictConfig)):
+        if not isinstance(value, (dict, DictConfig)):
+            raise ConfigError(f"{source}: '{where}' must be a mapping, got {_type_name(value)}")
+        for key, sub in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key not in schema:
+                close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+                hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else ""
+                valid = ", ".join(sorted(str(k) for k in schema))
+                raise ConfigError(f"{source}: unknown config key '{path}'{hint}; valid keys here: {valid}")
+            _check(schema[key], sub, path, source)
+        return
+    if not _compatible(schema, value):
+        raise ConfigError(
+            f"{source}: '{where}' must be {_type_name(schema)} (default {schema!r}), got {value!r}"
+        )
+
+
+def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
+    items = list(overrides or [])
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. train.lr=1e-4)")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {items}: {exc}") from None
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (pass --config with a YAML file, e.g. configs/ddpm/...)")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError, ...
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {p} must hold a mapping at top level")
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    schema: Mapping | None = None,
+) -> DictConfig:
+    """schema defaults <- YAML file <- CLI overrides, validated against the schema."""
+    base = OmegaConf.create(dict(schema) if schema is not None else {})
+    layers = []
+    if path is not None:
+        file_cfg = read_yaml(path)
+        if schema is not None:
+            _check(base, file_cfg, "", f"config {path}")
+        layers.append(file_cfg)
+    over = _parse_overrides(overrides)
+    if schema is not None:
+        _check(base, over, "", "command line")
+    layers.append(over)
+    try:
+        cfg = OmegaConf.merge(base, *layers)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot merge config: {exc}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig | Mapping, path: str | Path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg, path)

@@ -1,0 +1,143 @@
+"""Shared argument checking and model-calling helpers for the samplers.
+
+Every sampler keeps its state in float64 numpy arrays, hands the model ``x`` as float32 and
+returns float32; all randomness comes from the caller's ``np.random.Generator``, so a run is
+bit-reproducible for the same inputs and seed.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Iterable, Optional, Tuple
+
+import numpy as np
+
+from ..gaussian import (check_prediction_type, check_variance_type, model_output_to_x0_eps_ab,
+                        split_learned_variance)
+from ..schedule import DiffusionSchedule
+
+Callback = Callable[[int, object, np.ndarray, np.ndarray], None]
+
+
+def check_schedule(schedule, name: str) -> DiffusionSchedule:
+    """The samplers take the base (unrespaced) schedule and respace it themselves."""
+    if not isinstance(schedule, DiffusionSchedule):
+        raise ValueError(f"{name}: schedule must be a DiffusionSchedule, got {type(schedule)!r}")
+    if schedule.is_respaced:
+        raise ValueError(
+            f"{name}: pass the base (unrespaced) schedule, e.g. schedule.base; the sampler "
+            "respaces it for num_steps (give a respacing spec as num_steps if needed)"
+        )
+    return schedule
+
+
+def check_step_count(num_steps, num_timesteps: int, name: str) -> int:
+    """Validate an integer number of sampling steps in ``[1, num_timesteps]``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ValueError(
+            f"{name}: num_steps must be a positive int, got {num_steps!r} "
+            f"({type(num_steps).__name__})"
+        )
+    if num_steps < 1:
+        raise ValueError(f"{name}: num_steps must be >= 1, got {num_steps}")
+    if num_steps > num_timesteps:
+        raise ValueError(
+            f"{name}: num_steps ({num_steps}) cannot exceed the schedule's num_timesteps "
+            f"({num_timesteps})"
+        )
+    return int(num_steps)
+
+
+def check_spec(num_steps, name: str) -> None:
+    """Reject anything that is neither a step count nor a respacing spec."""
+    if isinstance(num_steps, bool) or not isinstance(
+            num_steps, (numbers.Integral, str, list, tuple, np.ndarray)):
+        raise ValueError(
+            f"{name}: num_steps must be an int or a respacing spec (a str such as '50', "
+            f"'10,10,5', 'fast27' or a list of timesteps), got {num_steps!r}"
+        )
+
+
+def check_x(x_T, name: str) -> np.ndarray:
+    x = np.asarray(x_T)
+    if x.ndim < 1 or x.shape[0] < 1 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"{name}: x_T must be a floating-point array of shape (B, ...), got "
+            f"shape {x.shape} dtype {x.dtype}"
+        )
+    return x.astype(np.float64)
+
+
+def check_rng(rng, name: str, why: str) -> np.random.Generator:
+    if rng is None:
+        raise ValueError(
+            f"{name} is stochastic ({why}) and needs rng=np.random.default_rng(seed) "
+            "for its noise"
+        )
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"{name}: rng must be a numpy Generator (np.random.default_rng(seed)), "
+            f"got {type(rng)!r}"
+        )
+    return rng
+
+
+def check_nonneg(value, label: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: {label} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_callback(callback, name: str) -> Optional[Callback]:
+    if callback is not None and not callable(callback):
+        raise ValueError(f"{name}: callback must be callable(step_index, t, x, pred_x0)")
+    return callback
+
+
+def check_model_options(prediction_type: str, variance_type: str) -> None:
+    check_prediction_type(prediction_type)
+    check_variance_type(variance_type)
+
+
+def step_iter(n: int, name: str, progress: bool) -> Iterable[int]:
+    """``range(n)`` wrapped in a tqdm bar when ``progress`` is true."""
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=name, total=n)
+
+
+def call_model(model_fn: Callable, x: np.ndarray, t_model: np.ndarray, name: str,
+               variance_type: str = "fixed_small") -> np.ndarray:
+    """Call ``model_fn(x_float32, t)`` and return its output as float64.
+
+    With ``variance_type='learned_range'`` the ``2C``-channel output is returned whole (the
+    caller splits it); otherwise its shape must equal ``x``'s.
+    """
+    out = np.asarray(model_fn(x.astype(np.float32), t_model), dtype=np.float64)
+    if variance_type == "learned_range":
+        split_learned_variance(out, x.shape)  # validates the channel count
+    elif out.shape != x.shape:
+        raise ValueError(
+            f"{name}: model_fn returned shape {out.shape} for x of shape {x.shape}; for a "
+            "learned-variance model with 2C channels pass variance_type='learned_range'"
+        )
+    return out
+
+
+def predict_x0_eps(model_fn: Callable, x: np.ndarray, t_model: np.ndarray, alpha_bar,
+                   prediction_type: str, variance_type: str, name: str
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Call the model and convert its prediction into ``(x0, eps)`` at noise ``alpha_bar``.
+    Learned-variance channels, if any, are dropped (these samplers do not use them)."""
+    out = call_model(model_fn, x, t_model, name, variance_type)
+    if variance_type == "learned_range":
+        out, _ = split_learned_variance(out, x.shape)
+    return model_output_to_x0_eps_ab(prediction_type, alpha_bar, x, out)
+
+
+def emit(callback: Optional[Callback], step_index: int, t, x: np.ndarray,
+         pred_x0: np.ndarray) -> None:
+    if callback is not None:
+        callback(step_index, t, x.astype(np.float32), np.asarray(pred_x0).astype(np.float32))

@@ -1,0 +1,97 @@
+"""DDIM sampling (Song et al. 2021), following guided-diffusion's ``ddim_sample`` update."""
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..gaussian import x0_to_eps_ab
+from ..schedule import DiffusionSchedule, RespacingSpec, space_timesteps
+from ._common import (Callback, check_callback, check_model_options, check_nonneg, check_rng,
+                      check_schedule, check_spec, check_step_count, check_x, emit, predict_x0_eps,
+                      step_iter)
+
+__all__ = ["sample_ddim", "ddim_timesteps"]
+
+NAME = "ddim"
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: RespacingSpec) -> list:
+    """Original timesteps DDIM visits (ascending).
+
+    An int ``N`` uses guided-diffusion's ``"ddimN"`` rule: the uniform stride ``s`` with
+    ``len(range(0, T, s)) == N`` (``N=50``, ``T=1000`` -> ``0, 20, ..., 980``). When no
+    integer stride gives exactly ``N`` steps (e.g. ``N=1`` or ``N`` close to ``T``) it falls
+    back to ``N`` evenly spaced steps including ``T-1`` (the section rule ``str(N)``).
+    A str/list is used as a respacing spec directly.
+    """
+    check_spec(num_steps, NAME)
+    if isinstance(num_steps, numbers.Integral):
+        n = check_step_count(num_steps, num_timesteps, NAME)
+        try:
+            return space_timesteps(num_timesteps, f"ddim{n}")
+        except ValueError:
+            return space_timesteps(num_timesteps, str(n))
+    return space_timesteps(num_timesteps, num_steps)
+
+
+def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
+                num_steps: RespacingSpec = 50, *, rng: Optional[np.random.Generator] = None,
+                progress: bool = True, callback: Optional[Callback] = None,
+                prediction_type: str = "epsilon", eta: float = 0.0,
+                clip_denoised: bool = False, temperature: float = 1.0,
+                variance_type: str = "fixed_small") -> np.ndarray:
+    """DDIM sampling over the timesteps of :func:`ddim_timesteps`.
+
+    Each step computes ``x0`` and ``eps`` from the model (``eps`` recomputed from the clipped
+    ``x0`` when ``clip_denoised``), then::
+
+        sigma = eta * sqrt((1 - abar_prev) / (1 - abar)) * sqrt(1 - abar / abar_prev)
+        x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + temperature*sigma*z
+
+    with ``abar_prev = 1`` after the last visited timestep, so the result is the final ``x0``
+    prediction. ``eta=0`` is deterministic (``rng`` is never used); ``eta=1`` matches the
+    DDPM posterior variance of the respaced chain.
+
+    Args:
+        model_fn, x_T, schedule, rng, progress, callback, prediction_type: as in
+            :func:`~mind_diffusion.diffusion.samplers.sample_ddpm`.
+        num_steps: an int or a respacing spec (see :func:`ddim_timesteps`).
+        eta: stochasticity in ``[0, inf)``; ``rng`` is required when ``eta * temperature > 0``.
+        clip_denoised: clip the predicted x0 to ``[-1, 1]``.
+        temperature: noise multiplier. variance_type: only ``'learned_range'`` matters: the
+            model's variance channels are dropped.
+
+    Returns:
+        float32 array of the same shape as ``x_T``.
+    """
+    check_schedule(schedule, NAME)
+    check_model_options(prediction_type, variance_type)
+    check_callback(callback, NAME)
+    eta = check_nonneg(eta, "eta", NAME)
+    temperature = check_nonneg(temperature, "temperature", NAME)
+    stochastic = eta * temperature > 0.0
+    if stochastic:
+        rng = check_rng(rng, f"sampler {NAME!r} with eta={eta}", "eta > 0 adds noise")
+    steps = ddim_timesteps(schedule.num_timesteps, num_steps)
+    abar_all = np.asarray(schedule.alphas_cumprod)
+    x = check_x(x_T, NAME)
+    batch = x.shape[0]
+    n = len(steps)
+    for i in step_iter(n, NAME, progress):
+        k = n - 1 - i
+        t_orig = steps[k]
+        abar = float(abar_all[t_orig])
+        abar_prev = float(abar_all[steps[k - 1]]) if k > 0 else 1.0
+        x0, eps = predict_x0_eps(model_fn, x, np.full((batch,), t_orig, dtype=np.int64), abar,
+                                 prediction_type, variance_type, NAME)
+        if clip_denoised:
+            x0 = np.clip(x0, -1.0, 1.0)
+            eps = x0_to_eps_ab(abar, x, x0)
+        sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
+        x = np.sqrt(abar_prev) * x0 + np.sqrt(max(1.0 - abar_prev - sigma ** 2, 0.0)) * eps
+        if stochastic and k > 0:
+            x = x + (temperature * sigma) * rng.standard_normal(x.shape)
+        emit(callback, i, t_orig, x, x0)
+    return x.astype(np.float32)

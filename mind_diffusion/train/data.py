@@ -1,0 +1,240 @@
+"""Training data: readers for user-supplied datasets and a deterministic, resumable,
+rank-sharded batch stream fed through ``mindspore.dataset``.
+
+Readers return ``(images uint8 N x H x W x C, labels int64 N, class_names)``:
+- ``read_cifar10``: the official ``cifar-10-python.tar.gz`` (or its extracted
+  ``cifar-10-batches-py`` folder), read with a restricted unpickler (no code execution) and
+  checked against the published md5 sums when the tarball is given.
+- ``read_image_folder``: ``root/<class name>/*.png|jpg|...``, one sub-folder per class.
+- ``read_digits``: scikit-learn's bundled 8x8 digits, upscaled (a real dataset that ships
+  offline with scikit-learn).
+
+Batches: for global step ``s`` the global batch is a fixed function of (seed, s): epoch
+permutations come from ``default_rng([seed, epoch])``, flips / timesteps / noise from
+``default_rng([seed, s])``. Rank ``r`` of ``R`` takes rows ``[r*B/R, (r+1)*B/R)``. So a run
+resumed at step ``s`` sees exactly the data an uninterrupted run would, and R workers together
+see exactly the batch one process would.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+class DataError(ValueError):
+    """The dataset at a user path is missing or malformed; the message says how to fix it."""
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts / lists / numpy arrays and nothing else (CIFAR batches need no more)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _load_cifar_batch(raw: bytes, name: str, origin: str):
+    try:
+        d = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except Exception as exc:
+        raise DataError(f"{origin}: member {name} is not a CIFAR-10 python batch ({exc}); "
+                        f"use the official cifar-10-python.tar.gz") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{origin}: member {name} has data of shape {data.shape}, expected (N, 3072)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def read_cifar10(path: str | Path, split: str = "train", verify_md5: bool = True):
+    """Read CIFAR-10 from the official tarball or its extracted folder."""
+    if split not in ("train", "test"):
+        raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+    p = Path(path).expanduser()
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    raws = {}
+    if p.is_file():
+        try:
+            with tarfile.open(p, "r:*") as tar:
+                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                for n in names:
+                    if n not in members:
+                        raise DataError(f"{p} has no member {n}: not the CIFAR-10 python tarball "
+                                        f"(expected cifar-10-python.tar.gz)")
+                    raws[n] = tar.extractfile(members[n]).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DataError(f"{p} is not a readable tar archive ({exc}); re-download cifar-10-python.tar.gz") from None
+        if verify_md5:
+            for n, raw in raws.items():
+                if hashlib.md5(raw).hexdigest() != CIFAR10_MD5[n]:
+                    raise DataError(f"{p}: member {n} fails its md5 check (corrupt or modified archive); "
+                                    f"re-download it or pass verify_md5=False")
+    elif p.is_dir():
+        folder = p / "cifar-10-batches-py" if (p / "cifar-10-batches-py").is_dir() else p
+        for n in names:
+            f = folder / n
+            if not f.is_file():
+                raise DataError(f"CIFAR-10 folder {folder} lacks {n}; point to cifar-10-python.tar.gz "
+                                f"or its extracted cifar-10-batches-py folder")
+            raws[n] = f.read_bytes()
+    else:
+        raise DataError(f"CIFAR-10 not found at {p}: download cifar-10-python.tar.gz and pass its path")
+    parts = [_load_cifar_batch(raws[n], n, str(p)) for n in names]
+    images = np.concatenate([a for a, _ in parts])
+    labels = np.concatenate([b for _, b in parts])
+    return images, labels, list(CIFAR10_CLASSES)
+
+
+def _read_image(path: Path, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+def read_image_folder(root: str | Path, image_size: int, channels: int = 3, resize: bool = False):
+    """``root/<class>/*.png``: classes sorted by folder name give ids 0..K-1."""
+    import cv2
+
+    r = Path(root).expanduser()
+    if not r.is_dir():
+        raise DataError(f"data folder not found: {r} (expected one sub-folder of images per class)")
+    classes = sorted(d.name for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{r} has no class sub-folders; put images in {r}/<class name>/*.png")
+    images, labels = [], []
+    for cid, cname in enumerate(classes):
+        files = sorted(f for f in (r / cname).iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        for f in files:
+            img = _read_image(f, channels)
+            if img.shape[:2] != (image_size, image_size):
+                if not resize:
+                    raise DataError(f"{f} is {img.shape[1]}x{img.shape[0]}, the model expects "
+                                    f"{image_size}x{image_size}: resize the images or set data.resize=true")
+                img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                img = img if img.ndim == 3 else img[:, :, None]
+            images.append(img)
+            labels.append(cid)
+    if not images:
+        raise DataError(f"{r}: no images ({', '.join(sorted(IMAGE_EXTS))}) in its class folders")
+    return np.stack(images), np.asarray(labels, np.int64), classes
+
+
+def read_digits(image_size: int = 16):
+    """scikit-learn's 1797 8x8 digits (values 0..16) upscaled bilinearly to image_size, uint8."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = (d.images.astype(np.float32) * (255.0 / 16.0))
+    if image_size != 8:
+        imgs = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for im in imgs])
+    imgs = np.clip(np.rint(imgs), 0, 255).astype(np.uint8)[..., None]
+    return imgs, d.target.astype(np.int64), [str(i) for i in range(10)]
+
+
+def load_dataset(kind: str, path: str | None, image_size: int, channels: int, resize: bool = False):
+    if kind == "cifar10":
+        if not path:
+            raise DataError("data.kind=cifar10 needs data.path=/path/to/cifar-10-python.tar.gz")
+        images, labels, classes = read_cifar10(path)
+    elif kind == "folder":
+        if not path:
+            raise DataError("data.kind=folder needs data.path=/path/to/root with one folder per class")
+        images, labels, classes = read_image_folder(path, image_size, channels, resize)
+    elif kind == "digits":
+        images, labels, classes = read_digits(image_size)
+    else:
+        raise DataError(f"unknown data.kind {kind!r}: use cifar10, folder or digits")
+    if images.shape[1:3] != (image_size, image_size):
+        raise DataError(f"{kind} images are {images.shape[2]}x{images.shape[1]} but the model is configured "
+                        f"for {image_size}x{image_size}: set model.image_size={images.shape[1]}")
+    if images.shape[3] != channels:
+        raise DataError(f"{kind} images have {images.shape[3]} channels, the model expects {channels} "
+                        f"(set model.img_channels={images.shape[3]})")
+    return images, labels, classes
+
+
+class DiffusionBatches:
+    """Random-access source: item ``step`` -> this rank's (x0, y, t, noise) for that step."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, num_timesteps: int,
+                 seed: int = 0, rank: int = 0, group_size: int = 1, random_flip: bool = False):
+        if len(images) < global_batch:
+            raise DataError(f"the dataset has {len(images)} images, fewer than one batch of {global_batch}; "
+                            f"lower train.batch_size")
+        if global_batch % group_size:
+            raise DataError(f"train.batch_size={global_batch} must be divisible by the number of workers "
+                            f"({group_size})")
+        self.images, self.labels = images, labels
+        self.global_batch, self.num_timesteps = global_batch, num_timesteps
+        self.seed, self.rank, self.group = seed, rank, group_size
+        self.local = global_batch // group_size
+        self.steps_per_epoch = len(images) // global_batch  # drop_last
+        self.random_flip = random_flip
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int):
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.images))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def global_indices(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        return self._permutation(epoch)[pos * self.global_batch:(pos + 1) * self.global_batch]
+
+    def __getitem__(self, step: int):
+        step = int(step)
+        idx = self.global_indices(step)
+        rng = np.random.default_rng([self.seed, step, 11])
+        x = self.images[idx].astype(np.float32) / 127.5 - 1.0            # B,H,W,C in [-1,1]
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        flips = rng.random(len(idx)) < 0.5
+        t = rng.integers(0, self.num_timesteps, size=len(idx)).astype(np.int32)
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        if self.random_flip:
+            x[flips] = x[flips][..., ::-1]
+        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
+        return (np.ascontiguousarray(x[sl]), self.labels[idx][sl].astype(np.int32), t[sl],
+                np.ascontiguousarray(noise[sl]))
+
+    def __len__(self):
+        return 2**62
+
+
+def make_dataset(source: DiffusionBatches, start_step: int, end_step: int):
+    """A ``mindspore.dataset`` pipeline over steps [start_step, end_step) (background prefetch)."""
+    import mindspore.dataset as ds
+
+    return ds.GeneratorDataset(source, column_names=["x0", "y", "t", "noise"],
+                               sampler=list(range(start_step, end_step)), shuffle=False,
+                               num_parallel_workers=1, python_multiprocessing=False)

@@ -1,0 +1,108 @@
+"""Image output shared by every family: [-1,1] float -> uint8 with a NaN/Inf guard, PNG files
+that carry their prompt / settings in a ``parameters`` text chunk, never-overwriting names,
+grids."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+
+class NonFiniteImageError(FloatingPointError):
+    """The generated tensor holds NaN/Inf; writing it would give a black or garbage image."""
+
+
+def to_uint8(x: np.ndarray, channels_first: bool = True) -> np.ndarray:
+    """(B,C,H,W) floats in [-1,1] -> (B,H,W,C) uint8. Refuses NaN / Inf."""
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise NonFiniteImageError(
+            f"generated images contain {int(bad.sum())} NaN/Inf values (of {x.size}); nothing was written. "
+            f"On fp16 devices try --precision fp32")
+    if channels_first:
+        x = x.transpose(0, 2, 3, 1)
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def format_parameters(params: Mapping) -> str:
+    """A1111-style infotext: first line the prompt (if any), then 'Key: value, ...'."""
+    params = dict(params)
+    lines = []
+    if "prompt" in params:
+        lines.append(str(params.pop("prompt")))
+    if "negative_prompt" in params:
+        neg = params.pop("negative_prompt")
+        if neg:
+            lines.append(f"Negative prompt: {neg}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in params.items()))
+    return "\n".join(lines)
+
+
+def save_png(path: str | Path, image: np.ndarray, params: Mapping | None = None) -> Path:
+    """Write one HxWxC (or HxW) uint8 image; ``params`` go to the 'parameters' text chunk
+    (human readable) and a 'mind_diffusion' chunk (JSON)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    info = PngInfo()
+    if params:
+        info.add_itxt("parameters", format_parameters(params))
+        info.add_itxt("mind_diffusion", json.dumps(dict(params), ensure_ascii=False, default=str))
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_png_parameters(path: str | Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        raw = im.info.get("mind_diffusion")
+    return json.loads(raw) if raw else {}
+
+
+_NUM = re.compile(r"^(\d+)\.png$")
+
+
+def next_index(folder: str | Path) -> int:
+    """First index not used by an existing NNNNN.png in ``folder`` (so nothing is overwritten)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    used = [int(m.group(1)) for f in folder.iterdir() if (m := _NUM.match(f.name))]
+    return max(used) + 1 if used else 0
+
+
+def make_grid(images: np.ndarray, nrow: int, pad: int = 2, value: int = 255) -> np.ndarray:
+    """(N,H,W,C) uint8 -> one grid image with ``nrow`` images per row."""
+    n, h, w, c = images.shape
+    nrow = max(1, min(nrow, n))
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), value, np.uint8)
+    for i, im in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = im
+    return grid
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Create the output folder (parents included) or say clearly why it can't be used."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"output path {p} exists and is not a folder: choose another --output_dir")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create output folder {p}: {exc.strerror}; choose another --output_dir") from None
+    if not os.access(p, os.W_OK):
+        raise PermissionError(f"output folder {p} is not writable: choose another --output_dir")
+    return p

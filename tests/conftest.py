@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import mind_diffusion  # noqa: E402,F401  (sets ONEDNN/GLOG defaults before mindspore loads)
+
+SHARED = Path(os.environ.get("MIND_DIFFUSION_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(params=["graph", "pynative"])
+def ms_mode(request):
+    """Run a test once in GRAPH_MODE and once in PYNATIVE_MODE on CPU."""
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
+    ms.set_device("CPU")
+    yield request.param
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture
+def shared_dir():
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not found at {SHARED} (reference data lives beside the repo in CI)")
+    return SHARED
