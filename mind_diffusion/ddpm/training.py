@@ -57,6 +57,13 @@ class WarmupLR(nn.learning_rate_schedule.LearningRateSchedule):
 
 def train_ddpm(cfg, runtime, resume: str | None = None, init_from: str | None = None,
                progress: bool = True) -> dict:
+    trainer, make = build_ddpm_trainer(cfg, runtime, resume, init_from, progress)
+    return trainer.fit(make)
+
+
+def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str | None = None,
+                       progress: bool = True):
+    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``."""
     t, m = cfg.train, cfg.model
     ms.set_seed(int(t.seed))  # parameter init is identical on every rank
     schedule = schedule_from_config(cfg.diffusion)
@@ -90,4 +97,4 @@ def train_ddpm(cfg, runtime, resume: str | None = None, init_from: str | None = 
         print(f"[mind_diffusion] DDPM: {len(images)} images, {len(classes)} classes, "
               f"{sum(int(np.prod(p.shape)) for p in net.trainable_params()):,} parameters, "
               f"global batch {t.batch_size} over {runtime.group_size} worker(s) -> {out}", flush=True)
-    return trainer.fit(lambda start, end: make_dataset(source, start, end))
+    return trainer, (lambda start, end: make_dataset(source, start, end))

@@ -29,6 +29,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
+from ..utils.images import check_output_dir
 from .step import EMA, LossScaler, TrainStep
 
 
@@ -71,9 +72,7 @@ class Trainer:
         self.step = 0
         self.images_per_step = images_per_step
         if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.out_dir, os.W_OK):
-                raise PermissionError(f"output folder {self.out_dir} is not writable: choose another --output_dir")
+            check_output_dir(self.out_dir)
 
     # ---------------------------------------------------------------- state
     def _state_params(self):

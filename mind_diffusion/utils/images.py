@@ -12,6 +12,10 @@ from typing import Mapping
 import numpy as np
 
 
+class OutputPathError(ValueError):
+    """An output folder that cannot be created or written."""
+
+
 class NonFiniteImageError(FloatingPointError):
     """The generated tensor holds NaN/Inf; writing it would give a black or garbage image."""
 
@@ -98,11 +102,11 @@ def check_output_dir(path: str | Path) -> Path:
     """Create the output folder (parents included) or say clearly why it can't be used."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise NotADirectoryError(f"output path {p} exists and is not a folder: choose another --output_dir")
+        raise OutputPathError(f"output path {p} exists and is not a folder: choose another output folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise PermissionError(f"cannot create output folder {p}: {exc.strerror}; choose another --output_dir") from None
+        raise OutputPathError(f"cannot create output folder {p}: {exc.strerror}; choose another output folder") from None
     if not os.access(p, os.W_OK):
-        raise PermissionError(f"output folder {p} is not writable: choose another --output_dir")
+        raise OutputPathError(f"output folder {p} is not writable: choose another output folder")
     return p
