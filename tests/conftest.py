@@ -7,6 +7,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mind_diffusion  # noqa: E402,F401  (sets ONEDNN/GLOG defaults before mindspore loads)
+import mindspore  # noqa: E402
+
+# Pin the device once, before any kernel runs: set_device raises after the runtime started.
+mindspore.set_device("CPU")
 
 SHARED = Path(os.environ.get("MIND_DIFFUSION_SHARED", ROOT.parent / "shared"))
 
@@ -17,7 +21,6 @@ def ms_mode(request):
     import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device("CPU")
     yield request.param
     ms.set_context(mode=ms.PYNATIVE_MODE)
 

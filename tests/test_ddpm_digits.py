@@ -45,7 +45,6 @@ def pipe():
     if not (MODEL / "model_ema.ckpt").is_file():
         pytest.fail(f"the shipped model is missing: {MODEL}/model_ema.ckpt")
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
     return DDPMPipeline.from_pretrained(MODEL)
 
 

@@ -62,6 +62,7 @@ def save_atomic(params: Mapping[str, np.ndarray] | list, path: str | Path,
         ms.save_checkpoint(plist, tmp, append_dict=dict(extra) if extra else None)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # MindSpore writes checkpoints read-only (0400)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
