@@ -52,8 +52,8 @@ def main(argv=None):
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         out = check_output_dir(args.output_dir)
-        init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
-        pipe = DDPMPipeline.from_pretrained(args.model, args.config)
+        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
+        pipe = DDPMPipeline.from_pretrained(args.model, args.config, compute_dtype=rt.precision.ms_dtype())
         classes = parse_classes(args.classes, pipe.num_classes or 0) if pipe.num_classes else None
         labels = np.repeat(classes, args.num_per_class) if classes is not None else None
         opts = {"eta": args.eta} if args.eta is not None else {}

@@ -16,6 +16,7 @@ from mindspore import Tensor
 from ..checkpoint.io import CheckpointError, file_sha256, load_into
 from ..config import load_config
 from ..diffusion.samplers import get_sampler
+from ..nn.layers import apply_compute_dtype
 from ..diffusion.schedule import DiffusionSchedule
 from ..utils.images import to_uint8
 from .training import build_model, ddpm_config_defaults, schedule_from_config
@@ -59,10 +60,14 @@ class DDPMPipeline:
         self.ckpt_hash = file_sha256(ckpt_path) if ckpt_path else None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: str | Path | None = None) -> "DDPMPipeline":
+    def from_pretrained(cls, path: str | Path, config: str | Path | None = None,
+                        compute_dtype=None) -> "DDPMPipeline":
+        """``compute_dtype``: e.g. ``runtime.precision.ms_dtype()`` (fp16 on Ascend/GPU)."""
         ckpt, cfg_path = resolve_model(path, config)
         cfg = load_config(cfg_path, (), ddpm_config_defaults())
         net = build_model(cfg.model)
+        if compute_dtype is not None:
+            apply_compute_dtype(net, compute_dtype)
         load_into(net, ckpt, what="DDPM weights")
         return cls(net, schedule_from_config(cfg.diffusion), cfg, str(ckpt))
 
@@ -73,7 +78,7 @@ class DDPMPipeline:
             xt = Tensor(np.ascontiguousarray(x, dtype=np.float32))
             tt = Tensor(np.asarray(t, dtype=np.float32))
             out = self.net(xt, tt, y) if y is not None else self.net(xt, tt)
-            return out.asnumpy()
+            return out.asnumpy().astype(np.float32)
 
         return fn
 

@@ -13,6 +13,7 @@ from ..diffusion.schedule import DiffusionSchedule
 from ..train.data import DiffusionBatches, load_dataset, make_dataset
 from ..train.objectives import NoisePredictionLoss
 from ..train.trainer import TrainOptions, Trainer
+from ..nn.layers import apply_compute_dtype
 from .unet import DDPMUNet, ddpm_unet_defaults
 
 
@@ -71,7 +72,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
                                            cfg.data.resize)
     if m.num_classes is not None and labels.max() >= m.num_classes:
         raise ValueError(f"the dataset has {labels.max() + 1} classes but model.num_classes={m.num_classes}")
-    net = build_model(m)
+    net = apply_compute_dtype(build_model(m), runtime.precision.ms_dtype())
     if init_from:
         from ..checkpoint.io import load_into
 
@@ -83,6 +84,8 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
                         eps=t.adam_eps)
     source = DiffusionBatches(images, labels, t.batch_size, schedule.num_timesteps, seed=int(t.seed),
                               rank=runtime.rank, group_size=runtime.group_size, random_flip=cfg.data.random_flip)
+    if not runtime.precision.is_fp32 and t.loss_scale == "none":
+        print("[mind_diffusion] note: fp16/bf16 compute without loss scaling; consider train.loss_scale=dynamic")
     opts = TrainOptions(total_steps=t.steps, log_every=t.log_every, ckpt_every=t.ckpt_every,
                         keep_checkpoints=t.keep_checkpoints, ema_decay=t.ema_decay, ema_start=t.ema_start,
                         ema_every=t.ema_every, clip_grad_norm=t.clip_grad_norm, loss_scale=t.loss_scale,

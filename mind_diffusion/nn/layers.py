@@ -135,3 +135,15 @@ class SpatialSelfAttention(nn.Cell):
 
 def count_params(net: nn.Cell) -> int:
     return int(sum(int(np.prod(p.shape)) for p in net.get_parameters()))
+
+
+def apply_compute_dtype(net: nn.Cell, dtype) -> nn.Cell:
+    """Precision policy: convolutions and dense layers compute in ``dtype`` (fp16 / bf16 on
+    Ascend and GPU); GroupNorm / LayerNorm and softmax stay in fp32 (our norm cells upcast
+    internally, attention upcasts its softmax). Parameters stay fp32. No-op for fp32."""
+    if dtype == ms.float32:
+        return net
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, (nn.Conv2d, nn.Dense)):
+            cell.to_float(dtype)
+    return net
