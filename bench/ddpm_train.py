@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import cpu_name  # noqa: E402
 import mind_diffusion  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA etc. before mindspore loads)
 import numpy as np  # noqa: E402
 
@@ -134,16 +134,6 @@ def bench_torch(cfg, batch_np, steps, warmup, lr, init_state):
     per_step = (time.perf_counter() - t0) / steps
     return dict(params=sum(p.numel() for p in net.parameters()), compile_s=first_s, s_per_step=per_step,
                 first_loss=first_loss, last_loss=loss)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def set_threads(threads: int):
