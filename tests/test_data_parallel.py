@@ -1,7 +1,6 @@
 """Data parallel through msrun on CPU: 2 workers end with identical parameters, equal to one
 process trained on the combined batch."""
 import os
-import shutil
 import socket
 import subprocess
 import sys

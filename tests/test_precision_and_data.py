@@ -1,6 +1,5 @@
 """Precision policy (fp16 compute, fp32 norms), the NaN/Inf image guard, and the CIFAR-10 /
 image-folder readers on files built in the official formats."""
-import hashlib
 import io
 import pickle
 import tarfile

@@ -1,6 +1,5 @@
 """Trainer: exact resume, EMA recipe, dynamic loss scale with overflow skip, atomic checkpoints,
 strict loading reports, deterministic sharded batches."""
-import os
 
 import numpy as np
 import pytest

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 import mindspore as ms
-from mindspore import Parameter, Tensor
+from mindspore import Tensor
 
 
 META_PREFIX = "meta."  # small scalars saved beside the tensors (step, seed, ...)
@@ -134,12 +134,13 @@ class LoadReport:
 def load_strict(net, state: Mapping[str, np.ndarray], *, name_map: Callable[[str], str | None] | None = None,
                 allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = (),
                 path: str = "", dry_run: bool = False) -> LoadReport:
-    """Copy checkpoint tensors into ``net``'s parameters, strictly.
+    """Copy checkpoint tensors into ``net``'s parameters (a Cell, or an iterable of
+    Parameters such as a trainer's full state), strictly.
 
     ``name_map(ckpt_name) -> our_name`` (None = drop the tensor, i.e. declared unused).
     Tensors are cast to the parameter's dtype (recorded in ``report.cast``).
     """
-    params = {p.name: p for p in net.get_parameters()}
+    params = {p.name: p for p in (net.get_parameters() if hasattr(net, "get_parameters") else net)}
     allow_missing, allow_unexpected = set(allow_missing), set(allow_unexpected)
     report = LoadReport()
     mapped: dict[str, tuple[str, np.ndarray]] = {}
@@ -174,10 +175,6 @@ def load_strict(net, state: Mapping[str, np.ndarray], *, name_map: Callable[[str
             p.set_data(Tensor(arr.astype(target, copy=False)))
         report.loaded += 1
     return report
-
-
-def net_state(net, prefix: str = "") -> dict[str, np.ndarray]:
-    return {prefix + p.name: p.asnumpy() for p in net.get_parameters()}
 
 
 def load_into(net, path: str | Path, *, prefix: str = "", what: str = "checkpoint", **kw) -> LoadReport:

@@ -10,7 +10,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import mindspore as ms
 from mindspore import Tensor
 
 from ..checkpoint.io import CheckpointError, file_sha256, load_into
@@ -82,7 +81,7 @@ class DDPMPipeline:
 
         return fn
 
-    def check_labels(self, class_labels: Sequence[int] | None, n: int | None) -> np.ndarray | None:
+    def check_labels(self, class_labels: Sequence[int] | None) -> np.ndarray | None:
         if self.num_classes is None:
             if class_labels is not None:
                 raise ValueError("this DDPM model is unconditional: do not pass class labels")
@@ -105,7 +104,7 @@ class DDPMPipeline:
         s = self.cfg.sample
         sampler = sampler or s.sampler
         steps = num_inference_steps if num_inference_steps is not None else s.num_steps
-        labels = self.check_labels(class_labels, num_images)
+        labels = self.check_labels(class_labels)
         n = len(labels) if labels is not None else int(num_images or 1)
         if n < 1:
             raise ValueError("nothing to sample: pass at least one class label / num_images >= 1")

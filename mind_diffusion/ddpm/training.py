@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from ..config import save_config, to_plain
 from ..diffusion.schedule import DiffusionSchedule

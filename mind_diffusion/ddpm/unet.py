@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, initializer
-import mindspore as ms
 
 from ..nn.layers import GroupNorm, SinusoidalTimeEmbedding, SpatialSelfAttention, Upsample2x, conv2d, dense
 

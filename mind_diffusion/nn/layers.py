@@ -12,7 +12,7 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import HeUniform, Normal, Uniform, initializer
+from mindspore.common.initializer import HeUniform, Uniform, initializer
 
 
 def _torch_bias_init(fan_in: int, n: int):

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
 from ..utils.images import check_output_dir
@@ -132,15 +131,7 @@ class Trainer:
         step = int(np.asarray(state.pop("meta.train_step")))
         state.pop("meta.seed", None)
 
-        class _Holder(nn.Cell):
-            def __init__(self, params):
-                super().__init__()
-                self._params = params
-
-            def get_parameters(self, expand=True):
-                return iter(self._params)
-
-        load_strict(_Holder(self._state_params()), state, path=str(path))
+        load_strict(self._state_params(), state, path=str(path))
         self.step = step
         if self.rank == 0:
             print(f"[mind_diffusion] resumed from {path} at step {step}", flush=True)
