@@ -103,7 +103,7 @@ class GuidedModel(nn.Cell):
     """
 
     def __init__(self, network: nn.Cell, scale: float, eps_channels: Optional[int] = None):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # wrapping must not rename the network's parameters
         self.network = network
         self.scale = _check_scale(scale)
         self.eps_channels = _check_eps_channels(eps_channels)

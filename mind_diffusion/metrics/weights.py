@@ -174,6 +174,9 @@ class StateHolder:
 
     _torch_class = "?"
 
+    def __init__(self, *args, **kwargs):  # inert: a REDUCE of an unknown class lands here
+        pass
+
     def __setstate__(self, state):
         self.__dict__["_state"] = state if isinstance(state, dict) else {"_value": state}
 
@@ -208,8 +211,9 @@ class RestrictedTorchUnpickler(pickle.Unpickler):
         ("torch.jit._pickle", "build_boollist"): _build_list,
     }
 
-    def __init__(self, file, storages: dict, load_storage=None):
+    def __init__(self, file, storages: dict, load_storage=None, lenient: bool = False):
         super().__init__(file)
+        self._lenient = lenient            # unknown globals -> inert holders (never imported)
         self._storages = storages          # key -> _Storage (shared across a file)
         self._load_storage = load_storage  # callable(_Storage) filling .data (zip format)
 
@@ -219,6 +223,8 @@ class RestrictedTorchUnpickler(pickle.Unpickler):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         if module == "__torch__" or module.startswith("__torch__."):
+            return _holder_type(module, name)
+        if self._lenient:  # e.g. Lightning callbacks pickled into SD .ckpt files
             return _holder_type(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file "
                                      f"(not a plain tensor / module-state object)")
@@ -283,7 +289,7 @@ def _zip_root(names) -> str:
     return roots[0]
 
 
-def _read_zip(path: Path):
+def _read_zip(path: Path, lenient: bool = False):
     storages: dict = {}
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -306,17 +312,18 @@ def _read_zip(path: Path):
             st.data = np.frombuffer(raw[:need], dtype=st.stype.dtype.newbyteorder("<"))
 
         with zf.open(f"{root}data.pkl") as f:
-            obj = RestrictedTorchUnpickler(io.BytesIO(f.read()), storages, load_storage).load()
+            obj = RestrictedTorchUnpickler(io.BytesIO(f.read()), storages, load_storage,
+                                           lenient=lenient).load()
     return obj
 
 
-def _read_legacy(path: Path):
+def _read_legacy(path: Path, lenient: bool = False):
     storages: dict = {}
     with open(path, "rb") as fh:
         f = io.BytesIO(fh.read())
 
     def unp():
-        return RestrictedTorchUnpickler(f, storages).load()
+        return RestrictedTorchUnpickler(f, storages, lenient=lenient).load()
 
     try:
         magic = unp()
@@ -353,17 +360,21 @@ def _read_legacy(path: Path):
     return obj
 
 
-def read_torch_file(path) -> TorchFile:
+def read_torch_file(path, lenient: bool = False) -> TorchFile:
     """Read tensors (as numpy) and plain attributes from a torch ``.pt`` / ``.pth`` file with the
-    restricted unpickler. Raises ``FIDWeightsError`` for anything it cannot read safely."""
+    restricted unpickler. Raises ``FIDWeightsError`` for anything it cannot read safely.
+
+    ``lenient``: globals outside the allow-list (e.g. training callbacks pickled into Stable
+    Diffusion ``.ckpt`` files) become inert placeholder objects instead of an error; nothing
+    is imported or executed either way."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         if zipfile.is_zipfile(path):
-            obj = _read_zip(path)
+            obj = _read_zip(path, lenient)
         else:
-            obj = _read_legacy(path)
+            obj = _read_legacy(path, lenient)
     except FIDWeightsError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError,

@@ -147,3 +147,41 @@ def apply_compute_dtype(net: nn.Cell, dtype) -> nn.Cell:
         if isinstance(cell, (nn.Conv2d, nn.Dense)):
             cell.to_float(dtype)
     return net
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis, computed in fp32; parameters ``gamma`` / ``beta`` as in
+    ``mindspore.nn.LayerNorm``. The mean and variance are matrix-vector products (the CPU
+    LayerNorm kernel is far slower than a matmul); same formula as the kernel: biased variance,
+    eps inside the sqrt."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.gamma = Parameter(initializer("ones", [dim], ms.float32), name="gamma")
+        self.beta = Parameter(initializer("zeros", [dim], ms.float32), name="beta")
+        self.avg = Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
+
+    def construct(self, x):
+        dtype = x.dtype
+        shape = x.shape
+        x2 = ops.cast(x, ms.float32).reshape(-1, self.dim)
+        xc = x2 - ops.matmul(x2, self.avg)
+        rstd = ops.rsqrt(ops.matmul(xc * xc, self.avg) + self.eps)
+        y = xc * rstd * self.gamma + self.beta
+        return ops.cast(y.reshape(shape), dtype)
+
+
+class ConvNd(nn.Cell):
+    """A conv held as ``.conv`` (CompVis ``conv_nd`` wrappers in MindSpore ports name their
+    parameters ``<name>.conv.weight``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
+                 padding: int | None = None, bias: bool = True, zero_init: bool = False):
+        super().__init__()
+        self.conv = conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias,
+                           zero_init=zero_init)
+
+    def construct(self, x):
+        return self.conv(x)

@@ -1,0 +1,1 @@
+"""Latent diffusion (Wukong-Huahua / SD-v1 architecture)."""

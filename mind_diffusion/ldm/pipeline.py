@@ -1,0 +1,318 @@
+"""Text-to-image with a latent diffusion model (Wukong-Huahua, or SD v1.x converted).
+
+    pipe = LDMPipeline.from_pretrained("configs/wukong/v1-inference-chinese.yaml",
+                                       "models/wukong-huahua-ms.ckpt")
+    images = pipe("城市夜景 赛博朋克", num_images=4, seed=42)      # (4, 512, 512, 3) uint8
+
+Flow: tokenizer -> text encoder (prompt and negative prompt, one compiled call each shape) ->
+sampler from the core (DPM-Solver++ 2M, PLMS, DDIM, DDPM) over the model's schedule, the UNet
+and classifier-free guidance compiled into one step (one doubled batch, unconditional half
+first) -> VAE decode of ``latent / scale_factor`` one image at a time -> uint8.
+
+Start noise is drawn on the host with numpy, one generator per image (``seed + index``), so an
+image can be regenerated alone from the seed stored in its PNG, on any device and mode.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint
+from ..config import load_config
+from ..diffusion.samplers import get_sampler
+from ..nn.layers import apply_compute_dtype
+from ..utils.images import NonFiniteImageError
+from .model import (LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint,
+                    schedule_from_config)
+
+SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
+
+
+class PromptWarning(UserWarning):
+    """A prompt was truncated to the context length or holds characters outside the vocab."""
+
+
+class GuidedUNetStep(nn.Cell):
+    """eps = uncond + scale * (cond - uncond) from one UNet call on the doubled batch
+    ``[x; x]`` with context ``[uncond; cond]``; ``scale`` is an input, so changing it does not
+    recompile."""
+
+    def __init__(self, unet: nn.Cell):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.unet = unet
+
+    def construct(self, x, t, context, scale):
+        x_in = ops.concat((x, x), 0)
+        t_in = ops.concat((t, t), 0)
+        out = ops.cast(self.unet(x_in, t_in, context), ms.float32)
+        b = x.shape[0]
+        uncond = out[:b]
+        cond = out[b:]
+        return uncond + scale * (cond - uncond)
+
+
+class UNetStep(nn.Cell):
+    """Unguided step (scale exactly 1: the unconditional branch is skipped, as in the original)."""
+
+    def __init__(self, unet: nn.Cell):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.unet = unet
+
+    def construct(self, x, t, context):
+        return ops.cast(self.unet(x, t, context), ms.float32)
+
+
+class LatentDecoder(nn.Cell):
+    """image = VAE.decode(latent / scale_factor), in fp32 out."""
+
+    def __init__(self, vae: nn.Cell, scale_factor: float):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.vae = vae
+        self.inv_scale = 1.0 / scale_factor
+
+    def construct(self, z):
+        return ops.cast(self.vae.decode(z * self.inv_scale), ms.float32)
+
+
+class TextEncode(nn.Cell):
+    def __init__(self, text: nn.Cell):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.text = text
+
+    def construct(self, ids):
+        return ops.cast(self.text(ids), ms.float32)
+
+
+def build_tokenizer(tok_cfg, vocab_path: str | Path, context_length: int):
+    kind = str(tok_cfg["kind"])
+    if kind == "wordpiece":
+        from ..text.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer(vocab_path, context_length=context_length)
+    if kind == "bpe":
+        from ..text.bpe import CLIPBPETokenizer
+
+        return CLIPBPETokenizer(vocab_path, context_length=context_length,
+                                pad_id=int(tok_cfg["pad_id"]))
+    raise ValueError(f"tokenizer.kind must be 'wordpiece' or 'bpe', got {kind!r}")
+
+
+def resolve_vocab(cfg, ckpt_path: str | Path | None, vocab: str | Path | None) -> Path:
+    """--vocab if given, else ``tokenizer.vocab_file`` next to the checkpoint."""
+    name = str(cfg.tokenizer.vocab_file)
+    if vocab:
+        p = Path(vocab).expanduser()
+    elif ckpt_path:
+        p = Path(ckpt_path).expanduser().parent / name
+    else:
+        p = Path(name)
+    if not p.is_file():
+        hint = ("the BERT-Chinese vocab (vocab_zh.txt, 21128 lines) ships with the Wukong-Huahua "
+                "code as ldm/models/clip_zh/vocab_zh.txt" if cfg.tokenizer.kind == "wordpiece"
+                else "the CLIP BPE merges file bpe_simple_vocab_16e6.txt.gz ships with OpenAI "
+                     "CLIP / open_clip")
+        raise FileNotFoundError(f"tokenizer vocabulary not found: {p}. Put {name} next to the "
+                                f"checkpoint or pass --vocab PATH ({hint})")
+    return p
+
+
+class LDMPipeline:
+    def __init__(self, model: LatentDiffusion, tokenizer, cfg, ckpt_path: str | None = None,
+                 ckpt_hash: str | None = None):
+        self.model = model
+        self.model.set_train(False)
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.schedule = schedule_from_config(cfg.model)
+        self.scale_factor = float(cfg.model.scale_factor)
+        self.latent_channels = int(cfg.model.unet.in_channels)
+        self.context_length = int(cfg.model.text_encoder.context_length)
+        self.vocab_size = int(cfg.model.text_encoder.vocab_size)
+        self.ckpt_path = ckpt_path
+        self.ckpt_hash = ckpt_hash
+        self._text = TextEncode(model.cond_stage_model)
+        self._guided = GuidedUNetStep(model.model.diffusion_model)
+        self._plain = UNetStep(model.model.diffusion_model)
+        self._decode = LatentDecoder(model.first_stage_model, self.scale_factor)
+        for cell in (self._text, self._guided, self._plain, self._decode):
+            cell.set_train(False)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, config: str | Path, ckpt: str | Path | None, *, vocab=None,
+                        overrides: Sequence[str] = (), compute_dtype=None,
+                        state: dict | None = None) -> "LDMPipeline":
+        """Build from a YAML config and a checkpoint file (``ckpt=None`` with ``state``: load an
+        in-memory {name: array}; with neither, keep random weights, for tests only)."""
+        cfg = load_config(config, overrides, ldm_config_defaults())
+        ckpt_path = None
+        if ckpt is not None:
+            p = Path(ckpt).expanduser()
+            if not p.is_file():
+                url = cfg.checkpoint.get("url", "")
+                raise CheckpointError(
+                    f"checkpoint not found: {p}. Put {cfg.checkpoint.name} there"
+                    + (f" (download: {url})" if url else "")
+                    + " or pass --ckpt_path/--ckpt_name")
+            ckpt_path = str(p)
+        vocab_path = resolve_vocab(cfg, ckpt_path, vocab)
+        tokenizer = build_tokenizer(cfg.tokenizer, vocab_path, int(cfg.model.text_encoder.context_length))
+        model = build_ldm(cfg.model)
+        if compute_dtype is not None:
+            apply_compute_dtype(model, compute_dtype)
+        if ckpt_path is not None:
+            state = read_checkpoint(ckpt_path, "LDM checkpoint")
+        if state is not None:
+            report = load_ldm_checkpoint(model, ckpt_path or "<state>", state=state)
+            del state
+            ignored = getattr(report, "ignored", [])
+            if ignored:
+                print(f"note: ignored {len(ignored)} training-state tensors in the checkpoint "
+                      f"(optimizer / loss scale), e.g. {ignored[0]}")
+        ckpt_hash = file_sha256(ckpt_path) if ckpt_path else None
+        return cls(model, tokenizer, cfg, ckpt_path, ckpt_hash)
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in prompts:
+            info = self.tokenizer.tokenize_with_info(text)
+            if info.truncated:
+                warnings.warn(f"prompt has {info.n_tokens} tokens; only the first "
+                              f"{self.context_length - 2} are used: {text[:40]!r}...",
+                              PromptWarning, stacklevel=3)
+            if info.unknown_chars:
+                shown = "".join(dict.fromkeys(info.unknown_chars))[:20]
+                warnings.warn(f"characters outside the tokenizer vocabulary become [UNK]: "
+                              f"{shown!r}", PromptWarning, stacklevel=3)
+            rows.append(np.asarray(info.ids, dtype=np.int32))
+        ids = np.stack(rows)
+        if ids.max() >= self.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} is outside the text encoder's "
+                             f"{self.vocab_size}-row embedding (tokenizer / config mismatch)")
+        return ids
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
+        ids = self.tokenize(prompts)
+        return self._text(Tensor(ids)).asnumpy()
+
+    # --------------------------------------------------------------- checks
+    @staticmethod
+    def check_prompt(prompt, what: str = "prompt") -> str:
+        if not isinstance(prompt, str):
+            raise ValueError(f"{what} must be text, got {type(prompt).__name__}")
+        if what == "prompt" and not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image, e.g. \"城市夜景 赛博朋克\"")
+        return prompt
+
+    @staticmethod
+    def check_size(height: int, width: int):
+        for name, v in (("H", height), ("W", width)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 64 or v % 64:
+                raise ValueError(f"--{name} must be a positive multiple of 64 (the latent is "
+                                 f"{name}/8 and the UNet halves it 3 times), got {v!r}; "
+                                 f"e.g. 512 or 768")
+
+    # -------------------------------------------------------------- sampling
+    def model_fn(self, context: np.ndarray, scale: float) -> Callable:
+        ctx = Tensor(context.astype(np.float32))
+        if scale == 1.0:
+            def fn(x, t):
+                tt = Tensor(np.asarray(t, dtype=np.float32))
+                return self._plain(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx).asnumpy()
+            return fn
+        s = Tensor(np.float32(scale))
+
+        def fn(x, t):
+            tt = Tensor(np.asarray(t, dtype=np.float32))
+            return self._guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx, s).asnumpy()
+        return fn
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """(B,4,h,w) latents -> (B,3,8h,8w) floats (about [-1, 1])."""
+        return np.concatenate([self._decode(Tensor(z[None].astype(np.float32))).asnumpy()
+                               for z in latents])
+
+    def initial_noise(self, n: int, height: int, width: int, seed: int) -> np.ndarray:
+        shape = (self.latent_channels, height // 8, width // 8)
+        return np.stack([np.random.default_rng(seed + i).standard_normal(shape).astype(np.float32)
+                         for i in range(n)])
+
+    def to_uint8(self, x: np.ndarray) -> np.ndarray:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            raise NonFiniteImageError(
+                f"generated images contain {int(bad.sum())} NaN/Inf values; nothing was written "
+                f"for this batch. On fp16 devices try --precision fp32")
+        img = np.clip((x.transpose(0, 2, 3, 1) + 1.0) / 2.0, 0.0, 1.0) * 255.0
+        if str(self.cfg.sampling.quantize) == "round":
+            return np.rint(img).astype(np.uint8)
+        return img.astype(np.uint8)  # the original truncates
+
+    def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str = "",
+                 num_images: int = 1, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, seed: int | None = None, x_T: np.ndarray | None = None,
+                 progress: bool = True, callback=None, output_type: str = "uint8",
+                 **sampler_options):
+        """Images for ``prompt`` (one str repeated ``num_images`` times, or a list, one image
+        each). Returns (N,H,W,3) uint8, or the (N,3,H,W) float decode for ``output_type="np"``,
+        or the final latents for ``"latent"``."""
+        s = self.cfg.sampling
+        prompts = [prompt] * int(num_images) if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("nothing to generate: pass a prompt and num_images >= 1")
+        for p in prompts:
+            self.check_prompt(p)
+        self.check_prompt(negative_prompt, "negative prompt")
+        height = int(s.H) if height is None else height
+        width = int(s.W) if width is None else width
+        self.check_size(height, width)
+        steps = int(s.steps) if num_inference_steps is None else num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
+        scale = float(s.scale) if guidance_scale is None else float(guidance_scale)
+        if not np.isfinite(scale) or scale < 0:
+            raise ValueError(f"guidance scale must be >= 0 (7.5 is typical; 1 disables guidance), "
+                             f"got {guidance_scale!r}")
+        sampler = str(s.sampler) if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        seed = int(s.seed) if seed is None else int(seed)
+        n = len(prompts)
+        if x_T is None:
+            x_T = self.initial_noise(n, height, width, seed)
+        elif x_T.shape != (n, self.latent_channels, height // 8, width // 8):
+            raise ValueError(f"x_T must have shape {(n, self.latent_channels, height // 8, width // 8)}, "
+                             f"got {x_T.shape}")
+        cond = self.encode_text(prompts)
+        if scale != 1.0:
+            uncond = self.encode_text([negative_prompt] * n)
+            context = np.concatenate([uncond, cond])
+        else:
+            context = cond
+        fn = get_sampler(sampler)
+        opts = dict(sampler_options)
+        if sampler in ("ddpm", "ddim"):
+            opts.setdefault("clip_denoised", False)
+        rng = np.random.default_rng(seed)
+        latents = fn(self.model_fn(context, scale), x_T, self.schedule, steps, rng=rng,
+                     progress=progress, callback=callback, **opts)
+        if output_type == "latent":
+            return latents
+        x = self.decode(latents)
+        return x if output_type == "np" else self.to_uint8(x)
+
+    def settings(self, *, prompt: str, negative_prompt: str, sampler: str, steps: int,
+                 scale: float, seed: int, height: int, width: int) -> dict:
+        return {"prompt": prompt, "negative_prompt": negative_prompt,
+                "model": str(self.cfg.model.family), "sampler": sampler, "steps": steps,
+                "scale": scale, "seed": seed, "size": f"{width}x{height}",
+                "checkpoint": Path(self.ckpt_path).name if self.ckpt_path else None,
+                "checkpoint_sha256": self.ckpt_hash}

@@ -1,0 +1,163 @@
+"""Text to image with Wukong-Huahua (or a converted Stable Diffusion v1.x): the original
+``txt2img.py`` flags, plus --sampler, --negative_prompt, --device_target, --mode.
+
+    python scripts/txt2img.py --prompt "城市夜景 赛博朋克" --dpm_solver --ddim_steps 15
+    python scripts/txt2img.py --data_path prompts/ --prompt list.txt --n_samples 2
+    python scripts/txt2img.py --config configs/sd/v1-inference.yaml \
+        --ckpt_name sd-v1-5-ms.ckpt --prompt "a red fox in the snow, oil painting"
+
+Images go to <output_path>/samples/NNNNN.png (never overwriting), one grid per prompt batch to
+<output_path>/grids/NNNNN.png; every PNG carries prompt, negative prompt, sampler, steps,
+scale, seed, size and checkpoint hash in its 'parameters' text chunk. Image k of a run uses
+seed + k, so any single image can be regenerated with --seed <its seed> --n_samples 1.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mind_diffusion.cli import run_cli  # noqa: E402
+
+DEFAULT_CONFIG = "configs/wukong/v1-inference-chinese.yaml"
+
+
+def read_prompts(data_path: str, name: str) -> list:
+    path = Path(data_path).expanduser() / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompts file not found: {path} (--data_path is the folder, "
+                                f"--prompt the file name inside it)") from None
+    except IsADirectoryError:
+        raise ValueError(f"prompts file {path} is a folder: pass the file name with --prompt") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"prompts file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read prompts file {path}: {exc.strerror}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts (one prompt per line)")
+    return prompts
+
+
+def parse_args(argv=None):
+    from mind_diffusion.runtime import add_runtime_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default="狗 绘画 写实风格",
+                   help="the prompt, or the prompts file name inside --data_path")
+    p.add_argument("--data_path", default="", help="folder of a prompts file (one prompt per line)")
+    p.add_argument("--negative_prompt", default="", help="text for the unconditional branch (default \"\")")
+    p.add_argument("--output_path", default="output")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML")
+    p.add_argument("--ckpt_path", default="models", help="folder of the checkpoint")
+    p.add_argument("--ckpt_name", default=None,
+                   help="checkpoint file in --ckpt_path (default: the config's, wukong-huahua-ms.ckpt)")
+    p.add_argument("--vocab", default=None,
+                   help="tokenizer vocabulary (default: the config's file next to the checkpoint)")
+    p.add_argument("--n_samples", type=int, default=None,
+                   help="images per prompt per iteration (default 8; 1 on CPU)")
+    p.add_argument("--n_iter", type=int, default=None, help="iterations (default 2; 1 on CPU)")
+    p.add_argument("--H", type=int, default=512)
+    p.add_argument("--W", type=int, default=512)
+    p.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta (sampler ddim only)")
+    p.add_argument("--dpm_solver", action="store_true", help="DPM-Solver++ (2M) instead of PLMS")
+    p.add_argument("--sampler", default=None, choices=["dpm_solver", "plms", "ddim", "ddpm"],
+                   help="sampler (default plms, or dpm_solver with --dpm_solver)")
+    p.add_argument("--fixed_code", action="store_true",
+                   help="same start noise for every iteration (seed reused)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--skip_save", action="store_true", help="do not write the single images")
+    p.add_argument("--skip_grid", action="store_true", help="do not write grids")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_runtime_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def job():
+        import warnings
+
+        from mind_diffusion.ldm.pipeline import LDMPipeline, PromptWarning
+        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.utils.images import check_output_dir, make_grid, next_index, save_png
+
+        warnings.simplefilter("always", PromptWarning)
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+        sampler = args.sampler or ("dpm_solver" if args.dpm_solver else "plms")
+        if args.sampler and args.dpm_solver and args.sampler != "dpm_solver":
+            raise ValueError(f"--dpm_solver conflicts with --sampler {args.sampler}: pass one of them")
+        if args.ddim_eta != 0.0 and sampler != "ddim":
+            raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {sampler})")
+        prompts = read_prompts(args.data_path, args.prompt) if args.data_path else [args.prompt]
+        for pr in prompts:
+            LDMPipeline.check_prompt(pr)
+        LDMPipeline.check_size(args.H, args.W)
+        if args.ddim_steps < 1:
+            raise ValueError(f"--ddim_steps must be >= 1, got {args.ddim_steps}")
+        if not args.scale >= 0:
+            raise ValueError(f"--scale must be >= 0 (7.5 is typical; 1 disables guidance), got {args.scale}")
+        for name in ("n_samples", "n_iter"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name} must be >= 1, got {v}")
+        cfg_path = Path(args.config)
+        if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
+            cfg_path = ROOT / cfg_path
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"config not found: {args.config}")
+        out = check_output_dir(args.output_path)
+        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
+        on_cpu = rt.device_target == "CPU"
+        n_samples = args.n_samples or (1 if on_cpu else 8)
+        n_iter = args.n_iter or (1 if on_cpu else 2)
+        if on_cpu and (args.n_samples is None or args.n_iter is None):
+            print(f"CPU run: {n_samples} image(s) x {n_iter} iteration(s) per prompt "
+                  f"(pass --n_samples / --n_iter for more)")
+
+        from mind_diffusion.config import load_config
+        from mind_diffusion.ldm.model import ldm_config_defaults
+
+        cfg = load_config(cfg_path, args.set, ldm_config_defaults())
+        ckpt = Path(args.ckpt_path).expanduser() / (args.ckpt_name or str(cfg.checkpoint.name))
+        t0 = time.time()
+        pipe = LDMPipeline.from_pretrained(cfg_path, ckpt, vocab=args.vocab, overrides=args.set,
+                                           compute_dtype=rt.precision.ms_dtype())
+        print(f"loaded {ckpt} in {time.time() - t0:.1f} s")
+        samples_dir = out / "samples"
+        written = []
+        for prompt in prompts:
+            for it in range(n_iter):
+                seed = args.seed if args.fixed_code else args.seed + it * n_samples
+                t0 = time.time()
+                images = pipe(prompt, negative_prompt=args.negative_prompt, num_images=n_samples,
+                              height=args.H, width=args.W, num_inference_steps=args.ddim_steps,
+                              guidance_scale=args.scale, sampler=sampler, seed=seed,
+                              **({"eta": args.ddim_eta} if sampler == "ddim" else {}))
+                print(f"the infer time of a batch is {time.time() - t0:.2f} s")
+                settings = pipe.settings(prompt=prompt, negative_prompt=args.negative_prompt,
+                                         sampler=sampler, steps=args.ddim_steps, scale=args.scale,
+                                         seed=seed, height=args.H, width=args.W)
+                if not args.skip_save:
+                    for k, img in enumerate(images):
+                        idx = next_index(samples_dir)
+                        written.append(save_png(samples_dir / f"{idx:05d}.png", img,
+                                                {**settings, "seed": seed + k}))
+                if not args.skip_grid:
+                    g = next_index(out / "grids")
+                    save_png(out / "grids" / f"{g:05d}.png", make_grid(images, min(n_samples, 4)),
+                             {**settings, "seeds": f"{seed}..{seed + n_samples - 1}"})
+        print(f"wrote {len(written)} images to {samples_dir}" + ("" if args.skip_grid else f" and grids to {out / 'grids'}"))
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
