@@ -43,17 +43,56 @@ def read_prompts(data_path: str, name: str) -> list:
     return prompts
 
 
+BUILTIN_DIR = ROOT / "models" / "shapes_zh"
+
+
+def resolve_model(args):
+    """(config path, checkpoint path or None = from the config, uses the built-in model).
+
+    With the default --config / --ckpt_name and no official checkpoint in --ckpt_path, fall back
+    to the built-in shapes model in models/shapes_zh/ (when it is installed) and say so."""
+    cfg_path = Path(args.config)
+    if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
+        cfg_path = ROOT / cfg_path
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"config not found: {args.config}")
+    official = Path(args.ckpt_path).expanduser() / (args.ckpt_name or "wukong-huahua-ms.ckpt")
+    default_model = args.config == DEFAULT_CONFIG and args.ckpt_name is None
+    builtin_cfg = BUILTIN_DIR / "config.yaml"
+    if default_model and not official.is_file() and builtin_cfg.is_file():
+        from mind_diffusion.config import read_yaml
+
+        name = str(read_yaml(builtin_cfg).checkpoint.name)
+        print(f"note: {official} not found, so this uses the built-in shapes model "
+              f"({BUILTIN_DIR.relative_to(ROOT)}/), which only knows the shapes world. For the "
+              f"official Wukong-Huahua model put wukong-huahua-ms.ckpt and vocab_zh.txt into "
+              f"{args.ckpt_path}/ (see README).")
+        return builtin_cfg, BUILTIN_DIR / name, True
+    return cfg_path, None, False
+
+
+def warn_outside_world(prompts):
+    from mind_diffusion.shapes.world import is_world_prompt
+
+    for pr in prompts:
+        if not is_world_prompt(pr):
+            print(f"warning: the built-in model only knows the shapes world (shapes, colours, "
+                  f"places, e.g. 一个红色的圆形在左边); {pr!r} will still generate, but expect "
+                  f"shapes", file=sys.stderr)
+
+
 def parse_args(argv=None):
     from mind_diffusion.runtime import add_runtime_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompt", default="狗 绘画 写实风格",
-                   help="the prompt, or the prompts file name inside --data_path")
+    p.add_argument("--prompt", default=None,
+                   help="the prompt, or the prompts file name inside --data_path "
+                        "(default: the model's, e.g. 狗 绘画 写实风格)")
     p.add_argument("--data_path", default="", help="folder of a prompts file (one prompt per line)")
     p.add_argument("--negative_prompt", default="", help="text for the unconditional branch (default \"\")")
     p.add_argument("--output_path", default="output")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML")
-    p.add_argument("--ckpt_path", default="models", help="folder of the checkpoint")
+    p.add_argument("--ckpt_path", default=str(ROOT / "models"), help="folder of the checkpoint (default: models/)")
     p.add_argument("--ckpt_name", default=None,
                    help="checkpoint file in --ckpt_path (default: the config's, wukong-huahua-ms.ckpt)")
     p.add_argument("--vocab", default=None,
@@ -61,17 +100,18 @@ def parse_args(argv=None):
     p.add_argument("--n_samples", type=int, default=None,
                    help="images per prompt per iteration (default 8; 1 on CPU)")
     p.add_argument("--n_iter", type=int, default=None, help="iterations (default 2; 1 on CPU)")
-    p.add_argument("--H", type=int, default=512)
-    p.add_argument("--W", type=int, default=512)
-    p.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--ddim_steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--H", type=int, default=None, help="image height (default: the config's, 512)")
+    p.add_argument("--W", type=int, default=None, help="image width (default: the config's, 512)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: the config's, 7.5)")
+    p.add_argument("--ddim_steps", type=int, default=None, help="sampling steps (default: the config's, 15)")
     p.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta (sampler ddim only)")
     p.add_argument("--dpm_solver", action="store_true", help="DPM-Solver++ (2M) instead of PLMS")
     p.add_argument("--sampler", default=None, choices=["dpm_solver", "plms", "ddim", "ddpm"],
-                   help="sampler (default plms, or dpm_solver with --dpm_solver)")
+                   help="sampler (default: the config's; Wukong: dpm_solver as its run_txt2img.sh)")
     p.add_argument("--fixed_code", action="store_true",
                    help="same start noise for every iteration (seed reused)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=None, help="base seed (default: the config's, 42)")
     p.add_argument("--skip_save", action="store_true", help="do not write the single images")
     p.add_argument("--skip_grid", action="store_true", help="do not write grids")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -91,42 +131,48 @@ def main(argv=None):
 
         warnings.simplefilter("always", PromptWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-        sampler = args.sampler or ("dpm_solver" if args.dpm_solver else "plms")
+        from mind_diffusion.config import load_config
+        from mind_diffusion.ldm.model import ldm_config_defaults
+
+        cfg_path, ckpt, builtin = resolve_model(args)
+        cfg = load_config(cfg_path, args.set, ldm_config_defaults())
+        if ckpt is None:
+            ckpt = Path(args.ckpt_path).expanduser() / (args.ckpt_name or str(cfg.checkpoint.name))
+        smp = cfg.sampling
+        sampler = args.sampler or ("dpm_solver" if args.dpm_solver else str(smp.sampler))
         if args.sampler and args.dpm_solver and args.sampler != "dpm_solver":
             raise ValueError(f"--dpm_solver conflicts with --sampler {args.sampler}: pass one of them")
         if args.ddim_eta != 0.0 and sampler != "ddim":
             raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {sampler})")
-        prompts = read_prompts(args.data_path, args.prompt) if args.data_path else [args.prompt]
+        H = args.H if args.H is not None else int(smp.H)
+        W = args.W if args.W is not None else int(smp.W)
+        steps = args.ddim_steps if args.ddim_steps is not None else int(smp.steps)
+        scale = args.scale if args.scale is not None else float(smp.scale)
+        base_seed = args.seed if args.seed is not None else int(smp.seed)
+        prompt_arg = args.prompt if args.prompt is not None else str(smp.get("default_prompt", "狗 绘画 写实风格"))
+        prompts = read_prompts(args.data_path, prompt_arg) if args.data_path else [prompt_arg]
         for pr in prompts:
             LDMPipeline.check_prompt(pr)
-        LDMPipeline.check_size(args.H, args.W)
-        if args.ddim_steps < 1:
-            raise ValueError(f"--ddim_steps must be >= 1, got {args.ddim_steps}")
-        if not args.scale >= 0:
-            raise ValueError(f"--scale must be >= 0 (7.5 is typical; 1 disables guidance), got {args.scale}")
+        LDMPipeline.check_size(H, W)
+        if steps < 1:
+            raise ValueError(f"--ddim_steps must be >= 1, got {steps}")
+        if not scale >= 0:
+            raise ValueError(f"--scale must be >= 0 (7.5 is typical; 1 disables guidance), got {scale}")
         for name in ("n_samples", "n_iter"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise ValueError(f"--{name} must be >= 1, got {v}")
-        cfg_path = Path(args.config)
-        if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
-            cfg_path = ROOT / cfg_path
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"config not found: {args.config}")
+        LDMPipeline.check_checkpoint(cfg, ckpt)
+        if builtin:
+            warn_outside_world(prompts)
         out = check_output_dir(args.output_path)
-        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=base_seed, precision=args.precision)
         on_cpu = rt.device_target == "CPU"
         n_samples = args.n_samples or (1 if on_cpu else 8)
         n_iter = args.n_iter or (1 if on_cpu else 2)
         if on_cpu and (args.n_samples is None or args.n_iter is None):
             print(f"CPU run: {n_samples} image(s) x {n_iter} iteration(s) per prompt "
                   f"(pass --n_samples / --n_iter for more)")
-
-        from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.model import ldm_config_defaults
-
-        cfg = load_config(cfg_path, args.set, ldm_config_defaults())
-        ckpt = Path(args.ckpt_path).expanduser() / (args.ckpt_name or str(cfg.checkpoint.name))
         t0 = time.time()
         pipe = LDMPipeline.from_pretrained(cfg_path, ckpt, vocab=args.vocab, overrides=args.set,
                                            compute_dtype=rt.precision.ms_dtype())
@@ -135,16 +181,16 @@ def main(argv=None):
         written = []
         for prompt in prompts:
             for it in range(n_iter):
-                seed = args.seed if args.fixed_code else args.seed + it * n_samples
+                seed = base_seed if args.fixed_code else base_seed + it * n_samples
                 t0 = time.time()
                 images = pipe(prompt, negative_prompt=args.negative_prompt, num_images=n_samples,
-                              height=args.H, width=args.W, num_inference_steps=args.ddim_steps,
-                              guidance_scale=args.scale, sampler=sampler, seed=seed,
+                              height=H, width=W, num_inference_steps=steps,
+                              guidance_scale=scale, sampler=sampler, seed=seed,
                               **({"eta": args.ddim_eta} if sampler == "ddim" else {}))
                 print(f"the infer time of a batch is {time.time() - t0:.2f} s")
                 settings = pipe.settings(prompt=prompt, negative_prompt=args.negative_prompt,
-                                         sampler=sampler, steps=args.ddim_steps, scale=args.scale,
-                                         seed=seed, height=args.H, width=args.W)
+                                         sampler=sampler, steps=steps, scale=scale,
+                                         seed=seed, height=H, width=W)
                 if not args.skip_save:
                     for k, img in enumerate(images):
                         idx = next_index(samples_dir)

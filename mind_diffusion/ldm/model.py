@@ -63,7 +63,7 @@ def ldm_config_defaults() -> dict:
                        "url": "https://download.mindspore.cn/toolkits/minddiffusion/wukong-huahua/"
                               "wukong-huahua-ms.ckpt"},
         "sampling": {"sampler": "dpm_solver", "steps": 15, "scale": 7.5, "H": 512, "W": 512,
-                     "seed": 42, "quantize": "truncate"},
+                     "seed": 42, "quantize": "truncate", "default_prompt": "狗 绘画 写实风格"},
     }
 
 

@@ -153,14 +153,7 @@ class LDMPipeline:
         cfg = load_config(config, overrides, ldm_config_defaults())
         ckpt_path = None
         if ckpt is not None:
-            p = Path(ckpt).expanduser()
-            if not p.is_file():
-                url = cfg.checkpoint.get("url", "")
-                raise CheckpointError(
-                    f"checkpoint not found: {p}. Put {cfg.checkpoint.name} there"
-                    + (f" (download: {url})" if url else "")
-                    + " or pass --ckpt_path/--ckpt_name")
-            ckpt_path = str(p)
+            ckpt_path = str(cls.check_checkpoint(cfg, ckpt))
         vocab_path = resolve_vocab(cfg, ckpt_path, vocab)
         tokenizer = build_tokenizer(cfg.tokenizer, vocab_path, int(cfg.model.text_encoder.context_length))
         model = build_ldm(cfg.model)
@@ -177,6 +170,17 @@ class LDMPipeline:
                       f"(optimizer / loss scale), e.g. {ignored[0]}")
         ckpt_hash = file_sha256(ckpt_path) if ckpt_path else None
         return cls(model, tokenizer, cfg, ckpt_path, ckpt_hash)
+
+    @staticmethod
+    def check_checkpoint(cfg, ckpt) -> Path:
+        p = Path(ckpt).expanduser()
+        if not p.is_file():
+            url = cfg.checkpoint.get("url", "")
+            raise CheckpointError(
+                f"checkpoint not found: {p}. Put {cfg.checkpoint.name} there"
+                + (f" (download: {url})" if url else "")
+                + " or pass --ckpt_path/--ckpt_name")
+        return p
 
     # ------------------------------------------------------------------ text
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
