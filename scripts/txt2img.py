@@ -153,7 +153,9 @@ def main(argv=None):
         prompts = read_prompts(args.data_path, prompt_arg) if args.data_path else [prompt_arg]
         for pr in prompts:
             LDMPipeline.check_prompt(pr)
-        LDMPipeline.check_size(H, W)
+        from mind_diffusion.ldm.model import size_multiple
+
+        LDMPipeline.check_size(H, W, size_multiple(cfg.model))
         if steps < 1:
             raise ValueError(f"--ddim_steps must be >= 1, got {steps}")
         if not scale >= 0:

@@ -109,8 +109,8 @@ def test_truncation_and_unknown_chars_warn(tiny_dir):
 
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(prompt="   "), "prompt is empty"),
-    (dict(height=100), "multiple of 64"),
-    (dict(width=0), "multiple of 64"),
+    (dict(height=100), "positive multiple of 16"),
+    (dict(width=0), "positive multiple of 16"),
     (dict(num_inference_steps=0), "steps must be an integer >= 1"),
     (dict(guidance_scale=-1.0), "guidance scale must be >= 0"),
     (dict(sampler="euler"), "unknown sampler"),

@@ -86,7 +86,7 @@ def test_regenerating_one_image_from_its_seed(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("extra, needles", [
     (["--prompt", "  "], ["prompt is empty"]),
-    (["--prompt", "狗", "--H", 500], ["--H must be a positive multiple of 64"]),
+    (["--prompt", "狗", "--H", 500], ["--H must be a positive multiple of 16"]),
     (["--prompt", "狗", "--ddim_steps", 0], ["--ddim_steps must be >= 1"]),
     (["--prompt", "狗", "--scale", -2], ["--scale must be >= 0"]),
     (["--prompt", "nope.txt", "--data_path", "/nonexistent_dir"], ["prompts file not found"]),

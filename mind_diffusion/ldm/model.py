@@ -52,7 +52,8 @@ def ldm_config_defaults() -> dict:
             "unet": {"in_channels": 4, "out_channels": 4, "model_channels": 320,
                      "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                      "attention_resolutions": [4, 2, 1], "num_heads": 8, "context_dim": 768,
-                     "transformer_depth": 1, "num_groups": 32, "gelu": "tanh"},
+                     "transformer_depth": 1, "num_groups": 32, "gelu": "tanh",
+                     "attn_slice": None},  # query rows per attention chunk (bounds memory)
             "vae": {"embed_dim": 4, "z_channels": 4, "ch": 128, "ch_mult": [1, 2, 4, 4],
                     "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "num_groups": 32},
             "text_encoder": {"vocab_size": 49408, "context_length": 77, "width": 768,
@@ -134,6 +135,12 @@ def build_ldm(model_cfg) -> LatentDiffusion:
                          f"model.vae.embed_dim ({vae_kw['embed_dim']}) for text-to-image")
     return LatentDiffusion(LDMUNet(**unet_kw), AutoencoderKL(**vae_kw),
                            TextConditioner(**m["text_encoder"]), m["scale_factor"])
+
+
+def size_multiple(model_cfg) -> int:
+    """Image sizes must be multiples of this: VAE factor x 2^(UNet levels - 1) (64 for SD-v1)."""
+    m = _plain(model_cfg)
+    return 2 ** (len(m["vae"]["ch_mult"]) - 1) * 2 ** (len(m["unet"]["channel_mult"]) - 1)
 
 
 def schedule_from_config(model_cfg) -> DiffusionSchedule:

@@ -29,7 +29,7 @@ from ..diffusion.samplers import get_sampler
 from ..nn.layers import apply_compute_dtype
 from ..utils.images import NonFiniteImageError
 from .model import (LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint,
-                    schedule_from_config)
+                    schedule_from_config, size_multiple)
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
 
@@ -132,6 +132,8 @@ class LDMPipeline:
         self.schedule = schedule_from_config(cfg.model)
         self.scale_factor = float(cfg.model.scale_factor)
         self.latent_channels = int(cfg.model.unet.in_channels)
+        self.vae_factor = 2 ** (len(cfg.model.vae.ch_mult) - 1)
+        self.size_multiple = size_multiple(cfg.model)
         self.context_length = int(cfg.model.text_encoder.context_length)
         self.vocab_size = int(cfg.model.text_encoder.vocab_size)
         self.ckpt_path = ckpt_path
@@ -216,12 +218,13 @@ class LDMPipeline:
         return prompt
 
     @staticmethod
-    def check_size(height: int, width: int):
+    def check_size(height: int, width: int, multiple: int = 64):
+        """Pixel sizes must be multiples of (VAE factor x UNet halvings): 64 for Wukong / SD."""
         for name, v in (("H", height), ("W", width)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 64 or v % 64:
-                raise ValueError(f"--{name} must be a positive multiple of 64 (the latent is "
-                                 f"{name}/8 and the UNet halves it 3 times), got {v!r}; "
-                                 f"e.g. 512 or 768")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < multiple or v % multiple:
+                raise ValueError(f"--{name} must be a positive multiple of {multiple} for this model "
+                                 f"(the VAE divides it and the UNet halves the latent), got {v!r}; "
+                                 f"e.g. {8 * multiple if multiple <= 64 else multiple}")
 
     # -------------------------------------------------------------- sampling
     def model_fn(self, context: np.ndarray, scale: float) -> Callable:
@@ -244,7 +247,7 @@ class LDMPipeline:
                                for z in latents])
 
     def initial_noise(self, n: int, height: int, width: int, seed: int) -> np.ndarray:
-        shape = (self.latent_channels, height // 8, width // 8)
+        shape = (self.latent_channels, height // self.vae_factor, width // self.vae_factor)
         return np.stack([np.random.default_rng(seed + i).standard_normal(shape).astype(np.float32)
                          for i in range(n)])
 
@@ -277,7 +280,7 @@ class LDMPipeline:
         self.check_prompt(negative_prompt, "negative prompt")
         height = int(s.H) if height is None else height
         width = int(s.W) if width is None else width
-        self.check_size(height, width)
+        self.check_size(height, width, self.size_multiple)
         steps = int(s.steps) if num_inference_steps is None else num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
@@ -292,8 +295,8 @@ class LDMPipeline:
         n = len(prompts)
         if x_T is None:
             x_T = self.initial_noise(n, height, width, seed)
-        elif x_T.shape != (n, self.latent_channels, height // 8, width // 8):
-            raise ValueError(f"x_T must have shape {(n, self.latent_channels, height // 8, width // 8)}, "
+        elif x_T.shape != (n, self.latent_channels, height // self.vae_factor, width // self.vae_factor):
+            raise ValueError(f"x_T must have shape {(n, self.latent_channels, height // self.vae_factor, width // self.vae_factor)}, "
                              f"got {x_T.shape}")
         cond = self.encode_text(prompts)
         if scale != 1.0:

@@ -13,7 +13,11 @@ PyTorch CompVis / diffusers SD-v1.
 
 Speed on CPU: attention uses batched matmuls with transpose flags (no explicit ``k^T``), the
 ``1/sqrt(d)`` scale is folded into q, softmax runs in fp32; ``attn_slice`` processes the query
-rows in chunks of that many rows to bound the memory of the (B*heads, N, M) score matrix.
+rows in chunks of that many rows to bound the memory of the (B*heads, N, M) score matrix
+(chunks are chained with ``ops.depend`` so they run one after another; results are identical).
+At 64x64 latents, batch 2, ``attn_slice=1024`` lowers the graph-mode peak RSS from ~9.0 GB to
+~7.6 GB and is no slower. Broadcasts are explicit (``ops.broadcast_to``): an implicitly
+broadcasting binary op pins extra CPU workspace memory for the graph's lifetime.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ class ResBlock(nn.Cell):
     def construct(self, x, emb, context):
         h = self.in_layers_conv(self.act(self.in_layers_norm(x)))
         e = self.emb_layers(emb)
-        h = h + e.reshape(e.shape[0], e.shape[1], 1, 1)
+        # explicit broadcast: implicitly broadcasting ops pin extra CPU workspace memory in graph mode
+        h = h + ops.broadcast_to(e.reshape(e.shape[0], e.shape[1], 1, 1), h.shape)
         h = self.out_layers_conv(self.dropout(self.act(self.out_layers_norm(h))))
         if self.has_skip:
             return self.skip_connection(x) + h
@@ -143,9 +148,15 @@ class CrossAttention(nn.Cell):
             out = self._attend(q, k, v)
         else:
             chunks = []
+            prev = None
             for start in range(0, n, self.attn_slice):
                 stop = min(start + self.attn_slice, n)
-                chunks.append(self._attend(q[:, start:stop], k, v))
+                qc = q[:, start:stop]
+                if prev is not None:
+                    # run the chunks one after another so each score block is freed before the next
+                    qc = ops.depend(qc, prev)
+                prev = self._attend(qc, k, v)
+                chunks.append(prev)
             out = ops.concat(chunks, axis=1)
         out = out.reshape(b, self.heads, n, self.dim_head).transpose(0, 2, 1, 3).reshape(
             b, n, self.heads * self.dim_head)
@@ -161,11 +172,14 @@ class GEGLU(nn.Cell):
         self.dim_out = dim_out
         self.exact = gelu == "exact"
         self.gelu_tanh = ops.GeLU()
+        self.erf = ops.Erf()
 
     def construct(self, x):
         a, gate = ops.split(self.proj(x), self.dim_out, axis=-1)
         if self.exact:
-            return a * ops.gelu(gate, approximate="none")
+            # 0.5 g (1 + erf(g / sqrt 2)); built from Erf because ops.gelu(approximate="none")
+            # keeps its intermediates alive in CPU graph mode (~170 MB more per block at 64x64)
+            return a * (gate * (self.erf(gate * 0.7071067811865476) * 0.5 + 0.5))
         return a * self.gelu_tanh(gate)
 
 

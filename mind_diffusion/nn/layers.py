@@ -64,10 +64,13 @@ class GroupNorm(nn.Cell):
         xg = ops.cast(x, ms.float32).reshape(b * g, n)
         avg = ops.fill(ms.float32, (n, 1), 1.0 / n)
         mu = ops.matmul(xg, avg)                                 # (B*G, 1)
-        xc = xg - mu
+        # explicit broadcast_to + same-shape ops: an implicitly broadcasting binary op keeps a
+        # workspace of ~4x its output alive for the graph's lifetime on CPU (GBs in a big UNet)
+        xc = xg - ops.broadcast_to(mu, (b * g, n))
         rstd = ops.rsqrt(ops.matmul(xc * xc, avg) + self.eps)    # (B*G, 1)
         scale = (rstd.reshape(b, g, 1) * self.gamma.reshape(1, g, c // g)).reshape(b, c, 1, 1)
-        y = xc.reshape(b, c, h, w) * scale + self.beta.reshape(1, c, 1, 1)
+        shape = (b, c, h, w)
+        y = xc.reshape(shape) * ops.broadcast_to(scale, shape) + ops.broadcast_to(self.beta.reshape(1, c, 1, 1), shape)
         return ops.cast(y, dtype)
 
 
@@ -167,9 +170,12 @@ class LayerNorm(nn.Cell):
         dtype = x.dtype
         shape = x.shape
         x2 = ops.cast(x, ms.float32).reshape(-1, self.dim)
-        xc = x2 - ops.matmul(x2, self.avg)
+        flat = x2.shape
+        # explicit broadcasts: see GroupNorm (implicit broadcasting pins CPU workspace memory)
+        xc = x2 - ops.broadcast_to(ops.matmul(x2, self.avg), flat)
         rstd = ops.rsqrt(ops.matmul(xc * xc, self.avg) + self.eps)
-        y = xc * rstd * self.gamma + self.beta
+        y = (xc * ops.broadcast_to(rstd, flat) * ops.broadcast_to(self.gamma.reshape(1, self.dim), flat)
+             + ops.broadcast_to(self.beta.reshape(1, self.dim), flat))
         return ops.cast(y.reshape(shape), dtype)
 
 

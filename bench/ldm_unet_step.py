@@ -1,0 +1,257 @@
+"""One forward step of the full-size SD-v1 / Wukong-Huahua UNet on CPU: Mind-Diffusion
+(``LDMUNet``, MindSpore GRAPH_MODE) vs diffusers ``UNet2DConditionModel`` (PyTorch eager),
+same random weights, same input, same machine and thread count.
+
+Each side runs in its own subprocess so that its peak RSS is its own. Both build the network,
+then fill it with the same deterministic random weights (generated per CompVis tensor name
+from a seed, moved through ``mind_diffusion.checkpoint.convert_unet``; no zero-initialised
+layers, so the output is non-trivial). The first call (MindSpore: graph compilation) is timed
+separately, then ``--warmup`` untimed calls, then ``--repeats`` timed calls (median reported).
+Ours uses ``gelu="exact"`` (what diffusers computes) so the two outputs are comparable;
+Wukong's tanh-GELU costs the same.
+
+Usage (from the repository root)::
+
+    python bench/ldm_unet_step.py                  # 64x64 latent, batch 2, context (2, 77, 768)
+    python bench/ldm_unet_step.py --quick          # tiny config, smoke test (~1 min)
+    python bench/ldm_unet_step.py --size 32 --repeats 5 --threads 2
+
+Writes ``<out>/ldm_unet_step.md`` (default out: bench/results; ``--quick`` only prints).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+import mind_diffusion  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA etc. before mindspore loads)
+from bench._common import cpu_name
+
+FULL = {}  # LDMUNet defaults = SD-v1 / Wukong
+QUICK = {"model_channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_resolutions": (2, 1),
+         "num_heads": 2, "context_dim": 64, "num_groups": 8}
+
+
+_NORM = re.compile(r"(?:^|\.)(?:in_layers\.0|out_layers\.0|norm[123]?|out\.0)\.weight$")
+
+
+def compvis_weight(name: str, shape, seed: int) -> np.ndarray:
+    """Deterministic random tensor for a CompVis UNet name: norm gamma 1 +- 0.1, biases 0.02 N(0,1),
+    weights N(0, 1/fan_in)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    shape = tuple(shape)
+    leaf = name.rsplit(".", 1)[-1]
+    if _NORM.search(name):
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if leaf == "bias":
+        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def make_inputs(size: int, batch: int, context_dim: int, seed: int):
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((batch, 4, size, size)).astype(np.float32)
+    t = np.array([999, 500, 250, 1][:batch] + [500] * max(0, batch - 4), np.int64)
+    ctx = rng.standard_normal((batch, 77, context_dim)).astype(np.float32)
+    return x, t, ctx
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_calls(fn, warmup: int, repeats: int):
+    t0 = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return out, first, times
+
+
+def worker_ours(cfg, args, out_dir: Path) -> dict:
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.checkpoint.convert_unet import (
+        compvis_unet_to_ours,
+        ours_to_compvis_unet,
+    )
+    from mind_diffusion.ldm.unet import LDMUNet
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    try:
+        ms.device_context.cpu.op_tuning.threads_num(args.threads)
+    except (AttributeError, RuntimeError) as exc:
+        print(f"warning: could not set MindSpore CPU threads: {exc}", file=sys.stderr)
+    t0 = time.perf_counter()
+    net = LDMUNet(gelu="exact", attn_slice=args.attn_slice, **cfg)
+    net.set_train(False)
+    params = {p.name: p for p in net.get_parameters()}
+    names = ours_to_compvis_unet({n: None for n in params})
+    back = compvis_unet_to_ours({cv: cv for cv in names})          # our name -> CompVis name
+    for ours_name, cv_name in back.items():
+        p = params[ours_name]
+        p.set_data(Tensor(compvis_weight(cv_name, p.shape, args.seed)))
+    build_s = time.perf_counter() - t0
+    rss_weights = peak_rss_mb()
+    x, t, ctx = make_inputs(args.size, args.batch, net_context_dim(cfg), args.seed)
+    xs, ts, cs = Tensor(x), Tensor(t.astype(np.int32)), Tensor(ctx)
+    out, first, times = _time_calls(lambda: net(xs, ts, cs).asnumpy(), args.warmup, args.repeats)
+    np.save(out_dir / "ours.npy", out)
+    return {"framework": f"MindSpore {ms.__version__} (graph)", "build_s": build_s, "first_s": first,
+            "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
+            "params": int(sum(int(np.prod(p.shape)) for p in params.values()))}
+
+
+def worker_diffusers(cfg, args, out_dir: Path) -> dict:
+    import diffusers
+    import torch
+
+    from mind_diffusion.checkpoint.convert_unet import (
+        compvis_unet_config_to_diffusers,
+        diffusers_unet_to_compvis,
+    )
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    dcfg = compvis_unet_config_to_diffusers(cfg)
+    unet = diffusers.UNet2DConditionModel(**dcfg).eval()
+    state = dict(unet.named_parameters())
+    to_cv = diffusers_unet_to_compvis({n: n for n in state}, dcfg)  # CompVis name -> diffusers name
+    with torch.no_grad():
+        for cv_name, d_name in to_cv.items():
+            p = state[d_name]
+            p.copy_(torch.from_numpy(compvis_weight(cv_name, p.shape, args.seed)))
+    build_s = time.perf_counter() - t0
+    rss_weights = peak_rss_mb()
+    x, t, ctx = make_inputs(args.size, args.batch, net_context_dim(cfg), args.seed)
+    xs, ts, cs = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)
+
+    def step():
+        with torch.no_grad():
+            return unet(xs, ts, encoder_hidden_states=cs).sample.numpy()
+
+    out, first, times = _time_calls(step, args.warmup, args.repeats)
+    np.save(out_dir / "diffusers.npy", out)
+    return {"framework": f"diffusers {diffusers.__version__} / PyTorch {torch.__version__} (eager)",
+            "build_s": build_s, "first_s": first, "times": times, "rss_weights_mb": rss_weights,
+            "peak_rss_mb": peak_rss_mb(), "params": int(sum(p.numel() for p in state.values()))}
+
+
+def net_context_dim(cfg) -> int:
+    return int(cfg.get("context_dim", 768))
+
+
+def run_worker(side: str, args, out_dir: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--out-dir", str(out_dir),
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.attn_slice:
+        cmd += ["--attn-slice", str(args.attn_slice)]
+    print(f"[{side}] running ...", flush=True)
+    res = subprocess.run(cmd, cwd=ROOT, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"{side} worker failed with exit code {res.returncode}")
+    return json.loads((out_dir / f"{side}.json").read_text())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="CPU threads for both frameworks (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per side (median reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls after the first one")
+    ap.add_argument("--size", type=int, default=None, help="latent size (default 64; 16 with --quick)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--attn-slice", type=int, default=None,
+                    help="LDMUNet attn_slice for our side (query rows per chunk; default: unsliced)")
+    ap.add_argument("--quick", action="store_true", help="tiny UNet config for a smoke test")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--worker", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.size is None:
+        args.size = 16 if args.quick else 64
+    cfg = QUICK if args.quick else FULL
+    down = 2 ** (len(cfg.get("channel_mult", (1, 2, 4, 4))) - 1)
+    if args.size % down:
+        ap.error(f"--size must be divisible by {down}")
+
+    if args.worker:
+        out_dir = Path(args.out_dir)
+        fn = worker_ours if args.worker == "ours" else worker_diffusers
+        res = fn(cfg, args, out_dir)
+        (out_dir / f"{args.worker}.json").write_text(json.dumps(res))
+        return res
+
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(prefix="ldm_unet_bench_") as tmp:
+        tmp = Path(tmp)
+        rows = [run_worker("ours", args, tmp), run_worker("diffusers", args, tmp)]
+        ours, ref = np.load(tmp / "ours.npy"), np.load(tmp / "diffusers.npy")
+    diff = float(np.abs(ours - ref).max())
+    scale = float(np.abs(ref).max())
+    for r in rows:
+        r["median_s"] = statistics.median(r["times"])
+    ratio = rows[1]["median_s"] / rows[0]["median_s"]
+
+    cfg_name = "tiny (--quick)" if args.quick else "SD-v1 / Wukong (320, [1,2,4,4], 8 heads, ctx 768)"
+    header = ("| implementation | params | build + load s | first call s | s/step (median) | steps | "
+              "peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['framework']} | {r['params']:,} | {r['build_s']:.1f} | {r['first_s']:.1f} | "
+             f"{r['median_s']:.2f} | {len(r['times'])} (+{args.warmup} warm-up) | {r['peak_rss_mb']:,.0f} |"
+             for r in rows]
+    notes = [f"- UNet: {cfg_name}; latent {args.size}x{args.size}, batch {args.batch}, context "
+             f"({args.batch}, 77, {net_context_dim(cfg)}), fp32, random weights (same on both sides)"
+             + (f"; ours with attn_slice={args.attn_slice}" if args.attn_slice else "") + ".",
+             f"- Speed: diffusers s/step / ours s/step = **{ratio:.2f}x** (>1: ours faster).",
+             f"- Outputs on the same input: max abs difference **{diff:.2e}** (output max abs {scale:.2f}).",
+             (f"- CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks. "
+             "First call = MindSpore graph compilation + one step / PyTorch first eager step. Peak RSS is "
+             "each subprocess's own maximum resident set (weights + activations + framework)."),
+             ]
+    if load_at_start is not None and load_at_start > 0.5 * (os.cpu_count() or 1):
+        notes.append(f"- WARNING: 1-min load average was {load_at_start:.2f} at start: other processes "
+                     "shared the cores, so absolute timings are noisy.")
+    md = "\n".join(["# LDM (SD-v1) UNet forward step", "", header, *lines, "", *notes, ""])
+    print()
+    print(md)
+    if args.quick:
+        print("(--quick: smoke test, no results file written)")
+        return rows
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ldm_unet_step.md").write_text(md)
+    print(f"wrote {out / 'ldm_unet_step.md'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

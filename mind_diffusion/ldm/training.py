@@ -1,0 +1,697 @@
+"""Latent-diffusion training: fine-tune Wukong-Huahua (the original ``run_train.py`` recipe) or
+train a small LDM from scratch, on image-text pairs listed in CSV files.
+
+    cfg = load_config("configs/wukong/train-finetune.yaml", overrides, ldm_train_config_defaults())
+    train_ldm(cfg, init_runtime("auto", "graph", seed=cfg.train.seed))
+
+What it reproduces (spec ``wukong.md`` §9):
+- loss (§9.5): ``z = stop_gradient(scale_factor * VAE.encode(x))`` (posterior *sample*),
+  ``x_t = sqrt(abar_t) z + sqrt(1-abar_t) eps``, ``mean((eps - UNet(x_t, t, text(ids)))^2)``;
+  the VAE is frozen, the text encoder is trained too (``train.train_text_encoder``; the
+  original never freezes it), the schedule coefficients are fp16-rounded when
+  ``train.schedule_fp16`` (the original's ``use_fp16`` schedule), UNet dropout 0.1
+  (``train.unet_dropout``, the train yaml's value);
+- optimizer (§9.4): MindSpore ``AdamWeightDecay`` (betas 0.9/0.98, eps 1e-6) with weight decay
+  1e-6 on every parameter whose name contains neither "layernorm" nor "bias" (so GroupNorm /
+  LayerNorm ``gamma`` / ``beta`` *are* decayed, as in the original), 0 on the rest;
+  LR warmup then a cosine that is *not* offset by the warmup (:class:`WarmupCosineLR`);
+  dynamic loss scale 65536 / x2 / window 1000 with the step skipped on overflow;
+- data (§9.6): ``data.path`` holds ``*.csv`` files (sorted) with columns ``dir`` (image path
+  relative to ``data.path``) and ``text``; optional small-image filter; SmallestMaxSize ->
+  CenterCrop (or RandomCrop + horizontal flip) -> [-1, 1]; WordPiece ids (int32, 77);
+  sequential CSV order, wrapping (``data.shuffle=true`` for per-epoch permutations);
+  ``train.batch_size`` is *per worker* as in the original (global batch = batch x workers).
+
+What differs, on purpose: all randomness (t, eps, the VAE posterior noise, crops, flips, caption
+dropout) is drawn on the host from ``(seed, step)`` for the whole global batch, each rank
+taking its rows, so a resumed run continues bit-exactly and N workers see exactly the batch
+one process would (UNet dropout > 0 draws its masks on the device and breaks bitwise resume).
+No EMA in the original: ``train.ema_decay=0`` (default) keeps none.
+
+Outputs (``train.output_dir``): ``model.ckpt`` under the LatentDiffusion parameter names plus
+``model.yaml`` and the vocabulary next to it, so ``LDMPipeline.from_pretrained(out/"model.yaml",
+out/"model.ckpt")`` loads strictly; ``model_ema.ckpt`` when EMA is on; training checkpoints
+under ``checkpoints/`` for ``--resume``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
+from ..config import save_config, to_plain
+from ..nn.layers import apply_compute_dtype
+from ..train.data import DataError
+from ..train.trainer import Trainer, TrainOptions
+from .model import (
+    PREFIX_VAE,
+    build_ldm,
+    ldm_config_defaults,
+    load_ldm_checkpoint,
+    schedule_from_config,
+)
+
+IMAGE_COLUMN, TEXT_COLUMN = "dir", "text"
+
+
+# ---------------------------------------------------------------------------------------- config
+def ldm_train_config_defaults() -> dict:
+    """Schema + defaults: the original's fine-tuning recipe (``train_config.json`` + argparse)."""
+    base = ldm_config_defaults()
+    return {
+        "model": base["model"],
+        "tokenizer": base["tokenizer"],
+        "sampling": base["sampling"],   # copied into the exported model.yaml
+        "data": {
+            "kind": "csv",
+            "path": "dataset/",
+            "image_size": 512,
+            "random_crop": False,
+            "filter_small_size": True,
+            "image_filter_size": 256,
+            # the original has no caption dropout; 0.1 trains the unconditional branch for
+            # classifier-free guidance (the built-in model uses it)
+            "caption_dropout": 0.0,
+            # the original's order is sequential (its GeneratorDataset shuffle index is ignored)
+            "shuffle": False,
+            # encode every image once with the frozen VAE (mean, logvar) and sample per step;
+            # needs random_crop=false (identical losses to the uncached path, see the tests)
+            "cache_latents": False,
+        },
+        "train": {
+            "steps": 0,            # 0: epochs x steps_per_epoch
+            "epochs": 20,
+            "batch_size": 3,       # per worker (train_batch_size)
+            "optim": "adamw",      # adamw -> AdamWeightDecay, adam -> Adam (no decay)
+            "start_learning_rate": 1.0e-5,
+            "end_learning_rate": 1.0e-7,
+            "warmup_steps": 1000,
+            "decay_steps": 0,      # 0: the total number of steps
+            "betas": [0.9, 0.98],
+            "eps": 1.0e-6,
+            # the JSON's weight_decay 0.01 is ignored by the original: optim.py hard-codes 1e-6
+            "weight_decay": 1.0e-6,
+            # the original never freezes the text encoder (cond_stage_trainable is not enforced)
+            "train_text_encoder": True,
+            "unet_dropout": 0.1,   # v1-train-chinese.yaml
+            "schedule_fp16": True,  # use_fp16: the q_sample coefficients are fp16 tensors
+            "loss_scale": "dynamic",
+            "init_loss_scale": 65536.0,
+            "loss_scale_window": 1000,
+            # 0 = none (single device in the original); its parallel cell clips at 1.0
+            "clip_grad_norm": 0.0,
+            "ema_decay": 0.0,      # 0 = no EMA (the original has none)
+            "ema_start": 0,
+            "ema_every": 1,
+            "ckpt_every": 10000,   # save_checkpoint_steps; 0 = once per epoch
+            "keep_checkpoints": 3,
+            "log_every": 1,        # callback_size 1
+            "output_dir": "output/txt2img",
+            "seed": 3407,
+        },
+        "init": {
+            "checkpoint": None,      # e.g. models/wukong-huahua-ms.ckpt (strict load)
+            "vae_checkpoint": None,  # first_stage_model.* weights (scripts/train_vae.py output)
+            "vocab": None,           # default: tokenizer.vocab_file next to init.checkpoint
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ data
+def _check_size_arg(image_size: int):
+    if int(image_size) < 8:
+        raise DataError(f"data.image_size must be >= 8, got {image_size}")
+
+
+def read_csv_pairs(data_path: str | Path, need_text: bool = True) -> list[tuple[Path, str]]:
+    """(image path, caption) for every row of ``data_path/*.csv`` (files sorted by name)."""
+    root = Path(str(data_path)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root} (data.path must be a folder holding *.csv "
+                        f"files with columns '{IMAGE_COLUMN}' and '{TEXT_COLUMN}')")
+    files = sorted(root.glob("*.csv"))
+    if not files:
+        raise DataError(f"{root} holds no *.csv file: add a CSV with columns '{IMAGE_COLUMN}' (image path "
+                        f"relative to {root}) and '{TEXT_COLUMN}' (caption)")
+    pairs, missing = [], []
+    for f in files:
+        try:
+            with open(f, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                cols = [c.strip() for c in (reader.fieldnames or [])]
+                need = [IMAGE_COLUMN, TEXT_COLUMN] if need_text else [IMAGE_COLUMN]
+                lacking = [c for c in need if c not in cols]
+                if lacking:
+                    raise DataError(f"{f} lacks column(s) {', '.join(repr(c) for c in lacking)} (it has "
+                                    f"{cols}); the header must name '{IMAGE_COLUMN}' and '{TEXT_COLUMN}'")
+                for row in reader:
+                    row = {(k or "").strip(): v for k, v in row.items()}
+                    rel = (row.get(IMAGE_COLUMN) or "").strip()
+                    if not rel:
+                        continue
+                    p = root / rel
+                    if not p.is_file():
+                        missing.append(rel)
+                    pairs.append((p, row.get(TEXT_COLUMN) or ""))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{f} is not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+        except csv.Error as exc:
+            raise DataError(f"{f} is not a valid CSV file: {exc}") from None
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise DataError(f"{len(missing)} image file(s) listed in {root}/*.csv do not exist (paths are "
+                        f"relative to {root}): {shown}")
+    if not pairs:
+        raise DataError(f"the CSV files in {root} list no images")
+    return pairs
+
+
+def _image_size_of(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def smallest_max_size(img: np.ndarray, size: int) -> np.ndarray:
+    """albumentations ``SmallestMaxSize(size)``: scale so the short side is ``size`` (bilinear,
+    the new sides rounded with Python's round)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    scale = size / float(min(h, w))
+    if scale == 1.0:
+        return img
+    nh, nw = round(h * scale), round(w * scale)
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
+
+def preprocess(img: np.ndarray, size: int, crop: tuple[float, float] | None = None,
+               flip: bool = False) -> np.ndarray:
+    """uint8 HWC -> float32 CHW in [-1, 1]. ``crop=None``: center crop; ``(u, v)`` in [0, 1):
+    random-crop offsets (albumentations: ``int((H - size + 1) * u)``)."""
+    img = smallest_max_size(img, size)
+    h, w = img.shape[:2]
+    if crop is None:
+        y0, x0 = (h - size) // 2, (w - size) // 2
+    else:
+        y0, x0 = int((h - size + 1) * crop[0]), int((w - size + 1) * crop[1])
+    img = img[y0:y0 + size, x0:x0 + size]
+    if flip:
+        img = img[:, ::-1]
+    x = img.astype(np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class CSVImageText:
+    """The image-text pairs of a ``data.path`` folder (after the optional small-image filter)."""
+
+    def __init__(self, data_path, image_size: int = 512, filter_small_size: bool = True,
+                 image_filter_size: int = 256, need_text: bool = True):
+        _check_size_arg(image_size)
+        self.root = Path(str(data_path)).expanduser()
+        pairs = read_csv_pairs(data_path, need_text)
+        self.dropped = 0
+        if filter_small_size:
+            kept = [(p, t) for p, t in pairs if min(_image_size_of(p)) >= int(image_filter_size)]
+            self.dropped = len(pairs) - len(kept)
+            if not kept:
+                raise DataError(f"all {len(pairs)} images in {self.root} are smaller than "
+                                f"data.image_filter_size={image_filter_size} on their short side; lower it "
+                                f"or set data.filter_small_size=false")
+            pairs = kept
+        self.paths = [p for p, _ in pairs]
+        self.texts = [t for _, t in pairs]
+        self.image_size = int(image_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
+        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
+
+
+class LDMBatches:
+    """Random-access batch source: item ``step`` -> this rank's
+    ``(x (B,3,H,W) f32, ids (B,77) i32, t (B,) i32, noise (B,C,h,w) f32, posterior_noise f32)``.
+
+    The global batch of ``batch_size * group_size`` rows and all of its randomness are a pure
+    function of ``(seed, step)``; rank ``r`` takes rows ``[r*B, (r+1)*B)``. With
+    ``latents=(mean, logvar)`` (the cache) ``x`` is replaced by ``(mean, logvar)`` rows.
+    ``with_text=False`` (VAE training) yields ``(x, posterior_noise)`` only."""
+
+    def __init__(self, data: CSVImageText, tokenizer, batch_size: int, num_timesteps: int,
+                 latent_shape: tuple[int, int, int], seed: int = 0, rank: int = 0, group_size: int = 1,
+                 random_crop: bool = False, caption_dropout: float = 0.0, shuffle: bool = False,
+                 with_text: bool = True, latents: tuple[np.ndarray, np.ndarray] | None = None):
+        if batch_size < 1:
+            raise DataError(f"train.batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= float(caption_dropout) <= 1.0:
+            raise DataError(f"data.caption_dropout must be in [0, 1], got {caption_dropout}")
+        self.global_batch = int(batch_size) * int(group_size)
+        if len(data) < self.global_batch:
+            raise DataError(f"the dataset has {len(data)} images, fewer than one global batch of "
+                            f"{self.global_batch} (train.batch_size={batch_size} x {group_size} workers); "
+                            f"lower train.batch_size or add images")
+        self.data, self.tokenizer = data, tokenizer
+        self.local = int(batch_size)
+        self.num_timesteps = int(num_timesteps)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.seed, self.rank, self.group = int(seed), int(rank), int(group_size)
+        self.random_crop, self.caption_dropout = bool(random_crop), float(caption_dropout)
+        self.shuffle, self.with_text = bool(shuffle), bool(with_text)
+        self.latents = latents
+        self.steps_per_epoch = len(data) // self.global_batch  # incomplete batches are dropped
+        self._empty_ids = None
+        self._perm_epoch, self._perm = -1, None
+
+    def global_indices(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(int(step), self.steps_per_epoch)
+        if self.shuffle:
+            if epoch != self._perm_epoch:
+                self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.data))
+                self._perm_epoch = epoch
+            order = self._perm
+        else:
+            order = np.arange(len(self.data))
+        return order[pos * self.global_batch:(pos + 1) * self.global_batch]
+
+    def randomness(self, step: int) -> dict:
+        """All random draws of the global batch at ``step`` (fixed order, whatever the config)."""
+        g = self.global_batch
+        rng = np.random.default_rng([self.seed, int(step), 13])
+        crops = rng.random((g, 2))
+        flips = rng.random(g) < 0.5
+        drop = rng.random(g) < self.caption_dropout
+        t = rng.integers(0, self.num_timesteps, size=g).astype(np.int32)
+        noise = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
+        post = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
+        return {"crops": crops, "flips": flips, "drop": drop, "t": t, "noise": noise, "posterior_noise": post}
+
+    def tokens(self, texts) -> np.ndarray:
+        return np.asarray(self.tokenizer(list(texts)), dtype=np.int32)
+
+    def __getitem__(self, step: int):
+        step = int(step)
+        idx = self.global_indices(step)
+        r = self.randomness(step)
+        rows = range(self.rank * self.local, (self.rank + 1) * self.local)
+        post = np.ascontiguousarray(r["posterior_noise"][rows.start:rows.stop])
+        if self.latents is not None:
+            mean = self.latents[0][idx[rows.start:rows.stop]]
+            logvar = self.latents[1][idx[rows.start:rows.stop]]
+            images = (np.ascontiguousarray(mean), np.ascontiguousarray(logvar))
+        else:
+            xs = []
+            for j in rows:
+                crop = tuple(r["crops"][j]) if self.random_crop else None
+                flip = bool(r["flips"][j]) if self.random_crop else False
+                xs.append(self.data.image(int(idx[j]), crop, flip))
+            images = (np.stack(xs),)
+        if not self.with_text:
+            return (*images, post)
+        texts = ["" if r["drop"][j] else self.data.texts[int(idx[j])] for j in rows]
+        ids = self.tokens(texts)
+        return (*images, ids, np.ascontiguousarray(r["t"][rows.start:rows.stop]),
+                np.ascontiguousarray(r["noise"][rows.start:rows.stop]), post)
+
+    @property
+    def column_names(self) -> list[str]:
+        img = ["mean", "logvar"] if self.latents is not None else ["x"]
+        if not self.with_text:
+            return img + ["posterior_noise"]
+        return img + ["ids", "t", "noise", "posterior_noise"]
+
+    def __len__(self):
+        return 2**62
+
+
+def make_batch_dataset(source: LDMBatches, start_step: int, end_step: int):
+    """A ``mindspore.dataset`` pipeline over steps [start_step, end_step) (background prefetch)."""
+    import mindspore.dataset as ds
+
+    return ds.GeneratorDataset(source, column_names=source.column_names,
+                               sampler=list(range(start_step, end_step)), shuffle=False,
+                               num_parallel_workers=1, python_multiprocessing=False)
+
+
+# ----------------------------------------------------------------------------------------- model
+class LatentDiffusionLoss(nn.Cell):
+    """``construct(x, ids, t, noise, posterior_noise) -> loss`` (spec §9.5), or with
+    ``cached=True`` ``construct(mean, logvar, ids, t, noise, posterior_noise)`` where
+    (mean, logvar) are the frozen VAE's moments of x.
+
+    z = stop_gradient(scale_factor * (mean + exp(logvar / 2) * posterior_noise));
+    x_t = sqrt(abar_t) z + sqrt(1 - abar_t) noise; loss = mean((noise - UNet(x_t, t, ctx))^2),
+    ctx = text_encoder(ids) (stop-gradient unless ``train_text_encoder``)."""
+
+    def __init__(self, ldm, alphas_cumprod: np.ndarray, train_text_encoder: bool = True,
+                 schedule_fp16: bool = False, cached: bool = False):
+        super().__init__(auto_prefix=False)  # keep the LatentDiffusion parameter names
+        self.ldm = ldm
+        abar = np.asarray(alphas_cumprod, np.float64)
+        a, b = np.sqrt(abar), np.sqrt(1.0 - abar)
+        if schedule_fp16:  # the original's use_fp16 schedule tensors
+            a, b = a.astype(np.float16), b.astype(np.float16)
+        self.sqrt_abar = Tensor(a.astype(np.float32))
+        self.sqrt_1m_abar = Tensor(b.astype(np.float32))
+        self.scale_factor = float(ldm.scale_factor)
+        self.train_text_encoder = bool(train_text_encoder)
+        self.cached = bool(cached)
+
+    def _latent(self, x, posterior_noise):
+        z = self.ldm.first_stage_model.encode(x, posterior_noise)
+        return ops.stop_gradient(z * self.scale_factor)
+
+    def diffusion_loss(self, z, ids, t, noise):
+        ctx = self.ldm.cond_stage_model(ids)
+        if not self.train_text_encoder:
+            ctx = ops.stop_gradient(ctx)
+        a = ops.gather(self.sqrt_abar, t, 0).reshape(-1, 1, 1, 1)
+        b = ops.gather(self.sqrt_1m_abar, t, 0).reshape(-1, 1, 1, 1)
+        x_t = a * z + b * noise
+        eps = self.ldm.model.diffusion_model(x_t, t, ctx)
+        diff = ops.cast(eps, ms.float32) - noise
+        return (diff * diff).mean()
+
+    def construct(self, *inputs):
+        if self.cached:
+            mean, logvar, ids, t, noise, post = inputs
+            z = ops.stop_gradient((mean + ops.exp(0.5 * logvar) * post) * self.scale_factor)
+        else:
+            x, ids, t, noise, post = inputs
+            z = self._latent(x, post)
+        return self.diffusion_loss(z, ids, t, noise)
+
+
+class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
+    """The original's ``LearningRate``: ``start * step / warmup`` while ``step < warmup``, then
+    ``end + 0.5 (start - end) (1 + cos(pi * min(step, decay) / decay))`` — the cosine runs
+    from step 0, *not* from the end of the warmup (so it is already partly decayed there)."""
+
+    def __init__(self, start_lr: float, end_lr: float, warmup_steps: int, decay_steps: int):
+        super().__init__()
+        if decay_steps < 1:
+            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+        self.start, self.end = float(start_lr), float(end_lr)
+        self.warmup = float(max(int(warmup_steps), 0))
+        self.warmup_div = float(max(int(warmup_steps), 1))
+        self.decay = float(decay_steps)
+
+    def construct(self, global_step):
+        step = ops.cast(global_step, ms.float32)
+        warm = self.start * step / self.warmup_div
+        p = ops.minimum(step, self.decay)
+        cos = self.end + 0.5 * (self.start - self.end) * (1.0 + ops.cos(math.pi * p / self.decay))
+        return ops.select(step < self.warmup, warm, cos)
+
+
+def lr_at(step: int, start: float, end: float, warmup: int, decay: int) -> float:
+    """Closed form of :class:`WarmupCosineLR` (host side, for logs and tests)."""
+    if step < warmup:
+        return start * step / warmup
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, decay) / decay))
+
+
+def decays(name: str) -> bool:
+    """The original's rule (optim.py): weight decay for names without 'layernorm' or 'bias'.
+    MindSpore norms are named gamma/beta, so GroupNorm/LayerNorm scales and shifts DO decay."""
+    low = name.lower()
+    return "layernorm" not in low and "bias" not in low
+
+
+def weight_decay_groups(params, weight_decay: float) -> list:
+    """AdamWeightDecay parameter groups in the original's layout (+ ``order_params``)."""
+    params = list(params)
+    decay = [p for p in params if decays(p.name)]
+    other = [p for p in params if not decays(p.name)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": float(weight_decay)})
+    if other:
+        groups.append({"params": other, "weight_decay": 0.0})
+    groups.append({"order_params": params})
+    return groups
+
+
+def build_optimizer(params, tcfg, lr):
+    betas = list(tcfg.betas)
+    if len(betas) != 2:
+        raise ValueError(f"train.betas must be two numbers, got {betas}")
+    if tcfg.optim == "adamw":
+        return nn.AdamWeightDecay(weight_decay_groups(params, tcfg.weight_decay), learning_rate=lr,
+                                  beta1=float(betas[0]), beta2=float(betas[1]), eps=float(tcfg.eps))
+    if tcfg.optim == "adam":
+        return nn.Adam(list(params), learning_rate=lr, beta1=float(betas[0]), beta2=float(betas[1]),
+                       eps=float(tcfg.eps))
+    raise ValueError(f"train.optim must be 'adamw' or 'adam', got {tcfg.optim!r}")
+
+
+def set_trainable(cell: nn.Cell, flag: bool):
+    for p in cell.get_parameters():
+        p.requires_grad = bool(flag)
+
+
+# --------------------------------------------------------------------------------------- trainer
+class _ParamView:
+    """What ``Trainer.__init__`` reads of its model to build the EMA: the EMA'd parameters."""
+
+    def __init__(self, params):
+        self._params = list(params)
+
+    def trainable_params(self):
+        return self._params
+
+
+class _NoEMA:
+    ema = ()
+
+    def step(self, step):
+        return None
+
+    def state(self):
+        return {}
+
+    def model_state(self):
+        return {}
+
+
+class ModelTrainer(Trainer):
+    """The shared Trainer, with EMA optional (``ema_decay <= 0``: none, no memory spent) and the
+    exports (``<export_name>.ckpt``, ``<export_name>_ema.ckpt``) written as complete model files
+    under ``model``'s names (frozen parts included)."""
+
+    def __init__(self, model: nn.Cell, loss_net, optimizer, source, opts: TrainOptions, out_dir, runtime=None,
+                 images_per_step=None, use_ema: bool = False, on_export=None, export_name: str = "model"):
+        ema_params = [p for p in model.trainable_params()] if use_ema else []
+        super().__init__(_ParamView(ema_params), loss_net, optimizer, source, opts, out_dir, runtime,
+                         images_per_step)
+        self.model = model
+        self.use_ema = bool(use_ema)
+        if not use_ema:
+            self.ema = _NoEMA()
+        self.on_export = on_export
+        self.export_name = export_name
+
+    def export(self) -> dict:
+        if self.rank != 0:
+            return {}
+        full = {p.name: p.asnumpy() for p in self.model.get_parameters()}
+        extra = {"meta.step": int(self.step)}
+        paths = {"model": save_atomic(full, self.out_dir / f"{self.export_name}.ckpt", extra=extra)}
+        if self.use_ema:
+            ema = dict(full)
+            ema.update(self.ema.model_state())
+            paths["ema"] = save_atomic(ema, self.out_dir / f"{self.export_name}_ema.ckpt", extra=extra)
+        if self.on_export is not None:
+            self.on_export(self)
+        return paths
+
+
+def resolve_total_steps(tcfg, steps_per_epoch: int) -> int:
+    if int(tcfg.steps) > 0:
+        return int(tcfg.steps)
+    if int(tcfg.epochs) < 1:
+        raise ValueError("set train.steps >= 1 or train.epochs >= 1")
+    return int(tcfg.epochs) * steps_per_epoch
+
+
+def make_train_options(tcfg, total: int, steps_per_epoch: int, progress: bool) -> TrainOptions:
+    ckpt_every = int(tcfg.ckpt_every) if int(tcfg.ckpt_every) > 0 else steps_per_epoch
+    return TrainOptions(total_steps=total, log_every=int(tcfg.log_every), ckpt_every=ckpt_every,
+                        keep_checkpoints=int(tcfg.keep_checkpoints),
+                        ema_decay=float(tcfg.ema_decay), ema_start=int(tcfg.ema_start),
+                        ema_every=int(tcfg.ema_every), clip_grad_norm=float(tcfg.clip_grad_norm),
+                        loss_scale=str(tcfg.loss_scale), init_loss_scale=float(tcfg.init_loss_scale),
+                        loss_scale_window=int(tcfg.loss_scale_window), seed=int(tcfg.seed), progress=progress)
+
+
+def _model_dict(cfg, unet_dropout: float = 0.0) -> dict:
+    m = to_plain(cfg.model)
+    m["unet"]["dropout"] = float(unet_dropout)
+    return m
+
+
+def load_vae_weights(vae: nn.Cell, path: str | Path):
+    """Load ``first_stage_model.*`` tensors (e.g. ``scripts/train_vae.py``'s ``vae.ckpt``) into
+    ``vae`` (an LDM's ``first_stage_model``, parameters named ``first_stage_model.*``), strictly
+    (the never-used VAE tensors may be absent)."""
+    from ..checkpoint.io import load_strict
+    from .model import UNUSED_VAE_PARAMS
+
+    state = {k: v for k, v in read_checkpoint(path, "VAE checkpoint").items() if k.startswith(PREFIX_VAE)}
+    if not state:
+        raise CheckpointError(f"{path} holds no first_stage_model.* tensors (expected the vae.ckpt written "
+                              f"by scripts/train_vae.py or a full LDM checkpoint)")
+    return load_strict(list(vae.get_parameters()), state, allow_missing=UNUSED_VAE_PARAMS,
+                       path=str(path))
+
+
+def resolve_train_vocab(cfg) -> Path:
+    from .pipeline import resolve_vocab
+
+    try:
+        return resolve_vocab(cfg, cfg.init.checkpoint, cfg.init.vocab)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(str(exc).replace("pass --vocab PATH", "set init.vocab=PATH")) from None
+
+
+def inference_config(cfg) -> dict:
+    """The LDMPipeline config (ldm_config_defaults schema) of a trained model."""
+    samp = to_plain(cfg.sampling)
+    # the training size, rounded up to the multiple the model's sizes need (LDMPipeline.check_size)
+    from .model import size_multiple
+
+    m = size_multiple(cfg.model)
+    samp["H"] = samp["W"] = -(-int(cfg.data.image_size) // m) * m
+    return {"model": to_plain(cfg.model), "tokenizer": to_plain(cfg.tokenizer),
+            "checkpoint": {"name": "model.ckpt", "url": ""}, "sampling": samp}
+
+
+class _VAEMoments(nn.Cell):
+    def __init__(self, vae):
+        super().__init__(auto_prefix=False)
+        self.vae = vae
+
+    def construct(self, x):
+        return self.vae.encode_moments(x)
+
+
+def compute_latent_cache(vae, data: CSVImageText, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, logvar) of every image (center crop) with the frozen VAE."""
+    enc = _VAEMoments(vae)
+    enc.set_train(False)
+    means, logvars = [], []
+    for s in range(0, len(data), batch):
+        x = np.stack([data.image(i) for i in range(s, min(s + batch, len(data)))])
+        m, lv = enc(Tensor(x))
+        means.append(m.asnumpy())
+        logvars.append(lv.asnumpy())
+    return np.concatenate(means), np.concatenate(logvars)
+
+
+def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True):
+    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``."""
+    from .pipeline import build_tokenizer
+
+    t, d = cfg.train, cfg.data
+    if d.kind != "csv":
+        raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
+                        f"'{TEXT_COLUMN}' columns), got {d.kind!r}")
+    if not 0.0 <= float(t.unet_dropout) < 1.0:
+        raise ValueError(f"train.unet_dropout must be in [0, 1), got {t.unet_dropout}")
+    # cheap checks first: a missing file should not cost a full model build
+    for key in ("checkpoint", "vae_checkpoint"):
+        path = cfg.init[key]
+        if path and not Path(str(path)).expanduser().is_file():
+            hint = (f" (the released model: {ldm_config_defaults()['checkpoint']['url']})"
+                    if key == "checkpoint" else "")
+            raise CheckpointError(f"init.{key} not found: {path}{hint}; set init.{key}=PATH or null to "
+                                  f"start from random weights")
+    vocab = resolve_train_vocab(cfg)
+    ctx_len = int(cfg.model.text_encoder.context_length)
+    tokenizer = build_tokenizer(cfg.tokenizer, vocab, ctx_len)
+    down = 2 ** (len(cfg.model.vae.ch_mult) - 1)
+    unet_down = 2 ** (len(cfg.model.unet.channel_mult) - 1)
+    if int(d.image_size) % (down * unet_down):
+        raise DataError(f"data.image_size={d.image_size} must be divisible by {down * unet_down} (VAE "
+                        f"downsampling {down} x UNet downsampling {unet_down})")
+    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size))
+
+    ms.set_seed(int(t.seed))  # identical initialisation on every rank
+    ldm = build_ldm(_model_dict(cfg, float(t.unet_dropout)))
+    if cfg.init.checkpoint:
+        load_ldm_checkpoint(ldm, cfg.init.checkpoint)
+    if cfg.init.vae_checkpoint:
+        load_vae_weights(ldm.first_stage_model, cfg.init.vae_checkpoint)
+    apply_compute_dtype(ldm, runtime.precision.ms_dtype())
+    set_trainable(ldm.first_stage_model, False)   # the VAE is always frozen
+    set_trainable(ldm.cond_stage_model, bool(t.train_text_encoder))
+    ldm.first_stage_model.set_train(False)
+
+    latents = None
+    if d.cache_latents:
+        if d.random_crop:
+            raise ValueError("data.cache_latents needs data.random_crop=false (a cache holds one crop per image)")
+        latents = compute_latent_cache(ldm.first_stage_model, data)
+    schedule = schedule_from_config(cfg.model)
+    latent_shape = (int(cfg.model.vae.embed_dim), int(d.image_size) // down, int(d.image_size) // down)
+    source = LDMBatches(data, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape,
+                        seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
+                        random_crop=bool(d.random_crop), caption_dropout=float(d.caption_dropout),
+                        shuffle=bool(d.shuffle), latents=latents)
+    total = resolve_total_steps(t, source.steps_per_epoch)
+    decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
+    lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
+    params = ldm.trainable_params()
+    optimizer = build_optimizer(params, t, lr)
+    loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
+                                   bool(t.schedule_fp16), cached=latents is not None)
+    opts = make_train_options(t, total, source.steps_per_epoch, progress)
+    out = Path(t.output_dir).expanduser()
+
+    def on_export(trainer):
+        save_config(inference_config(cfg), out / "model.yaml")
+        dst = out / str(cfg.tokenizer.vocab_file)
+        if dst.resolve() != Path(vocab).resolve():
+            shutil.copyfile(vocab, dst)
+
+    trainer = ModelTrainer(ldm, loss_net, optimizer, source, opts, out, runtime,
+                           images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
+                           on_export=on_export)
+    if resume:
+        trainer.resume(Trainer.find_resume(resume, out))
+    if runtime.rank == 0:
+        save_config(cfg, out / "config.yaml")
+        n_train = sum(int(np.prod(p.shape)) for p in params)
+        print(f"[mind_diffusion] LDM: {len(data)} image-text pairs"
+              + (f" ({data.dropped} dropped by the size filter)" if data.dropped else "")
+              + f", {len(params)} trainable tensors / {n_train:,} parameters"
+              + f" (text encoder {'trained' if t.train_text_encoder else 'frozen'}, VAE frozen), "
+              f"{total} steps, global batch {source.global_batch} over {runtime.group_size} worker(s) "
+              f"-> {out}", flush=True)
+    return trainer, (lambda start, end: make_batch_dataset(source, start, end))
+
+
+def train_ldm(cfg, runtime, resume: str | None = None, progress: bool = True) -> dict:
+    trainer, make = build_ldm_trainer(cfg, runtime, resume, progress)
+    return trainer.fit(make)

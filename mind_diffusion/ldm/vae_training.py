@@ -1,0 +1,145 @@
+"""Train the KL autoencoder (first stage) from scratch, for a small built-in latent model.
+
+Loss (per step, images in [-1, 1]):
+
+    rec  = mean |x - decode(z)|                      (L1, mean over all pixels)
+         + l2_weight * mean (x - decode(z))^2        (optional)
+    kl   = mean over batch of 0.5 * sum_{c,h,w} (mu^2 + exp(logvar) - 1 - logvar)
+    loss = rec + kl_weight * kl,     z = mu + exp(logvar / 2) * posterior_noise
+
+``kl_weight`` defaults to LDM's 1e-6. Note that LDM's reconstruction term is a *sum* over
+pixels (divided by the batch), ours a mean: relative to the reconstruction, our KL is
+``C*H*W`` times stronger at the same weight (a tighter latent, which suits a small model);
+``kl_weight = 1e-6 / (3*H*W)`` reproduces LDM's balance. No perceptual (LPIPS) or GAN term.
+
+The posterior noise, crops and flips are drawn on the host from ``(seed, step)`` (the same CSV
+data source as :mod:`.training`), so resume is exact. The exported ``vae.ckpt`` holds the
+weights under ``first_stage_model.*`` names: give it to LDM training as
+``init.vae_checkpoint`` (or merge it into a LatentDiffusion checkpoint).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from mindspore import nn, ops
+
+from ..config import save_config, to_plain
+from ..nn.layers import apply_compute_dtype
+from ..train.data import DataError
+from .autoencoder import AutoencoderKL
+from .model import ldm_config_defaults
+from .training import (
+    CSVImageText,
+    LDMBatches,
+    ModelTrainer,
+    Trainer,
+    load_vae_weights,
+    make_batch_dataset,
+    make_train_options,
+    resolve_total_steps,
+)
+
+
+def vae_train_config_defaults() -> dict:
+    return {
+        "model": {"vae": ldm_config_defaults()["model"]["vae"]},
+        "data": {"kind": "csv", "path": "dataset/", "image_size": 256, "random_crop": True,
+                 "filter_small_size": False, "image_filter_size": 256, "shuffle": True},
+        "train": {
+            "steps": 0, "epochs": 10, "batch_size": 4, "lr": 1.0e-4, "betas": [0.5, 0.9], "eps": 1.0e-8,
+            "kl_weight": 1.0e-6, "l2_weight": 0.0,
+            "loss_scale": "none", "init_loss_scale": 65536.0, "loss_scale_window": 1000,
+            "clip_grad_norm": 0.0, "ema_decay": 0.0, "ema_start": 0, "ema_every": 1,
+            "ckpt_every": 1000, "keep_checkpoints": 3, "log_every": 10, "output_dir": "runs/vae",
+            "seed": 0,
+        },
+        "init": {"checkpoint": None},
+    }
+
+
+class FirstStage(nn.Cell):
+    """Holds the VAE as ``first_stage_model`` so its parameters carry LatentDiffusion names."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.first_stage_model = vae
+
+    def construct(self, x, noise):
+        return self.first_stage_model(x, noise)
+
+
+def build_vae(vae_cfg) -> FirstStage:
+    kw = dict(to_plain(vae_cfg) if not isinstance(vae_cfg, dict) else vae_cfg)
+    kw["ch_mult"] = tuple(kw["ch_mult"])
+    return FirstStage(AutoencoderKL(**kw))
+
+
+class VAELoss(nn.Cell):
+    """``construct(x, posterior_noise) -> rec + kl_weight * kl`` (see the module doc)."""
+
+    def __init__(self, holder: FirstStage, kl_weight: float = 1e-6, l2_weight: float = 0.0):
+        super().__init__(auto_prefix=False)
+        self.holder = holder
+        self.kl_weight, self.l2_weight = float(kl_weight), float(l2_weight)
+
+    def terms(self, x, noise):
+        vae = self.holder.first_stage_model
+        mean, logvar = vae.encode_moments(x)
+        z = mean + ops.exp(0.5 * logvar) * noise
+        diff = vae.decode(z) - x
+        l1 = ops.abs(diff).mean()
+        l2 = (diff * diff).mean()
+        kl = 0.5 * (mean * mean + ops.exp(logvar) - 1.0 - logvar)
+        kl = kl.sum(axis=(1, 2, 3)).mean()
+        return l1, l2, kl
+
+    def construct(self, x, noise):
+        l1, l2, kl = self.terms(x, noise)
+        return l1 + self.l2_weight * l2 + self.kl_weight * kl
+
+
+def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = True):
+    import mindspore as ms
+
+    t, d = cfg.train, cfg.data
+    if d.kind != "csv":
+        raise DataError(f"data.kind must be 'csv', got {d.kind!r}")
+    ms.set_seed(int(t.seed))
+    holder = build_vae(cfg.model.vae)
+    if cfg.init.checkpoint:
+        load_vae_weights(holder.first_stage_model, cfg.init.checkpoint)
+    apply_compute_dtype(holder, runtime.precision.ms_dtype())
+    down = holder.first_stage_model.downscale
+    if int(d.image_size) % down:
+        raise DataError(f"data.image_size={d.image_size} must be divisible by the VAE downsampling {down}")
+    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size),
+                        need_text=False)
+    shape = (int(cfg.model.vae.embed_dim), int(d.image_size) // down, int(d.image_size) // down)
+    source = LDMBatches(data, None, int(t.batch_size), 1000, shape, seed=int(t.seed), rank=runtime.rank,
+                        group_size=runtime.group_size, random_crop=bool(d.random_crop),
+                        shuffle=bool(d.shuffle), with_text=False)
+    total = resolve_total_steps(t, source.steps_per_epoch)
+    betas = list(t.betas)
+    optimizer = nn.Adam(holder.trainable_params(), learning_rate=float(t.lr), beta1=float(betas[0]),
+                        beta2=float(betas[1]), eps=float(t.eps))
+    loss_net = VAELoss(holder, float(t.kl_weight), float(t.l2_weight))
+    opts = make_train_options(t, total, source.steps_per_epoch, progress)
+    out = Path(t.output_dir).expanduser()
+
+    trainer = ModelTrainer(holder, loss_net, optimizer, source, opts, out, runtime,
+                           images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
+                           export_name="vae")  # vae.ckpt (+ vae_ema.ckpt)
+    if resume:
+        trainer.resume(Trainer.find_resume(resume, out))
+    if runtime.rank == 0:
+        save_config(cfg, out / "config.yaml")
+        n = sum(int(np.prod(p.shape)) for p in holder.trainable_params())
+        print(f"[mind_diffusion] VAE: {len(data)} images, {n:,} parameters, {total} steps, global batch "
+              f"{source.global_batch} over {runtime.group_size} worker(s) -> {out}", flush=True)
+    return trainer, (lambda start, end: make_batch_dataset(source, start, end))
+
+
+def train_vae(cfg, runtime, resume: str | None = None, progress: bool = True) -> dict:
+    trainer, make = build_vae_trainer(cfg, runtime, resume, progress)
+    return trainer.fit(make)
