@@ -159,6 +159,8 @@ def split_checkpoint_state(state: dict) -> tuple[dict, list]:
     that a training checkpoint carries (optimizer moments, loss scale, step counters)."""
     model, ignored, foreign = {}, [], []
     for name, value in state.items():
+        if name.startswith("meta."):  # our own bookkeeping scalars (step, seed)
+            continue
         if name.startswith(MODEL_PREFIXES) and not name.startswith(("model.ema", "model_ema")):
             model[name] = value
         elif _is_training_state(name) or name.startswith(("model_ema", "model.ema")):
