@@ -111,8 +111,11 @@ def load_config(
     return cfg
 
 
-def to_plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+def to_plain(cfg: DictConfig | Mapping) -> dict:
+    """A resolved plain dict from a DictConfig (or a shallow copy of a plain mapping)."""
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
 
 
 def save_config(cfg: DictConfig | Mapping, path: str | Path):

@@ -149,7 +149,7 @@ def main(argv=None):
         steps = args.ddim_steps if args.ddim_steps is not None else int(smp.steps)
         scale = args.scale if args.scale is not None else float(smp.scale)
         base_seed = args.seed if args.seed is not None else int(smp.seed)
-        prompt_arg = args.prompt if args.prompt is not None else str(smp.get("default_prompt", "狗 绘画 写实风格"))
+        prompt_arg = args.prompt if args.prompt is not None else str(smp.default_prompt)
         prompts = read_prompts(args.data_path, prompt_arg) if args.data_path else [prompt_arg]
         for pr in prompts:
             LDMPipeline.check_prompt(pr)

@@ -20,6 +20,7 @@ from mindspore import nn
 
 from ..checkpoint.io import (CheckpointError, CheckpointMismatchError, LoadReport, load_strict,
                              read_checkpoint)
+from ..config import to_plain
 from ..diffusion.schedule import DiffusionSchedule
 
 PREFIX_UNET = "model.diffusion_model."
@@ -38,7 +39,7 @@ UNUSED_VAE_PARAMS = (
 # Keys a MindSpore training checkpoint carries besides the network (optimizer, loss scale...).
 TRAINING_STATE_MARKERS = ("adam_m", "adam_v", "moment1", "moment2", "global_step", "learning_rate",
                           "scale_sense", "beta1_power", "beta2_power", "current_iterator_step",
-                          "epoch_num", "step_num", "loss_scale", "accum", "ema.", "meta.")
+                          "epoch_num", "step_num", "loss_scale", "accum", "ema.")
 
 
 def ldm_config_defaults() -> dict:
@@ -104,24 +105,13 @@ class LatentDiffusion(nn.Cell):
                            "(or use mind_diffusion.ldm.pipeline.LDMPipeline)")
 
 
-def _plain(cfg) -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
-
-
 def build_ldm(model_cfg) -> LatentDiffusion:
     """``model_cfg``: the ``model`` section of an LDM config."""
     from .autoencoder import AutoencoderKL
     from .text_encoder import TextConditioner
     from .unet import LDMUNet
 
-    m = _plain(model_cfg)
+    m = to_plain(model_cfg)
     unet_kw = dict(m["unet"])
     for key in ("channel_mult", "attention_resolutions"):
         unet_kw[key] = tuple(unet_kw[key])
@@ -139,12 +129,12 @@ def build_ldm(model_cfg) -> LatentDiffusion:
 
 def size_multiple(model_cfg) -> int:
     """Image sizes must be multiples of this: VAE factor x 2^(UNet levels - 1) (64 for SD-v1)."""
-    m = _plain(model_cfg)
+    m = to_plain(model_cfg)
     return 2 ** (len(m["vae"]["ch_mult"]) - 1) * 2 ** (len(m["unet"]["channel_mult"]) - 1)
 
 
 def schedule_from_config(model_cfg) -> DiffusionSchedule:
-    s = _plain(model_cfg)["schedule"]
+    s = to_plain(model_cfg)["schedule"]
     return DiffusionSchedule.create(s["kind"], int(s["num_timesteps"]), float(s["beta_start"]),
                                     float(s["beta_end"]))
 
@@ -155,20 +145,17 @@ def _is_training_state(name: str) -> bool:
 
 
 def split_checkpoint_state(state: dict) -> tuple[dict, list]:
-    """Model tensors (under the three model prefixes) and the names of training-state tensors
-    that a training checkpoint carries (optimizer moments, loss scale, step counters)."""
-    model, ignored, foreign = {}, [], []
+    """Model tensors and the names of training-state tensors that a training checkpoint carries
+    (optimizer moments, loss scale, step counters, EMA copies). Anything else stays with the
+    model tensors, so that ``load_strict`` reports it as unexpected."""
+    model, ignored = {}, []
     for name, value in state.items():
         if name.startswith("meta."):  # our own bookkeeping scalars (step, seed)
             continue
-        if name.startswith(MODEL_PREFIXES) and not name.startswith(("model.ema", "model_ema")):
-            model[name] = value
-        elif _is_training_state(name) or name.startswith(("model_ema", "model.ema")):
+        if _is_training_state(name):
             ignored.append(name)
         else:
-            foreign.append(name)
-    if foreign:
-        model.update({n: state[n] for n in foreign})  # reported as unexpected by load_strict
+            model[name] = value
     return model, ignored
 
 

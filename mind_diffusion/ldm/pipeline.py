@@ -27,7 +27,7 @@ from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint
 from ..config import load_config
 from ..diffusion.samplers import get_sampler
 from ..nn.layers import apply_compute_dtype
-from ..utils.images import NonFiniteImageError
+from ..utils.images import to_uint8
 from .model import (LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint,
                     schedule_from_config, size_multiple)
 
@@ -130,7 +130,7 @@ class LDMPipeline:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.schedule = schedule_from_config(cfg.model)
-        self.scale_factor = float(cfg.model.scale_factor)
+        self.scale_factor = model.scale_factor
         self.latent_channels = int(cfg.model.unet.in_channels)
         self.vae_factor = 2 ** (len(cfg.model.vae.ch_mult) - 1)
         self.size_multiple = size_multiple(cfg.model)
@@ -252,15 +252,8 @@ class LDMPipeline:
                          for i in range(n)])
 
     def to_uint8(self, x: np.ndarray) -> np.ndarray:
-        bad = ~np.isfinite(x)
-        if bad.any():
-            raise NonFiniteImageError(
-                f"generated images contain {int(bad.sum())} NaN/Inf values; nothing was written "
-                f"for this batch. On fp16 devices try --precision fp32")
-        img = np.clip((x.transpose(0, 2, 3, 1) + 1.0) / 2.0, 0.0, 1.0) * 255.0
-        if str(self.cfg.sampling.quantize) == "round":
-            return np.rint(img).astype(np.uint8)
-        return img.astype(np.uint8)  # the original truncates
+        """NaN/Inf refused; quantization per config (Wukong truncates, as the original)."""
+        return to_uint8(x, quantize=str(self.cfg.sampling.quantize))
 
     def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str = "",
                  num_images: int = 1, height: int | None = None, width: int | None = None,

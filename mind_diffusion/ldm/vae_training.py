@@ -70,7 +70,7 @@ class FirstStage(nn.Cell):
 
 
 def build_vae(vae_cfg) -> FirstStage:
-    kw = dict(to_plain(vae_cfg) if not isinstance(vae_cfg, dict) else vae_cfg)
+    kw = to_plain(vae_cfg)
     kw["ch_mult"] = tuple(kw["ch_mult"])
     return FirstStage(AutoencoderKL(**kw))
 

@@ -20,8 +20,10 @@ class NonFiniteImageError(FloatingPointError):
     """The generated tensor holds NaN/Inf; writing it would give a black or garbage image."""
 
 
-def to_uint8(x: np.ndarray, channels_first: bool = True) -> np.ndarray:
-    """(B,C,H,W) floats in [-1,1] -> (B,H,W,C) uint8. Refuses NaN / Inf."""
+def to_uint8(x: np.ndarray, channels_first: bool = True, quantize: str = "round") -> np.ndarray:
+    """(B,C,H,W) floats in [-1,1] -> (B,H,W,C) uint8. Refuses NaN / Inf.
+
+    ``quantize="truncate"``: ``uint8(255 * clip((x+1)/2, 0, 1))`` as the LDM originals do."""
     x = np.asarray(x, dtype=np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
@@ -30,6 +32,10 @@ def to_uint8(x: np.ndarray, channels_first: bool = True) -> np.ndarray:
             f"On fp16 devices try --precision fp32")
     if channels_first:
         x = x.transpose(0, 2, 3, 1)
+    if quantize == "truncate":
+        return (np.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if quantize != "round":
+        raise ValueError(f"quantize must be 'round' or 'truncate', got {quantize!r}")
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
