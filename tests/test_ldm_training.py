@@ -466,6 +466,28 @@ def test_vae_trainer_reduces_reconstruction_and_exports(csv_dir, vocab, tmp_path
     for p in ldm.first_stage_model.get_parameters():
         np.testing.assert_array_equal(p.asnumpy(), state[p.name])
 
+    # the latent scale: the std of exactly the posterior samples LDM training feeds the UNet
+    from mind_diffusion.ldm.vae_training import latent_statistics
+
+    vae = trainer.model.first_stage_model
+    st = latent_statistics(vae, src.data, n=4, batch=3, seed=7)
+    noise = np.random.default_rng(7)
+    zs = [vae.encode(Tensor(np.stack([src.data.image(i) for i in idx])),
+                     Tensor(noise.standard_normal((len(idx), 4, 2, 2)).astype(np.float32))).asnumpy()
+          for idx in ([0, 1, 2], [3])]
+    z = np.concatenate(zs).astype(np.float64)
+    assert st["images"] == 4 and st["std"] == pytest.approx(z.std(), rel=1e-4)
+    assert st["scale_factor"] == pytest.approx(1.0 / z.std(), rel=1e-4)
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from vae_latent_scale import write_scale
+
+    yaml = tmp_path / "ldm.yaml"
+    yaml.write_text("model:\n  scale_factor: 1.0   # set by vae_latent_scale.py\n  unet: {}\n", encoding="utf-8")
+    write_scale(yaml, st["scale_factor"])
+    assert load_config(yaml).model.scale_factor == pytest.approx(st["scale_factor"], rel=1e-4)
+    assert "# set by vae_latent_scale.py" in yaml.read_text(encoding="utf-8")
+
 
 # ------------------------------------------------------------------------------ data parallel
 def _free_port():

@@ -143,3 +143,34 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
 def train_vae(cfg, runtime, resume: str | None = None, progress: bool = True) -> dict:
     trainer, make = build_vae_trainer(cfg, runtime, resume, progress)
     return trainer.fit(make)
+
+
+def latent_statistics(vae: AutoencoderKL, data: CSVImageText, n: int = 2000, batch: int = 16,
+                      seed: int = 0) -> dict:
+    """Std of the VAE's posterior *samples* ``z = mu + sigma * eps`` (what the LDM trains on) over
+    the first ``n`` images (center crops), and the ``scale_factor = 1 / std`` that brings them to
+    unit variance (LDM's recipe; SD-v1's 0.18215 came from the same measurement).
+
+    The posterior noise comes from ``numpy.random.default_rng(seed)``, so the result is
+    reproducible."""
+    from mindspore import Tensor
+
+    from .training import _VAEMoments
+
+    n = min(int(n), len(data))
+    if n < 2:
+        raise DataError(f"need at least 2 images to measure the latent std, the data has {len(data)}")
+    enc = _VAEMoments(vae)
+    enc.set_train(False)
+    rng = np.random.default_rng(seed)
+    total, total_sq, count = 0.0, 0.0, 0
+    for s in range(0, n, batch):
+        x = np.stack([data.image(i) for i in range(s, min(s + batch, n))])
+        mean, logvar = (t.asnumpy().astype(np.float64) for t in enc(Tensor(x)))
+        z = mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape)
+        total, total_sq, count = total + z.sum(), total_sq + (z * z).sum(), count + z.size
+    mu = total / count
+    std = float(np.sqrt(max(total_sq / count - mu * mu, 0.0)))
+    if not np.isfinite(std) or std <= 0:
+        raise ValueError(f"the VAE latents have std {std}: the autoencoder is broken (NaN or collapsed)")
+    return {"images": n, "mean": float(mu), "std": std, "scale_factor": 1.0 / std}
