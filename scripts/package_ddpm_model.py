@@ -14,29 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mind_diffusion.cli import run_cli  # noqa: E402
 
 
-def plot_loss(metrics_csv: Path, out_png: Path):
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(open(metrics_csv)))
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [float(r["loss"]) for r in rows], lw=0.6, alpha=0.5, label="loss (logged step)")
-    ax.plot(steps, [float(r["loss_smooth"]) for r in rows], lw=1.5, label="smoothed")
-    ax.set_xlabel("step")
-    ax.set_ylabel("noise MSE")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
@@ -51,6 +28,7 @@ def main(argv=None):
         from mind_diffusion.ddpm.pipeline import DDPMPipeline
         from mind_diffusion.runtime import init_runtime
         from mind_diffusion.utils.images import make_grid, save_png
+        from mind_diffusion.utils.plots import plot_loss
 
         run, out = Path(args.run_dir), Path(args.model_dir)
         for name in ("config.yaml", "model_ema.ckpt", "metrics.csv"):
