@@ -208,3 +208,30 @@ def test_stats_file_errors(tmp_path):
     np.savez(tmp_path / "shape.npz", mu=np.zeros(3), sigma=np.eye(4))
     with pytest.raises(ValueError, match="expected"):
         load_stats(tmp_path / "shape.npz")
+
+
+def test_eigh_route_agrees_with_sqrtm_and_lowrank():
+    from mind_diffusion.metrics.frechet import fid_function, frechet_distance_eigh
+
+    rng = np.random.default_rng(10)
+    d = 48
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = _random_spd(rng, d), _random_spd(rng, d, cond=1e3)
+    ref = frechet_distance(mu1, s1, mu2, s2)
+    assert frechet_distance_eigh(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
+    assert frechet_distance_eigh(mu2, s2, mu1, s1) == pytest.approx(ref, rel=1e-9)  # symmetric
+    # one-dimensional closed form and diagonal covariances
+    assert frechet_distance_eigh(np.array([0.3]), np.array([[4.0]]), np.array([-1.2]), np.array([[0.25]])) \
+        == pytest.approx((0.3 + 1.2) ** 2 + (2.0 - 0.5) ** 2, rel=1e-12)
+    # N < D (singular covariances, as with few images): equals the exact nuclear-norm form up to
+    # the square roots of round-off eigenvalues in the null space (~1e-8 each; sqrtm has the same)
+    x, y = _features(rng, 12, 80), _features(rng, 15, 80, shift=0.2)
+    mu_x, s_x = statistics(x)
+    mu_y, s_y = statistics(y)
+    assert frechet_distance_eigh(mu_x, s_x, mu_y, s_y) == pytest.approx(frechet_distance_lowrank(x, y), rel=1e-7)
+    assert abs(frechet_distance_eigh(mu_x, s_x, mu_x, s_x)) < 1e-9
+    assert fid_function("eigh") is frechet_distance_eigh and fid_function("sqrtm") is frechet_distance
+    with pytest.raises(ValueError, match="unknown Fréchet distance method 'svd'"):
+        fid_function("svd")
+    with pytest.raises(ValueError, match="different dimensions"):
+        frechet_distance_eigh(mu_x, s_x, mu1, s1)

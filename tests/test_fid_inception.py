@@ -473,7 +473,9 @@ def test_cli_folder_vs_folder(tmp_path, photos, cache_env, capsys):
 
 
 @needs_weights
-def test_fid_rises_with_noise(real_net, photos, graph_mode):
+def test_fid_rises_with_noise_and_blur(real_net, photos, graph_mode):
+    import cv2
+
     from mind_diffusion.metrics.frechet import frechet_distance_lowrank
 
     net, _ = real_net
@@ -486,10 +488,12 @@ def test_fid_rises_with_noise(real_net, photos, graph_mode):
     crops = np.stack(crops)  # 8 x 96 x 96 x 3
     noisy = [np.clip(crops + rng.normal(0, s, crops.shape), 0, 255).round().astype(np.uint8)
              for s in (8.0, 24.0, 64.0)]
+    blurred = [np.stack([cv2.GaussianBlur(c, (0, 0), s) for c in crops]) for s in (1.0, 2.0, 4.0)]
     ext = FeatureExtractor(mode="pt", net=net, batch_size=BATCH, progress=False)
-    feats = ext.features(np.concatenate([crops] + noisy))
+    feats = ext.features(np.concatenate([crops] + noisy + blurred))
     clean, rest = feats[:8], feats[8:]
     # 2048-d features of 8 images: the exact low-rank form of the same FID (sqrtm of a 2048 x 2048
     # product takes ~20 s here; tests/test_fid_distance.py checks both forms agree)
-    fids = [frechet_distance_lowrank(clean, rest[i * 8:(i + 1) * 8]) for i in range(3)]
-    assert 0 < fids[0] < fids[1] < fids[2], fids
+    fids = [frechet_distance_lowrank(clean, rest[i * 8:(i + 1) * 8]) for i in range(6)]
+    assert 0 < fids[0] < fids[1] < fids[2], f"noise: {fids[:3]}"
+    assert 0 < fids[3] < fids[4] < fids[5], f"blur: {fids[3:]}"

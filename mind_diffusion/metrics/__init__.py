@@ -1,6 +1,7 @@
 """Evaluation metrics: FID (TF Inception 2015-12-05 pool_3 features + Fréchet distance).
 
-- ``frechet``: ``frechet_distance``, ``frechet_distance_eigvals``, ``frechet_distance_lowrank``,
+- ``frechet``: ``frechet_distance``, ``frechet_distance_eigh``, ``frechet_distance_eigvals``,
+  ``frechet_distance_lowrank``, ``fid_function``,
   ``statistics``,
   ``save_stats`` / ``load_stats`` (numpy / scipy only).
 - ``inception``: ``FIDInceptionV3`` (MindSpore cell).
@@ -10,8 +11,8 @@
 The MindSpore-backed names are imported lazily so that the Fréchet part works without
 initialising MindSpore.
 """
-from .frechet import (FIDStatsError, fid_from_features, frechet_distance, frechet_distance_eigvals,
-                      frechet_distance_lowrank, load_stats, save_stats, statistics)
+from .frechet import (FIDStatsError, fid_from_features, fid_function, frechet_distance, frechet_distance_eigh,
+                      frechet_distance_eigvals, frechet_distance_lowrank, load_stats, save_stats, statistics)
 
 _LAZY = {
     "FIDInceptionV3": "inception",
@@ -26,7 +27,8 @@ _LAZY = {
     "FIDWeightsNotFoundError": "weights",
 }
 
-__all__ = ["FIDStatsError", "fid_from_features", "frechet_distance", "frechet_distance_eigvals",
+__all__ = ["FIDStatsError", "fid_from_features", "fid_function", "frechet_distance", "frechet_distance_eigh",
+           "frechet_distance_eigvals",
            "frechet_distance_lowrank",
            "load_stats", "save_stats", "statistics", *_LAZY]
 

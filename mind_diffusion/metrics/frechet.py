@@ -8,6 +8,10 @@ non-finite entries, eps * I is added to both covariances and the root is taken a
 result is accepted (real part taken) only when every diagonal imaginary part is <= 1e-3,
 otherwise ``ValueError``. ``frechet_distance_eigvals`` computes the trace term from the
 eigenvalues of S1 S2 instead (torch-fidelity's route) and serves as a cross-check.
+``frechet_distance_eigh`` computes the same trace from two symmetric eigen-decompositions
+(Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2)): no eps regularisation, about 10x faster
+than ``sqrtm`` for 2048-d statistics (whose Schur decomposition takes 30-100 s on a 2-core CPU)
+and closer to the exact value when N < D; select it with ``method="eigh"`` (``METHODS``).
 
 Statistics files are ``.npz`` with float64 arrays ``mu`` (D,) and ``sigma`` (D, D), the layout
 pytorch-fid reads and writes; optional scalar metadata (extractor id, N, ...) may be stored
@@ -109,6 +113,42 @@ def frechet_distance_eigvals(mu1, sigma1, mu2, sigma2) -> float:
     eig = linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)
     tr_covmean = np.sqrt(eig).sum().real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def _drop_roundoff(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with round-off ones (below numpy's rank tolerance
+    max|w| * n * eps, or negative) set to 0: with N < D the null space would otherwise add
+    sqrt(1e-16)-sized terms by the hundred."""
+    tol = np.abs(w).max(initial=0.0) * w.shape[0] * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
+def frechet_distance_eigh(mu1, sigma1, mu2, sigma2) -> float:
+    """Fast symmetric route: Tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i(R S2 R)) with R = S1^(1/2)
+    from ``eigh`` (round-off eigenvalues of the PSD inputs dropped, see ``_drop_roundoff``)."""
+    mu1, sigma1, mu2, sigma2 = _validate(mu1, sigma1, mu2, sigma2)
+    diff = mu1 - mu2
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) * 0.5)
+    root1 = (v * np.sqrt(_drop_roundoff(w))) @ v.T
+    m = root1 @ sigma2 @ root1
+    lam = np.linalg.eigvalsh((m + m.T) * 0.5)
+    tr_covmean = float(np.sqrt(_drop_roundoff(lam)).sum())
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+METHODS = {"sqrtm": frechet_distance, "eigh": frechet_distance_eigh}
+METHOD_DESCRIPTIONS = {
+    "sqrtm": "pytorch-fid recipe (scipy sqrtm, eps fallback)",
+    "eigh": "symmetric eigen-decomposition (exact trace, fast)",
+}
+
+
+def fid_function(method: str = "sqrtm"):
+    """The Fréchet distance function for ``method`` ('sqrtm' = pytorch-fid's, 'eigh' = fast)."""
+    if method not in METHODS:
+        raise FIDStatsError(f"unknown Fréchet distance method {method!r}: use 'sqrtm' (pytorch-fid's recipe) "
+                            f"or 'eigh' (fast symmetric route)")
+    return METHODS[method]
 
 
 def frechet_distance_lowrank(feats1, feats2) -> float:
