@@ -1,0 +1,422 @@
+"""Taichu-GLIDE text to image: tokenizer -> base (64 px) -> super-resolution (256 px) -> SRGAN
+(1024 px), one call per task.
+
+    pipe = GlidePipeline.from_pretrained("configs/glide/infer.yaml",
+                                         "models/glide/glide_gen.ckpt",
+                                         "models/glide/glide_super_res.ckpt",
+                                         "models/glide/srgan.ckpt",
+                                         tokenizer="models/glide/cog-pretrain.model")
+    out = pipe("一张画着柯基的油画", num_images_per_prompt=4, seed=0)
+    out[64], out[256], out[1024]          # (4, H, W, 3) uint8 per stage
+
+Flow (spec ``glide.md`` §1, §4): the prompt's SentencePiece ids (128, pad = end token, mask)
+-> base UNet with classifier-free guidance compiled into one cell (doubled batch
+``[cond; uncond]``, the guidance scale an input), ancestral sampling over the respacing
+``"60"`` of the cosine schedule -> the 64 px sample, quantised to 8 bit, conditions the SR UNet
+(same tokens, no guidance), DDIM eta=0 over ``"fast27"`` of the linear schedule from noise x
+0.997 -> SRGAN x4 -> images. The sampling loops are numpy loops
+(:mod:`mind_diffusion.glide.diffusion`) around the compiled calls.
+
+All noise (start noise, step noise, the random unconditional tokens) comes from numpy
+generators, one per image (``seed + k`` for the base stage, ``[seed + k, 1]`` for the SR stage),
+so image ``k`` can be regenerated alone with seed ``seed + k`` on any device and mode.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from ..checkpoint.io import CheckpointError, file_sha256
+from ..config import load_config, to_plain
+from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
+from ..utils.images import NonFiniteImageError, to_uint8
+from . import diffusion as gd
+from .model import (apply_glide_precision, build_glide_base, build_glide_sr, build_srgan,
+                    glide_base_defaults, glide_sr_defaults, srgan_defaults)
+
+__all__ = ["GlidePipeline", "GlideGuidedStep", "GlideSRStep", "SRGANStep", "STAGES",
+           "glide_config_defaults", "build_glide_tokenizer", "GLIDE_URL", "PromptWarning"]
+
+#: Nominal output sizes of the three stages (the real sizes come from the model configs).
+STAGES = (64, 256, 1024)
+GLIDE_URL = "https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/"
+STAGE_FILES = {64: ("gen_ckpt", "glide_gen.ckpt", "base model"),
+               256: ("super_ckpt", "glide_super_res.ckpt", "super-resolution model"),
+               1024: ("srgan_ckpt", "srgan.ckpt", "SRGAN x4 model")}
+TOKENIZER_KINDS = ("sentencepiece", "gpt2_bpe")
+
+
+def glide_config_defaults() -> dict:
+    """Schema and defaults of a GLIDE inference config (configs/glide/infer.yaml)."""
+    return {
+        "model": {"family": "taichu-glide", "base": glide_base_defaults(),
+                  "sr": glide_sr_defaults(), "srgan": srgan_defaults()},
+        "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model",
+                      "bpe_dir": "gpt2-bpe"},
+        "checkpoint": {"ckpt_path": "models/glide", "gen_ckpt": "glide_gen.ckpt",
+                       "super_ckpt": "glide_super_res.ckpt", "srgan_ckpt": "srgan.ckpt",
+                       "url": GLIDE_URL},
+        "sampling": {"denoise_steps": 60, "super_res_step": 27, "guidance_scale": 5.0,
+                     "pics_generated": 8, "uncond": "random", "seed": 0, "stages": 1024,
+                     "coeff_dtype": "auto", "prompts_file": "configs/glide/prompts.txt"},
+    }
+
+
+def build_glide_tokenizer(path, is_chinese: bool = True):
+    """SentencePiece (Chinese, ``cog-pretrain.model``) or GPT-2 BPE (English, a folder with
+    ``encoder.json`` / ``vocab.bpe``)."""
+    if is_chinese:
+        from ..text.sentencepiece_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer(path)
+    from ..text.gpt2_bpe import GPT2BPETokenizer
+
+    return GPT2BPETokenizer(path)
+
+
+# ----------------------------------------------------------------------------- compiled cells
+class GlideGuidedStep(nn.Cell):
+    """The base UNet and classifier-free guidance in one graph.
+
+    ``construct(x (P,C,H,W), t (P,), tokens (2P,L), mask (2P,L), scale ())``: one UNet call on
+    ``[x; x]`` with the text rows ``[cond; uncond]`` (conditional half first, as the original),
+    returns ``(P, 2C, H, W)`` fp32 = ``[eps_u + scale (eps_c - eps_u), v_c]`` (the conditional
+    half's own variance channels). ``scale`` is an input: changing it does not recompile."""
+
+    def __init__(self, unet: nn.Cell, eps_channels: int = 3):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.unet = unet
+        self.c = eps_channels
+
+    def construct(self, x, t, tokens, mask, scale):
+        x_in = ops.concat((x, x), 0)
+        t_in = ops.concat((t, t), 0)
+        out = ops.cast(self.unet(x_in, t_in, tokens, mask), ms.float32)
+        b = x.shape[0]
+        cond = out[:b]
+        uncond = out[b:]
+        eps_c = cond[:, :self.c]
+        eps_u = uncond[:, :self.c]
+        guided = eps_u + scale * (eps_c - eps_u)
+        return ops.concat((guided, cond[:, self.c:]), 1)
+
+
+class GlideSRStep(nn.Cell):
+    """``construct(x, t, low_res, tokens, mask)`` -> the SR UNet output in fp32."""
+
+    def __init__(self, unet: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.unet = unet
+
+    def construct(self, x, t, low_res, tokens, mask):
+        return ops.cast(self.unet(x, t, low_res, tokens, mask), ms.float32)
+
+
+class SRGANStep(nn.Cell):
+    def __init__(self, net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, x):
+        return ops.cast(self.net(ops.cast(x, ms.float32)), ms.float32)
+
+
+def _check_finite(x: np.ndarray, what: str) -> np.ndarray:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise NonFiniteImageError(f"{what} holds {int(bad.sum())} NaN/Inf values (of {x.size}); "
+                                  f"nothing was written. On fp16 devices try --precision fp32")
+    return x
+
+
+def _normalize_stages(stages) -> int:
+    try:
+        value = int(stages)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(stages, bool) or value not in STAGES:
+        raise ValueError(f"stages must be 64 (base only), 256 (base + super-resolution) or 1024 "
+                         f"(all three stages), got {stages!r}")
+    return value
+
+
+class GlidePipeline:
+    """The three GLIDE stages; build with :meth:`from_pretrained`."""
+
+    def __init__(self, base, sr, srgan, tokenizer, cfg, *, ckpt_paths: Mapping | None = None,
+                 coeff_dtype: str = "float64"):
+        self.cfg = cfg
+        self.base, self.sr, self.srgan = base, sr, srgan
+        self.tokenizer = tokenizer
+        self.base_cfg = to_plain(cfg.model.base)
+        self.sr_cfg = to_plain(cfg.model.sr)
+        self.srgan_cfg = to_plain(cfg.model.srgan)
+        if coeff_dtype not in gd.COEFF_DTYPES:
+            raise ValueError(f"coeff_dtype must be one of {gd.COEFF_DTYPES}, got {coeff_dtype!r}")
+        self.coeff_dtype = coeff_dtype
+        self.ckpt_paths = dict(ckpt_paths or {})
+        self._hashes: dict = {}
+        self.max_stage = 1024 if srgan is not None else 256 if sr is not None else 64
+        self._base_step = GlideGuidedStep(base) if base is not None else None
+        self._sr_step = GlideSRStep(sr) if sr is not None else None
+        self._srgan_step = SRGANStep(srgan) if srgan is not None else None
+        for cell in (base, sr, srgan, self._base_step, self._sr_step, self._srgan_step):
+            if cell is not None:
+                cell.set_train(False)
+
+    # ---------------------------------------------------------------- loading
+    @staticmethod
+    def load_config(config=None, overrides: Sequence[str] = ()):
+        return load_config(config, overrides, glide_config_defaults())
+
+    @classmethod
+    def from_pretrained(cls, config=None, gen_ckpt=None, super_ckpt=None, srgan_ckpt=None, *,
+                        tokenizer=None, stages=1024, overrides: Sequence[str] = (),
+                        compute_dtype=None, coeff_dtype: str | None = None,
+                        allow_random: bool = False) -> "GlidePipeline":
+        """Build the stages up to ``stages`` (64, 256 or 1024) from a config (path, DictConfig
+        or None for the defaults) and checkpoint files (or {name: array} states).
+
+        ``tokenizer``: a path (SentencePiece model, or with ``tokenizer.is_chinese=false`` the
+        GPT-2 BPE folder) or a tokenizer object. ``compute_dtype``: the precision policy's
+        compute dtype (fp16 compute with fp32 norms on Ascend/GPU; the coefficient tables
+        then default to fp16, as the original's). Checkpoints of stages beyond ``stages`` are
+        not needed; a missing one raises unless ``allow_random`` (tests only)."""
+        from .checkpoint import load_glide_checkpoint
+
+        cfg = config if (config is not None and not isinstance(config, (str, os.PathLike))) \
+            else cls.load_config(config, overrides)
+        top = _normalize_stages(stages)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            if tokenizer is None:
+                raise ValueError("GLIDE needs its tokenizer: pass tokenizer= the cog-pretrain.model "
+                                 "path (or the GPT-2 BPE folder in English mode)")
+            tokenizer = build_glide_tokenizer(tokenizer, bool(cfg.tokenizer.is_chinese))
+        fp16 = compute_dtype is not None and compute_dtype != ms.float32
+        if coeff_dtype in (None, "auto"):
+            cd = str(cfg.sampling.coeff_dtype)
+            coeff_dtype = cd if cd != "auto" else ("float16" if fp16 else "float64")
+        nets, paths = {}, {}
+        specs = ((64, "base", build_glide_base, cfg.model.base, gen_ckpt),
+                 (256, "sr", build_glide_sr, cfg.model.sr, super_ckpt),
+                 (1024, "srgan", build_srgan, cfg.model.srgan, srgan_ckpt))
+        for stage, kind, build, sub, ckpt in specs:
+            if stage > top:
+                nets[kind] = None
+                continue
+            if ckpt is None and not allow_random:
+                key, name, what = STAGE_FILES[stage]
+                raise CheckpointError(f"the {what} checkpoint is needed for stage {stage}: pass "
+                                      f"{name} (download: {GLIDE_URL})")
+            if isinstance(ckpt, (str, os.PathLike)):
+                ckpt = cls.check_checkpoint(ckpt, stage)
+                paths[kind] = str(ckpt)
+            net = build(sub, deferred_init=ckpt is not None)
+            if ckpt is not None:
+                load_glide_checkpoint(net, ckpt, kind)
+            if kind != "srgan" and fp16:
+                apply_glide_precision(net, compute_dtype)
+            nets[kind] = net
+        pipe = cls(nets["base"], nets["sr"], nets["srgan"], tokenizer, cfg, ckpt_paths=paths,
+                   coeff_dtype=coeff_dtype)
+        pipe.check_tokenizer()
+        return pipe
+
+    @staticmethod
+    def check_checkpoint(path, stage: int) -> Path:
+        key, name, what = STAGE_FILES[stage]
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise CheckpointError(f"{what} checkpoint not found: {p}. Put {name} there "
+                                  f"(download: {GLIDE_URL}) or pass --ckpt_path / --{key}; it is "
+                                  f"needed for --stages {stage} and above")
+        return p
+
+    def check_tokenizer(self):
+        """The tokenizer's ids and pad id must index the token embeddings used."""
+        for kind, cfg, net in (("base", self.base_cfg, self.base), ("SR", self.sr_cfg, self.sr)):
+            if net is not None and self.tokenizer.n_vocab > int(cfg["n_vocab"]):
+                raise ValueError(
+                    f"the tokenizer has {self.tokenizer.n_vocab} ids (pad {self.tokenizer.end_token}) "
+                    f"but the {kind} model's token embedding has {cfg['n_vocab']} rows"
+                    + (" (English GPT-2 BPE ids reach 50256 and Taichu's base model has 50001 rows: "
+                       "use the Chinese tokenizer, or a base model with the GPT-2 vocabulary and "
+                       "model.base.n_vocab=50257)" if self.tokenizer.n_vocab == 50257 else ""))
+
+    def checkpoint_hashes(self) -> dict:
+        """{kind: sha256 prefix} of the loaded checkpoint files (computed once)."""
+        for kind, path in self.ckpt_paths.items():
+            if kind not in self._hashes:
+                self._hashes[kind] = file_sha256(path)
+        return dict(self._hashes)
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, prompts: Sequence[str], text_ctx: int) -> tuple:
+        """(tokens, mask) int32 (B, text_ctx); one truncation warning per distinct prompt."""
+        prompts = list(prompts)
+        unique = list(dict.fromkeys(prompts))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PromptWarning)
+            tok, mask = self.tokenizer.batch(unique, text_ctx)
+        rows = [unique.index(p) for p in prompts]
+        return tok[rows], mask[rows]
+
+    # --------------------------------------------------------------- checks
+    @staticmethod
+    def check_prompt(prompt) -> str:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image, e.g. \"一张画着柯基的油画\"")
+        return prompt
+
+    @staticmethod
+    def _positive_int(value, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+        return int(value)
+
+    # -------------------------------------------------------------- stages
+    def _base_model_fn(self, tokens, mask, scale, uncond, rngs) -> Callable:
+        def step(x, t, tok2, mask2, s):
+            return self._base_step(Tensor(np.ascontiguousarray(x, np.float32)),
+                                   Tensor(np.asarray(t, np.float32)), Tensor(tok2), Tensor(mask2),
+                                   Tensor(np.float32(s))).asnumpy()
+        return gd.guided_model_fn(step, tokens, mask, scale=scale, uncond=uncond, rngs=rngs,
+                                  n_vocab=int(self.base_cfg["n_vocab"]),
+                                  pad_id=int(self.tokenizer.end_token))
+
+    def run_base(self, tokens, mask, *, seed: int, steps: int, scale: float, uncond: str,
+                 progress: bool = True, callback=None) -> np.ndarray:
+        n = tokens.shape[0]
+        size = int(self.base_cfg["image_size"])
+        coeffs = gd.base_schedule(steps, self.coeff_dtype)
+        rngs = gd.make_rngs(seed, n)
+        x_T = gd.base_noise(rngs, (3, size, size))
+        fn = self._base_model_fn(tokens, mask, scale, uncond, rngs)
+        return gd.sample_base(fn, x_T, coeffs, rngs=rngs, progress=progress, callback=callback,
+                              desc=f"GLIDE base {size}px")
+
+    def run_super_res(self, low_res, tokens, mask, *, seed: int, steps: int = gd.SR_STEPS,
+                      progress: bool = True, callback=None) -> np.ndarray:
+        n = low_res.shape[0]
+        size = int(self.sr_cfg["image_size"])
+        coeffs = gd.sr_schedule(steps, self.coeff_dtype)
+        rngs = gd.make_rngs(seed, n, stream=1)
+        x_T = gd.sr_noise(rngs, (3, size, size))
+        lr = Tensor(gd.quantize_low_res(low_res))
+        tok, msk = Tensor(tokens), Tensor(mask)
+
+        def fn(x, t):
+            return self._sr_step(Tensor(np.ascontiguousarray(x, np.float32)),
+                                 Tensor(np.asarray(t, np.float32)), lr, tok, msk).asnumpy()
+        return gd.sample_super_res(fn, x_T, coeffs, progress=progress, callback=callback,
+                                   desc=f"GLIDE super-res {size}px")
+
+    def run_srgan(self, x, progress: bool = True) -> np.ndarray:
+        """One image at a time (a 1024 px batch would need several GB)."""
+        it = range(x.shape[0])
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=f"SRGAN x{int(self.srgan_cfg['upscale_factor'])}", total=x.shape[0])
+        return np.concatenate([self._srgan_step(Tensor(np.ascontiguousarray(x[i:i + 1], np.float32)))
+                               .asnumpy() for i in it])
+
+    # ---------------------------------------------------------------- call
+    def __call__(self, prompt: str | Sequence[str], *, num_images_per_prompt: int | None = None,
+                 guidance_scale: float | None = None, seed: int | None = None,
+                 num_inference_steps: int | None = None, super_res_steps: int | None = None,
+                 stages: int | None = None, uncond: str | None = None,
+                 output_type: str = "uint8", progress: bool = True,
+                 on_stage: Callable | None = None) -> dict:
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        Returns ``{stage: images}`` for every stage run (64, then 256, then 1024), in order;
+        images are (N,H,W,3) uint8 (``output_type="uint8"``) or (N,3,H,W) float32 in [-1, 1]
+        (``"np"``). Image ``j`` (prompt-major) uses seed ``seed + j``. ``on_stage(stage,
+        images)`` is called as each stage finishes (with the ``output_type`` images), so a
+        caller can write them before the next, slower stage runs."""
+        s = self.cfg.sampling
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("nothing to generate: pass a prompt")
+        for p in prompts:
+            self.check_prompt(p)
+        per = self._positive_int(int(s.pics_generated) if num_images_per_prompt is None
+                                 else num_images_per_prompt, "num_images_per_prompt")
+        steps = self._positive_int(int(s.denoise_steps) if num_inference_steps is None
+                                   else num_inference_steps, "num_inference_steps (denoise steps)")
+        sr_steps = int(s.super_res_step) if super_res_steps is None else super_res_steps
+        scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
+                or not np.isfinite(scale):
+            raise ValueError(f"guidance scale must be a finite number (5 is the default), "
+                             f"got {guidance_scale!r}")
+        seed = int(s.seed) if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        top = _normalize_stages(int(s.stages) if stages is None else stages)
+        top = min(top, self.max_stage) if stages is None else top
+        if top > self.max_stage:
+            raise ValueError(f"stage {top} was requested but this pipeline was built up to stage "
+                             f"{self.max_stage} (from_pretrained(stages=...))")
+        uncond = str(s.uncond) if uncond is None else uncond
+        if uncond not in gd.UNCOND_MODES:
+            raise ValueError(f"uncond must be 'random' (random tokens, as Taichu-GLIDE) or "
+                             f"'empty' (the empty prompt, as OpenAI), got {uncond!r}")
+        if output_type not in ("uint8", "np"):
+            raise ValueError(f"output_type must be 'uint8' or 'np', got {output_type!r}")
+        if top >= 256:
+            gd.check_super_res_steps(sr_steps)
+        all_prompts = [p for p in prompts for _ in range(per)]
+
+        def emit(stage, x):
+            _check_finite(x, f"the {stage} px images")
+            img = to_uint8(x) if output_type == "uint8" else x
+            results[stage] = img
+            if on_stage is not None:
+                on_stage(stage, img)
+
+        results: dict = {}
+        tokens, mask = self.tokenize(all_prompts, int(self.base_cfg["text_ctx"]))
+        x = self.run_base(tokens, mask, seed=int(seed), steps=steps, scale=float(scale),
+                          uncond=uncond, progress=progress)
+        emit(64, x)
+        if top >= 256:
+            sr_ctx = int(self.sr_cfg["text_ctx"])
+            if sr_ctx != tokens.shape[1]:
+                tokens, mask = self.tokenize(all_prompts, sr_ctx)
+            x = self.run_super_res(x, tokens, mask, seed=int(seed), steps=sr_steps,
+                                   progress=progress)
+            emit(256, x)
+        if top >= 1024:
+            x = self.run_srgan(x, progress=progress)
+            emit(1024, x)
+        return results
+
+    def settings(self, *, prompt: str, seed: int, stage: int, num_inference_steps: int,
+                 super_res_steps: int, guidance_scale: float, uncond: str,
+                 size: int | None = None) -> dict:
+        """What a PNG's metadata records: the prompt, every setting, checkpoint hashes."""
+        hashes = self.checkpoint_hashes()
+        out = {"prompt": prompt, "model": str(self.cfg.model.family), "stage": stage,
+               "size": f"{size}x{size}" if size else None, "seed": seed,
+               "denoise_steps": num_inference_steps, "guidance_scale": guidance_scale,
+               "uncond": uncond, "coeff_dtype": self.coeff_dtype,
+               "tokenizer": Path(getattr(self.tokenizer, "model_path", None)
+                                 or getattr(self.tokenizer, "encoder_path", "")).name}
+        if stage >= 256:
+            out["super_res_step"] = super_res_steps
+        for kind, key in (("base", 64), ("sr", 256), ("srgan", 1024)):
+            if key <= stage and kind in self.ckpt_paths:
+                out[f"{kind}_checkpoint"] = Path(self.ckpt_paths[kind]).name
+                out[f"{kind}_checkpoint_sha256"] = hashes.get(kind)
+        return out

@@ -1,0 +1,257 @@
+"""Text to image with Taichu-GLIDE: base 64 px -> super-resolution 256 px -> SRGAN 1024 px.
+The original ``src/txt2img.py`` flags, plus --prompt, --seed, --stages, --uncond, --config,
+--set and the runtime flags (--device_target, --mode, --precision).
+
+    python scripts/glide_txt2img.py --ckpt_path models/glide --prompts_file configs/glide/prompts.txt
+    python scripts/glide_txt2img.py --prompt "一只可爱的猫坐在草地上" --pics_generated 2 --stages 256
+
+--ckpt_path holds glide_gen.ckpt, glide_super_res.ckpt, srgan.ckpt and cog-pretrain.model
+(https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/); only the checkpoints of
+the requested --stages are needed. For each prompt, image k (seed + k) is written per stage to
+<output_path>/samples/NNNNN-<prompt>-<size>.png (never overwriting; the prompt part of the name
+is sanitised), and the original's side-by-side strip per stage to <output_path>/strips/. Every
+PNG carries the prompt, every setting and the checkpoint hashes in its metadata. One image is
+regenerated alone with --seed <its seed> --pics_generated 1.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mind_diffusion.cli import run_cli  # noqa: E402
+
+DEFAULT_CONFIG = "configs/glide/infer.yaml"
+
+
+def str2bool(value) -> bool:
+    s = str(value).strip().lower()
+    if s in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if s in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_args(argv=None):
+    from mind_diffusion.runtime import add_runtime_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts_file", default=None,
+                   help="UTF-8 text file, one prompt per line (default: configs/glide/prompts.txt)")
+    p.add_argument("--prompt", default=None, help="one prompt (instead of --prompts_file)")
+    p.add_argument("--ckpt_path", default=None,
+                   help="folder of the checkpoints and tokenizer model (default: models/glide)")
+    p.add_argument("--gen_ckpt", default=None, help="base model checkpoint in --ckpt_path (glide_gen.ckpt)")
+    p.add_argument("--super_ckpt", default=None,
+                   help="super-resolution checkpoint in --ckpt_path (glide_super_res.ckpt)")
+    p.add_argument("--srgan_ckpt", default=None, help="SRGAN checkpoint in --ckpt_path (srgan.ckpt)")
+    p.add_argument("--tokenizer_model", default=None,
+                   help="SentencePiece model in --ckpt_path (cog-pretrain.model); with "
+                        "--is_chinese false the folder of encoder.json / vocab.bpe")
+    p.add_argument("--is_chinese", type=str2bool, default=None,
+                   help="true (default): Chinese SentencePiece tokenizer; false: GPT-2 BPE")
+    p.add_argument("--denoise_steps", type=int, default=None, help="base sampling steps (default 60)")
+    p.add_argument("--super_res_step", type=int, default=None,
+                   help="super-resolution steps: 27 only (the 'fast27' schedule)")
+    p.add_argument("--pics_generated", type=int, default=None, help="images per prompt (default 8)")
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="classifier-free guidance scale of the base model (default 5)")
+    p.add_argument("--uncond", default=None, choices=["random", "empty"],
+                   help="unconditional branch: random tokens (Taichu-GLIDE, default) or the empty "
+                        "prompt (OpenAI)")
+    p.add_argument("--stages", type=int, default=None, choices=[64, 256, 1024],
+                   help="last stage to run: 64, 256 or 1024 (default)")
+    p.add_argument("--seed", type=int, default=None, help="base seed; image k uses seed + k (default 0)")
+    p.add_argument("--output_path", default="output/glide", help="output folder (created if missing)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="GLIDE inference config YAML")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--skip_strip", action="store_true", help="do not write the side-by-side strips")
+    p.add_argument("--model_config_path", default=None, help=argparse.SUPPRESS)  # unused in the original
+    p.add_argument("--data_path", default=None, help=argparse.SUPPRESS)  # unused in the original
+    add_runtime_args(p)
+    return p.parse_args(argv)
+
+
+def read_prompts(path) -> list:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompts file not found: {p} (one prompt per line; pass "
+                                f"--prompts_file PATH or --prompt TEXT)") from None
+    except IsADirectoryError:
+        raise ValueError(f"prompts file {p} is a folder: pass the file with --prompts_file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"prompts file {p} is not UTF-8 text (save it as UTF-8)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read prompts file {p}: {exc.strerror}") from None
+    prompts = [line.strip() for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {p} has no prompts (one prompt per line)")
+    return prompts
+
+
+_UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
+
+
+def slug(prompt: str, limit: int = 40) -> str:
+    """A file-name-safe version of the prompt: letters, digits (any script), '_' and '-'."""
+    text = unicodedata.normalize("NFC", prompt)
+    s = _UNSAFE.sub("_", text).strip("_-.")[:limit].strip("_-.")
+    return s or "prompt"
+
+
+_IDX = re.compile(r"^(\d{5,})-")
+
+
+def next_free_index(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    used = [int(m.group(1)) for f in folder.iterdir() if (m := _IDX.match(f.name))]
+    return max(used) + 1 if used else 0
+
+
+def resolve(path_arg, default_name, base: Path) -> Path:
+    return (base / (path_arg if path_arg is not None else default_name)).expanduser()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def job():
+        import warnings
+
+        from mind_diffusion.glide import diffusion as gd
+        from mind_diffusion.glide.pipeline import STAGE_FILES, GlidePipeline, build_glide_tokenizer
+        from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
+        from mind_diffusion.utils.images import check_output_dir, save_png
+
+        warnings.simplefilter("always", TokenTruncationWarning)
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+
+        cfg_path = Path(args.config)
+        if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
+            cfg_path = ROOT / cfg_path
+        cfg = GlidePipeline.load_config(cfg_path, args.set)
+        smp, ck, tk = cfg.sampling, cfg.checkpoint, cfg.tokenizer
+
+        steps = args.denoise_steps if args.denoise_steps is not None else int(smp.denoise_steps)
+        sr_steps = args.super_res_step if args.super_res_step is not None else int(smp.super_res_step)
+        pics = args.pics_generated if args.pics_generated is not None else int(smp.pics_generated)
+        scale = args.guidance_scale if args.guidance_scale is not None else float(smp.guidance_scale)
+        seed = args.seed if args.seed is not None else int(smp.seed)
+        stages = args.stages if args.stages is not None else int(smp.stages)
+        uncond = args.uncond or str(smp.uncond)
+        is_chinese = bool(tk.is_chinese) if args.is_chinese is None else args.is_chinese
+        if not 1 <= steps <= gd.BASE_NUM_TIMESTEPS:
+            raise ValueError(f"--denoise_steps must be between 1 and {gd.BASE_NUM_TIMESTEPS}, got {steps}")
+        gd.check_super_res_steps(sr_steps)
+        if pics < 1:
+            raise ValueError(f"--pics_generated must be >= 1, got {pics}")
+        if not math.isfinite(scale):
+            raise ValueError(f"--guidance_scale must be a finite number, got {scale}")
+        if seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {seed}")
+        if stages not in (64, 256, 1024):
+            raise ValueError(f"--stages must be 64, 256 or 1024, got {stages}")
+        if uncond not in gd.UNCOND_MODES:
+            raise ValueError(f"--uncond must be random or empty, got {uncond!r}")
+
+        if args.prompt is not None:
+            prompts = [args.prompt.strip()]
+            if not prompts[0]:
+                raise ValueError("the prompt is empty: describe the image, e.g. \"一张画着柯基的油画\"")
+        else:
+            pf = args.prompts_file or str(smp.prompts_file)
+            if args.prompts_file is None and not Path(pf).is_file() and (ROOT / pf).is_file():
+                pf = str(ROOT / pf)
+            prompts = read_prompts(pf)
+
+        if args.ckpt_path is not None:
+            ckpt_dir = Path(args.ckpt_path).expanduser()
+        else:
+            ckpt_dir = Path(str(ck.ckpt_path)).expanduser()
+            if not ckpt_dir.is_absolute() and not ckpt_dir.is_dir():
+                ckpt_dir = ROOT / ckpt_dir
+        tok_default = str(tk.sp_model) if is_chinese else str(tk.bpe_dir)
+        tok_path = resolve(args.tokenizer_model, tok_default, ckpt_dir)
+        if is_chinese and not tok_path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer model not found: {tok_path}. Put cog-pretrain.model (it ships with the "
+                f"Taichu-GLIDE checkpoints, {ck.url}) into {ckpt_dir} or pass --tokenizer_model PATH")
+        ckpts = {}
+        for stage, (key, _name, _what) in STAGE_FILES.items():
+            if stage <= stages:
+                ckpts[stage] = GlidePipeline.check_checkpoint(
+                    resolve(getattr(args, key), str(ck[key]), ckpt_dir), stage)
+        tokenizer = build_glide_tokenizer(tok_path, is_chinese)
+        out = check_output_dir(args.output_path)
+
+        from mind_diffusion.runtime import init_runtime
+
+        rt = init_runtime(args.device_target, args.mode, seed=seed, precision=args.precision)
+        t0 = time.time()
+        pipe = GlidePipeline.from_pretrained(cfg, ckpts.get(64), ckpts.get(256), ckpts.get(1024),
+                                             tokenizer=tokenizer, stages=stages,
+                                             compute_dtype=rt.precision.ms_dtype())
+        print(f"loaded the {stages} px pipeline ({', '.join(str(p.name) for p in ckpts.values())}) "
+              f"in {time.time() - t0:.1f} s")
+        run_info = {"pics_generated": pics, "is_chinese": is_chinese,
+                    "device": rt.device_target, "mode": rt.mode,
+                    "precision": rt.precision.compute}
+        if Path(tok_path).is_file():
+            from mind_diffusion.checkpoint.io import file_sha256
+
+            run_info["tokenizer_sha256"] = file_sha256(tok_path)
+        samples, strips = out / "samples", out / "strips"
+        written = []
+        for prompt in prompts:
+            name = slug(prompt)
+            first = next_free_index(samples)
+            strip_idx = next_free_index(strips)
+
+            def write(stage, images, prompt=prompt, name=name, first=first, strip_idx=strip_idx):
+                import numpy as np
+
+                size = images.shape[1]
+                settings = pipe.settings(prompt=prompt, seed=seed, stage=stage,
+                                         num_inference_steps=steps, super_res_steps=sr_steps,
+                                         guidance_scale=scale, uncond=uncond, size=size)
+                settings.update(run_info)
+                for k, img in enumerate(images):
+                    path = samples / f"{first + k:05d}-{name}-{size}.png"
+                    while path.exists():  # another run wrote meanwhile: never overwrite
+                        path = samples / f"{next_free_index(samples):05d}-{name}-{size}.png"
+                    written.append(save_png(path, img, {**settings, "seed": seed + k, "image": k}))
+                if not args.skip_strip:
+                    path = strips / f"{strip_idx:05d}-{name}-{size}.png"
+                    if path.exists():
+                        path = strips / f"{next_free_index(strips):05d}-{name}-{size}.png"
+                    save_png(path, np.concatenate(list(images), axis=1),
+                             {**settings, "seeds": f"{seed}..{seed + len(images) - 1}"})
+                print(f"stage {stage}: wrote {len(images)} images of {size}x{size} for {prompt[:30]!r}",
+                      flush=True)
+
+            t0 = time.time()
+            pipe(prompt, num_images_per_prompt=pics, guidance_scale=scale, seed=seed,
+                 num_inference_steps=steps, super_res_steps=sr_steps, stages=stages,
+                 uncond=uncond, on_stage=write)
+            print(f"the infer time of a prompt is {time.time() - t0:.2f} s")
+        tmp = out / ".infer_result.json.tmp"
+        tmp.write_text(json.dumps({"infer_result": "success"}))
+        os.replace(tmp, out / "infer_result.json")
+        print(f"wrote {len(written)} images to {samples}" + ("" if args.skip_strip else f" and strips to {strips}"))
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Helpers for the GLIDE tests: a tiny SentencePiece model trained on the spot, a tiny GPT-2
+BPE vocabulary learnt by a minimal BPE trainer, and tiny random GLIDE checkpoints."""
+from __future__ import annotations
+
+import collections
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+CORPUS_ZH = [
+    "一张画着柯基的油画", "一只可爱的猫坐在草地上", "城市夜景 赛博朋克", "来自深渊 风景 绘画 写实风格",
+    "狗 绘画 写实风格", "猫 插画风格", "一座古老的城堡在山顶上", "海边的日落，金色的阳光",
+    "春天的花园里开满了鲜花", "雪山下的湖泊倒映着蓝天", "一个宇航员骑着马", "水墨画风格的竹林",
+    "a red fox in the snow, oil painting", "cyberpunk city at night 8k",
+]
+
+CORPUS_EN = [
+    "a photo of a cat sitting on the grass", "an oil painting of a corgi wearing a hat",
+    "the quick brown fox jumps over the lazy dog", "it's a beautiful day, isn't it? we'll see.",
+    "cyberpunk city at night, trending on artstation, 8k, highly detailed",
+    "numbers 1234567890 and 3rd 21st 1e-5 0.5x", "café naïve résumé ångström",
+    "一只可爱的猫坐在草地上", "emoji 🐱🚀 and symbols ©®™ ½", "hyphen-ated under_scores slashes/and",
+    "they'd've done it, i'm sure you're right; they've gone", "  lots   of\tspace\n\nnewlines  ",
+]
+
+GPT2_PATTERN_TEST = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def train_tiny_sp(folder: Path, name: str = "tiny-sp.model", vocab_size: int = 80) -> Path:
+    """A small unigram SentencePiece model (at most ``vocab_size`` pieces) written to folder/name."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS_ZH[:8] * 4), model_writer=buf,
+                                   vocab_size=vocab_size, model_type="unigram",
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _byte_symbols():
+    """GPT-2's byte -> printable unicode table, written out independently of the library."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    table, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def train_tiny_bpe(folder: Path, n_merges: int = 300, gz: bool = False) -> Path:
+    """Learn ``n_merges`` byte-level BPE merges from CORPUS_EN (most frequent pair first, ties
+    by the pair itself) and write encoder.json + vocab.bpe (or .gz) into ``folder``."""
+    import gzip
+
+    import regex
+
+    pat = regex.compile(GPT2_PATTERN_TEST)
+    b2u = _byte_symbols()
+    words = collections.Counter()
+    for line in CORPUS_EN * 3:
+        for piece in pat.findall(line.lower()):
+            words[tuple(b2u[b] for b in piece.encode("utf-8"))] += 1
+    merges = []
+    for _ in range(n_merges):
+        pairs = collections.Counter()
+        for w, c in words.items():
+            for p in zip(w, w[1:]):
+                pairs[p] += c
+        if not pairs:
+            break
+        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        merges.append(best)
+        new = collections.Counter()
+        for w, c in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new[tuple(out)] += c
+        words = new
+    vocab = {}
+    for s in list(b2u.values()) + ["".join(m) for m in merges] + ["<|endoftext|>"]:
+        vocab.setdefault(s, len(vocab))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+    bpe = ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")
+    if gz:
+        (folder / "encoder.json.gz").write_bytes(gzip.compress(enc))
+        (folder / "vocab.bpe.gz").write_bytes(gzip.compress(bpe))
+    else:
+        (folder / "encoder.json").write_bytes(enc)
+        (folder / "vocab.bpe").write_bytes(bpe)
+    return folder
+
+
+def randomize(net, seed: int = 0, std: float = 0.2):
+    """Noticeable random values in every parameter (zero-init output convs would hide bugs);
+    BatchNorm variances stay positive."""
+    from mindspore import Tensor
+
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        shape = tuple(p.shape)
+        name = p.name
+        if name.endswith(("gamma", "moving_variance")):
+            v = 1.0 + std * np.abs(rng.standard_normal(shape)) if "moving_variance" in name \
+                else 1.0 + std * rng.standard_normal(shape)
+        else:
+            v = std * rng.standard_normal(shape)
+        p.set_data(Tensor(v.astype(np.float32), p.dtype))
+    return net
+
+
+def write_tiny_glide_config(folder: Path, **sampling) -> Path:
+    """A GLIDE inference config with the GLIDE_TINY shapes (base 16 px, SR 32 px, SRGAN x4)."""
+    import yaml
+
+    from mind_diffusion.glide.model import GLIDE_TINY
+
+    cfg = {"model": {"family": "glide-tiny", "base": GLIDE_TINY["base"], "sr": GLIDE_TINY["sr"],
+                     "srgan": GLIDE_TINY["srgan"]},
+           "checkpoint": {"ckpt_path": str(folder)},
+           "sampling": {"denoise_steps": 3, "pics_generated": 2, "seed": 0, **sampling}}
+    path = Path(folder) / "glide-tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def make_tiny_glide_dir(folder: Path, seed: int = 0, std: float = 0.05) -> Path:
+    """glide-tiny.yaml + glide_gen.ckpt / glide_super_res.ckpt / srgan.ckpt (random weights,
+    official layout) + cog-pretrain.model (a tiny SentencePiece model) in ``folder``."""
+    from mind_diffusion.glide.checkpoint import save_glide_checkpoint
+    from mind_diffusion.glide.model import GLIDE_TINY, build_glide_base, build_glide_sr, build_srgan
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_glide_config(folder)
+    train_tiny_sp(folder, "cog-pretrain.model")
+    for i, (build, kind, name) in enumerate(((build_glide_base, "base", "glide_gen.ckpt"),
+                                             (build_glide_sr, "sr", "glide_super_res.ckpt"),
+                                             (build_srgan, "srgan", "srgan.ckpt"))):
+        net = randomize(build(GLIDE_TINY[kind]), seed + i, std)
+        save_glide_checkpoint(net, folder / name, kind)
+    return folder
