@@ -1,0 +1,165 @@
+"""Prompt adherence of a shapes-world text-to-image model (the built-in `models/shapes_zh/` or a
+training run's export), measured with the shapes scorer at the model's default sampler settings.
+
+    python scripts/eval_shapes_model.py --model models/shapes_zh --out output/shapes_eval
+    python scripts/eval_shapes_model.py --model runs/shapes-ldm --ckpt model_ema.ckpt --per_prompt 2
+
+For each split (held-out combinations, never drawn in training, and seen ones) it generates
+`--per_prompt` images for each of the fixed prompts of `shapes.world.eval_prompts` (one shape
+each), scores colour / shape / position, and writes `adherence.md` (table), `adherence.csv` (one
+row per image) and `grid_<split>.png` (samples with their prompts) into --out.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mind_diffusion.cli import run_cli  # noqa: E402
+
+KEYS = ("colour", "shape", "position", "all")
+
+
+def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progress: bool = True) -> list[dict]:
+    """[{prompt, seed, colour, shape, position, all}] for ``per_prompt`` images of every prompt;
+    image j of prompt i uses seed ``seed + i * per_prompt + j`` (regenerate any one alone)."""
+    from mind_diffusion.shapes.scorer import score
+
+    jobs = [(p, seed + i * per_prompt + j) for i, p in enumerate(prompts) for j in range(per_prompt)]
+    rows, images = [], []
+    for s in range(0, len(jobs), batch):
+        chunk = jobs[s:s + batch]
+        # consecutive seeds inside a chunk: the pipeline gives image k the seed seed + k
+        groups = []
+        for p, sd in chunk:
+            if groups and groups[-1][1] + len(groups[-1][0]) == sd:
+                groups[-1][0].append(p)
+            else:
+                groups.append(([p], sd))
+        for ps, sd in groups:
+            imgs = pipe(ps, seed=sd, progress=progress)
+            for k, (p, img) in enumerate(zip(ps, imgs)):
+                r = score(img, p)
+                rows.append({"prompt": p, "seed": sd + k, **{key: bool(r[key]) for key in KEYS}})
+                images.append(img)
+    return rows, images
+
+
+def rates(rows) -> dict:
+    n = len(rows)
+    return {"n": n, **{k: (sum(r[k] for r in rows) / n if n else float("nan")) for k in KEYS}}
+
+
+def markdown(table: dict, settings: dict) -> str:
+    lines = [f"Settings: {json.dumps(settings, ensure_ascii=False)}", "",
+             "| prompts | images | colour | shape | position | all three |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in table.items():
+        lines.append(f"| {name} | {r['n']} | {r['colour']:.1%} | {r['shape']:.1%} | {r['position']:.1%} | "
+                     f"{r['all']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def label_grid(images, prompts, ncol: int = 8):
+    """Images in a grid with their prompts written under each (PIL default font has no CJK
+    glyphs, so the label is drawn with the first CJK-capable font found, else the index)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = None
+    for name in ("NotoSansCJK-Regular.ttc", "wqy-microhei.ttc", "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf"):
+        for root in ("/usr/share/fonts", "/usr/local/share/fonts"):
+            hits = list(Path(root).rglob(name)) if Path(root).is_dir() else []
+            if hits:
+                font = ImageFont.truetype(str(hits[0]), 11)
+                break
+        if font:
+            break
+    size = images[0].shape[0] * 2
+    cell_w, cell_h = size + 8, size + 22
+    rows = -(-len(images) // ncol)
+    canvas = Image.new("RGB", (ncol * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, p) in enumerate(zip(images, prompts)):
+        x, y = (i % ncol) * cell_w + 4, (i // ncol) * cell_h + 2
+        canvas.paste(Image.fromarray(np.asarray(img)).resize((size, size), Image.NEAREST), (x, y))
+        draw.text((x, y + size + 2), p if font else f"#{i}", fill="black", font=font)
+    return canvas
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/shapes_zh", help="folder with config.yaml (or model.yaml) and the checkpoint")
+    p.add_argument("--ckpt", default=None, help="checkpoint file name inside --model (default: from the config)")
+    p.add_argument("--out", default="output/shapes_eval", help="output folder (created)")
+    p.add_argument("--per_prompt", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--n_heldout", type=int, default=16, help="held-out prompts (16 = every held-out combination once)")
+    p.add_argument("--n_seen", type=int, default=16, help="seen (training-combination) prompts")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--sampler", default=None)
+    from mind_diffusion.runtime import add_runtime_args
+
+    add_runtime_args(p)
+    args = p.parse_args(argv)
+
+    def job():
+        from mind_diffusion.ldm.pipeline import LDMPipeline
+        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.shapes.world import eval_prompts
+        from mind_diffusion.utils.images import check_output_dir
+
+        if args.per_prompt < 1:
+            raise ValueError(f"--per_prompt must be >= 1, got {args.per_prompt}")
+        model = Path(args.model)
+        cfg = next((model / n for n in ("config.yaml", "model.yaml") if (model / n).is_file()), None)
+        if cfg is None:
+            raise FileNotFoundError(f"{model} holds no config.yaml / model.yaml (a shapes model folder or a "
+                                    f"train_ldm.py output_dir)")
+        from mind_diffusion.config import load_config
+        from mind_diffusion.ldm.model import ldm_config_defaults
+
+        c = load_config(cfg, [], ldm_config_defaults())
+        ckpt = model / (args.ckpt or c.checkpoint.name)
+        rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision)
+        pipe = LDMPipeline.from_pretrained(cfg, ckpt, compute_dtype=rt.precision.ms_dtype())
+        out = check_output_dir(args.out)
+        kw = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.scale),
+                                ("sampler", args.sampler)) if v is not None}
+        sp = pipe.cfg.sampling
+        settings = {"sampler": args.sampler or str(sp.sampler), "steps": args.steps or int(sp.steps),
+                    "scale": float(sp.scale) if args.scale is None else args.scale,
+                    "size": f"{int(sp.W)}x{int(sp.H)}", "per_prompt": args.per_prompt, "seed": args.seed,
+                    "checkpoint": str(ckpt), "checkpoint_sha256": pipe.ckpt_hash}
+        table, all_rows = {}, []
+        for split, n in (("heldout", args.n_heldout), ("train", args.n_seen)):
+            if n <= 0:
+                continue
+            prompts = eval_prompts(split, n)
+
+            def run(ps, seed, progress, _kw=kw):
+                return pipe(ps, seed=seed, progress=False, **_kw)
+
+            rows, images = evaluate(run, prompts, args.per_prompt, args.seed)
+            for r in rows:
+                r["split"] = split
+            all_rows += rows
+            name = "held-out combinations" if split == "heldout" else "seen combinations"
+            table[name] = rates(rows)
+            print(f"{name}: " + ", ".join(f"{k} {table[name][k]:.1%}" for k in KEYS), flush=True)
+            label_grid(images, [r["prompt"] for r in rows]).save(out / f"grid_{split}.png")
+        (out / "adherence.md").write_text(markdown(table, settings), encoding="utf-8")
+        with open(out / "adherence.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=["split", "prompt", "seed", *KEYS])
+            w.writeheader()
+            w.writerows(all_rows)
+        print(f"wrote {out / 'adherence.md'}, adherence.csv and grid PNGs")
+        return table
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Package a finished shapes-world LDM training run as the built-in model folder
+(what models/shapes_zh is): config.yaml, model.ckpt (EMA weights, stored in fp16 to keep the
+folder small; they load into fp32 parameters), vocab.txt, the training logs of both stages
+(metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png) and a sample sheet
+(samples.png + samples.md, which lists each sample's prompt).
+
+    python scripts/package_shapes_model.py runs/shapes-ldm models/shapes_zh --vae_run runs/shapes-vae
+
+Loading the packaged model is checked before the command returns (strict, as infer.sh does).
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mind_diffusion.cli import run_cli  # noqa: E402
+
+SAMPLE_PROMPTS = ["一个红色的圆形在左边", "一个蓝色的正方形在右边", "一个黄色的星形在中间", "一个绿色的三角形在上面",
+                  "白色背景上的紫色圆形在下面", "一个橙色的星形在右边", "黑色的正方形在中间", "一个红色的三角形在左边"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="train_ldm.py output_dir (model.yaml, model_ema.ckpt, vocab, metrics.csv)")
+    p.add_argument("model_dir", help="folder to write (created; existing files are replaced)")
+    p.add_argument("--vae_run", default=None, help="train_vae.py output_dir, for its log and curve")
+    p.add_argument("--ckpt", default="model_ema.ckpt", help="checkpoint in run_dir (default model_ema.ckpt)")
+    p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16)")
+    p.add_argument("--per_prompt", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    def job():
+        import numpy as np
+
+        from mind_diffusion.checkpoint.io import read_checkpoint, save_atomic
+        from mind_diffusion.config import load_config, save_config, to_plain
+        from mind_diffusion.ldm.model import ldm_config_defaults
+        from mind_diffusion.ldm.pipeline import LDMPipeline
+        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.utils.images import make_grid, save_png
+        from mind_diffusion.utils.plots import plot_loss
+
+        run, out = Path(args.run_dir), Path(args.model_dir)
+        for name in ("model.yaml", args.ckpt, "metrics.csv"):
+            if not (run / name).is_file():
+                raise FileNotFoundError(f"{run}/{name} missing: is {run} a finished train_ldm.py run?")
+        cfg = to_plain(load_config(run / "model.yaml", [], ldm_config_defaults()))
+        vocab = run / cfg["tokenizer"]["vocab_file"]
+        if not vocab.is_file():
+            raise FileNotFoundError(f"{vocab} missing (train_ldm.py copies the vocabulary next to model.yaml)")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg["checkpoint"] = {"name": "model.ckpt", "url": ""}
+        save_config(cfg, out / "config.yaml")
+        shutil.copy2(vocab, out / "vocab.txt")
+        state = {k: v for k, v in read_checkpoint(run / args.ckpt).items() if not k.startswith("meta.")}
+        if not args.fp32:
+            state = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in state.items()}
+        save_atomic(state, out / "model.ckpt")
+        shutil.copy2(run / "metrics.csv", out / "metrics_ldm.csv")
+        plot_loss(out / "metrics_ldm.csv", out / "loss.png", title="latent UNet + text encoder")
+        if args.vae_run:
+            vae_metrics = Path(args.vae_run) / "metrics.csv"
+            if not vae_metrics.is_file():
+                raise FileNotFoundError(f"{vae_metrics} missing (--vae_run must be a train_vae.py output_dir)")
+            shutil.copy2(vae_metrics, out / "metrics_vae.csv")
+            plot_loss(out / "metrics_vae.csv", out / "loss_vae.png", ylabel="L1 + KL", title="autoencoder")
+
+        init_runtime("CPU", "graph", seed=args.seed)
+        pipe = LDMPipeline.from_pretrained(out / "config.yaml", out / "model.ckpt")
+        prompts = [p for p in SAMPLE_PROMPTS for _ in range(args.per_prompt)]
+        images = pipe(prompts, seed=args.seed)
+        big = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 2x nearest for viewing
+        sp = pipe.cfg.sampling
+        settings = pipe.settings(prompt=" | ".join(SAMPLE_PROMPTS), negative_prompt="", sampler=str(sp.sampler),
+                                 steps=int(sp.steps), scale=float(sp.scale), seed=args.seed,
+                                 height=int(sp.H), width=int(sp.W))
+        save_png(out / "samples.png", make_grid(big, args.per_prompt), settings)
+        rows = ["| row | prompt |", "|---:|---|"] + [f"| {i + 1} | {p} |" for i, p in enumerate(SAMPLE_PROMPTS)]
+        (out / "samples.md").write_text(
+            f"`samples.png`: {args.per_prompt} images per row (seeds {args.seed}, {args.seed + 1}, ...), "
+            f"{settings.get('sampler')} {settings.get('steps')} steps, scale {settings.get('scale')}.\n\n"
+            + "\n".join(rows) + "\n", encoding="utf-8")
+        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+        print(f"packaged {run} -> {out} ({size / 2**20:.1f} MB)")
+
+    return run_cli(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
