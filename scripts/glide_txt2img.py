@@ -81,22 +81,9 @@ def parse_args(argv=None):
 
 
 def read_prompts(path) -> list:
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompts file not found: {p} (one prompt per line; pass "
-                                f"--prompts_file PATH or --prompt TEXT)") from None
-    except IsADirectoryError:
-        raise ValueError(f"prompts file {p} is a folder: pass the file with --prompts_file") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"prompts file {p} is not UTF-8 text (save it as UTF-8)") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read prompts file {p}: {exc.strerror}") from None
-    prompts = [line.strip() for line in text.lstrip("\ufeff").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts file {p} has no prompts (one prompt per line)")
-    return prompts
+    from mind_diffusion.utils.prompts import read_prompts_file
+
+    return read_prompts_file(path, "pass --prompts_file PATH or --prompt TEXT")
 
 
 _UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)

@@ -25,22 +25,9 @@ DEFAULT_CONFIG = "configs/wukong/v1-inference-chinese.yaml"
 
 
 def read_prompts(data_path: str, name: str) -> list:
-    path = Path(data_path).expanduser() / name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompts file not found: {path} (--data_path is the folder, "
-                                f"--prompt the file name inside it)") from None
-    except IsADirectoryError:
-        raise ValueError(f"prompts file {path} is a folder: pass the file name with --prompt") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"prompts file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read prompts file {path}: {exc.strerror}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts file {path} has no prompts (one prompt per line)")
-    return prompts
+    from mind_diffusion.utils.prompts import read_prompts_file
+
+    return read_prompts_file(Path(data_path) / name, "--data_path is the folder, --prompt the file name inside it")
 
 
 BUILTIN_DIR = ROOT / "models" / "shapes_zh"

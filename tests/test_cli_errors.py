@@ -1,30 +1,17 @@
 """Bad input to the scripts: one clear line on stderr, exit code 2, nothing already written lost."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import one_line_error, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "ddpm_digits16"
 
 
 def run(script, *args, timeout=240):
-    env = dict(os.environ)
-    env.pop("MIND_DIFFUSION_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err_lines) == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in err_lines[0], err_lines[0]
-    return err_lines[0]
+    return run_script(script, *args, timeout=timeout)
 
 
 TRAIN = ["--config", "configs/ddpm/digits16.yaml", "--device_target", "CPU"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import captured_error
 from mind_diffusion.train.data import CIFAR10_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +52,7 @@ def make_fake_cifar(path, per_batch=12, seed=0):
 
 
 def _err(capsys, rc, *needles):
-    err = capsys.readouterr().err
-    assert rc == 2, err[-2000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+    return captured_error(capsys, rc, *needles)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

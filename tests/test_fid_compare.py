@@ -25,6 +25,8 @@ from mind_diffusion.config import ConfigError
 from mind_diffusion.evaluation import fid_compare as FC
 from mind_diffusion.metrics.weights import find_fid_helper_weights
 
+from cli_helpers import captured_error
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs" / "fid" / "builtin-quick.yaml"
 REPORT = ROOT / "configs" / "fid" / "report-horse.yaml"
@@ -47,13 +49,7 @@ def _read_csv(path):
 
 
 def _err(capsys, rc, *needles):
-    err = capsys.readouterr().err
-    assert rc == 2, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+    return captured_error(capsys, rc, *needles)
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from mind_diffusion.metrics.features import (FeatureExtractor, FIDInputError, pr
                                              source_coords)
 from mind_diffusion.metrics.weights import INSTALL_HINT, find_fid_helper_weights
 
+from cli_helpers import captured_error
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = find_fid_helper_weights()
 needs_weights = pytest.mark.skipif(
@@ -366,12 +368,7 @@ def _script():
 
 
 def _error_line(capsys, rc, *needles):
-    err = capsys.readouterr().err
-    assert rc == 2, err[-2000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
+    return captured_error(capsys, rc, *needles)
 
 
 def test_cli_exit_code_and_single_error_line(tmp_path):

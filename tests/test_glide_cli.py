@@ -2,15 +2,13 @@
 SentencePiece model: files, metadata, never-overwriting names, regenerating one image, only the
 requested stages' checkpoints needed, and one-line errors for bad input."""
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_helpers import one_line_error, run_script
 from glide_tiny import make_tiny_glide_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,19 +21,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def run(*args, timeout=600):
-    env = dict(os.environ)
-    env.pop("MIND_DIFFUSION_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "glide_txt2img.py")] + [str(a) for a in args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errs) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for n in needles:
-        assert n in errs[0], errs[0]
-    return errs[0]
+    return run_script("glide_txt2img.py", *args, timeout=timeout)
 
 
 def tiny_args(tiny_dir, out, *extra):

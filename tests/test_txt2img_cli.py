@@ -1,12 +1,10 @@
 """scripts/txt2img.py and infer.sh end to end on a tiny random model: files, metadata,
 never-overwriting names, and one-line errors for bad input."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_line_error, run_script
 from ldm_tiny import make_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,20 +20,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def run(*args, script="scripts/txt2img.py", timeout=300):
-    env = dict(os.environ)
-    env.pop("MIND_DIFFUSION_DEBUG", None)
-    cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
-    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env={**env, "PYTHON": sys.executable},
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errs) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for n in needles:
-        assert n in errs[0], errs[0]
-    return errs[0]
+    return run_script(script, *args, timeout=timeout)
 
 
 def tiny_args(tiny_dir, out, *extra):

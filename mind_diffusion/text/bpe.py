@@ -72,6 +72,30 @@ def bytes_to_unicode() -> dict:
     return table
 
 
+def bpe_merge(word: list, ranks: dict) -> tuple:
+    """Apply byte-pair merges to a list of symbols: repeatedly join every occurrence of the
+    adjacent pair with the lowest merge rank until no adjacent pair has a rank."""
+    while len(word) > 1:
+        best, best_rank = None, None
+        for pair in itertools.pairwise(word):
+            r = ranks.get(pair)
+            if r is not None and (best_rank is None or r < best_rank):
+                best, best_rank = pair, r
+        if best is None:
+            break
+        first, second = best
+        merged, i = [], 0
+        while i < len(word):
+            if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        word = merged
+    return tuple(word)
+
+
 def load_merges(path: str | os.PathLike) -> list:
     """The first 48894 merge pairs of a CLIP merges file (gzip'ed or plain text, first line is a
     header); clear errors when the file is missing, not gzip/UTF-8 or too short."""
@@ -166,26 +190,7 @@ class CLIPBPETokenizer:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        word = list(piece[:-1]) + [piece[-1] + "</w>"]
-        while len(word) > 1:
-            best, best_rank = None, None
-            for pair in itertools.pairwise(word):
-                r = self.ranks.get(pair)
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = pair, r
-            if best is None:
-                break
-            first, second = best
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
-        out = tuple(word)
+        out = bpe_merge(list(piece[:-1]) + [piece[-1] + "</w>"], self.ranks)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache = {SOT: (SOT,), EOT: (EOT,)}
         self._cache[piece] = out

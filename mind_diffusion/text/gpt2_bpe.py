@@ -25,7 +25,7 @@ import os
 import zlib
 from typing import List, Optional
 
-from .bpe import bytes_to_unicode
+from .bpe import bpe_merge, bytes_to_unicode
 from .sentencepiece_tokenizer import TokenTruncationWarning, _GlideTokenizerMixin
 
 __all__ = ["GPT2BPETokenizer", "GPT2_PATTERN", "TokenTruncationWarning", "find_bpe_files"]
@@ -129,27 +129,7 @@ class GPT2BPETokenizer(_GlideTokenizerMixin):
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        word = list(piece)
-        ranks = self.bpe_ranks
-        while len(word) > 1:
-            best, best_rank = None, None
-            for pair in zip(word, word[1:]):
-                r = ranks.get(pair)
-                if r is not None and (best_rank is None or r < best_rank):
-                    best, best_rank = pair, r
-            if best is None:
-                break
-            first, second = best
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
-        out = tuple(word)
+        out = bpe_merge(list(piece), self.bpe_ranks)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache = {}
         self._cache[piece] = out
