@@ -117,12 +117,6 @@ class GPT2BPETokenizer(_GlideTokenizerMixin):
         self.n_vocab = len(encoder)
         self.end_token = self.n_vocab - 1
 
-    @property
-    def vocab_size(self) -> int:
-        return self.n_vocab
-
-    def __len__(self) -> int:
-        return self.n_vocab
 
     def bpe(self, piece: str) -> tuple:
         """Merge the byte stand-ins of one pre-token into BPE symbols (lowest rank first)."""

@@ -65,6 +65,14 @@ class _GlideTokenizerMixin:
     def pad_id(self) -> int:
         return self.end_token
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows a token embedding needs (``n_vocab``, the pad id included)."""
+        return self.n_vocab
+
+    def __len__(self) -> int:
+        return self.n_vocab
+
     def padded_tokens_and_mask(self, ids: Sequence[int], text_ctx: int = GLIDE_TEXT_CTX
                                ) -> Tuple[np.ndarray, np.ndarray]:
         return padded_tokens_and_mask(ids, text_ctx, self.end_token)
@@ -130,13 +138,6 @@ class SentencePieceTokenizer(_GlideTokenizerMixin):
         self.n_vocab = int(sp.vocab_size()) + 1
         self.end_token = self.n_vocab - 1
 
-    @property
-    def vocab_size(self) -> int:
-        """Rows a token embedding needs (``n_vocab``, the pad id included)."""
-        return self.n_vocab
-
-    def __len__(self) -> int:
-        return self.n_vocab
 
     def encode(self, text: str) -> List[int]:
         if not isinstance(text, str):
