@@ -1,5 +1,6 @@
 """GLIDE (Taichu-GLIDE / OpenAI glide-text2im) in MindSpore: text transformer, base and
-super-resolution UNets, the SRGAN x4 generator and their official checkpoints.
+super-resolution UNets, the SRGAN x4 generator, their official checkpoints, GLIDE's sampling
+and the three-stage pipeline.
 
 Kept light on purpose (no MindSpore import here); import the sub-modules:
 
@@ -18,4 +19,9 @@ Kept light on purpose (no MindSpore import here); import the sub-modules:
 * ``mind_diffusion.glide.checkpoint``: ``load_glide_checkpoint(net, path_or_state, kind=None)``
   (kind defaults to the network's), ``save_glide_checkpoint(net, path, kind=None,
   layout='training')`` (the released names, fp16 embeddings), ``openai_key(rel_name)``.
+* ``mind_diffusion.glide.diffusion``: learned-range ``p_mean_variance``, the guided ancestral
+  base loop (``uncond='random'|'empty'``) and the fast27 DDIM super-resolution loop, numpy-side.
+* ``mind_diffusion.glide.pipeline``: ``GlidePipeline.from_pretrained(config, gen, super, srgan,
+  tokenizer=...)`` -> ``pipe(prompt, num_images_per_prompt=, seed=, stages=)`` ->
+  ``{64: uint8, 256: ..., 1024: ...}``.
 """
