@@ -429,6 +429,16 @@ def test_vae_kl_term_closed_form():
     total = float(loss_net(Tensor(x), Tensor(noise)).asnumpy())
     assert total == pytest.approx(l1 + 0.5 * l2 + 0.01 * kl, rel=1e-5)
 
+    # contrast weighting: w = 1 + a * mean_c |x - mean_hw(x)|, per pixel
+    weighted = VAELoss(holder, kl_weight=0.01, l2_weight=0.5, contrast_weight=8.0)
+    w = 1 + 8.0 * np.abs(x - x.mean(axis=(2, 3), keepdims=True)).mean(axis=1, keepdims=True)
+    wl1, wl2, wkl = (float(v.asnumpy()) for v in weighted.terms(Tensor(x), Tensor(noise)))
+    assert wl1 == pytest.approx((w * np.abs(diff)).mean(), rel=1e-5)
+    assert wl2 == pytest.approx((w * diff ** 2).mean(), rel=1e-5)
+    assert wkl == pytest.approx(kl, rel=1e-6) and wl1 > 1.5 * l1
+    with pytest.raises(ValueError, match="contrast_weight"):
+        VAELoss(holder, contrast_weight=-1.0)
+
 
 def test_vae_trainer_reduces_reconstruction_and_exports(csv_dir, vocab, tmp_path):
     from mind_diffusion.ldm.training import load_vae_weights
