@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import inspect
 import json
 import math
 import re
@@ -374,10 +373,10 @@ class LDMGenerator(Generator):
 
 class GlideGenerator(Generator):
     """GLIDE (Taichu) through ``mind_diffusion.glide.pipeline.GlidePipeline`` (imported here only):
-    ``from_pretrained(gen_ckpt=, super_ckpt=, srgan_ckpt=, tokenizer=, stages=, compute_dtype=)``
-    (keywords it does not take are left out), then ``pipe(prompt, num_images_per_prompt=, seed=,
-    stages=, output_type='uint8')`` returning ``{stage: images}`` or an image array; image j of a
-    call uses seed + j, so chunk seeds are seed + first index."""
+    ``from_pretrained(gen_ckpt=, super_ckpt=, srgan_ckpt=, tokenizer=, stages=, compute_dtype=)``,
+    then ``pipe(prompt, num_images_per_prompt=, seed=, stages=, output_type='uint8')``, which
+    returns ``{stage: images}``; image j of a call uses seed + j, so chunk seeds are seed + first
+    index."""
 
     FILE_KEYS = ("gen_ckpt", "super_ckpt", "srgan_ckpt", "tokenizer_model")
 
@@ -399,16 +398,14 @@ class GlideGenerator(Generator):
         except ImportError as exc:
             raise SkipRow(f"GLIDE pipeline not available in this checkout (mind_diffusion.glide.pipeline: {exc})") \
                 from None
-        files = {k: str(v) for k, v in paths.items() if v is not None and (needed[k] or v.is_file())}
-        kwargs = {"ckpt_path": str(base), **files, "tokenizer": files.get("tokenizer_model"), "stages": stages,
-                  "compute_dtype": compute_dtype}
-        try:
-            params = inspect.signature(GlidePipeline.from_pretrained).parameters
-            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                kwargs = {k: v for k, v in kwargs.items() if k in params}
-        except (TypeError, ValueError):
-            pass
-        self.pipe = GlidePipeline.from_pretrained(**kwargs)
+
+        def file(key):  # a stage's checkpoint is passed only when that stage runs or the file exists
+            p = paths[key]
+            return str(p) if p is not None and (needed[key] or p.is_file()) else None
+
+        self.pipe = GlidePipeline.from_pretrained(gen_ckpt=file("gen_ckpt"), super_ckpt=file("super_ckpt"),
+                                                  srgan_ckpt=file("srgan_ckpt"), tokenizer=file("tokenizer_model"),
+                                                  stages=stages, compute_dtype=compute_dtype)
         self.prompt = str(g.prompt)
         self.stages = stages
         self.scale = g.guidance_scale
@@ -421,24 +418,10 @@ class GlideGenerator(Generator):
         self.checkpoint_sha256 = file_sha256(paths["gen_ckpt"])
 
     def generate(self, start, count, seed):
-        kw = {"prompt": self.prompt, "num_images_per_prompt": count, "seed": seed, "stages": self.stages,
-              "output_type": "uint8", "progress": False}
-        if self.scale is not None:
-            kw["guidance_scale"] = float(self.scale)
-        try:
-            params = inspect.signature(self.pipe.__call__).parameters
-            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                kw = {k: v for k, v in kw.items() if k in params}
-        except (TypeError, ValueError):
-            pass
-        out = self.pipe(**kw)
-        if isinstance(out, dict):
-            out = out.get(self.stages, out.get(str(self.stages)))
-        arr = np.asarray(out)
-        if arr.dtype != np.uint8 or arr.ndim != 4:
-            raise ValueError(f"GlidePipeline returned {arr.dtype} {arr.shape}; expected N x H x W x C uint8 "
-                             f"for output_type='uint8'")
-        return arr
+        scale = None if self.scale is None else float(self.scale)  # None: the config's scale
+        out = self.pipe(self.prompt, num_images_per_prompt=count, seed=seed, stages=self.stages,
+                        guidance_scale=scale, output_type="uint8", progress=False)
+        return out[self.stages]
 
 
 def build_generator(name: str, g, compute_dtype) -> Generator:

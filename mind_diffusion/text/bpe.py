@@ -96,21 +96,27 @@ def bpe_merge(word: list, ranks: dict) -> tuple:
     return tuple(word)
 
 
+def read_text_file(path: str, what: str, hint: str) -> str:
+    """The UTF-8 text of a plain or gzip'ed file (vocabularies, merges); a missing, truncated or
+    undecodable file is a FileNotFoundError / ValueError naming ``what`` and ending in ``hint``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path!r}; {hint}")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return raw.decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} {path!r} (truncated, or not a (gzip'ed) UTF-8 text file? "
+                         f"{exc}); {hint}") from None
+
+
 def load_merges(path: str | os.PathLike) -> list:
     """The first 48894 merge pairs of a CLIP merges file (gzip'ed or plain text, first line is a
     header); clear errors when the file is missing, not gzip/UTF-8 or too short."""
     p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"CLIP BPE merges file not found: {p!r}; {_MERGES_HINT}")
-    try:
-        with open(p, "rb") as fh:
-            raw = fh.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        text = raw.decode("utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read CLIP BPE merges file {p!r} (truncated or not a "
-                         f"gzip'ed text file? {exc}); {_MERGES_HINT}") from exc
+    text = read_text_file(p, "CLIP BPE merges file", _MERGES_HINT)
     lines = text.split("\n")
     while lines and not lines[-1].strip():  # a trailing newline is not a merge
         lines.pop()

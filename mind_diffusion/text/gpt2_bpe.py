@@ -19,13 +19,11 @@ rows, so English ids >= 50001 cannot go into it (the pipeline checks this).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import zlib
 from typing import List, Optional
 
-from .bpe import bpe_merge, bytes_to_unicode
+from .bpe import bpe_merge, bytes_to_unicode, read_text_file
 from .sentencepiece_tokenizer import TokenTruncationWarning, _GlideTokenizerMixin
 
 __all__ = ["GPT2BPETokenizer", "GPT2_PATTERN", "TokenTruncationWarning", "find_bpe_files"]
@@ -59,20 +57,6 @@ def find_bpe_files(folder: str | os.PathLike) -> tuple:
     return enc, merges
 
 
-def _read_text(path: str, what: str) -> str:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GPT-2 BPE {what} not found: {path}; {_HINT}")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read GPT-2 BPE {what} {path} (truncated, or not a (gzip'ed) "
-                         f"UTF-8 file? {exc}); {_HINT}") from None
-
-
 class GPT2BPETokenizer(_GlideTokenizerMixin):
     """GPT-2 byte-level BPE with GLIDE's lower-casing and pad = end token."""
 
@@ -90,7 +74,7 @@ class GPT2BPETokenizer(_GlideTokenizerMixin):
                              f"merges_path; {_HINT}")
         self.encoder_path, self.merges_path = os.fspath(encoder_path), os.fspath(merges_path)
         try:
-            encoder = json.loads(_read_text(self.encoder_path, "encoder"))
+            encoder = json.loads(read_text_file(self.encoder_path, "GPT-2 BPE encoder", _HINT))
         except json.JSONDecodeError as exc:
             raise ValueError(f"GPT-2 BPE encoder {self.encoder_path} is not valid JSON "
                              f"({exc}); {_HINT}") from None
@@ -99,7 +83,7 @@ class GPT2BPETokenizer(_GlideTokenizerMixin):
             raise ValueError(f"GPT-2 BPE encoder {self.encoder_path} must map token strings to "
                              f"integer ids; {_HINT}")
         ranks = {}
-        for n, line in enumerate(_read_text(self.merges_path, "merges file").split("\n"), 1):
+        for n, line in enumerate(read_text_file(self.merges_path, "GPT-2 BPE merges file", _HINT).split("\n"), 1):
             if not line.strip() or (n == 1 and line.startswith("#")):
                 continue
             pair = tuple(line.split())
