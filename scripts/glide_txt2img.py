@@ -96,16 +96,6 @@ def slug(prompt: str, limit: int = 40) -> str:
     return s or "prompt"
 
 
-_IDX = re.compile(r"^(\d{5,})-")
-
-
-def next_free_index(folder: Path) -> int:
-    if not folder.is_dir():
-        return 0
-    used = [int(m.group(1)) for f in folder.iterdir() if (m := _IDX.match(f.name))]
-    return max(used) + 1 if used else 0
-
-
 def resolve(path_arg, default_name, base: Path) -> Path:
     return (base / (path_arg if path_arg is not None else default_name)).expanduser()
 
@@ -119,7 +109,7 @@ def main(argv=None):
         from mind_diffusion.glide import diffusion as gd
         from mind_diffusion.glide.pipeline import STAGE_FILES, GlidePipeline, build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
-        from mind_diffusion.utils.images import check_output_dir, save_png
+        from mind_diffusion.utils.images import check_output_dir, next_index, save_png
 
         warnings.simplefilter("always", TokenTruncationWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -202,8 +192,8 @@ def main(argv=None):
         written = []
         for prompt in prompts:
             name = slug(prompt)
-            first = next_free_index(samples)
-            strip_idx = next_free_index(strips)
+            first = next_index(samples)
+            strip_idx = next_index(strips)
 
             def write(stage, images, prompt=prompt, name=name, first=first, strip_idx=strip_idx):
                 import numpy as np
@@ -216,12 +206,12 @@ def main(argv=None):
                 for k, img in enumerate(images):
                     path = samples / f"{first + k:05d}-{name}-{size}.png"
                     while path.exists():  # another run wrote meanwhile: never overwrite
-                        path = samples / f"{next_free_index(samples):05d}-{name}-{size}.png"
+                        path = samples / f"{next_index(samples):05d}-{name}-{size}.png"
                     written.append(save_png(path, img, {**settings, "seed": seed + k, "image": k}))
                 if not args.skip_strip:
                     path = strips / f"{strip_idx:05d}-{name}-{size}.png"
                     if path.exists():
-                        path = strips / f"{next_free_index(strips):05d}-{name}-{size}.png"
+                        path = strips / f"{next_index(strips):05d}-{name}-{size}.png"
                     save_png(path, np.concatenate(list(images), axis=1),
                              {**settings, "seeds": f"{seed}..{seed + len(images) - 1}"})
                 print(f"stage {stage}: wrote {len(images)} images of {size}x{size} for {prompt[:30]!r}",

@@ -171,7 +171,7 @@ def test_nan_guard_keeps_earlier_stages(pipe, graph_mode):
     pipe._srgan_step = lambda x: Tensor(np.full((1, 3, 128, 128), np.nan, np.float32))
     seen = []
     try:
-        with pytest.raises(NonFiniteImageError, match="1024 px images holds .*NaN"):
+        with pytest.raises(NonFiniteImageError, match="1024 px images hold .*NaN"):
             pipe(PROMPTS[0], num_images_per_prompt=2, num_inference_steps=2, progress=False,
                  on_stage=lambda s, im: seen.append(s))
     finally:

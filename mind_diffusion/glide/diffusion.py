@@ -38,7 +38,7 @@ __all__ = [
     "UPSAMPLE_TEMP", "UNCOND_MODES", "COEFF_DTYPES",
     "GlideCoefficients", "base_schedule", "sr_schedule", "check_super_res_steps",
     "p_mean_variance", "combine_guidance", "random_uncond_tokens", "empty_uncond_tokens",
-    "uncond_tokens", "guided_model_fn", "quantize_low_res", "make_rngs", "base_noise",
+    "guided_model_fn", "quantize_low_res", "make_rngs", "base_noise",
     "sr_noise", "sample_base", "sample_super_res",
 ]
 
@@ -203,16 +203,6 @@ def random_uncond_tokens(rngs: Sequence[np.random.Generator], n_vocab: int, text
 def empty_uncond_tokens(batch: int, text_ctx: int, pad_id: int) -> tuple:
     """OpenAI's unconditional branch: the empty prompt (all pad, mask 0)."""
     return (np.full((batch, text_ctx), pad_id, np.int32), np.zeros((batch, text_ctx), np.int32))
-
-
-def uncond_tokens(mode: str, rngs: Sequence[np.random.Generator], *, n_vocab: int,
-                  text_ctx: int, pad_id: int) -> tuple:
-    if mode == "random":
-        return random_uncond_tokens(rngs, n_vocab, text_ctx)
-    if mode == "empty":
-        return empty_uncond_tokens(len(rngs), text_ctx, pad_id)
-    raise ValueError(f"uncond must be one of {UNCOND_MODES} ('random': random tokens as the "
-                     f"original, 'empty': the empty prompt as OpenAI), got {mode!r}")
 
 
 def guided_model_fn(step_fn: Callable, tokens, mask, *, scale: float, uncond: str,

@@ -36,7 +36,7 @@ from mindspore import Tensor, nn, ops
 from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
-from ..utils.images import NonFiniteImageError, to_uint8
+from ..utils.images import check_finite, to_uint8
 from . import diffusion as gd
 from .model import (apply_glide_precision, build_glide_base, build_glide_sr, build_srgan,
                     glide_base_defaults, glide_sr_defaults, srgan_defaults)
@@ -126,14 +126,6 @@ class SRGANStep(nn.Cell):
 
     def construct(self, x):
         return ops.cast(self.net(ops.cast(x, ms.float32)), ms.float32)
-
-
-def _check_finite(x: np.ndarray, what: str) -> np.ndarray:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise NonFiniteImageError(f"{what} holds {int(bad.sum())} NaN/Inf values (of {x.size}); "
-                                  f"nothing was written. On fp16 devices try --precision fp32")
-    return x
 
 
 def _normalize_stages(stages) -> int:
@@ -379,7 +371,7 @@ class GlidePipeline:
         all_prompts = [p for p in prompts for _ in range(per)]
 
         def emit(stage, x):
-            _check_finite(x, f"the {stage} px images")
+            check_finite(x, f"the {stage} px images")
             img = to_uint8(x) if output_type == "uint8" else x
             results[stage] = img
             if on_stage is not None:

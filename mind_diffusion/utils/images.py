@@ -20,16 +20,21 @@ class NonFiniteImageError(FloatingPointError):
     """The generated tensor holds NaN/Inf; writing it would give a black or garbage image."""
 
 
+def check_finite(x: np.ndarray, what: str = "generated images") -> np.ndarray:
+    """``x`` unchanged, or :class:`NonFiniteImageError` when it holds NaN / Inf."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise NonFiniteImageError(
+            f"{what} hold {int(bad.sum())} NaN/Inf values (of {x.size}); nothing was written. "
+            f"On fp16 devices try --precision fp32")
+    return x
+
+
 def to_uint8(x: np.ndarray, channels_first: bool = True, quantize: str = "round") -> np.ndarray:
     """(B,C,H,W) floats in [-1,1] -> (B,H,W,C) uint8. Refuses NaN / Inf.
 
     ``quantize="truncate"``: ``uint8(255 * clip((x+1)/2, 0, 1))`` as the LDM originals do."""
-    x = np.asarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise NonFiniteImageError(
-            f"generated images contain {int(bad.sum())} NaN/Inf values (of {x.size}); nothing was written. "
-            f"On fp16 devices try --precision fp32")
+    x = check_finite(np.asarray(x, dtype=np.float32))
     if channels_first:
         x = x.transpose(0, 2, 3, 1)
     if quantize == "truncate":
@@ -80,11 +85,12 @@ def read_png_parameters(path: str | Path) -> dict:
     return json.loads(raw) if raw else {}
 
 
-_NUM = re.compile(r"^(\d+)\.png$")
+_NUM = re.compile(r"^(\d+)(?:-.*)?\.png$")
 
 
 def next_index(folder: str | Path) -> int:
-    """First index not used by an existing NNNNN.png in ``folder`` (so nothing is overwritten)."""
+    """First index not used by an existing ``NNNNN.png`` or ``NNNNN-<name>.png`` in ``folder``
+    (so nothing is overwritten)."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
