@@ -22,28 +22,21 @@ from mind_diffusion.cli import run_cli  # noqa: E402
 KEYS = ("colour", "shape", "position", "all")
 
 
-def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progress: bool = True) -> list[dict]:
-    """[{prompt, seed, colour, shape, position, all}] for ``per_prompt`` images of every prompt;
+def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progress: bool = True) -> tuple:
+    """(rows [{prompt, seed, colour, shape, position, all}], images) for ``per_prompt`` images
+    of every prompt;
     image j of prompt i uses seed ``seed + i * per_prompt + j`` (regenerate any one alone)."""
     from mind_diffusion.shapes.scorer import score
 
-    jobs = [(p, seed + i * per_prompt + j) for i, p in enumerate(prompts) for j in range(per_prompt)]
+    prompts = [p for p in prompts for _ in range(per_prompt)]  # image n has seed + n
     rows, images = [], []
-    for s in range(0, len(jobs), batch):
-        chunk = jobs[s:s + batch]
-        # consecutive seeds inside a chunk: the pipeline gives image k the seed seed + k
-        groups = []
-        for p, sd in chunk:
-            if groups and groups[-1][1] + len(groups[-1][0]) == sd:
-                groups[-1][0].append(p)
-            else:
-                groups.append(([p], sd))
-        for ps, sd in groups:
-            imgs = pipe(ps, seed=sd, progress=progress)
-            for k, (p, img) in enumerate(zip(ps, imgs)):
-                r = score(img, p)
-                rows.append({"prompt": p, "seed": sd + k, **{key: bool(r[key]) for key in KEYS}})
-                images.append(img)
+    for s in range(0, len(prompts), batch):
+        # the pipeline gives image k of a call the seed seed + k
+        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress)
+        for k, (p, img) in enumerate(zip(prompts[s:s + batch], imgs)):
+            r = score(img, p)
+            rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS}})
+            images.append(img)
     return rows, images
 
 

@@ -1,6 +1,6 @@
 """Package a finished shapes-world LDM training run as the built-in model folder
 (what models/shapes_zh is): config.yaml, model.ckpt (EMA weights, stored in fp16 to keep the
-folder small; they load into fp32 parameters), vocab.txt, the training logs of both stages
+folder small; they load into fp32 parameters), the vocabulary, the training logs of both stages
 (metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png) and a sample sheet
 (samples.png + samples.md, which lists each sample's prompt).
 
@@ -54,7 +54,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         cfg["checkpoint"] = {"name": "model.ckpt", "url": ""}
         save_config(cfg, out / "config.yaml")
-        shutil.copy2(vocab, out / "vocab.txt")
+        shutil.copy2(vocab, out / vocab.name)  # where config.yaml says the vocabulary is
         state = {k: v for k, v in read_checkpoint(run / args.ckpt).items() if not k.startswith("meta.")}
         if not args.fp32:
             state = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in state.items()}
