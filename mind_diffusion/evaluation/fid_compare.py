@@ -284,6 +284,7 @@ class Generator:
     checkpoint_sha256 = ""
     auto_reference: dict | None = None  # reference spec for reference: auto
     note = ""
+    fallback = False  # a built-in demo model standing in for a missing checkpoint
 
     def generate(self, start: int, count: int, seed: int) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -442,14 +443,14 @@ def build_generator(name: str, g, compute_dtype) -> Generator:
     try:
         if kind == "ddpm":
             label = g.fallback_class_label if g.fallback_class_label is not None else g.class_label
-            gen = DDPMGenerator(_fallback_view(g), name, BUILTIN_DDPM, label, compute_dtype, demo=True)
+            gen = DDPMGenerator(_FallbackView(g), name, BUILTIN_DDPM, label, compute_dtype, demo=True)
             gen.label = f"built-in demo DDPM digits16 (instead of {g.label or name})"
         else:
             cfg_path = f"{BUILTIN_SHAPES}/config.yaml"
             prompt = g.fallback_prompt
             if not prompt and _p(cfg_path).is_file():
                 prompt = str(read_yaml(_p(cfg_path)).get("sampling", {}).get("default_prompt", ""))
-            gen = LDMGenerator(_fallback_view(g), cfg_path, f"{BUILTIN_SHAPES}/model.ckpt",
+            gen = LDMGenerator(_FallbackView(g), cfg_path, f"{BUILTIN_SHAPES}/model.ckpt",
                                f"{BUILTIN_SHAPES}/vocab.txt", prompt or "一个红色的圆形在左边", compute_dtype,
                                demo=True)
             gen.label = f"built-in demo LDM shapes_zh (instead of {g.label or name})"
@@ -474,10 +475,6 @@ class _FallbackView:
 
     def __getitem__(self, key):
         return getattr(self, key)
-
-
-def _fallback_view(g):
-    return _FallbackView(g)
 
 
 def _is_builtin(path) -> bool:
@@ -680,7 +677,7 @@ def run_comparison(cfg, run_dir=None, compute_dtype=None, progress: bool = True,
         row.checkpoint, row.checkpoint_sha256 = gen.checkpoint, gen.checkpoint_sha256
         if gen.note:
             row.note = "; ".join(x for x in (row.note, gen.note) if x)
-        if getattr(gen, "fallback", False) or g.reference == "auto":
+        if gen.fallback or g.reference == "auto":
             if gen.auto_reference is None:
                 raise CompareConfigError(
                     f"generators.{name}.reference is 'auto', which only works for the built-in demo models "
@@ -769,7 +766,7 @@ def write_report(cfg, rows: list[Row], run_dir: Path, ext_id: str, mode: str, me
                         "preprocess": "pytorch-fid (stated)", "extractor": "pytorch-fid (stated)",
                         "comparable_to_report": "", "note": f"not comparable unless N and protocol match: {proto}"})
     files["json"].write_text(json.dumps({"extractor": ext_id, "preprocess": mode, "method": method,
-                                         "rows": [{k: v for k, v in asdict(r).items()} for r in rows]},
+                                         "rows": [asdict(r) for r in rows]},
                                         ensure_ascii=False, indent=1, default=str) + "\n", encoding="utf-8")
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
