@@ -499,6 +499,53 @@ def test_vae_trainer_reduces_reconstruction_and_exports(csv_dir, vocab, tmp_path
     assert "# set by vae_latent_scale.py" in yaml.read_text(encoding="utf-8")
 
 
+def test_vae_decoder_finetune_keeps_the_latents(csv_dir, vocab, tmp_path):
+    """train.freeze_encoder: the encoder and quant_conv stay bit-identical to init.checkpoint (so
+    the latents an LDM was trained on do not move), the decoder learns, and the resumed-at-the-end
+    run re-exports the same file."""
+    from mind_diffusion.ldm.vae_training import build_vae_trainer, vae_train_config_defaults
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    data = _write_images(tmp_path / "imgs", 4)
+    base = [f"data.path={data}", "train.lr=5e-3", "data.image_size=16", "train.log_every=1"]
+    cfg = load_config(TINY_VAE_CFG, base + [f"train.output_dir={tmp_path / 'v1'}", "train.steps=3"],
+                      vae_train_config_defaults())
+    trainer, make = build_vae_trainer(cfg, _rt(), progress=False)
+    trainer.fit(make)
+    start = read_checkpoint(tmp_path / "v1" / "vae.ckpt")
+
+    with pytest.raises(ValueError, match="init.checkpoint"):
+        build_vae_trainer(load_config(TINY_VAE_CFG, base + ["train.freeze_encoder=true"],
+                                      vae_train_config_defaults()), _rt(), progress=False)
+    over = [f"train.output_dir={tmp_path / 'v2'}", "train.steps=30", "train.freeze_encoder=true",
+            f"init.checkpoint={tmp_path / 'v1' / 'vae.ckpt'}", "train.ckpt_every=30"]
+    cfg2 = load_config(TINY_VAE_CFG, base + over, vae_train_config_defaults())
+    trainer2, make2 = build_vae_trainer(cfg2, _rt(), progress=False)
+    trainable = {p.name for p in trainer2.train_step.weights}
+    assert trainable and not any(".encoder." in n or ".quant_conv." in n for n in trainable)
+    trainer2.fit(make2)
+    tuned = read_checkpoint(tmp_path / "v2" / "vae.ckpt")
+    frozen = [k for k in start if ".encoder." in k or ".quant_conv." in k]
+    assert frozen
+    for k in frozen:
+        np.testing.assert_array_equal(tuned[k], start[k], err_msg=k)
+    from mind_diffusion.ldm.autoencoder import vae_unused_param_names
+
+    unused = {"first_stage_model." + n for n in vae_unused_param_names(len(cfg2.model.vae.ch_mult))}
+    learned = trainable - unused
+    moved = {k for k in learned if not np.array_equal(tuned[k], start[k])}
+    assert len(learned) > 50 and moved == learned, sorted(learned - moved)
+
+    # resuming the finished run trains nothing and writes the same export again
+    (tmp_path / "v2" / "vae.ckpt").unlink()
+    trainer3, make3 = build_vae_trainer(cfg2, _rt(), resume="auto", progress=False)
+    assert trainer3.fit(make3)["step"] == 30
+    again = read_checkpoint(tmp_path / "v2" / "vae.ckpt")
+    for k in tuned:
+        if not k.startswith("meta."):
+            np.testing.assert_array_equal(again[k], tuned[k], err_msg=k)
+
+
 # ------------------------------------------------------------------------------ data parallel
 def _free_port():
     with socket.socket() as s:

@@ -19,6 +19,11 @@ pixels) a plain mean loss is dominated by the background, and the autoencoder le
 background long before the objects' colour and outline; the weight gives the objects their
 share of the loss without any knowledge of the scene.
 
+``freeze_encoder: true`` (with ``init.checkpoint``) trains only the decoder side
+(``post_quant_conv`` and ``decoder``), as Stable Diffusion's improved ``ft-MSE`` VAE was made:
+the latents stay exactly those of the starting autoencoder, so a latent UNet trained on them
+keeps working with the sharper decoder (the KL term is then a constant).
+
 The posterior noise, crops and flips are drawn on the host from ``(seed, step)`` (the same CSV
 data source as :mod:`.training`), so resume is exact. The exported ``vae.ckpt`` holds the
 weights under ``first_stage_model.*`` names: give it to LDM training as
@@ -45,6 +50,7 @@ from .training import (
     make_batch_dataset,
     make_train_options,
     resolve_total_steps,
+    set_trainable,
 )
 
 
@@ -55,7 +61,7 @@ def vae_train_config_defaults() -> dict:
                  "filter_small_size": False, "image_filter_size": 256, "shuffle": True},
         "train": {
             "steps": 0, "epochs": 10, "batch_size": 4, "lr": 1.0e-4, "betas": [0.5, 0.9], "eps": 1.0e-8,
-            "kl_weight": 1.0e-6, "l2_weight": 0.0, "contrast_weight": 0.0,
+            "kl_weight": 1.0e-6, "l2_weight": 0.0, "contrast_weight": 0.0, "freeze_encoder": False,
             "loss_scale": "none", "init_loss_scale": 65536.0, "loss_scale_window": 1000,
             "clip_grad_norm": 0.0, "ema_decay": 0.0, "ema_start": 0, "ema_every": 1,
             "ckpt_every": 1000, "keep_checkpoints": 3, "log_every": 10, "output_dir": "runs/vae",
@@ -86,9 +92,10 @@ class VAELoss(nn.Cell):
     """``construct(x, posterior_noise) -> rec + kl_weight * kl`` (see the module doc)."""
 
     def __init__(self, holder: FirstStage, kl_weight: float = 1e-6, l2_weight: float = 0.0,
-                 contrast_weight: float = 0.0):
+                 contrast_weight: float = 0.0, freeze_encoder: bool = False):
         super().__init__(auto_prefix=False)
         self.holder = holder
+        self.freeze_encoder = bool(freeze_encoder)
         self.kl_weight, self.l2_weight = float(kl_weight), float(l2_weight)
         if contrast_weight < 0:
             raise ValueError(f"train.contrast_weight must be >= 0, got {contrast_weight}")
@@ -103,6 +110,8 @@ class VAELoss(nn.Cell):
     def terms(self, x, noise):
         vae = self.holder.first_stage_model
         mean, logvar = vae.encode_moments(x)
+        if self.freeze_encoder:
+            mean, logvar = ops.stop_gradient(mean), ops.stop_gradient(logvar)
         z = mean + ops.exp(0.5 * logvar) * noise
         diff = vae.decode(z) - x
         if self.contrast_weight > 0:
@@ -130,6 +139,13 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     holder = build_vae(cfg.model.vae)
     if cfg.init.checkpoint:
         load_vae_weights(holder.first_stage_model, cfg.init.checkpoint)
+    if bool(t.freeze_encoder):
+        if not cfg.init.checkpoint:
+            raise ValueError("train.freeze_encoder: true fine-tunes the decoder of a trained autoencoder; "
+                             "set init.checkpoint to it (e.g. runs/shapes-vae/vae.ckpt)")
+        vae = holder.first_stage_model
+        set_trainable(vae.encoder, False)
+        set_trainable(vae.quant_conv, False)
     apply_compute_dtype(holder, runtime.precision.ms_dtype())
     down = holder.first_stage_model.downscale
     if int(d.image_size) % down:
@@ -144,7 +160,8 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     betas = list(t.betas)
     optimizer = nn.Adam(holder.trainable_params(), learning_rate=float(t.lr), beta1=float(betas[0]),
                         beta2=float(betas[1]), eps=float(t.eps))
-    loss_net = VAELoss(holder, float(t.kl_weight), float(t.l2_weight), float(t.contrast_weight))
+    loss_net = VAELoss(holder, float(t.kl_weight), float(t.l2_weight), float(t.contrast_weight),
+                       bool(t.freeze_encoder))
     opts = make_train_options(t, total, source.steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
 

@@ -141,8 +141,12 @@ class Trainer:
         """``make_dataset(start, end)`` -> mindspore.dataset over steps [start, end)."""
         o = self.opts
         if self.step >= o.total_steps:
-            print(f"[mind_diffusion] already at step {self.step} >= train.steps={o.total_steps}; nothing to do")
-            return {"step": self.step}
+            # a finished run resumed (e.g. train.steps lowered to an earlier checkpoint's step):
+            # (re)write the exports from the resumed state, so they match train.steps
+            paths = self.export()
+            print(f"[mind_diffusion] already at step {self.step} >= train.steps={o.total_steps}; nothing to "
+                  f"train, exported {', '.join(str(p) for p in paths.values()) or 'nothing (rank > 0)'}")
+            return {"step": self.step, **{k: str(v) for k, v in paths.items()}}
         dataset = make_dataset(self.step, o.total_steps)
         log_path = self.out_dir / "metrics.csv"
         writer, log_file = None, None
