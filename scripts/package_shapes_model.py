@@ -4,7 +4,11 @@ folder small; they load into fp32 parameters), the vocabulary, the training logs
 (metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png) and a sample sheet
 (samples.png + samples.md, which lists each sample's prompt).
 
-    python scripts/package_shapes_model.py runs/shapes-ldm models/shapes_zh --vae_run runs/shapes-vae
+    python scripts/package_shapes_model.py runs/shapes-ldm models/shapes_zh --vae_run runs/shapes-vae \
+        --decoder_run runs/shapes-vae-decoder
+
+``--decoder_run`` swaps in the decoder of a ``train.freeze_encoder`` fine-tune (its vae.ckpt)
+after checking that its encoder is, tensor for tensor, the one the LDM was trained with.
 
 Loading the packaged model is checked before the command returns (strict, as infer.sh does).
 """
@@ -21,11 +25,43 @@ SAMPLE_PROMPTS = ["一个红色的圆形在左边", "一个蓝色的正方形在
                   "白色背景上的紫色圆形在下面", "一个橙色的星形在右边", "黑色的正方形在中间", "一个红色的三角形在左边"]
 
 
+def decoder_weights(state: dict, decoder_run: Path) -> dict:
+    """The decoder-side tensors (``post_quant_conv``, ``decoder``) of ``decoder_run/vae.ckpt``,
+    after checking that every encoder-side tensor (``encoder``, ``quant_conv``) equals the LDM's:
+    a UNet trained on one encoder's latents is useless with another's."""
+    import numpy as np
+
+    from mind_diffusion.checkpoint.io import read_checkpoint
+
+    path = decoder_run / "vae.ckpt"
+    for f in (path, decoder_run / "metrics.csv"):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} missing (--decoder_run must be a finished train_vae.py output_dir)")
+    vae = {k: v for k, v in read_checkpoint(path).items() if k.startswith("first_stage_model.")}
+    enc = [k for k in state if k.startswith(("first_stage_model.encoder.", "first_stage_model.quant_conv."))]
+    differ = [k for k in enc if k not in vae or vae[k].shape != state[k].shape
+              or not np.array_equal(vae[k].astype(np.float32), state[k].astype(np.float32))]
+    if not enc or differ:
+        raise ValueError(f"{path} has another encoder than the LDM ({len(differ)} of {len(enc)} encoder tensors "
+                         f"differ, e.g. {differ[:2]}): fine-tune the decoder with train.freeze_encoder: true "
+                         f"from the VAE the LDM was trained with (init.checkpoint)")
+    dec = {k: v for k, v in vae.items()
+           if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))}
+    missing = [k for k in state if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))
+               and (k not in dec or dec[k].shape != state[k].shape)]
+    if missing:
+        raise ValueError(f"{path} lacks or misshapes {len(missing)} decoder tensors of the LDM, e.g. {missing[:2]}")
+    return dec
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="train_ldm.py output_dir (model.yaml, model_ema.ckpt, vocab, metrics.csv)")
     p.add_argument("model_dir", help="folder to write (created; existing files are replaced)")
     p.add_argument("--vae_run", default=None, help="train_vae.py output_dir, for its log and curve")
+    p.add_argument("--decoder_run", default=None,
+                   help="train_vae.py output_dir of a decoder fine-tune (train.freeze_encoder): its vae.ckpt "
+                        "replaces the decoder, its log goes to metrics_vae_decoder.csv")
     p.add_argument("--ckpt", default="model_ema.ckpt", help="checkpoint in run_dir (default model_ema.ckpt)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16)")
     p.add_argument("--per_prompt", type=int, default=4)
@@ -47,26 +83,32 @@ def main(argv=None):
         for name in ("model.yaml", args.ckpt, "metrics.csv"):
             if not (run / name).is_file():
                 raise FileNotFoundError(f"{run}/{name} missing: is {run} a finished train_ldm.py run?")
+        if args.vae_run and not (Path(args.vae_run) / "metrics.csv").is_file():
+            raise FileNotFoundError(f"{Path(args.vae_run) / 'metrics.csv'} missing (--vae_run must be a "
+                                    f"train_vae.py output_dir)")
         cfg = to_plain(load_config(run / "model.yaml", [], ldm_config_defaults()))
         vocab = run / cfg["tokenizer"]["vocab_file"]
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab} missing (train_ldm.py copies the vocabulary next to model.yaml)")
+        state = {k: v for k, v in read_checkpoint(run / args.ckpt).items() if not k.startswith("meta.")}
+        if args.decoder_run:
+            state.update(decoder_weights(state, Path(args.decoder_run)))
         out.mkdir(parents=True, exist_ok=True)
         cfg["checkpoint"] = {"name": "model.ckpt", "url": ""}
         save_config(cfg, out / "config.yaml")
         shutil.copy2(vocab, out / vocab.name)  # where config.yaml says the vocabulary is
-        state = {k: v for k, v in read_checkpoint(run / args.ckpt).items() if not k.startswith("meta.")}
         if not args.fp32:
             state = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in state.items()}
         save_atomic(state, out / "model.ckpt")
         shutil.copy2(run / "metrics.csv", out / "metrics_ldm.csv")
         plot_loss(out / "metrics_ldm.csv", out / "loss.png", title="latent UNet + text encoder")
         if args.vae_run:
-            vae_metrics = Path(args.vae_run) / "metrics.csv"
-            if not vae_metrics.is_file():
-                raise FileNotFoundError(f"{vae_metrics} missing (--vae_run must be a train_vae.py output_dir)")
-            shutil.copy2(vae_metrics, out / "metrics_vae.csv")
+            shutil.copy2(Path(args.vae_run) / "metrics.csv", out / "metrics_vae.csv")
             plot_loss(out / "metrics_vae.csv", out / "loss_vae.png", ylabel="L1 + KL", title="autoencoder")
+        if args.decoder_run:
+            shutil.copy2(Path(args.decoder_run) / "metrics.csv", out / "metrics_vae_decoder.csv")
+            plot_loss(out / "metrics_vae_decoder.csv", out / "loss_vae_decoder.png", ylabel="L1 + L2",
+                      title="autoencoder decoder fine-tune (encoder frozen)")
 
         init_runtime("CPU", "graph", seed=args.seed)
         pipe = LDMPipeline.from_pretrained(out / "config.yaml", out / "model.ckpt")

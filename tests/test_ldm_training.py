@@ -369,6 +369,48 @@ def test_export_loads_in_pipeline_and_generates(run):
     assert img.shape == (1, 32, 32, 3) and img.dtype == np.uint8 and img.std() > 0
 
 
+def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
+    """scripts/package_shapes_model.py on the tiny run: the packaged model.ckpt is the run's, with
+    the decoder of a freeze_encoder fine-tune swapped in; a fine-tune of another encoder is
+    refused with one error line and leaves the folder as it was."""
+    from cli_helpers import captured_error
+    from mind_diffusion.checkpoint.io import save_atomic
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import package_shapes_model as pkg
+
+    out = run["out"]
+    state = {k: v for k, v in read_checkpoint(out / "model.ckpt").items() if not k.startswith("meta.")}
+    vae = {k: v.copy() for k, v in state.items() if k.startswith("first_stage_model.")}
+    for k in vae:
+        if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")):
+            vae[k] = vae[k] + np.float32(0.01)
+    dec = tmp_path / "dec"
+    dec.mkdir()
+    save_atomic(vae, dec / "vae.ckpt")
+    (dec / "metrics.csv").write_text((out / "metrics.csv").read_text())
+
+    folder = tmp_path / "pkg"
+    assert pkg.main([str(out), str(folder), "--ckpt", "model.ckpt", "--decoder_run", str(dec), "--fp32",
+                     "--per_prompt", "1"]) in (0, None)
+    assert {"config.yaml", "model.ckpt", "vocab_zh.txt", "samples.png", "samples.md", "loss.png",
+            "metrics_ldm.csv", "metrics_vae_decoder.csv", "loss_vae_decoder.png"} <= {f.name for f in folder.iterdir()}
+    packed = read_checkpoint(folder / "model.ckpt")
+    assert set(packed) == set(state)
+    for k, v in state.items():
+        want = vae[k] if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")) else v
+        np.testing.assert_array_equal(packed[k], want, err_msg=k)
+
+    before = (folder / "model.ckpt").read_bytes()
+    vae["first_stage_model.encoder.conv_in.weight"] = vae["first_stage_model.encoder.conv_in.weight"] * 2
+    save_atomic(vae, dec / "vae.ckpt")
+    rc = pkg.main([str(out), str(folder), "--ckpt", "model.ckpt", "--decoder_run", str(dec)])
+    captured_error(capsys, rc, "another encoder", "freeze_encoder")
+    assert (folder / "model.ckpt").read_bytes() == before
+    rc = pkg.main([str(tmp_path), str(folder)])
+    captured_error(capsys, rc, "missing")
+
+
 def test_frozen_text_encoder_and_latent_cache(run, csv_dir, tmp_path):
     """train_text_encoder=false + data.cache_latents=true, 4 steps. The learning rate of the first
     update is 0 (warmup from step 0), so the first two losses must equal the uncached trained
