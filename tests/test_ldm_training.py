@@ -135,6 +135,18 @@ def test_loss_cell_matches_numpy(ms_mode):
     assert abs(loss - ref) <= 1e-5 * max(1.0, ref), (loss, ref)
     assert ref > 0.05  # the randomized UNet predicts something (not a zero output)
 
+    # v weighting: per-sample error times 1/abar_t, the weights normalized to mean 1 over t
+    v_net = LatentDiffusionLoss(ldm, abar, train_text_encoder=True, schedule_fp16=schedule_fp16,
+                                loss_weighting="v")
+    v_loss = float(v_net(Tensor(x), Tensor(ids), Tensor(t), Tensor(noise), Tensor(post)).asnumpy())
+    w = (1.0 / abar) / np.mean(1.0 / abar)
+    per = ((noise.astype(np.float64) - eps) ** 2).mean(axis=(1, 2, 3))
+    v_ref = np.mean(w[t] * per)
+    assert abs(v_loss - v_ref) <= 1e-5 * max(1.0, v_ref), (v_loss, v_ref)
+    assert w[803] / w[17] > 20  # the noisy sample weighs far more (abar 0.98 vs 0.04)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        LatentDiffusionLoss(ldm, abar, loss_weighting="snr")
+
 
 def test_lr_schedule_closed_form():
     start, end, warm, decay = 1e-5, 1e-7, 10, 100

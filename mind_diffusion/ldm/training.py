@@ -101,6 +101,7 @@ def ldm_train_config_defaults() -> dict:
             "train_text_encoder": True,
             "unet_dropout": 0.1,   # v1-train-chinese.yaml
             "schedule_fp16": True,  # use_fp16: the q_sample coefficients are fp16 tensors
+            "loss_weighting": "none",  # the original; "v": see LatentDiffusionLoss
             "loss_scale": "dynamic",
             "init_loss_scale": 65536.0,
             "loss_scale_window": 1000,
@@ -362,10 +363,19 @@ class LatentDiffusionLoss(nn.Cell):
 
     z = stop_gradient(scale_factor * (mean + exp(logvar / 2) * posterior_noise));
     x_t = sqrt(abar_t) z + sqrt(1 - abar_t) noise; loss = mean((noise - UNet(x_t, t, ctx))^2),
-    ctx = text_encoder(ids) (stop-gradient unless ``train_text_encoder``)."""
+    ctx = text_encoder(ids) (stop-gradient unless ``train_text_encoder``).
+
+    ``loss_weighting="v"`` weighs each sample's squared error by ``w_t = 1 / abar_t`` normalized
+    to mean 1 over the timesteps: an eps error at t is an error of ``|d eps| / sqrt(abar_t)`` in
+    v = sqrt(abar) eps - sqrt(1 - abar) z, so this is the v-prediction objective (SD 2.x's) on the
+    unchanged eps network and samplers. It weighs the noisy steps, where a scene's layout is
+    decided, far more than the plain eps loss does (which weighs the error of the implied z by
+    SNR_t, ~0.005 at t = 999); the default ``"none"`` is the original's plain mean."""
+
+    WEIGHTINGS = ("none", "v")
 
     def __init__(self, ldm, alphas_cumprod: np.ndarray, train_text_encoder: bool = True,
-                 schedule_fp16: bool = False, cached: bool = False):
+                 schedule_fp16: bool = False, cached: bool = False, loss_weighting: str = "none"):
         super().__init__(auto_prefix=False)  # keep the LatentDiffusion parameter names
         self.ldm = ldm
         abar = np.asarray(alphas_cumprod, np.float64)
@@ -374,6 +384,11 @@ class LatentDiffusionLoss(nn.Cell):
             a, b = a.astype(np.float16), b.astype(np.float16)
         self.sqrt_abar = Tensor(a.astype(np.float32))
         self.sqrt_1m_abar = Tensor(b.astype(np.float32))
+        if loss_weighting not in self.WEIGHTINGS:
+            raise ValueError(f"train.loss_weighting must be one of {', '.join(self.WEIGHTINGS)}, got {loss_weighting!r}")
+        self.weighted = loss_weighting == "v"
+        w = 1.0 / abar if self.weighted else np.ones_like(abar)
+        self.weights = Tensor((w / w.mean()).astype(np.float32))
         self.scale_factor = float(ldm.scale_factor)
         self.train_text_encoder = bool(train_text_encoder)
         self.cached = bool(cached)
@@ -391,7 +406,10 @@ class LatentDiffusionLoss(nn.Cell):
         x_t = a * z + b * noise
         eps = self.ldm.model.diffusion_model(x_t, t, ctx)
         diff = ops.cast(eps, ms.float32) - noise
-        return (diff * diff).mean()
+        if not self.weighted:
+            return (diff * diff).mean()
+        w = ops.gather(self.weights, t, 0)
+        return (w * (diff * diff).mean(axis=(1, 2, 3))).mean()
 
     def construct(self, *inputs):
         if self.cached:
@@ -665,7 +683,8 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     params = ldm.trainable_params()
     optimizer = build_optimizer(params, t, lr)
     loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
-                                   bool(t.schedule_fp16), cached=latents is not None)
+                                   bool(t.schedule_fp16), cached=latents is not None,
+                                   loss_weighting=str(t.loss_weighting))
     opts = make_train_options(t, total, source.steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
 
