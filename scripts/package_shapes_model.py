@@ -25,6 +25,11 @@ SAMPLE_PROMPTS = ["一个红色的圆形在左边", "一个蓝色的正方形在
                   "白色背景上的紫色圆形在下面", "一个橙色的星形在右边", "黑色的正方形在中间", "一个红色的三角形在左边"]
 
 
+# the two sides of the LDM's autoencoder: train.freeze_encoder keeps ENCODER_SIDE fixed and trains DECODER_SIDE
+ENCODER_SIDE = ("first_stage_model.encoder.", "first_stage_model.quant_conv.")
+DECODER_SIDE = ("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")
+
+
 def decoder_weights(state: dict, decoder_run: Path) -> dict:
     """The decoder-side tensors (``post_quant_conv``, ``decoder``) of ``decoder_run/vae.ckpt``,
     after checking that every encoder-side tensor (``encoder``, ``quant_conv``) equals the LDM's:
@@ -38,17 +43,15 @@ def decoder_weights(state: dict, decoder_run: Path) -> dict:
         if not f.is_file():
             raise FileNotFoundError(f"{f} missing (--decoder_run must be a finished train_vae.py output_dir)")
     vae = {k: v for k, v in read_checkpoint(path).items() if k.startswith("first_stage_model.")}
-    enc = [k for k in state if k.startswith(("first_stage_model.encoder.", "first_stage_model.quant_conv."))]
+    enc = [k for k in state if k.startswith(ENCODER_SIDE)]
     differ = [k for k in enc if k not in vae or vae[k].shape != state[k].shape
               or not np.array_equal(vae[k].astype(np.float32), state[k].astype(np.float32))]
     if not enc or differ:
         raise ValueError(f"{path} has another encoder than the LDM ({len(differ)} of {len(enc)} encoder tensors "
                          f"differ, e.g. {differ[:2]}): fine-tune the decoder with train.freeze_encoder: true "
                          f"from the VAE the LDM was trained with (init.checkpoint)")
-    dec = {k: v for k, v in vae.items()
-           if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))}
-    missing = [k for k in state if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))
-               and (k not in dec or dec[k].shape != state[k].shape)]
+    dec = {k: v for k, v in vae.items() if k.startswith(DECODER_SIDE)}
+    missing = [k for k in state if k.startswith(DECODER_SIDE) and (k not in dec or dec[k].shape != state[k].shape)]
     if missing:
         raise ValueError(f"{path} lacks or misshapes {len(missing)} decoder tensors of the LDM, e.g. {missing[:2]}")
     return dec

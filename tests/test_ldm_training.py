@@ -395,7 +395,7 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     state = {k: v for k, v in read_checkpoint(out / "model.ckpt").items() if not k.startswith("meta.")}
     vae = {k: v.copy() for k, v in state.items() if k.startswith("first_stage_model.")}
     for k in vae:
-        if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")):
+        if k.startswith(pkg.DECODER_SIDE):
             vae[k] = vae[k] + np.float32(0.01)
     dec = tmp_path / "dec"
     dec.mkdir()
@@ -410,7 +410,7 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     packed = read_checkpoint(folder / "model.ckpt")
     assert set(packed) == set(state)
     for k, v in state.items():
-        want = vae[k] if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")) else v
+        want = vae[k] if k.startswith(pkg.DECODER_SIDE) else v
         np.testing.assert_array_equal(packed[k], want, err_msg=k)
 
     before = (folder / "model.ckpt").read_bytes()

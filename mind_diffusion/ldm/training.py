@@ -387,8 +387,8 @@ class LatentDiffusionLoss(nn.Cell):
         if loss_weighting not in self.WEIGHTINGS:
             raise ValueError(f"train.loss_weighting must be one of {', '.join(self.WEIGHTINGS)}, got {loss_weighting!r}")
         self.weighted = loss_weighting == "v"
-        w = 1.0 / abar if self.weighted else np.ones_like(abar)
-        self.weights = Tensor((w / w.mean()).astype(np.float32))
+        if self.weighted:
+            self.weights = Tensor(((1.0 / abar) / np.mean(1.0 / abar)).astype(np.float32))
         self.scale_factor = float(ldm.scale_factor)
         self.train_text_encoder = bool(train_text_encoder)
         self.cached = bool(cached)
