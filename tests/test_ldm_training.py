@@ -455,6 +455,52 @@ def test_frozen_text_encoder_and_latent_cache(run, csv_dir, tmp_path):
     assert load_ldm_checkpoint(ldm, tmp_path / "model_ema.ckpt").ok
 
 
+def test_text_encoder_start_step(csv_dir, vocab, tmp_path):
+    """train.text_encoder_start_step=2: for the first two updates the text encoder stays
+    bit-identical and the run is step for step the frozen-encoder run (same losses, same UNet);
+    from the third update on it trains (graph mode: an optimizer schedule, no new network). Zero-
+    initialised output convs keep its gradient 0 for the first three updates, so it first moves
+    at the fourth."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    common = ["train.steps=4", "train.ckpt_every=2", "train.start_learning_rate=3e-3", "train.warmup_steps=1",
+              "train.ema_decay=0"]
+    runs = {}
+    for tag, extra in (("frozen", "train.train_text_encoder=false"), ("delayed", "train.text_encoder_start_step=2")):
+        cfg = _cfg(csv_dir, tmp_path / tag, *common, extra)
+        trainer, make = build_ldm_trainer(cfg, _rt(), progress=False)
+        before = _params(trainer.model)
+        trainer.fit(make)
+        at2 = read_checkpoint(tmp_path / tag / "checkpoints" / "step_0000002.ckpt")
+        runs[tag] = (before, at2, _params(trainer.model), _losses(tmp_path / tag))
+    (b0, f2, _, f_loss), (before, d2, after, d_loss) = runs["frozen"], runs["delayed"]
+    for n in before:
+        assert np.array_equal(b0[n], before[n]), n  # same initialisation
+        if n.startswith("cond_stage_model."):
+            np.testing.assert_array_equal(d2[n], before[n], err_msg=n)
+        if n.startswith("model."):
+            np.testing.assert_allclose(d2[n], f2[n], rtol=1e-5, atol=1e-7, err_msg=n)
+    assert sorted(d_loss) == [1, 2, 3, 4]
+    for s in (1, 2, 3):
+        assert d_loss[s] == pytest.approx(f_loss[s], rel=1e-5, abs=1e-7), (s, d_loss[s], f_loss[s])
+    moved = max(np.abs(after[n] - before[n]).max() for n in before if n.startswith("cond_stage_model."))
+    assert moved > 1e-4
+    assert any(p.name.startswith("cond_stage_model.") for p in trainer.train_step.weights)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ("train.text_encoder_start_step=-1", "must be >= 0"),
+    ("train.text_encoder_start_step=4", "not below train.steps"),
+])
+def test_text_encoder_start_step_errors(csv_dir, vocab, tmp_path, extra, needle):
+    cfg = _cfg(csv_dir, tmp_path, "train.steps=4", extra)
+    with pytest.raises(ValueError, match=needle):
+        build_ldm_trainer(cfg, _rt(), progress=False)
+    cfg = _cfg(csv_dir, tmp_path, "train.steps=4", "train.text_encoder_start_step=2",
+               "train.train_text_encoder=false")
+    with pytest.raises(ValueError, match="needs train.train_text_encoder=true"):
+        build_ldm_trainer(cfg, _rt(), progress=False)
+
+
 # --------------------------------------------------------------------------------------- VAE
 def test_vae_kl_term_closed_form():
     from mind_diffusion.ldm.vae_training import (

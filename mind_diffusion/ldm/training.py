@@ -99,6 +99,11 @@ def ldm_train_config_defaults() -> dict:
             "weight_decay": 1.0e-6,
             # the original never freezes the text encoder (cond_stage_trainable is not enforced)
             "train_text_encoder": True,
+            # > 0: the text encoder's learning rate is 0 until this step (its Adam moments still
+            # accumulate), then follows the schedule. The built-in shapes model needs it: a random
+            # encoder's outputs carry the place words, and an encoder trained from step 0 drops them
+            # while the UNet learns colour first (0 = trained from the start, as the original)
+            "text_encoder_start_step": 0,
             "unet_dropout": 0.1,   # v1-train-chinese.yaml
             "schedule_fp16": True,  # use_fp16: the q_sample coefficients are fp16 tensors
             "loss_weighting": "none",  # the original; "v": see LatentDiffusionLoss
@@ -443,6 +448,23 @@ class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
         return ops.select(step < self.warmup, warm, cos)
 
 
+class DelayedLR(nn.learning_rate_schedule.LearningRateSchedule):
+    """``base(step)`` from ``start_step`` on and 0 before: a parameter group on this schedule is
+    left exactly as it is for the first ``start_step`` updates (AdamWeightDecay moves a parameter
+    by ``lr * (adam_update + weight_decay * p)``), then trained on the common schedule."""
+
+    def __init__(self, base, start_step: int):
+        super().__init__()
+        if int(start_step) < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        self.base = base
+        self.start_step = float(int(start_step))
+
+    def construct(self, global_step):
+        lr = self.base(global_step)
+        return ops.select(ops.cast(global_step, ms.float32) < self.start_step, ops.zeros_like(lr), lr)
+
+
 def lr_at(step: int, start: float, end: float, warmup: int, decay: int) -> float:
     """Closed form of :class:`WarmupCosineLR` (host side, for logs and tests)."""
     if step < warmup:
@@ -471,17 +493,30 @@ def weight_decay_groups(params, weight_decay: float) -> list:
     return groups
 
 
-def build_optimizer(params, tcfg, lr):
+def build_optimizer(params, tcfg, lr, delayed=None):
+    """AdamWeightDecay (the original's groups) or Adam over ``params``. ``delayed=(names, lr2)``
+    puts the parameters named in ``names`` on their own learning-rate schedule ``lr2``."""
     betas = list(tcfg.betas)
     if len(betas) != 2:
         raise ValueError(f"train.betas must be two numbers, got {betas}")
+    params = list(params)
     if tcfg.optim == "adamw":
-        return nn.AdamWeightDecay(weight_decay_groups(params, tcfg.weight_decay), learning_rate=lr,
-                                  beta1=float(betas[0]), beta2=float(betas[1]), eps=float(tcfg.eps))
-    if tcfg.optim == "adam":
-        return nn.Adam(list(params), learning_rate=lr, beta1=float(betas[0]), beta2=float(betas[1]),
-                       eps=float(tcfg.eps))
-    raise ValueError(f"train.optim must be 'adamw' or 'adam', got {tcfg.optim!r}")
+        groups = weight_decay_groups(params, tcfg.weight_decay)
+    elif tcfg.optim == "adam":
+        groups = [{"params": params}, {"order_params": params}]
+    else:
+        raise ValueError(f"train.optim must be 'adamw' or 'adam', got {tcfg.optim!r}")
+    if delayed is not None:
+        names, lr2 = delayed
+        split = []
+        for g in groups[:-1]:
+            for own in (False, True):
+                ps = [p for p in g["params"] if (p.name in names) == own]
+                if ps:
+                    split.append({**g, "params": ps, **({"lr": lr2} if own else {})})
+        groups = split + groups[-1:]
+    kw = dict(learning_rate=lr, beta1=float(betas[0]), beta2=float(betas[1]), eps=float(tcfg.eps))
+    return nn.AdamWeightDecay(groups, **kw) if tcfg.optim == "adamw" else nn.Adam(groups, **kw)
 
 
 def set_trainable(cell: nn.Cell, flag: bool):
@@ -637,6 +672,16 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
                         f"'{TEXT_COLUMN}' columns), got {d.kind!r}")
     if not 0.0 <= float(t.unet_dropout) < 1.0:
         raise ValueError(f"train.unet_dropout must be in [0, 1), got {t.unet_dropout}")
+    te_start = int(t.text_encoder_start_step)
+    if te_start < 0:
+        raise ValueError(f"train.text_encoder_start_step must be >= 0 (0 = train the text encoder from the "
+                         f"start), got {te_start}")
+    if te_start > 0 and not t.train_text_encoder:
+        raise ValueError(f"train.text_encoder_start_step={te_start} needs train.train_text_encoder=true "
+                         f"(or set it to 0 to keep the encoder frozen throughout)")
+    if te_start > 0 and int(t.steps) > 0 and te_start >= int(t.steps):
+        raise ValueError(f"train.text_encoder_start_step={te_start} is not below train.steps={t.steps}: the "
+                         f"encoder would never train; lower it, or set train.train_text_encoder=false")
     # cheap checks first: a missing file should not cost a full model build
     for key in ("checkpoint", "vae_checkpoint"):
         path = cfg.init[key]
@@ -679,9 +724,17 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
                         shuffle=bool(d.shuffle), latents=latents)
     total = resolve_total_steps(t, source.steps_per_epoch)
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
+    if te_start >= total > 0 and te_start > 0:
+        raise ValueError(f"train.text_encoder_start_step={te_start} is not below the {total} training steps: "
+                         f"the encoder would never train; lower it, or set train.train_text_encoder=false")
     lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
     params = ldm.trainable_params()
-    optimizer = build_optimizer(params, t, lr)
+    delayed = None
+    if te_start > 0:
+        te_names = {p.name for p in ldm.cond_stage_model.trainable_params()}
+        delayed = (te_names, DelayedLR(WarmupCosineLR(t.start_learning_rate, t.end_learning_rate,
+                                                      int(t.warmup_steps), decay), te_start))
+    optimizer = build_optimizer(params, t, lr, delayed)
     loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
                                    bool(t.schedule_fp16), cached=latents is not None,
                                    loss_weighting=str(t.loss_weighting))
@@ -701,11 +754,13 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
         trainer.resume(Trainer.find_resume(resume, out))
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
+        te_state = ("frozen" if not t.train_text_encoder else
+                    f"trained from step {te_start}" if te_start else "trained")
         n_train = sum(int(np.prod(p.shape)) for p in params)
         print(f"[mind_diffusion] LDM: {len(data)} image-text pairs"
               + (f" ({data.dropped} dropped by the size filter)" if data.dropped else "")
               + f", {len(params)} trainable tensors / {n_train:,} parameters"
-              + f" (text encoder {'trained' if t.train_text_encoder else 'frozen'}, VAE frozen), "
+              + f" (text encoder {te_state}, VAE frozen), "
               f"{total} steps, global batch {source.global_batch} over {runtime.group_size} worker(s) "
               f"-> {out}", flush=True)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
