@@ -487,6 +487,51 @@ def test_text_encoder_start_step(csv_dir, vocab, tmp_path):
     assert any(p.name.startswith("cond_stage_model.") for p in trainer.train_step.weights)
 
 
+@pytest.mark.parametrize("optim", ["adam", "adamw"])
+def test_build_optimizer_delayed_group(optim):
+    """build_optimizer: without ``delayed`` it updates exactly as the plain optimizer on a flat
+    parameter list; with it, the named parameter stays put until its schedule starts."""
+    from omegaconf import OmegaConf
+
+    from mindspore import nn
+
+    from mind_diffusion.ldm.training import DelayedLR, WarmupCosineLR, build_optimizer
+
+    tcfg = OmegaConf.create({"optim": optim, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01})
+    rng = np.random.default_rng(0)
+    init = {n: rng.standard_normal((3, 2)).astype(np.float32) for n in ("a.weight", "b.weight", "b.bias")}
+    grads = [tuple(Tensor(rng.standard_normal((3, 2)).astype(np.float32)) for _ in init) for _ in range(3)]
+
+    def run(make):
+        params = [ms.Parameter(Tensor(v), name=n) for n, v in init.items()]
+        opt = make(params)
+        history = []
+        for g in grads:
+            opt(g)
+            history.append({p.name: p.asnumpy().copy() for p in params})
+        return history
+
+    lr = lambda: WarmupCosineLR(1e-2, 1e-4, 0, 10)
+    ours = run(lambda ps: build_optimizer(ps, tcfg, lr()))
+    if optim == "adam":
+        flat = run(lambda ps: nn.Adam(ps, learning_rate=lr(), beta1=0.9, beta2=0.98, eps=1e-6))
+    else:
+        flat = run(lambda ps: nn.AdamWeightDecay(
+            [{"params": ps[:2], "weight_decay": 0.01}, {"params": ps[2:], "weight_decay": 0.0},
+             {"order_params": ps}], learning_rate=lr(), beta1=0.9, beta2=0.98, eps=1e-6))
+    for h_ours, h_flat in zip(ours, flat):
+        for n in init:
+            np.testing.assert_allclose(h_ours[n], h_flat[n], rtol=1e-6, atol=1e-7, err_msg=n)
+    delayed = run(lambda ps: build_optimizer(ps, tcfg, lr(), ({"b.weight"}, DelayedLR(lr(), 2))))
+    for step, h in enumerate(delayed):
+        for n in init:
+            if n == "b.weight" and step < 2:
+                np.testing.assert_array_equal(h[n], init[n])
+            elif n != "b.weight":  # the other parameters follow the common schedule
+                np.testing.assert_allclose(h[n], ours[step][n], rtol=1e-6, atol=1e-7, err_msg=n)
+    assert np.abs(delayed[2]["b.weight"] - init["b.weight"]).max() > 1e-4
+
+
 @pytest.mark.parametrize(("extra", "needle"), [
     ("train.text_encoder_start_step=-1", "must be >= 0"),
     ("train.text_encoder_start_step=4", "not below train.steps"),
