@@ -679,9 +679,13 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     if te_start > 0 and not t.train_text_encoder:
         raise ValueError(f"train.text_encoder_start_step={te_start} needs train.train_text_encoder=true "
                          f"(or set it to 0 to keep the encoder frozen throughout)")
-    if te_start > 0 and int(t.steps) > 0 and te_start >= int(t.steps):
-        raise ValueError(f"train.text_encoder_start_step={te_start} is not below train.steps={t.steps}: the "
-                         f"encoder would never train; lower it, or set train.train_text_encoder=false")
+
+    def check_te_start(total: int, what: str):
+        if 0 < total <= te_start:
+            raise ValueError(f"train.text_encoder_start_step={te_start} is not below {what}: the encoder would "
+                             f"never train; lower it, or set train.train_text_encoder=false")
+
+    check_te_start(int(t.steps), f"train.steps={t.steps}")  # before the model build when steps are given
     # cheap checks first: a missing file should not cost a full model build
     for key in ("checkpoint", "vae_checkpoint"):
         path = cfg.init[key]
@@ -724,16 +728,17 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
                         shuffle=bool(d.shuffle), latents=latents)
     total = resolve_total_steps(t, source.steps_per_epoch)
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
-    if te_start >= total > 0 and te_start > 0:
-        raise ValueError(f"train.text_encoder_start_step={te_start} is not below the {total} training steps: "
-                         f"the encoder would never train; lower it, or set train.train_text_encoder=false")
-    lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
+    check_te_start(total, f"the {total} training steps")
+
+    def schedule_cell():
+        return WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
+
+    lr = schedule_cell()
     params = ldm.trainable_params()
     delayed = None
     if te_start > 0:
         te_names = {p.name for p in ldm.cond_stage_model.trainable_params()}
-        delayed = (te_names, DelayedLR(WarmupCosineLR(t.start_learning_rate, t.end_learning_rate,
-                                                      int(t.warmup_steps), decay), te_start))
+        delayed = (te_names, DelayedLR(schedule_cell(), te_start))  # the same schedule, its own cell
     optimizer = build_optimizer(params, t, lr, delayed)
     loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
                                    bool(t.schedule_fp16), cached=latents is not None,
