@@ -423,18 +423,32 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     captured_error(capsys, rc, "missing")
 
 
-def test_frozen_text_encoder_and_latent_cache(run, csv_dir, tmp_path):
-    """train_text_encoder=false + data.cache_latents=true, 4 steps. The learning rate of the first
-    update is 0 (warmup from step 0), so the first two losses must equal the uncached trained
-    run's exactly as far as the data path goes: the cache gives the same z as encoding per step."""
-    ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = _cfg(csv_dir, tmp_path, "train.steps=4", "train.ckpt_every=100", "train.start_learning_rate=3e-3",
-               "train.warmup_steps=5", "train.loss_scale=dynamic", "train.init_loss_scale=1024.0",
-               "train.train_text_encoder=false", "data.cache_latents=true", "train.ema_decay=0.5")
+FROZEN_ARGS = ("train.steps=4", "train.ckpt_every=2", "train.start_learning_rate=3e-3", "train.warmup_steps=5",
+               "train.loss_scale=dynamic", "train.init_loss_scale=1024.0", "data.cache_latents=true",
+               "train.ema_decay=0.5")
+
+
+def _fit(cfg):
     trainer, make = build_ldm_trainer(cfg, _rt(), progress=False)
     before = _params(trainer.model)
     trainer.fit(make)
-    after = _params(trainer.model)
+    return trainer, before, _params(trainer.model)
+
+
+@pytest.fixture(scope="module")
+def frozen(csv_dir, vocab, tmp_path_factory):
+    """train_text_encoder=false + data.cache_latents=true, 4 steps (graph mode), checkpoints at 2 and 4."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    out = tmp_path_factory.mktemp("ldm_frozen")
+    trainer, before, after = _fit(_cfg(csv_dir, out, *FROZEN_ARGS, "train.train_text_encoder=false"))
+    return {"trainer": trainer, "out": out, "before": before, "after": after}
+
+
+def test_frozen_text_encoder_and_latent_cache(run, frozen):
+    """The frozen-encoder, cached-latent run. The learning rate of the first update is 0 (warmup
+    from step 0), so the first two losses must equal the uncached trained run's exactly as far as
+    the data path goes: the cache gives the same z as encoding per step."""
+    trainer, before, after, tmp_path = frozen["trainer"], frozen["before"], frozen["after"], frozen["out"]
     ref, got = _losses(run["out"]), _losses(tmp_path)
     for s in (1, 2):
         assert got[s] == pytest.approx(ref[s], rel=1e-5, abs=1e-6), (s, got[s], ref[s])
@@ -455,26 +469,18 @@ def test_frozen_text_encoder_and_latent_cache(run, csv_dir, tmp_path):
     assert load_ldm_checkpoint(ldm, tmp_path / "model_ema.ckpt").ok
 
 
-def test_text_encoder_start_step(csv_dir, vocab, tmp_path):
+def test_text_encoder_start_step(frozen, csv_dir, tmp_path):
     """train.text_encoder_start_step=2: for the first two updates the text encoder stays
     bit-identical and the run is step for step the frozen-encoder run (same losses, same UNet);
-    from the third update on it trains (graph mode: an optimizer schedule, no new network). Zero-
-    initialised output convs keep its gradient 0 for the first three updates, so it first moves
-    at the fourth."""
+    after that it trains (graph mode: an optimizer schedule, no new network). Zero-initialised
+    output convs keep its gradient 0 for the first three updates, so it first moves at the fourth."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    common = ["train.steps=4", "train.ckpt_every=2", "train.start_learning_rate=3e-3", "train.warmup_steps=1",
-              "train.ema_decay=0"]
-    runs = {}
-    for tag, extra in (("frozen", "train.train_text_encoder=false"), ("delayed", "train.text_encoder_start_step=2")):
-        cfg = _cfg(csv_dir, tmp_path / tag, *common, extra)
-        trainer, make = build_ldm_trainer(cfg, _rt(), progress=False)
-        before = _params(trainer.model)
-        trainer.fit(make)
-        at2 = read_checkpoint(tmp_path / tag / "checkpoints" / "step_0000002.ckpt")
-        runs[tag] = (before, at2, _params(trainer.model), _losses(tmp_path / tag))
-    (b0, f2, _, f_loss), (before, d2, after, d_loss) = runs["frozen"], runs["delayed"]
+    trainer, before, after = _fit(_cfg(csv_dir, tmp_path, *FROZEN_ARGS, "train.text_encoder_start_step=2"))
+    f2 = read_checkpoint(frozen["out"] / "checkpoints" / "step_0000002.ckpt")
+    d2 = read_checkpoint(tmp_path / "checkpoints" / "step_0000002.ckpt")
+    f_loss, d_loss = _losses(frozen["out"]), _losses(tmp_path)
     for n in before:
-        assert np.array_equal(b0[n], before[n]), n  # same initialisation
+        assert np.array_equal(frozen["before"][n], before[n]), n  # same initialisation
         if n.startswith("cond_stage_model."):
             np.testing.assert_array_equal(d2[n], before[n], err_msg=n)
         if n.startswith("model."):
