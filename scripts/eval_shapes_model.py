@@ -83,7 +83,7 @@ def label_grid(images, prompts, ncol: int = 8):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/shapes_zh", help="folder with config.yaml (or model.yaml) and the checkpoint")
+    p.add_argument("--model", default="models/shapes_zh", help="model folder (config.yaml) or train_ldm.py output_dir (model.yaml), with the checkpoint")
     p.add_argument("--ckpt", default=None, help="checkpoint file name inside --model (default: from the config)")
     p.add_argument("--out", default="output/shapes_eval", help="output folder (created)")
     p.add_argument("--per_prompt", type=int, default=4, help="images per prompt (default 4)")
@@ -107,7 +107,8 @@ def main(argv=None):
         if args.per_prompt < 1:
             raise ValueError(f"--per_prompt must be >= 1, got {args.per_prompt}")
         model = Path(args.model)
-        cfg = next((model / n for n in ("config.yaml", "model.yaml") if (model / n).is_file()), None)
+        # a train_ldm.py output_dir holds model.yaml (inference) beside config.yaml (its training config)
+        cfg = next((model / n for n in ("model.yaml", "config.yaml") if (model / n).is_file()), None)
         if cfg is None:
             raise FileNotFoundError(f"{model} holds no config.yaml / model.yaml (a shapes model folder or a "
                                     f"train_ldm.py output_dir)")

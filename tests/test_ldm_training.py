@@ -423,6 +423,39 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     captured_error(capsys, rc, "missing")
 
 
+def test_eval_shapes_model_reads_a_run_folder(run, tmp_path, capsys):
+    """scripts/eval_shapes_model.py on a train_ldm.py output_dir, which holds the inference
+    model.yaml beside its training config.yaml: it generates and scores, and the table's rates are
+    those of its per-image rows. A folder with neither config is one error line."""
+    import csv
+
+    from cli_helpers import captured_error
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval_shapes_model as ev
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    assert (run["out"] / "config.yaml").is_file() and (run["out"] / "model.yaml").is_file()
+    out = tmp_path / "eval"
+    rc = ev.main(["--model", str(run["out"]), "--out", str(out), "--per_prompt", "2", "--n_heldout", "2",
+                  "--n_seen", "1", "--steps", "2", "--device_target", "CPU"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    rows = list(csv.DictReader(open(out / "adherence.csv", encoding="utf-8")))
+    assert [r["split"] for r in rows] == ["heldout"] * 4 + ["train"] * 2
+    assert {r["seed"] for r in rows} >= {"1000", "1001", "1002", "1003"}
+    table = (out / "adherence.md").read_text(encoding="utf-8")
+    for split, name in (("heldout", "held-out combinations"), ("train", "seen combinations")):
+        got = [r for r in rows if r["split"] == split]
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == str(len(got))
+        for key, cell in zip(ev.KEYS, cells[2:]):
+            assert cell == f"{100 * sum(r[key] == 'True' for r in got) / len(got):.1f}%", (split, key, line)
+        assert (out / f"grid_{split}.png").is_file()
+    rc = ev.main(["--model", str(tmp_path / "none"), "--out", str(tmp_path / "e2"), "--device_target", "CPU"])
+    captured_error(capsys, rc, "no config.yaml / model.yaml")
+
+
 FROZEN_ARGS = ("train.steps=4", "train.ckpt_every=2", "train.start_learning_rate=3e-3", "train.warmup_steps=5",
                "train.loss_scale=dynamic", "train.init_loss_scale=1024.0", "data.cache_latents=true",
                "train.ema_decay=0.5")
