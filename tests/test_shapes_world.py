@@ -214,6 +214,13 @@ def test_scorer_tolerates_noise_and_reports_details():
     assert r["n_found"] == 2 and not r["all"]
     r = S.score(image, "左边是一个红色的圆形，右边是一个蓝色的星形")
     assert r["all"] and r["count"] and r["details"][1]["detected"] == ("蓝", "星形", "右边")
+    # a failed sample of many fragments: the prompted red circle on the left is only the smallest of
+    # them, so the image does not follow "a red circle on the left" (a larger candidate pool found it)
+    frags = W.Scene((W.ShapeObject("蓝", "正方形", "中间", size=0.14), W.ShapeObject("黄", "三角形", "上面", size=0.1),
+                     W.ShapeObject("红", "圆形", "左边", size=0.05)))
+    r = S.score(W.render_scene(frags), "一个红色的圆形在左边")
+    assert r["n_found"] == 3 and not (r["colour"] or r["shape"] or r["position"]), r["details"]
+    assert r["details"][0]["detected"] == ("蓝", "正方形", "中间")
     empty = W.render_scene(W.Scene((W.ShapeObject("白", "圆形", "中间", size=0.01),)))
     r = S.score(empty, "一个白色的圆形在中间")  # a speck is not a shape
     assert r["n_found"] == 0 and not (r["colour"] or r["shape"] or r["position"])

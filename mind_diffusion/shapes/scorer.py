@@ -19,9 +19,10 @@ an image and compare them with what the prompt asks for.
          triangle (1, 0.41, 0.5, 1);
        - place: nearest ``PLACES`` centre to the component's centroid.
 ``score(image, prompt)``
-    parses the prompt (``parse_prompt``), finds the assignment of prompted objects to detected
-    ones that agrees on the most attributes (ties: same place, then closest to the place's
-    centre, then larger), and reports per attribute whether every prompted object got it right.
+    parses the prompt (``parse_prompt``), takes as many detections as it names objects (the
+    largest), finds the assignment of prompted objects to them that agrees on the most attributes
+    (ties: same place, then closest to the place's centre, then larger), and reports per
+    attribute whether every prompted object got it right.
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ SHAPE_PROTOTYPES = {
     "三角形": np.array([0.914, 0.491, 0.563, 0.863]),
 }
 _PALETTE_NAMES = list(COLOURS)
-_MAX_CANDIDATES = 6
 
 
 def _palette_lab() -> np.ndarray:
@@ -194,7 +194,9 @@ def score(image, prompt, detections: list[DetectedObject] | None = None) -> dict
     parsed = prompt if isinstance(prompt, ParsedPrompt) else parse_prompt(prompt)
     dets = analyse(image) if detections is None else detections
     expected = list(parsed.objects)
-    cands = dets[:_MAX_CANDIDATES]
+    # only as many detections as the prompt has objects, largest first: with more candidates, an image
+    # of many coloured fragments (a failed sample) would find a fragment that happens to agree
+    cands = dets[:len(expected)]
     best, best_key = None, None
     slots = list(range(len(cands))) + [None] * len(expected)
     for perm in dict.fromkeys(permutations(slots, len(expected))):  # dedupe, keep order
