@@ -1,11 +1,12 @@
 """Package a finished shapes-world LDM training run as the built-in model folder
 (what models/shapes_zh is): config.yaml, model.ckpt (EMA weights, stored in fp16 to keep the
 folder small; they load into fp32 parameters), the vocabulary, the training logs of both stages
-(metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png) and a sample sheet
-(samples.png + samples.md, which lists each sample's prompt).
+(metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png), a sample sheet (samples.png +
+samples.md, which lists each sample's prompt) and README.md, the model card (what it is, how it was
+trained, how to reproduce and use it, and the adherence table of ``--eval``).
 
     python scripts/package_shapes_model.py runs/shapes-ldm models/shapes_zh --vae_run runs/shapes-vae \
-        --decoder_run runs/shapes-vae-decoder
+        --eval runs/shapes-ldm/eval
 
 ``--decoder_run`` swaps in the decoder of a ``train.freeze_encoder`` fine-tune (its vae.ckpt)
 after checking that its encoder is, tensor for tensor, the one the LDM was trained with.
@@ -57,6 +58,65 @@ def decoder_weights(state: dict, decoder_run: Path) -> dict:
     return dec
 
 
+def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: bool) -> str:
+    """README.md of a packaged shapes model: what it is, its training, reproduction, use, adherence."""
+    import csv
+
+    m = cfg["model"]
+    f = 2 ** (len(m["vae"]["ch_mult"]) - 1)
+    sp = cfg["sampling"]
+    h, w = int(sp["H"]), int(sp["W"])
+    rows = list(csv.DictReader(open(out / "metrics_ldm.csv", encoding="utf-8")))
+    steps = rows[-1]["step"] if rows else "?"
+    seconds, prev = 0.0, 0.0
+    for r in rows:  # time_s restarts at 0 in each resumed segment of the run
+        t = float(r.get("time_s") or 0.0)
+        seconds, prev = seconds + (t - prev if t >= prev else t), t
+    took = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+    u, te = m["unet"], m["text_encoder"]
+    lines = [
+        f"# {out.name}: the built-in shapes-world text-to-image model", "",
+        "A small latent-diffusion model (the Wukong-Huahua / Stable-Diffusion-v1 architecture, scaled down) "
+        "trained from scratch by this repository on the procedural shapes world (`mind_diffusion/shapes/`): "
+        "Chinese captions of one or two shapes (圆形, 正方形, 三角形, 星形) in eight colours at five places. "
+        "`bash infer.sh` uses it when the official Wukong checkpoint is not in `models/`. It knows nothing "
+        "outside this world.", "",
+        "| part | |", "|---|---|",
+        f"| images | {w}×{h} RGB |",
+        f"| autoencoder | AutoencoderKL, f={f}: {h // f}×{w // f}×{m['vae']['z_channels']} latents, "
+        f"scale_factor {m['scale_factor']}" + (", decoder fine-tuned with the encoder frozen" if decoder else "")
+        + " |",
+        f"| latent UNet | model_channels {u['model_channels']}, channel_mult {list(u['channel_mult'])}, "
+        f"attention at downsampling {list(u['attention_resolutions'])}, context {u['context_dim']} |",
+        f"| text encoder | CLIP-style, width {te['width']}, {te['layers']} layers, WordPiece vocab "
+        f"of {te['vocab_size']} (`{cfg['tokenizer']['vocab_file']}`) |",
+        f"| training | {steps} steps, {took} of training steps on the machine that trained it; logs "
+        f"`metrics_*.csv`, curves `loss*.png` |",
+        f"| default sampler | {sp['sampler']} {sp['steps']} steps, guidance scale {sp['scale']} |", "",
+        "## Use", "",
+        "```bash",
+        'bash infer.sh "一个红色的圆形在左边"            # when models/wukong-huahua-ms.ckpt is absent',
+        f".venv/bin/python scripts/txt2img.py --config {out}/config.yaml --ckpt_path {out} --ckpt_name model.ckpt "
+        '--prompt "黄色背景上的蓝色星形"',
+        "```", "",
+        "## Reproduce", "",
+        "```bash",
+        f"bash scripts/train_shapes_model.sh {out}     # export the world, train both stages, evaluate, package",
+        "```", "",
+        f"It trained from `{run}`; the configs are `configs/shapes/vae.yaml` and `configs/shapes/ldm.yaml`.", "",
+        "## Prompt adherence", "",
+    ]
+    if adherence:
+        lines += ["Measured by `scripts/eval_shapes_model.py` at the default sampler: each image is scored by the "
+                  "shapes scorer (foreground colour, contour shape, centroid place) against its prompt. Held-out "
+                  "combinations never occur in training. The grids are `adherence_grid_*.png`.", "",
+                  adherence.strip()]
+    else:
+        lines += ["Not measured at packaging time: `scripts/eval_shapes_model.py --model <this folder>`."]
+    lines += ["", "`samples.png`: the prompts of `samples.md`."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="train_ldm.py output_dir (model.yaml, model_ema.ckpt, vocab, metrics.csv)")
@@ -67,6 +127,8 @@ def main(argv=None):
                         "replaces the decoder, its log goes to metrics_vae_decoder.csv")
     p.add_argument("--ckpt", default="model_ema.ckpt", help="checkpoint in run_dir (default model_ema.ckpt)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16)")
+    p.add_argument("--eval", default=None, help="scripts/eval_shapes_model.py output folder of this run: its "
+                                                "adherence.md goes into the model card, its grids beside it")
     p.add_argument("--per_prompt", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -86,6 +148,9 @@ def main(argv=None):
         for name in ("model.yaml", args.ckpt, "metrics.csv"):
             if not (run / name).is_file():
                 raise FileNotFoundError(f"{run}/{name} missing: is {run} a finished train_ldm.py run?")
+        if args.eval and not (Path(args.eval) / "adherence.md").is_file():
+            raise FileNotFoundError(f"{Path(args.eval) / 'adherence.md'} missing (--eval must be the --out folder "
+                                    f"of scripts/eval_shapes_model.py)")
         if args.vae_run and not (Path(args.vae_run) / "metrics.csv").is_file():
             raise FileNotFoundError(f"{Path(args.vae_run) / 'metrics.csv'} missing (--vae_run must be a "
                                     f"train_vae.py output_dir)")
@@ -128,6 +193,13 @@ def main(argv=None):
             f"`samples.png`: {args.per_prompt} images per row (seeds {args.seed}, {args.seed + 1}, ...), "
             f"{settings.get('sampler')} {settings.get('steps')} steps, scale {settings.get('scale')}.\n\n"
             + "\n".join(rows) + "\n", encoding="utf-8")
+        adherence = None
+        if args.eval:
+            adherence = (Path(args.eval) / "adherence.md").read_text(encoding="utf-8")
+            for grid in sorted(Path(args.eval).glob("grid_*.png")):
+                shutil.copy2(grid, out / f"adherence_{grid.name}")
+        (out / "README.md").write_text(model_card(cfg, run, out, adherence, decoder=bool(args.decoder_run)),
+                                       encoding="utf-8")
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
         print(f"packaged {run} -> {out} ({size / 2**20:.1f} MB)")
 

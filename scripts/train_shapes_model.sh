@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The built-in shapes model from nothing, in one command (about 3.5 hours on a 2-core CPU):
+#
+#   bash scripts/train_shapes_model.sh                      # -> output/shapes_zh
+#   bash scripts/train_shapes_model.sh models/shapes_zh     # replace the model infer.sh uses
+#
+# Stages, each with its log in $RUNS/shapes-<stage>.log:
+#   export  the world: N_IMAGES captioned 64x64 images + its vocabulary     -> $DATA
+#   vae     the autoencoder, f=4 (configs/shapes/vae.yaml)                  -> $RUNS/shapes-vae
+#   scale   1 / latent std into $RUNS/shapes-ldm.yaml, a copy of configs/shapes/ldm.yaml
+#   ldm     latent UNet + text encoder ($RUNS/shapes-ldm.yaml)              -> $RUNS/shapes-ldm
+#   eval    prompt adherence, held-out and seen prompts                     -> $RUNS/shapes-ldm/eval
+#   package the model folder (model card with the adherence table, samples, logs and curves)
+#
+# Run the same command again after an interruption: finished stages are skipped and a stopped
+# training resumes from its newest checkpoint. To start over, delete $RUNS/shapes-* (and $DATA).
+# Environment: PYTHON (default .venv/bin/python, else python3), DATA (data/shapes_train), RUNS (runs),
+# N_IMAGES (20000), VAE_ARGS / LDM_ARGS (config overrides, e.g. LDM_ARGS="train.steps=3000"),
+# EVAL_ARGS / PACKAGE_ARGS (extra flags of scripts/eval_shapes_model.py / package_shapes_model.py).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+fi
+"$PY" -c "import mindspore" 2>/dev/null || {
+  echo "error: $PY cannot import mindspore: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
+  exit 2; }
+[ $# -le 1 ] || { echo "error: one argument at most, the model folder to write (default output/shapes_zh)" >&2; exit 2; }
+OUT="${1:-output/shapes_zh}"
+DATA="${DATA:-data/shapes_train}"
+RUNS="${RUNS:-runs}"
+N_IMAGES="${N_IMAGES:-20000}"
+VAE_RUN="$RUNS/shapes-vae"
+LDM_RUN="$RUNS/shapes-ldm"
+LDM_CFG="$RUNS/shapes-ldm.yaml"
+read -r -a VAE_X <<< "${VAE_ARGS:-}"
+read -r -a LDM_X <<< "${LDM_ARGS:-}"
+read -r -a EVAL_X <<< "${EVAL_ARGS:-}"
+read -r -a PKG_X <<< "${PACKAGE_ARGS:-}"
+export GLOG_v="${GLOG_v:-3}"
+mkdir -p "$RUNS"
+
+stage() {  # stage NAME COMMAND...: run COMMAND, its output also in $RUNS/shapes-NAME.log
+  local name=$1; shift
+  echo "== $name: $*"
+  if ! "$@" 2>&1 | tee -a "$RUNS/shapes-$name.log"; then
+    echo "error: stage '$name' failed (log: $RUNS/shapes-$name.log); fix the cause and run the same command" \
+         "again: finished stages are kept" >&2
+    exit 1
+  fi
+}
+
+train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or skipped when finished
+  local name=$1 script=$2 cfg=$3 run=$4; shift 4
+  if [ -f "$run/.finished" ]; then
+    echo "== $name: finished before ($run), skipped"
+    return
+  fi
+  local resume=()
+  if [ -f "$run/checkpoints/latest.txt" ]; then resume=(--resume auto); fi
+  stage "$name" "$PY" "scripts/$script" --config "$cfg" --no_progress ${resume[@]+"${resume[@]}"} \
+    "train.output_dir=$run" "$@"
+  touch "$run/.finished"
+}
+
+if [ -f "$DATA/data.csv" ] && [ -f "$DATA/vocab.txt" ]; then
+  echo "== export: $DATA holds an export, kept"
+else
+  stage export "$PY" scripts/export_shapes_csv.py --out "$DATA" --n "$N_IMAGES" --vocab "$DATA/vocab.txt" --overwrite
+fi
+
+train vae train_vae.py configs/shapes/vae.yaml "$VAE_RUN" "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
+
+if [ -f "$LDM_CFG" ]; then
+  echo "== scale: $LDM_CFG exists, kept (its scale_factor belongs to the LDM run)"
+else
+  cp configs/shapes/ldm.yaml "$LDM_CFG.tmp"
+  stage scale "$PY" scripts/vae_latent_scale.py --config configs/shapes/vae.yaml --vae "$VAE_RUN/vae.ckpt" \
+    --write "$LDM_CFG.tmp" "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
+  mv "$LDM_CFG.tmp" "$LDM_CFG"
+fi
+
+train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" "data.path=$DATA" "init.vae_checkpoint=$VAE_RUN/vae.ckpt" \
+  "init.vocab=$DATA/vocab.txt" ${LDM_X[@]+"${LDM_X[@]}"}
+
+if [ -f "$LDM_RUN/eval/adherence.md" ] && [ "$LDM_RUN/eval/adherence.md" -nt "$LDM_RUN/model_ema.ckpt" ]; then
+  echo "== eval: $LDM_RUN/eval/adherence.md is newer than the model, kept"
+else
+  rm -rf "$LDM_RUN/eval.tmp"
+  stage eval "$PY" scripts/eval_shapes_model.py --model "$LDM_RUN" --ckpt model_ema.ckpt --out "$LDM_RUN/eval.tmp" \
+    ${EVAL_X[@]+"${EVAL_X[@]}"}
+  rm -rf "$LDM_RUN/eval"  # an evaluation of an earlier state of the run
+  mv "$LDM_RUN/eval.tmp" "$LDM_RUN/eval"
+fi
+
+stage package "$PY" scripts/package_shapes_model.py "$LDM_RUN" "$OUT" --vae_run "$VAE_RUN" --eval "$LDM_RUN/eval" \
+  ${PKG_X[@]+"${PKG_X[@]}"}
+echo "done: $OUT (model card $OUT/README.md). bash infer.sh uses models/shapes_zh when the official checkpoint is absent."
