@@ -16,7 +16,9 @@
 # training resumes from its newest checkpoint. To start over, delete $RUNS/shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python, else python3), DATA (data/shapes_train), RUNS (runs),
 # N_IMAGES (20000), VAE_ARGS / LDM_ARGS (config overrides, e.g. LDM_ARGS="train.steps=3000"),
-# EVAL_ARGS / PACKAGE_ARGS (extra flags of scripts/eval_shapes_model.py / package_shapes_model.py).
+# EVAL_ARGS / PACKAGE_ARGS (extra flags of scripts/eval_shapes_model.py / package_shapes_model.py),
+# RUNTIME_ARGS (runtime flags of the training, scale and evaluation stages, e.g. "--device_target Ascend"
+# or "--mode pynative").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,6 +41,7 @@ read -r -a VAE_X <<< "${VAE_ARGS:-}"
 read -r -a LDM_X <<< "${LDM_ARGS:-}"
 read -r -a EVAL_X <<< "${EVAL_ARGS:-}"
 read -r -a PKG_X <<< "${PACKAGE_ARGS:-}"
+read -r -a RT_X <<< "${RUNTIME_ARGS:-}"
 export GLOG_v="${GLOG_v:-3}"
 mkdir -p "$RUNS"
 
@@ -61,7 +64,7 @@ train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or s
   local resume=()
   if [ -f "$run/checkpoints/latest.txt" ]; then resume=(--resume auto); fi
   stage "$name" "$PY" "scripts/$script" --config "$cfg" --no_progress ${resume[@]+"${resume[@]}"} \
-    "train.output_dir=$run" "$@"
+    ${RT_X[@]+"${RT_X[@]}"} "train.output_dir=$run" "$@"
   touch "$run/.finished"
 }
 
@@ -78,7 +81,7 @@ if [ -f "$LDM_CFG" ]; then
 else
   cp configs/shapes/ldm.yaml "$LDM_CFG.tmp"
   stage scale "$PY" scripts/vae_latent_scale.py --config configs/shapes/vae.yaml --vae "$VAE_RUN/vae.ckpt" \
-    --write "$LDM_CFG.tmp" "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
+    --write "$LDM_CFG.tmp" ${RT_X[@]+"${RT_X[@]}"} "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
   mv "$LDM_CFG.tmp" "$LDM_CFG"
 fi
 
@@ -90,7 +93,7 @@ if [ -f "$LDM_RUN/eval/adherence.md" ] && [ "$LDM_RUN/eval/adherence.md" -nt "$L
 else
   rm -rf "$LDM_RUN/eval.tmp"
   stage eval "$PY" scripts/eval_shapes_model.py --model "$LDM_RUN" --ckpt model_ema.ckpt --out "$LDM_RUN/eval.tmp" \
-    ${EVAL_X[@]+"${EVAL_X[@]}"}
+    ${RT_X[@]+"${RT_X[@]}"} ${EVAL_X[@]+"${EVAL_X[@]}"}
   rm -rf "$LDM_RUN/eval"  # an evaluation of an earlier state of the run
   mv "$LDM_RUN/eval.tmp" "$LDM_RUN/eval"
 fi
