@@ -58,6 +58,28 @@ def decoder_weights(state: dict, decoder_run: Path) -> dict:
     return dec
 
 
+def check_eval_of(eval_dir: Path, ckpt: Path):
+    """--eval must be scripts/eval_shapes_model.py's output for exactly this checkpoint (by content)."""
+    import json
+
+    from mind_diffusion.checkpoint.io import file_sha256
+
+    md = eval_dir / "adherence.md"
+    if not md.is_file():
+        raise FileNotFoundError(f"{md} missing (--eval must be the --out folder of scripts/eval_shapes_model.py)")
+    first = md.read_text(encoding="utf-8").splitlines()[0] if md.stat().st_size else ""
+    try:
+        settings = json.loads(first.removeprefix("Settings:").strip())
+        evaluated = settings["checkpoint_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{md} does not start with the 'Settings: {{...}}' line scripts/eval_shapes_model.py "
+                         f"writes; evaluate again") from None
+    if evaluated != file_sha256(ckpt, len(evaluated or "")):
+        raise ValueError(f"{md} evaluated another checkpoint ({settings.get('checkpoint')}, sha256 {evaluated}) "
+                         f"than {ckpt} (sha256 {file_sha256(ckpt)}): run scripts/eval_shapes_model.py on "
+                         f"this run again")
+
+
 def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: bool) -> str:
     """README.md of a packaged shapes model: what it is, its training, reproduction, use, adherence."""
     import csv
@@ -148,9 +170,8 @@ def main(argv=None):
         for name in ("model.yaml", args.ckpt, "metrics.csv"):
             if not (run / name).is_file():
                 raise FileNotFoundError(f"{run}/{name} missing: is {run} a finished train_ldm.py run?")
-        if args.eval and not (Path(args.eval) / "adherence.md").is_file():
-            raise FileNotFoundError(f"{Path(args.eval) / 'adherence.md'} missing (--eval must be the --out folder "
-                                    f"of scripts/eval_shapes_model.py)")
+        if args.eval:
+            check_eval_of(Path(args.eval), run / args.ckpt)
         if args.vae_run and not (Path(args.vae_run) / "metrics.csv").is_file():
             raise FileNotFoundError(f"{Path(args.vae_run) / 'metrics.csv'} missing (--vae_run must be a "
                                     f"train_vae.py output_dir)")

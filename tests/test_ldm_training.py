@@ -413,6 +413,23 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
         want = vae[k] if k.startswith(pkg.DECODER_SIDE) else v
         np.testing.assert_array_equal(packed[k], want, err_msg=k)
 
+    # --eval: the adherence table of this checkpoint goes into the model card; one of another is refused
+    from mind_diffusion.checkpoint.io import file_sha256
+
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    table = "| held-out combinations | 2 | 50.0% | 0.0% | 100.0% | 0.0% |"
+    (ev / "adherence.md").write_text(f'Settings: {{"checkpoint": "x", "checkpoint_sha256": '
+                                     f'"{file_sha256(out / "model.ckpt")}"}}\n\n{table}\n', encoding="utf-8")
+    (ev / "grid_heldout.png").write_bytes((folder / "samples.png").read_bytes())
+    assert pkg.main([str(out), str(folder), "--ckpt", "model.ckpt", "--eval", str(ev), "--per_prompt", "1"]) in (0, None)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert table in card and "f=8: 4×4×4 latents" in card and (folder / "adherence_grid_heldout.png").is_file()
+    card_before = card
+    rc = pkg.main([str(out), str(folder), "--ckpt", f"checkpoints/step_{RUN_CKPT:07d}.ckpt", "--eval", str(ev)])
+    captured_error(capsys, rc, "evaluated another checkpoint", "eval_shapes_model.py")
+    assert (folder / "README.md").read_text(encoding="utf-8") == card_before
+
     before = (folder / "model.ckpt").read_bytes()
     vae["first_stage_model.encoder.conv_in.weight"] = vae["first_stage_model.encoder.conv_in.weight"] * 2
     save_atomic(vae, dec / "vae.ckpt")
