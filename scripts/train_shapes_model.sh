@@ -88,8 +88,11 @@ fi
 train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" "data.path=$DATA" "init.vae_checkpoint=$VAE_RUN/vae.ckpt" \
   "init.vocab=$DATA/vocab.txt" ${LDM_X[@]+"${LDM_X[@]}"}
 
-if [ -f "$LDM_RUN/eval/adherence.md" ] && [ "$LDM_RUN/eval/adherence.md" -nt "$LDM_RUN/model_ema.ckpt" ]; then
-  echo "== eval: $LDM_RUN/eval/adherence.md is newer than the model, kept"
+# kept only when it evaluated this very checkpoint: the same content check package_shapes_model.py --eval makes
+if "$PY" -c "import sys; sys.path.insert(0, 'scripts'); from package_shapes_model import check_eval_of; \
+from pathlib import Path; check_eval_of(Path(sys.argv[1]), Path(sys.argv[2]))" \
+    "$LDM_RUN/eval" "$LDM_RUN/model_ema.ckpt" 2>/dev/null; then
+  echo "== eval: $LDM_RUN/eval/adherence.md evaluated this model_ema.ckpt, kept"
 else
   rm -rf "$LDM_RUN/eval.tmp"
   stage eval "$PY" scripts/eval_shapes_model.py --model "$LDM_RUN" --ckpt model_ema.ckpt --out "$LDM_RUN/eval.tmp" \

@@ -3,7 +3,7 @@ tiny budget: the real configs (configs/shapes/*.yaml, the shipped network sizes)
 and a few steps per stage. It must go from nothing to a packaged, loadable model folder with a
 model card, write nothing into the tracked configs, skip finished stages when run again, resume
 an interrupted training from its checkpoint, and stop with one clear line when a stage fails.
-The two passes are marked slow (~6 min together); the wrong-use test runs by default."""
+The two tests that run it are marked slow (~7 min together); the wrong-use test runs by default."""
 import csv
 import os
 import subprocess
@@ -79,7 +79,7 @@ def test_from_nothing_to_a_packaged_model(first):
     assert img.shape == (1, 64, 64, 3)
 
 
-@pytest.mark.slow  # a second pass through the stages (~2 min more)
+@pytest.mark.slow  # a second and a third pass through the stages (~3 min more)
 def test_rerun_skips_finished_stages_and_resumes_a_stopped_training(first):
     tmp, proc, _ = first
     assert proc.returncode == 0
@@ -101,6 +101,12 @@ def test_rerun_skips_finished_stages_and_resumes_a_stopped_training(first):
     assert "== eval: " + sys.executable in out
     card = (tmp / "model" / "README.md").read_text(encoding="utf-8")
     assert "| training | 4 steps" in card
+    # once more: the evaluation is of this very checkpoint now, so it is kept too
+    table = (runs / "shapes-ldm" / "eval" / "adherence.md").read_bytes()
+    third = _run(tmp, str(tmp / "model"), LDM_ARGS=ldm_args, RUNTIME_ARGS="--mode pynative")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "== ldm: finished before" in third.stdout and "evaluated this model_ema.ckpt, kept" in third.stdout
+    assert (runs / "shapes-ldm" / "eval" / "adherence.md").read_bytes() == table
 
 
 def test_wrong_use_and_a_failing_stage(tmp_path):
