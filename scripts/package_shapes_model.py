@@ -1,5 +1,5 @@
 """Package a finished shapes-world LDM training run as the built-in model folder
-(what models/shapes_zh is): config.yaml, model.ckpt (EMA weights, stored in fp16 to keep the
+(what models/shapes_zh is): config.yaml, model.ckpt (the run checkpoint named by --ckpt, stored in fp16 to keep the
 folder small; they load into fp32 parameters), the vocabulary, the training logs of both stages
 (metrics_vae.csv, metrics_ldm.csv), their loss curves (loss.png), a sample sheet (samples.png +
 samples.md, which lists each sample's prompt) and README.md, the model card (what it is, how it was

@@ -105,7 +105,7 @@ def test_rerun_skips_finished_stages_and_resumes_a_stopped_training(first):
     table = (runs / "shapes-ldm" / "eval" / "adherence.md").read_bytes()
     third = _run(tmp, str(tmp / "model"), LDM_ARGS=ldm_args, RUNTIME_ARGS="--mode pynative")
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert "== ldm: finished before" in third.stdout and "evaluated this model_ema.ckpt, kept" in third.stdout
+    assert "== ldm: finished before" in third.stdout and "evaluated this model.ckpt, kept" in third.stdout
     assert (runs / "shapes-ldm" / "eval" / "adherence.md").read_bytes() == table
 
 
