@@ -55,6 +55,24 @@ def test_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(ema["init_conv.weight"], b["ema.init_conv.weight"])
 
 
+def test_resume_from_an_earlier_checkpoint_drops_the_lost_rows(tmp_path):
+    """A run killed between checkpoints logged steps it then loses; resumed from the earlier checkpoint,
+    the log keeps each step once, with the losses of the steps as retrained (== an uninterrupted run)."""
+    run = tmp_path / "r"
+    _train(run, 3)
+    _train(run, 5, resume="auto")  # logs 4, 5; stands for the segment lost with the killed process
+    (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "not-a-step,x\n")
+    _train(run, 6, resume=str(run / "checkpoints" / "step_0000003.ckpt"))
+    _train(tmp_path / "straight", 6)
+
+    def losses(d):
+        return [r.split(",")[:2] for r in (d / "metrics.csv").read_text().strip().splitlines()[1:]]
+
+    got = losses(run)
+    assert [r[0] for r in got] == ["1", "2", "3", "not-a-step", "4", "5", "6"]  # foreign lines are left alone
+    assert [r for r in got if r[0] != "not-a-step"] == losses(tmp_path / "straight")
+
+
 def test_resume_rejects_model_only_checkpoint(tmp_path):
     _train(tmp_path / "r", 1)
     with pytest.raises(CheckpointError, match="not a training checkpoint"):

@@ -136,6 +136,20 @@ class Trainer:
         if self.rank == 0:
             print(f"[mind_diffusion] resumed from {path} at step {step}", flush=True)
 
+    def _trim_metrics(self, log_path: Path):
+        """Drop the log rows past the step this run (re)starts from: they belong to a segment that ran
+        beyond the resumed checkpoint and was lost (killed between checkpoints), and would otherwise
+        appear twice in the log and its curve."""
+        lines = log_path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [ln for ln in lines[1:] if not ln.split(",", 1)[0].isdigit()
+                            or int(ln.split(",", 1)[0]) <= self.step]
+        if len(keep) < len(lines):
+            tmp = log_path.with_name(log_path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, log_path)
+            print(f"[mind_diffusion] {log_path}: dropped {len(lines) - len(keep)} row(s) past step {self.step}, "
+                  f"logged after the checkpoint this run resumes from", flush=True)
+
     # ---------------------------------------------------------------- loop
     def fit(self, make_dataset) -> dict:
         """``make_dataset(start, end)`` -> mindspore.dataset over steps [start, end)."""
@@ -152,6 +166,8 @@ class Trainer:
         writer, log_file = None, None
         if self.rank == 0:
             new = not log_path.exists()
+            if not new:
+                self._trim_metrics(log_path)
             log_file = open(log_path, "a", newline="")
             writer = csv.writer(log_file)
             if new:
