@@ -80,6 +80,20 @@ def check_eval_of(eval_dir: Path, ckpt: Path):
                          f"this run again")
 
 
+def median_step_seconds(rows: list[dict]) -> float | None:
+    """The median time of a training step between consecutive rows of metrics.csv. time_s restarts in
+    each resumed segment, and a run that was paused or shared its CPU for a while would make the summed
+    wall time say more about the machine's day than about the model; None without two timed rows."""
+    import numpy as np
+
+    per_step = []
+    for a, b in zip(rows, rows[1:]):
+        ds, dt = int(b["step"]) - int(a["step"]), float(b.get("time_s") or 0) - float(a.get("time_s") or 0)
+        if ds > 0 and dt > 0:
+            per_step.append(dt / ds)
+    return float(np.median(per_step)) if per_step else None
+
+
 def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: bool) -> str:
     """README.md of a packaged shapes model: what it is, its training, reproduction, use, adherence."""
     import csv
@@ -90,11 +104,13 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
     h, w = int(sp["H"]), int(sp["W"])
     rows = list(csv.DictReader(open(out / "metrics_ldm.csv", encoding="utf-8")))
     steps = rows[-1]["step"] if rows else "?"
-    seconds, prev = 0.0, 0.0
-    for r in rows:  # time_s restarts at 0 in each resumed segment of the run
-        t = float(r.get("time_s") or 0.0)
-        seconds, prev = seconds + (t - prev if t >= prev else t), t
-    took = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+    sec = median_step_seconds(rows)
+    if sec is not None:
+        total = sec * int(steps)
+        took = (f"a median {sec:.2f} s a step ({total / 3600:.1f} h" if total >= 360 else
+                f"a median {sec:.2f} s a step ({total / 60:.1f} min") + " at that rate)"
+    else:
+        took = "an unlogged time"
     u, te = m["unet"], m["text_encoder"]
     lines = [
         f"# {out.name}: the built-in shapes-world text-to-image model", "",
@@ -112,7 +128,7 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
         f"attention at downsampling {list(u['attention_resolutions'])}, context {u['context_dim']} |",
         f"| text encoder | CLIP-style, width {te['width']}, {te['layers']} layers, WordPiece vocab "
         f"of {te['vocab_size']} (`{cfg['tokenizer']['vocab_file']}`) |",
-        f"| training | {steps} steps, {took} of training steps on the machine that trained it; logs "
+        f"| training | {steps} steps, {took} on the machine that trained it; logs "
         f"`metrics_*.csv`, curves `loss*.png` |",
         f"| default sampler | {sp['sampler']} {sp['steps']} steps, guidance scale {sp['scale']} |", "",
         "## Use", "",

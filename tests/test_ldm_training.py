@@ -808,3 +808,16 @@ if __name__ == "__main__":
     import mind_diffusion  # noqa: F401  (environment defaults before mindspore starts)
 
     _worker(sys.argv[1], sys.argv[2], sys.argv[3])
+
+
+def test_package_training_time_is_the_median_step():
+    """The model card's training time: the median step between log rows, so neither a second resumed
+    segment (time_s restarts) nor a stretch paused or sharing the CPU distorts it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from package_shapes_model import median_step_seconds
+
+    rows = [{"step": s, "time_s": t} for s, t in
+            [(50, 100.0), (100, 180.0), (150, 260.0), (200, 1900.0),   # 50 steps paused for 1640 s
+             (250, 1980.0), (300, 60.0), (350, 140.0), (400, 220.0)]]   # resumed at 250: time restarts
+    assert median_step_seconds(rows) == pytest.approx(1.6)
+    assert median_step_seconds(rows[:1]) is None
