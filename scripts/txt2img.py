@@ -55,6 +55,14 @@ def resolve_model(args):
               f"official Wukong-Huahua model put wukong-huahua-ms.ckpt and vocab_zh.txt into "
               f"{args.ckpt_path}/ (see README).")
         return builtin_cfg, BUILTIN_DIR / name, True
+    if default_model and not official.is_file():
+        from mind_diffusion.checkpoint.io import CheckpointError
+
+        raise CheckpointError(
+            f"no model to run: neither the official checkpoint {official} nor the built-in shapes model "
+            f"({BUILTIN_DIR}/config.yaml) is there. Put wukong-huahua-ms.ckpt into {args.ckpt_path}/ (download: "
+            f"https://download.mindspore.cn/toolkits/minddiffusion/wukong-huahua/wukong-huahua-ms.ckpt), or "
+            f"restore the built-in model with 'git checkout -- models/shapes_zh', or pass --ckpt_path/--ckpt_name")
     return cfg_path, None, False
 
 
