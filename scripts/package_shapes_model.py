@@ -107,8 +107,8 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
     sec = median_step_seconds(rows)
     if sec is not None:
         total = sec * int(steps)
-        took = (f"a median {sec:.2f} s a step ({total / 3600:.1f} h" if total >= 360 else
-                f"a median {sec:.2f} s a step ({total / 60:.1f} min") + " at that rate)"
+        span = f"{total / 3600:.1f} h" if total >= 360 else f"{total / 60:.1f} min"
+        took = f"a median {sec:.2f} s a step ({span} at that rate)"
     else:
         took = "an unlogged time"
     u, te = m["unet"], m["text_encoder"]

@@ -15,7 +15,8 @@
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python, else python3), DATA (data/shapes_train), RUNS (runs),
-# N_IMAGES (20000), CKPT (the LDM checkpoint evaluated and shipped: model.ckpt, or model_ema.ckpt), VAE_ARGS / LDM_ARGS (config overrides, e.g. LDM_ARGS="train.steps=3000"),
+# N_IMAGES (20000), CKPT (the LDM checkpoint evaluated and shipped: model.ckpt, or model_ema.ckpt),
+# VAE_ARGS / LDM_ARGS (config overrides, e.g. LDM_ARGS="train.steps=3000"),
 # EVAL_ARGS / PACKAGE_ARGS (extra flags of scripts/eval_shapes_model.py / package_shapes_model.py),
 # RUNTIME_ARGS (runtime flags of the training, scale and evaluation stages, e.g. "--device_target Ascend"
 # or "--mode pynative").

@@ -10,15 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *args, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``scripts/<script>`` (python, or bash for ``.sh`` / ``infer.sh``) from the repo root."""
+def run_script(script: str, *args, timeout: int = 600, env: dict | None = None,
+               root: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` (python, or bash for ``.sh`` / ``infer.sh``) from the repo root
+    (``root``: another checkout of it)."""
     full = dict(os.environ)
     full.pop("MIND_DIFFUSION_DEBUG", None)
     full["PYTHON"] = sys.executable
     full.update(env or {})
-    path = ROOT / script if (ROOT / script).is_file() else ROOT / "scripts" / script
+    path = root / script if (root / script).is_file() else root / "scripts" / script
     cmd = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
-    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=full, capture_output=True, text=True,
+    return subprocess.run(cmd + [str(a) for a in args], cwd=root, env=full, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -804,11 +804,6 @@ def _worker(data, out_dir, tag):
     np.savez(Path(out_dir) / f"{name}.npz", group_size=rt.group_size, **_params(trainer.model))
 
 
-if __name__ == "__main__":
-    import mind_diffusion  # noqa: F401  (environment defaults before mindspore starts)
-
-    _worker(sys.argv[1], sys.argv[2], sys.argv[3])
-
 
 def test_package_training_time_is_the_median_step():
     """The model card's training time: the median step between log rows, so neither a second resumed
@@ -821,3 +816,9 @@ def test_package_training_time_is_the_median_step():
              (250, 1980.0), (300, 60.0), (350, 140.0), (400, 220.0)]]   # resumed at 250: time restarts
     assert median_step_seconds(rows) == pytest.approx(1.6)
     assert median_step_seconds(rows[:1]) is None
+
+
+if __name__ == "__main__":
+    import mind_diffusion  # noqa: F401  (environment defaults before mindspore starts)
+
+    _worker(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -106,20 +106,14 @@ def test_truncated_and_foreign_checkpoints(tiny_dir, tmp_path):
 def test_infer_sh_without_any_model_says_what_to_do(tmp_path):
     """A checkout with neither the official checkpoint nor the built-in model (models/ emptied): the
     code and configs are copied without models/, and infer.sh there gives one line on what to fetch."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
     repo = tmp_path / "repo"
-    skip = shutil.ignore_patterns("__pycache__")
     for name in ("mind_diffusion", "scripts", "configs"):
-        shutil.copytree(ROOT / name, repo / name, ignore=skip)
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "infer.sh", repo / "infer.sh")
-    env = {**os.environ, "PYTHON": sys.executable}
-    env.pop("MIND_DIFFUSION_DEBUG", None)
-    p = subprocess.run(["bash", str(repo / "infer.sh"), "城市夜景 赛博朋克", "--output_path", str(tmp_path / "o"),
-                        "--device_target", "CPU"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    p = run_script("infer.sh", "城市夜景 赛博朋克", "--output_path", tmp_path / "o", "--device_target", "CPU",
+                   timeout=300, root=repo)
     one_line_error(p, "wukong-huahua-ms.ckpt", "download.mindspore.cn", "git checkout -- models/shapes_zh")
     assert not (tmp_path / "o").exists()
     p = run("  ", script="infer.sh")
