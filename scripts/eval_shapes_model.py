@@ -117,6 +117,10 @@ def main(argv=None):
 
         c = load_config(cfg, [], ldm_config_defaults())
         ckpt = model / (args.ckpt or c.checkpoint.name)
+        if not ckpt.is_file():
+            have = ", ".join(sorted(q.name for q in model.glob("*.ckpt"))) or "none"
+            raise FileNotFoundError(f"checkpoint not found: {ckpt} (--ckpt is a file name inside --model; "
+                                    f"checkpoints there: {have})")
         rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision)
         pipe = LDMPipeline.from_pretrained(cfg, ckpt, compute_dtype=rt.precision.ms_dtype())
         out = check_output_dir(args.out)

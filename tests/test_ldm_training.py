@@ -471,6 +471,10 @@ def test_eval_shapes_model_reads_a_run_folder(run, tmp_path, capsys):
         assert (out / f"grid_{split}.png").is_file()
     rc = ev.main(["--model", str(tmp_path / "none"), "--out", str(tmp_path / "e2"), "--device_target", "CPU"])
     captured_error(capsys, rc, "no config.yaml / model.yaml")
+    rc = ev.main(["--model", str(run["out"]), "--ckpt", "model_emma.ckpt", "--out", str(tmp_path / "e3"),
+                  "--device_target", "CPU"])
+    captured_error(capsys, rc, "model_emma.ckpt", "--ckpt is a file name inside --model", "there: model.ckpt")
+    assert not (tmp_path / "e3").exists()
 
 
 FROZEN_ARGS = ("train.steps=4", "train.ckpt_every=2", "train.start_learning_rate=3e-3", "train.warmup_steps=5",
