@@ -223,8 +223,9 @@ def test_pytorch_fid_pth_layout_converts(real_net, tmp_path):
     file formats loads to the same effective parameters as fid-helper's file."""
     torch = pytest.importorskip("torch")
     from mind_diffusion.checkpoint.io import CheckpointMismatchError, load_strict
+    from mind_diffusion.checkpoint.torch_pickle import read_torch_file
     from mind_diffusion.metrics.weights import (_TV_MODULES, FIDWeightsError, convert_pytorch_fid_state,
-                                                load_fid_inception, read_torch_file)
+                                                load_fid_inception)
 
     net, _ = real_net
     ours = {p.name: p.asnumpy() for p in net.get_parameters()}
@@ -286,7 +287,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     import pickle
     import zipfile
 
-    from mind_diffusion.metrics.weights import FIDWeightsError, read_torch_file
+    from mind_diffusion.checkpoint.torch_pickle import TorchFileError, read_torch_file
 
     class Evil:
         def __reduce__(self):
@@ -295,11 +296,11 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     path = tmp_path / "evil.pt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
-    with pytest.raises(FIDWeightsError, match="refusing"):
+    with pytest.raises(TorchFileError, match="refusing"):
         read_torch_file(path)
     assert not (tmp_path / "pwned").exists()
     (tmp_path / "junk.pth").write_bytes(b"\x00" * 64)
-    with pytest.raises(FIDWeightsError):
+    with pytest.raises(TorchFileError):
         read_torch_file(tmp_path / "junk.pth")
 
 

