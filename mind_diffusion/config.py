@@ -111,6 +111,27 @@ def load_config(
     return cfg
 
 
+def merge_overrides(defaults: Mapping, overrides: Mapping | None, source: str) -> dict:
+    """A plain dict: ``defaults`` overridden by ``overrides`` (a dict or DictConfig, may be None),
+    checked as ``load_config`` checks a file: an unknown key (with the closest valid one) or a
+    value of the wrong type raises ``ConfigError`` starting with ``source``."""
+    out = to_plain(defaults)
+    if overrides is None:
+        return out
+    over = to_plain(overrides)
+    _check(out, over, "", source)
+    return _deep_update(out, over)
+
+
+def _deep_update(base: dict, over: Mapping) -> dict:
+    for key, value in over.items():
+        if isinstance(base.get(key), dict) and isinstance(value, Mapping):
+            base[key] = _deep_update(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
 def to_plain(cfg: DictConfig | Mapping) -> dict:
     """A resolved plain dict from a DictConfig (or a shallow copy of a plain mapping)."""
     if OmegaConf.is_config(cfg):

@@ -128,7 +128,7 @@ def write_tiny_glide_config(folder: Path, **sampling) -> Path:
     """A GLIDE inference config with the GLIDE_TINY shapes (base 16 px, SR 32 px, SRGAN x4)."""
     import yaml
 
-    from mind_diffusion.glide.model import GLIDE_TINY
+    from mind_diffusion.glide.config import GLIDE_TINY
 
     cfg = {"model": {"family": "glide-tiny", "base": GLIDE_TINY["base"], "sr": GLIDE_TINY["sr"],
                      "srgan": GLIDE_TINY["srgan"]},
@@ -143,7 +143,8 @@ def make_tiny_glide_dir(folder: Path, seed: int = 0, std: float = 0.05) -> Path:
     """glide-tiny.yaml + glide_gen.ckpt / glide_super_res.ckpt / srgan.ckpt (random weights,
     official layout) + cog-pretrain.model (a tiny SentencePiece model) in ``folder``."""
     from mind_diffusion.glide.checkpoint import save_glide_checkpoint
-    from mind_diffusion.glide.model import GLIDE_TINY, build_glide_base, build_glide_sr, build_srgan
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr, build_srgan
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,8 @@ def _full(kind):
 
 
 def _tiny(kind):
+    from mind_diffusion.glide.config import GLIDE_TINY
     from mind_diffusion.glide.model import (
-        GLIDE_TINY,
         build_glide_base,
         build_glide_sr,
         build_srgan,

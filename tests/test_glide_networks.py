@@ -102,7 +102,8 @@ def test_text_transformer_matches_torch(ms_mode, gelu, ln_eps):
 
 
 def _unet_pair(kind, seed):
-    from mind_diffusion.glide.model import GLIDE_TINY, build_glide_base, build_glide_sr
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr
     from tests.reference.torch_glide import Text2ImUNetRef
 
     cfg = dict(GLIDE_TINY[kind])
@@ -153,7 +154,8 @@ def test_sr_unet_matches_torch(ms_mode):
 
 def test_srgan_matches_torch_pixelshuffle(ms_mode):
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for GLIDE parity")
-    from mind_diffusion.glide.model import GLIDE_TINY, build_srgan
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_srgan
     from tests.reference.torch_glide import SRGANRef, srgan_state_from_mindspore
 
     cfg = GLIDE_TINY["srgan"]
@@ -265,7 +267,8 @@ def test_timestep_embedding_closed_form(ms_mode):
 
 def test_unet_uses_fp16_timestep_option():
     """``timestep_fp16=True`` puts Taichu's fp16 embedding into the UNet (and changes its output)."""
-    from mind_diffusion.glide.model import GLIDE_TINY, build_glide_base
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_glide_base
 
     cfg = GLIDE_TINY["base"]
     a = build_glide_base(cfg)
@@ -287,7 +290,8 @@ def test_unet_uses_fp16_timestep_option():
 
 
 def test_tokens_must_match_text_ctx(ms_mode):
-    from mind_diffusion.glide.model import GLIDE_TINY, build_glide_base
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_glide_base
 
     cfg = GLIDE_TINY["base"]
     net = build_glide_base(cfg)
@@ -311,7 +315,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="num_head_channels"):
         build_glide_base({"model_channels": 96, "num_res_blocks": 1, "xf_layers": 0, "num_groups": 32})
     # the classes themselves take overrides of the same defaults
-    from mind_diffusion.glide.model import GLIDE_TINY
+    from mind_diffusion.glide.config import GLIDE_TINY
     from mind_diffusion.glide.unet import GlideSuperResUNet
 
     with pytest.raises(ValueError, match="unknown config key 'low_res_size'"):
@@ -323,8 +327,8 @@ def test_config_errors_name_the_key():
 def test_fp16_precision_policy_stays_close_to_fp32():
     """apply_glide_precision(fp16) + timestep_fp16 (Taichu's policy): convs / Dense in fp16, norms
     and softmax fp32; the output (cast back to x's dtype) stays close to the fp32 net's."""
+    from mind_diffusion.glide.config import GLIDE_TINY
     from mind_diffusion.glide.model import (
-        GLIDE_TINY,
         apply_glide_precision,
         build_glide_base,
     )

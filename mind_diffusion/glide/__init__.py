@@ -4,12 +4,14 @@ and the three-stage pipeline.
 
 Kept light on purpose (no MindSpore import here); import the sub-modules:
 
-* ``mind_diffusion.glide.model``: ``glide_base_defaults()``, ``glide_sr_defaults()``,
-  ``srgan_defaults()``, ``build_glide_base(cfg)``, ``build_glide_sr(cfg)``, ``build_srgan(cfg)``
+* ``mind_diffusion.glide.config``: ``glide_base_defaults()``, ``glide_sr_defaults()``,
+  ``srgan_defaults()``, ``GLIDE_TINY`` (keys base, sr, srgan), ``glide_config_defaults()`` (the
+  inference config's schema), ``GLIDE_URL``.
+* ``mind_diffusion.glide.model``: ``build_glide_base(cfg)``, ``build_glide_sr(cfg)``, ``build_srgan(cfg)``
   (keyword ``deferred_init=True``: skip the random init when a checkpoint is loaded next; ~1 s
   instead of ~10 s for a full-size UNet on CPU), ``apply_glide_precision(net, dtype)`` (convs /
   Dense in fp16, norms and softmax fp32; add ``timestep_fp16=True`` to the config for Taichu's
-  fp16 timestep embedding), ``GLIDE_TINY`` (keys base, sr, srgan).
+  fp16 timestep embedding).
 * ``mind_diffusion.glide.unet``: ``GlideText2ImUNet.construct(x, t, tokens, mask)`` and
   ``GlideSuperResUNet.construct(x, t, low_res, tokens, mask)`` -> (B, 6, H, W); x float
   (B,3,H,W), t (B,) timesteps on the original 0..999 scale, tokens / mask int32 (B, text_ctx),

@@ -38,35 +38,18 @@ from ..config import load_config, to_plain
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
 from . import diffusion as gd
-from .model import (apply_glide_precision, build_glide_base, build_glide_sr, build_srgan,
-                    glide_base_defaults, glide_sr_defaults, srgan_defaults)
+from .config import GLIDE_URL, glide_config_defaults
+from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
 
 __all__ = ["GlidePipeline", "GlideGuidedStep", "GlideSRStep", "SRGANStep", "STAGES",
-           "glide_config_defaults", "build_glide_tokenizer", "GLIDE_URL", "PromptWarning"]
+           "build_glide_tokenizer", "PromptWarning"]
 
 #: Nominal output sizes of the three stages (the real sizes come from the model configs).
 STAGES = (64, 256, 1024)
-GLIDE_URL = "https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/"
 STAGE_FILES = {64: ("gen_ckpt", "glide_gen.ckpt", "base model"),
                256: ("super_ckpt", "glide_super_res.ckpt", "super-resolution model"),
                1024: ("srgan_ckpt", "srgan.ckpt", "SRGAN x4 model")}
 TOKENIZER_KINDS = ("sentencepiece", "gpt2_bpe")
-
-
-def glide_config_defaults() -> dict:
-    """Schema and defaults of a GLIDE inference config (configs/glide/infer.yaml)."""
-    return {
-        "model": {"family": "taichu-glide", "base": glide_base_defaults(),
-                  "sr": glide_sr_defaults(), "srgan": srgan_defaults()},
-        "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model",
-                      "bpe_dir": "gpt2-bpe"},
-        "checkpoint": {"ckpt_path": "models/glide", "gen_ckpt": "glide_gen.ckpt",
-                       "super_ckpt": "glide_super_res.ckpt", "srgan_ckpt": "srgan.ckpt",
-                       "url": GLIDE_URL},
-        "sampling": {"denoise_steps": 60, "super_res_step": 27, "guidance_scale": 5.0,
-                     "pics_generated": 8, "uncond": "random", "seed": 0, "stages": 1024,
-                     "coeff_dtype": "auto", "prompts_file": "configs/glide/prompts.txt"},
-    }
 
 
 def build_glide_tokenizer(path, is_chinese: bool = True):

@@ -29,6 +29,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..nn.layers import ConvNd, GroupNorm, dense
+from .config import glide_base_defaults, glide_sr_defaults, network_config
 from .text_transformer import TextConditioning, check_text_config
 
 __all__ = ["GlideSuperResUNet", "GlideText2ImUNet", "GlideTimestepEmbedding", "legacy_bilinear_resize"]
@@ -318,9 +319,7 @@ class GlideText2ImUNet(_GlideUNet):
     ``cfg`` overrides ``glide_base_defaults()`` (unknown keys raise a ValueError)."""
 
     def __init__(self, **cfg):
-        from .model import glide_base_defaults, merge_config
-
-        super().__init__(**merge_config(glide_base_defaults(), cfg, "GlideText2ImUNet"))
+        super().__init__(**network_config(glide_base_defaults(), cfg, "GlideText2ImUNet"))
         self.in_channels_x = self.in_channels
 
     def construct(self, x, t, tokens, mask):
@@ -336,9 +335,7 @@ class GlideSuperResUNet(_GlideUNet):
     ``cfg`` overrides ``glide_sr_defaults()`` (unknown keys raise a ValueError)."""
 
     def __init__(self, **cfg):
-        from .model import glide_sr_defaults, merge_config
-
-        super().__init__(**merge_config(glide_sr_defaults(), cfg, "GlideSuperResUNet"))
+        super().__init__(**network_config(glide_sr_defaults(), cfg, "GlideSuperResUNet"))
         if self.in_channels % 2:
             raise ValueError(f"GLIDE SR UNet: in_channels must be 2 x the image channels (x and the "
                              f"upsampled low-res image), got {self.in_channels}")
