@@ -52,25 +52,49 @@ def _avgpool2x2(x):
 class GlideTimestepEmbedding(nn.Cell):
     """``[cos(t f), sin(t f)]`` with ``f_k = exp(-ln(10000) k / half)``, k < half = dim // 2.
 
-    ``fp16=False``: OpenAI (fp32). ``fp16=True``: Taichu-GLIDE, where the frequencies, the
-    product ``t f`` and cos / sin are all fp16 (the frequencies rounded as the original computes
-    them: ``exp(fp16(fp16(-ln 10000) * k) / half)`` step by step in fp16)."""
+    ``fp16=False``: OpenAI (fp32; its reference is PyTorch, mirrored here by float32 numpy).
+    ``fp16=True``: Taichu-GLIDE, where the frequencies, the product ``t f`` and cos / sin are all
+    fp16, the frequencies rounded step by step in fp16: ``exp(fp16(fp16(-ln 10000) * k) / half)``.
+    ``freqs`` picks the kernels of that fp16 ``exp``: ``"numpy"`` (default) or ``"mindspore"``,
+    which computes them as Taichu's ``TimestepEmbedding`` does at run time, with MindSpore fp16
+    ops in its order (:meth:`taichu_freqs`); MindSpore's fp16 ``exp`` rounds some entries one ulp
+    away from numpy's, which moves the embedding at t=999 by up to ~4e-3. Only ``"mindspore"``
+    gives the original's numbers bit for bit."""
 
-    def __init__(self, dim: int, fp16: bool = False, max_period: float = 10000.0):
+    FREQS = ("numpy", "mindspore")
+
+    def __init__(self, dim: int, fp16: bool = False, max_period: float = 10000.0, freqs: str = "numpy"):
         super().__init__()
         if dim % 2:
             raise ValueError(f"timestep embedding dim (model_channels) must be even, got {dim}")
+        if freqs not in self.FREQS:
+            raise ValueError(f"GLIDE timestep embedding freqs must be one of {self.FREQS}, got {freqs!r}")
+        if freqs == "mindspore" and not fp16:
+            raise ValueError("GLIDE timestep embedding freqs='mindspore' is Taichu's fp16 embedding; "
+                             "pass fp16=True with it (the fp32 embedding is OpenAI's)")
         half = dim // 2
-        if fp16:
+        if fp16 and freqs == "mindspore":
+            self.freqs = self.taichu_freqs(half, ms.float16, max_period).reshape(1, half)
+            self.dtype = ms.float16
+        elif fp16:
             k = np.arange(half, dtype=np.float16)
-            freqs = np.exp((np.float16(-math.log(max_period)) * k) / np.float16(half)).astype(np.float16)
+            f = np.exp((np.float16(-math.log(max_period)) * k) / np.float16(half)).astype(np.float16)
+            self.freqs = Tensor(f[None, :])
             self.dtype = ms.float16
         else:
-            freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half))
-            freqs = freqs.astype(np.float32)
+            f = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half))
+            self.freqs = Tensor(f.astype(np.float32)[None, :])
             self.dtype = ms.float32
-        self.freqs = Tensor(freqs[None, :])
         self.half = half
+
+    @staticmethod
+    def taichu_freqs(half: int, dtype, max_period: float = 10000.0) -> Tensor:
+        """Taichu's op order in ``dtype``: constant ``-ln(max_period)``, times the ``arange``,
+        divided by the integer ``half``, then ``exp``; evaluated eagerly (a graph runs the same
+        kernels)."""
+        c = Tensor(-math.log(max_period), dtype)
+        k = Tensor(np.arange(half), dtype)
+        return ops.exp(c * k / half)
 
     def construct(self, t):
         b = t.shape[0]

@@ -54,7 +54,9 @@ def ldm_config_defaults() -> dict:
                      "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                      "attention_resolutions": [4, 2, 1], "num_heads": 8, "context_dim": 768,
                      "transformer_depth": 1, "num_groups": 32, "gelu": "tanh",
-                     "attn_slice": None},  # query rows per attention chunk (bounds memory)
+                     "attn_slice": None,  # query rows per attention chunk (bounds memory)
+                     # timestep frequencies from MindSpore fp32 ops, as the Wukong original
+                     "time_freqs": "mindspore_fp32"},
             "vae": {"embed_dim": 4, "z_channels": 4, "ch": 128, "ch_mult": [1, 2, 4, 4],
                     "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "num_groups": 32},
             "text_encoder": {"vocab_size": 49408, "context_length": 77, "width": 768,
@@ -65,7 +67,9 @@ def ldm_config_defaults() -> dict:
                        "url": "https://download.mindspore.cn/toolkits/minddiffusion/wukong-huahua/"
                               "wukong-huahua-ms.ckpt"},
         "sampling": {"sampler": "dpm_solver", "steps": 15, "scale": 7.5, "H": 512, "W": 512,
-                     "seed": 42, "quantize": "truncate", "default_prompt": "狗 绘画 写实风格"},
+                     "seed": 42, "quantize": "truncate", "default_prompt": "狗 绘画 写实风格",
+                     # "original_fp16": DPM-Solver in the Wukong original's fp16 steps
+                     "dpm_solver_precision": "fp32"},
     }
 
 

@@ -250,7 +250,8 @@ class LDMUNet(nn.Cell):
 
     def __init__(self, in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
                  num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8, context_dim=768,
-                 transformer_depth=1, num_groups=32, gelu="tanh", dropout=0.0, attn_slice=None):
+                 transformer_depth=1, num_groups=32, gelu="tanh", dropout=0.0, attn_slice=None,
+                 time_freqs="float64"):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
@@ -278,7 +279,9 @@ class LDMUNet(nn.Cell):
         def transformer(ch):
             return SpatialTransformer(ch, num_heads, ch // num_heads, **st)
 
-        self.time_proj = SinusoidalTimeEmbedding(model_channels, shift=0, flip=True)
+        # time_freqs="mindspore_fp32": the frequencies as Wukong-Huahua computes them (MindSpore fp32
+        # ops); "float64": rounded once from float64, as diffusers / PyTorch give them
+        self.time_proj = SinusoidalTimeEmbedding(model_channels, shift=0, flip=True, freqs=time_freqs)
         self.time_embed = nn.SequentialCell([dense(model_channels, emb_dim), nn.SiLU(), dense(emb_dim, emb_dim)])
 
         inputs = [EmbedSequential([InputConv(in_channels, model_channels, 3)])]

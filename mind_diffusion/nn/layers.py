@@ -74,19 +74,46 @@ class GroupNorm(nn.Cell):
         return ops.cast(y, dtype)
 
 
+FREQ_CONVENTIONS = ("float64", "mindspore_fp32")
+
+
+def mindspore_fp32_freqs(half: int, max_period: float = 10000.0, denom: int | None = None) -> Tensor:
+    """``exp(-log(max_period) * arange(half) / denom)`` evaluated op by op with MindSpore float32
+    kernels: log of the float32 constant, negate, times the float32 ``arange``, divide by the
+    integer ``denom`` (default ``half``), exp. This is how the MindSpore Wukong-Huahua UNet builds
+    its frequencies at run time; MindSpore's float32 ``exp`` / ``log`` differ from a
+    correctly rounded float64 evaluation by up to ~5e-6 relative, so the order and the kernels
+    matter for bit-identical outputs. Evaluated eagerly (the same kernels a graph runs)."""
+    denom = half if denom is None else denom
+    k = Tensor(np.arange(half, dtype=np.float32))
+    neg_log = -ops.log(Tensor(max_period, ms.float32))
+    return ops.exp(neg_log * k / denom)
+
+
 class SinusoidalTimeEmbedding(nn.Cell):
     """emb = concat[sin(t f), cos(t f)] with f_k = exp(-k ln(max_period) / (half - shift)).
 
     ``shift=0`` is abarankab's DDPM (divides by half); ``shift=1`` is Ho / fairseq.
-    ``flip=True`` puts cos first (GLIDE / guided-diffusion order). ``t`` is (B,) raw steps."""
+    ``flip=True`` puts cos first (GLIDE / guided-diffusion order). ``t`` is (B,) raw steps.
 
-    def __init__(self, dim: int, max_period: float = 10000.0, shift: int = 0, flip: bool = False):
+    ``freqs`` picks how the frequencies are rounded to float32: ``"float64"`` (default) evaluates
+    them in float64 numpy and rounds once (the DDPM port, whose reference is PyTorch code);
+    ``"mindspore_fp32"`` evaluates them with MindSpore float32 ops in the MindSpore Wukong-Huahua
+    order (:func:`mindspore_fp32_freqs`), so official LDM weights give the original's numbers."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0, shift: int = 0, flip: bool = False,
+                 freqs: str = "float64"):
         super().__init__()
         if dim % 2:
             raise ValueError(f"timestep embedding dim must be even, got {dim}")
+        if freqs not in FREQ_CONVENTIONS:
+            raise ValueError(f"timestep embedding freqs must be one of {FREQ_CONVENTIONS}, got {freqs!r}")
         half = dim // 2
-        freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - shift))
-        self.freqs = Tensor(freqs.astype(np.float32)[None, :])
+        if freqs == "mindspore_fp32":
+            self.freqs = mindspore_fp32_freqs(half, max_period, half - shift).reshape(1, half)
+        else:
+            f = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - shift))
+            self.freqs = Tensor(f.astype(np.float32)[None, :])
         self.flip = flip
         self.concat = ops.Concat(axis=1)
 
