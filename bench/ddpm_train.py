@@ -1,5 +1,5 @@
 """Training throughput of the DDPM UNet: Mind-Diffusion (MindSpore, GRAPH mode) vs the same
-UNet in PyTorch (tests/reference/torch_ddpm_unet.py), one process, same machine, same threads.
+UNet in PyTorch (bench/torch_ddpm_unet.py), one process, same machine, same threads.
 
 Both sides run the same model with the same initial weights (copied from MindSpore into torch)
 on the same fixed batch ``(x0, y, t, noise)`` with the simple DDPM loss
@@ -30,10 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_name  # noqa: E402
+from _common import cpu_name  # noqa: E402
 import mind_diffusion  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA etc. before mindspore loads)
 import numpy as np  # noqa: E402
 
@@ -101,7 +99,7 @@ def bench_mindspore(cfg, batch_np, steps, warmup, lr, seed):
 def bench_torch(cfg, batch_np, steps, warmup, lr, init_state):
     import torch
 
-    from tests.reference.torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
+    from torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
 
     net = TorchDDPMUNet(**cfg)
     load_from_mindspore(net, init_state)      # identical initial weights

@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_name  # noqa: E402
+from _common import cpu_name  # noqa: E402
 import mind_diffusion  # noqa: E402,F401  (sets env defaults before mindspore is imported)
 import numpy as np  # noqa: E402
 

@@ -34,13 +34,11 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
 import mind_diffusion  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA etc. before mindspore loads)
-from bench._common import cpu_name
+from _common import cpu_name
 
 FULL = {}  # LDMUNet defaults = SD-v1 / Wukong
 QUICK = {"model_channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_resolutions": (2, 1),

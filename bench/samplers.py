@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import mind_diffusion  # noqa: E402,F401  (sets env defaults before mindspore is imported)
 import numpy as np  # noqa: E402

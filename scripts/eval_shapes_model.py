@@ -15,9 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mind_diffusion.cli import run_cli  # noqa: E402
+from mind_diffusion.cli import run_cli
 
 KEYS = ("colour", "shape", "position", "all")
 

@@ -9,9 +9,6 @@ writes <out>/images/00000.png ..., <out>/data.csv (columns dir,text; UTF-8) and 
 import argparse
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None):

@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mind_diffusion.cli import run_cli  # noqa: E402
+from mind_diffusion.cli import run_cli
 
 
 def _is_stats(path: str) -> bool:

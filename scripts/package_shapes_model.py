@@ -18,9 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mind_diffusion.cli import run_cli  # noqa: E402
+from mind_diffusion.cli import run_cli
 
 SAMPLE_PROMPTS = ["一个红色的圆形在左边", "一个蓝色的正方形在右边", "一个黄色的星形在中间", "一个绿色的三角形在上面",
                   "白色背景上的紫色圆形在下面", "一个橙色的星形在右边", "黑色的正方形在中间", "一个红色的三角形在左边"]

@@ -11,9 +11,6 @@ LDMPipeline.from_pretrained), metrics.csv, checkpoints/ (for --resume).
 """
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mind_diffusion.cli import run_cli
 

@@ -27,8 +27,8 @@ PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
-"$PY" -c "import mindspore" 2>/dev/null || {
-  echo "error: $PY cannot import mindspore: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
+"$PY" -c "import mindspore, mind_diffusion" 2>/dev/null || {
+  echo "error: $PY cannot import mindspore and mind_diffusion: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
   exit 2; }
 [ $# -le 1 ] || { echo "error: one argument at most, the model folder to write (default output/shapes_zh)" >&2; exit 2; }
 OUT="${1:-output/shapes_zh}"
@@ -93,7 +93,7 @@ train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" "data.path=$DATA" "init.vae_checkpo
   "init.vocab=$DATA/vocab.txt" ${LDM_X[@]+"${LDM_X[@]}"}
 
 # kept only when it evaluated this very checkpoint: the same content check package_shapes_model.py --eval makes
-if "$PY" -c "import sys; sys.path.insert(0, 'scripts'); from package_shapes_model import check_eval_of; \
+if "$PY" -c "import sys; from mind_diffusion_scripts.package_shapes_model import check_eval_of; \
 from pathlib import Path; check_eval_of(Path(sys.argv[1]), Path(sys.argv[2]))" \
     "$LDM_RUN/eval" "$LDM_RUN/$CKPT" 2>/dev/null; then
   echo "== eval: $LDM_RUN/eval/adherence.md evaluated this $CKPT, kept"

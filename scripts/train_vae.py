@@ -8,9 +8,6 @@ init.vae_checkpoint=.../vae.ckpt.
 """
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mind_diffusion.cli import run_cli
 

@@ -11,9 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mind_diffusion.cli import run_cli  # noqa: E402
+from mind_diffusion.cli import run_cli
 
 
 def write_scale(config_path: Path, scale: float) -> None:

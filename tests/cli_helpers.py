@@ -13,10 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_script(script: str, *args, timeout: int = 600, env: dict | None = None,
                root: Path = ROOT) -> subprocess.CompletedProcess:
     """Run ``scripts/<script>`` (python, or bash for ``.sh`` / ``infer.sh``) from the repo root
-    (``root``: another checkout of it)."""
+    (``root``: another checkout of it). ``root`` leads PYTHONPATH, so a copy of the code imports
+    its own ``mind_diffusion``, not the editable install of this checkout."""
     full = dict(os.environ)
     full.pop("MIND_DIFFUSION_DEBUG", None)
     full["PYTHON"] = sys.executable
+    full["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [full.get("PYTHONPATH")] if p])
     full.update(env or {})
     path = root / script if (root / script).is_file() else root / "scripts" / script
     cmd = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]

@@ -1,13 +1,12 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+import mind_diffusion  # noqa: F401  (sets ONEDNN/GLOG defaults before mindspore loads)
+import mindspore
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import mind_diffusion  # noqa: E402,F401  (sets ONEDNN/GLOG defaults before mindspore loads)
-import mindspore  # noqa: E402
 
 # Pin the device once, before any kernel runs: set_device raises after the runtime started.
 mindspore.set_device("CPU")

@@ -3,14 +3,13 @@ rank's parameters. Launched either by msrun (N ranks) or as one plain process.""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import mind_diffusion  # noqa: E402,F401
-from mind_diffusion.config import load_config  # noqa: E402
-from mind_diffusion.ddpm.training import build_ddpm_trainer, ddpm_config_defaults  # noqa: E402
-from mind_diffusion.runtime import init_runtime  # noqa: E402
+import mind_diffusion  # noqa: F401
+from mind_diffusion.config import load_config
+from mind_diffusion.ddpm.config import ddpm_config_defaults
+from mind_diffusion.ddpm.training import build_ddpm_trainer
+from mind_diffusion.runtime import init_runtime
 
 
 def main(out_dir, steps, tag):

@@ -1,5 +1,5 @@
 """DDPM UNet: parameter counts, graph/pynative agreement, and parity with an independent PyTorch
-implementation (tests/reference/torch_ddpm_unet.py) for the forward pass and one Adam step."""
+implementation (bench/torch_ddpm_unet.py) for the forward pass and one Adam step."""
 import numpy as np
 import pytest
 
@@ -96,7 +96,7 @@ def test_graph_matches_pynative():
 
 def _torch_pair(cfg, seed=0):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed: no reference to compare with")
-    from tests.reference.torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
+    from bench.torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
 
     torch.manual_seed(seed)
     ms.set_seed(seed)
@@ -109,7 +109,7 @@ def _torch_pair(cfg, seed=0):
 
 def test_load_from_mindspore_checks_names():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed: no reference to compare with")
-    from tests.reference.torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
+    from bench.torch_ddpm_unet import TorchDDPMUNet, load_from_mindspore
 
     cfg = dict(TINY, zero_init=True)
     net = DDPMUNet(**cfg)
