@@ -5,8 +5,8 @@ arrays keep their dtype (``load_strict`` casts to the parameter dtype). Names re
 side are relative to :class:`mind_diffusion.ldm.text_encoder.TextEncoder` (no prefix; put
 ``cond_stage_model.transformer.`` in front for the full model), in its checkpoint order.
 
-Layouts (spec ``wukong.md`` §5.3; Dense/Linear weights are [out, in] on both sides, so no
-transposes):
+Layouts (Wukong-Huahua's ``ldm/modules/encoders/text_encoder.py`` against HF ``modeling_clip.py`` and
+OpenAI ``clip/model.py``; Dense/Linear weights are [out, in] on both sides, so no transposes):
 
 =================================================  =================================================
 ours (MindSpore Wukong)                            HF ``CLIPTextModel`` (``text_model.`` + …)
@@ -224,7 +224,7 @@ _OAI_DROP = re.compile(r"^(visual\.|text_projection$|logit_scale$|input_resoluti
 
 
 def openai_clip_text_to_ours(state: Mapping[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
-    """OpenAI CLIP / open_clip state -> ours (spec §5.3 table).
+    """OpenAI CLIP / open_clip state -> ours (the table in this module's docstring).
 
     ``prefix`` is stripped first and only names under it are used (e.g. SD-v2 / open_clip
     ``cond_stage_model.model.``). ``visual.*``, ``text_projection``, ``logit_scale``, the JIT

@@ -57,7 +57,9 @@ GENERATOR_KINDS = ("ddpm", "ldm", "glide")
 REFERENCE_KINDS = ("folder", "digits", "shapes")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-# The Mind-Diffusion report's FID table (spec ddpm_fid.md §2.5). Protocol notes say what is known.
+# The Mind-Diffusion report's FID table, as the report gives it; its GAN rows come from the SYSU course project
+# github.com/Enderfga/Enderfga (horse_generation: ~1k samples vs the CIFAR-10 horse class, pytorch-fid code).
+# Protocol notes say what is known.
 REPORT_PROTOCOL = "report: ~1k generated vs CIFAR-10 horse (train folder), pytorch-fid"
 REPORT_FIDS = (
     ("GAN", 198.0, "~1k vs CIFAR-10 horse train, pytorch-fid (course repo code)"),
@@ -798,7 +800,7 @@ def write_report(cfg, rows: list[Row], run_dir: Path, ext_id: str, mode: str, me
     if report:
         lines += ["", "## The report's numbers (context, not comparable)", "",
                   f"From the Mind-Diffusion report's FID table ({REPORT_PROTOCOL} as far as it can be traced; "
-                  f"spec ddpm_fid.md §2.5). "
+                  f"the GAN rows trace to github.com/Enderfga/Enderfga, horse_generation). "
                   + ("A row above follows the same stated protocol; the report's own protocol details remain "
                      "unverified." if any_match else
                      "No row above follows that protocol (N_gen = 1000 vs the CIFAR-10 horse train split, "

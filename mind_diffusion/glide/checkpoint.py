@@ -1,7 +1,7 @@
 """GLIDE checkpoints: the official Taichu-GLIDE files and our own saves, strictly.
 
-Our cells carry the official relative names (spec ``glide.md`` §7), so the declared name map is
-only a prefix:
+Our cells carry the official relative names (those of Taichu-GLIDE's ``text2im_model.py`` /
+``srgan.py`` cells), so the declared name map is only a prefix:
 
 * ``glide_gen.ckpt`` / ``glide_super_res.ckpt`` (training net ``GaussianDiffusion``):
   ``diffusion_with_p_sample.p_mean_variance.guider_net.<rel>`` (:data:`TRAINING_PREFIX`);

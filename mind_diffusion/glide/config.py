@@ -2,8 +2,8 @@
 config's schema.
 
 ``glide_base_defaults()`` / ``glide_sr_defaults()`` / ``srgan_defaults()`` hold the values of
-spec ``glide.md`` §2 (Taichu-GLIDE ``model_config.json`` / ``supres_model_config.json``, and
-``Generator(4)``) plus the numerics options of this implementation:
+Taichu-GLIDE's ``model_configs/model_config.json`` / ``supres_model_config.json`` (and ``Generator(4)``
+of ``model/glide_text2im/model/srgan.py``) plus the numerics options of this implementation:
 
 * ``gelu`` / ``ln_eps``: text-transformer GELU ('tanh' Taichu, 'exact' OpenAI) and LayerNorm eps
   (1e-7 Taichu, 1e-5 OpenAI);

@@ -1,5 +1,5 @@
-"""Taichu-GLIDE's third stage, the x4 SRGAN generator (SRResNet-style; spec ``glide.md`` §5),
-parameter names as in ``srgan.ckpt`` (bare Generator names):
+"""Taichu-GLIDE's third stage, the x4 SRGAN generator (SRResNet-style, as in its
+``model/glide_text2im/model/srgan.py``), parameter names as in ``srgan.ckpt`` (bare Generator names):
 
     conv1.0 Conv2d(3->64, k9, p4) , conv1.1 PReLU(64)  [slope param ``w``]
     trunk.N.{conv1, bn1, prelu, conv2, bn2}          N < num_blocks; out = x + bn2(conv2(prelu(bn1(conv1 x))))

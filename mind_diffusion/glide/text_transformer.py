@@ -1,5 +1,5 @@
-"""GLIDE's text transformer (spec ``glide.md`` §3.3): the text conditioning of the base and the
-super-resolution UNets.
+"""GLIDE's text transformer (Taichu-GLIDE ``model/glide_text2im/model/xf.py`` and ``get_text_emb`` in
+``text2im_model.py``): the text conditioning of the base and the super-resolution UNets.
 
 tokens (B, text_ctx) int32 and mask (B, text_ctx) int32 (1 = real token) ->
 

@@ -1,6 +1,7 @@
 """CLIP text transformer used as the cross-attention context of Wukong-Huahua / SD-v1.
 
-OpenAI-CLIP layout (spec ``wukong.md`` §4.1, §5.1): token + learned positional embedding, ``layers``
+OpenAI-CLIP layout, as in Wukong-Huahua's ``ldm/modules/encoders/text_encoder.py`` (mindspore-lab/
+minddiffusion ``vision/wukong-huahua``): token + learned positional embedding, ``layers``
 pre-LN residual blocks ``x = x + attn(ln_1(x)); x = x + c_proj(QuickGELU(c_fc(ln_2(x))))`` with a
 fused ``in_proj`` (rows q, k, v; q scaled by ``head_dim ** -0.5``), a causal additive mask (key
 position > query position is masked, no padding mask), then ``ln_final`` over **all**
@@ -39,7 +40,8 @@ _MASK_VALUE = -1e9  # additive mask for key > query; exp() of it underflows to e
 
 
 def text_encoder_defaults() -> dict:
-    """Wukong-Huahua's text tower (spec §4.1): CLIP ViT-L/14 text shape, LayerNorm eps 1e-7."""
+    """Wukong-Huahua's text tower (its ``text_encoder.py``): CLIP ViT-L/14 text shape, LayerNorm eps
+    1e-7 (MindSpore's default there; the HF CLIP config says 1e-5)."""
     return {"vocab_size": 49408, "context_length": 77, "width": 768, "layers": 12, "heads": 12, "ln_eps": 1e-7}
 
 

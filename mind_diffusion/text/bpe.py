@@ -2,7 +2,7 @@
 
 Pure Python (plus numpy for the batch output, ``ftfy`` and ``regex``); no MindSpore here.
 
-Algorithm (OpenAI ``simple_tokenizer`` as used by SD-v1, spec ``wukong.md`` §4.4):
+Algorithm (OpenAI CLIP's ``clip/simple_tokenizer.py``, as used by SD-v1):
 
 * Clean: ``ftfy.fix_text``, then ``html.unescape`` twice, strip; collapse whitespace runs to one
   space and strip; lower-case.

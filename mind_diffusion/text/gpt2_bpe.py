@@ -1,5 +1,5 @@
 """GPT-2 byte-level BPE: the English tokenizer of GLIDE (OpenAI glide-text2im's ``bpe.py``,
-used by Taichu-GLIDE when ``--is_chinese false``; spec ``glide.md`` §6).
+used by Taichu-GLIDE when ``--is_chinese false``: ``model/glide_text2im/tokenizer/bpe.py``).
 
 Pure Python (plus numpy and ``regex``); no MindSpore here.
 

@@ -1,6 +1,6 @@
 """Taichu-GLIDE's Chinese tokenizer: a SentencePiece model (``cog-pretrain.model``, the
 CogView / GLM-Chinese model shipped with the Taichu-GLIDE checkpoints), as in the original's
-``chinese_tokenizer.py`` (spec ``glide.md`` §6).
+``model/glide_text2im/tokenizer/chinese_tokenizer.py`` (mindspore-lab/minddiffusion ``vision/Taichu-GLIDE``).
 
 Pure Python plus numpy and ``sentencepiece``; no MindSpore here.
 

@@ -2,7 +2,8 @@
 
 Pure Python (plus numpy for the batch output); no MindSpore here.
 
-Algorithm (spec ``wukong.md`` §4.2/§4.3):
+Algorithm (Wukong-Huahua's ``ldm/models/clip_zh/simple_tokenizer.py``, i.e. BERT's BasicTokenizer +
+WordPiece; ids wrapped by ``FrozenCLIPEmbedder_ZH.tokenize`` in ``ldm/modules/encoders/modules.py``):
 
 * Basic tokenization: clean the text (drop NUL, U+FFFD and category ``C*`` chars
   except ``\\t \\n \\r``; map whitespace to a space), put spaces around every CJK
