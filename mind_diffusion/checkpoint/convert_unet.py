@@ -93,7 +93,8 @@ def _rename(state: Mapping[str, np.ndarray], rules, what: str) -> dict[str, np.n
 
 
 def compvis_unet_to_ours(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """CompVis (PyTorch ldm) UNet names -> MindSpore port names (spec §5.3). Same arrays."""
+    """CompVis (PyTorch ldm) UNet names -> MindSpore port names (Wukong-Huahua's ``openaimodel.py``
+    cells). Same arrays."""
     return _rename(state, _CV_TO_OURS, "compvis_unet_to_ours")
 
 

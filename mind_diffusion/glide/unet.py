@@ -1,5 +1,6 @@
-"""GLIDE's text-conditional UNets (spec ``glide.md`` §3): ``GlideText2ImUNet`` (the 64 px base)
-and ``GlideSuperResUNet`` (64 -> 256), parameter names as in the Taichu-GLIDE checkpoints
+"""GLIDE's text-conditional UNets (Taichu-GLIDE ``model/glide_text2im/model/unet.py`` and
+``text2im_model.py``): ``GlideText2ImUNet`` (the 64 px base) and ``GlideSuperResUNet`` (64 -> 256),
+parameter names as in the Taichu-GLIDE checkpoints
 (relative to ``diffusion_with_p_sample.p_mean_variance.guider_net.``).
 
 Architecture (the same as OpenAI glide-text2im ``Text2ImUNet`` / ``SuperResText2ImUNet``):
@@ -106,7 +107,7 @@ class GlideTimestepEmbedding(nn.Cell):
 def legacy_bilinear_resize(x, size):
     """Bilinear resize with MindSpore's legacy (TF1) mapping ``src = dst * in / out`` (no half
     pixel centres, edge clamp): ``ResizeBilinearV2(align_corners=False, half_pixel_centers=False)``,
-    what Taichu-GLIDE's ``ResizeBilinear`` computes (spec §3.4)."""
+    what Taichu-GLIDE's ``ops.ResizeBilinear`` (``SuperResText2ImUNet``) computes."""
     return ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)(x, size)
 
 
@@ -353,7 +354,8 @@ class GlideText2ImUNet(_GlideUNet):
 
 class GlideSuperResUNet(_GlideUNet):
     """The 64 -> 256 upsampler: ``construct(x (B,3,H,W), t, low_res (B,3,h,w), tokens, mask)``.
-    ``low_res`` is resized to (H, W) inside with the legacy bilinear mapping (§3.4) and
+    ``low_res`` is resized to (H, W) inside with the legacy bilinear mapping
+    (:func:`legacy_bilinear_resize`) and
     concatenated after x (in_channels = 6). Quantising low_res to 8 bits is the sampler's job.
 
     ``cfg`` overrides ``glide_sr_defaults()`` (unknown keys raise a ValueError)."""
