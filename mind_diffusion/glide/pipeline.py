@@ -9,7 +9,8 @@
     out = pipe("一张画着柯基的油画", num_images_per_prompt=4, seed=0)
     out[64], out[256], out[1024]          # (4, H, W, 3) uint8 per stage
 
-Flow (spec ``glide.md`` §1, §4): the prompt's SentencePiece ids (128, pad = end token, mask)
+Flow (Taichu-GLIDE ``src/txt2img.py`` and ``model/glide_text2im/main_funcs.py``): the prompt's
+SentencePiece ids (128, pad = end token, mask)
 -> base UNet with classifier-free guidance compiled into one cell (doubled batch
 ``[cond; uncond]``, the guidance scale an input), ancestral sampling over the respacing
 ``"60"`` of the cosine schedule -> the 64 px sample, quantised to 8 bit, conditions the SR UNet

@@ -4,19 +4,20 @@ train a small LDM from scratch, on image-text pairs listed in CSV files.
     cfg = load_config("configs/wukong/train-finetune.yaml", overrides, ldm_train_config_defaults())
     train_ldm(cfg, init_runtime("auto", "graph", seed=cfg.train.seed))
 
-What it reproduces (spec ``wukong.md`` §9):
-- loss (§9.5): ``z = stop_gradient(scale_factor * VAE.encode(x))`` (posterior *sample*),
+What it reproduces (Wukong-Huahua's ``run_train.py`` and the ``ldm/`` code it runs, mindspore-lab/minddiffusion
+``vision/wukong-huahua``):
+- loss (``LatentDiffusion`` in ``ddpm.py``): ``z = stop_gradient(scale_factor * VAE.encode(x))`` (posterior *sample*),
   ``x_t = sqrt(abar_t) z + sqrt(1-abar_t) eps``, ``mean((eps - UNet(x_t, t, text(ids)))^2)``;
   the VAE is frozen, the text encoder is trained too (``train.train_text_encoder``; the
   original never freezes it), the schedule coefficients are fp16-rounded when
   ``train.schedule_fp16`` (the original's ``use_fp16`` schedule), UNet dropout 0.1
   (``train.unet_dropout``, the train yaml's value);
-- optimizer (§9.4): MindSpore ``AdamWeightDecay`` (betas 0.9/0.98, eps 1e-6) with weight decay
+- optimizer (``ldm/modules/train/``): MindSpore ``AdamWeightDecay`` (betas 0.9/0.98, eps 1e-6) with weight decay
   1e-6 on every parameter whose name contains neither "layernorm" nor "bias" (so GroupNorm /
   LayerNorm ``gamma`` / ``beta`` *are* decayed, as in the original), 0 on the rest;
   LR warmup then a cosine that is *not* offset by the warmup (:class:`WarmupCosineLR`);
   dynamic loss scale 65536 / x2 / window 1000 with the step skipped on overflow;
-- data (§9.6): ``data.path`` holds ``*.csv`` files (sorted) with columns ``dir`` (image path
+- data (``ldm/data/dataset.py``): ``data.path`` holds ``*.csv`` files (sorted) with columns ``dir`` (image path
   relative to ``data.path``) and ``text``; optional small-image filter; SmallestMaxSize ->
   CenterCrop (or RandomCrop + horizontal flip) -> [-1, 1]; WordPiece ids (int32, 77);
   sequential CSV order, wrapping (``data.shuffle=true`` for per-epoch permutations);
@@ -362,7 +363,8 @@ def make_batch_dataset(source: LDMBatches, start_step: int, end_step: int):
 
 # ----------------------------------------------------------------------------------------- model
 class LatentDiffusionLoss(nn.Cell):
-    """``construct(x, ids, t, noise, posterior_noise) -> loss`` (spec §9.5), or with
+    """``construct(x, ids, t, noise, posterior_noise) -> loss`` (the original's
+    ``LatentDiffusion.construct``), or with
     ``cached=True`` ``construct(mean, logvar, ids, t, noise, posterior_noise)`` where
     (mean, logvar) are the frozen VAE's moments of x.
 
