@@ -186,7 +186,10 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
 #   (use_fp16). log_alpha = 0.5 * log(alphas_cumprod) in fp16; keypoints t_k = fp16(k / T),
 #   k = 1..T, from a float32 linspace.
 # * the time grid: fp16 of a float32 linspace(1, 1/T, steps + 1); the start noise is cast to fp16;
-#   the model gets fp16 x and fp16 t_model = (t - 1/T) * 1000, and returns fp16.
+#   the model gets fp16 x and fp16 t_model = (t - 1/T) * 1000 (T = 1000), and returns fp16.
+#   With classifier-free guidance the original combines u + s (c - u) in fp16 ops on its fp16
+#   UNet outputs; a model_fn that does the same gives its numbers (this path only rounds the
+#   model output to fp16).
 # * interpolation of log_alpha(t) through the keypoints, in fp16: x's rank among the keypoints
 #   by a MindSpore Sort of [x, keypoints] (its tie order decides the segment), then
 #   y0 + (x - x0) * (y1 - y0) / (x1 - x0) on the segment (extrapolating at the ends).
