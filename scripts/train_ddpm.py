@@ -12,7 +12,10 @@ from mind_diffusion.cli import run_cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (configs/ddpm/*.yaml)")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in train.output_dir) or a .ckpt path")
+    p.add_argument("--resume", default=None,
+                   help="continue the run in train.output_dir: 'auto' (its newest checkpoint that reads) or a .ckpt path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.output_dir holds another run: delete its checkpoints, log and models, start over")
     p.add_argument("--init_from", default=None, help="start from these model weights (fresh optimizer)")
     p.add_argument("--no_progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=1000 data.path=...")
@@ -29,7 +32,7 @@ def main(argv=None):
         cfg = load_config(args.config, args.overrides, ddpm_config_defaults())
         rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
         result = train_ddpm(cfg, rt, resume=args.resume, init_from=args.init_from,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, overwrite=args.overwrite)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")
 

@@ -19,7 +19,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (configs/wukong/train-finetune.yaml, "
                                                    "configs/ldm/*.yaml)")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in train.output_dir) or a .ckpt path")
+    p.add_argument("--resume", default=None,
+                   help="continue the run in train.output_dir: 'auto' (its newest checkpoint that reads) or a .ckpt path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.output_dir holds another run: delete its checkpoints, log and models, start over")
     p.add_argument("--no_progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=1000 data.path=...")
     from mind_diffusion.runtime import add_runtime_args
@@ -34,7 +37,7 @@ def main(argv=None):
 
         cfg = load_config(args.config, args.overrides, ldm_train_config_defaults())
         rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
-        result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress)
+        result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")
 

@@ -65,8 +65,10 @@ train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or s
     echo "== $name: finished before ($run), skipped"
     return
   fi
-  local resume=()
-  if [ -f "$run/checkpoints/latest.txt" ]; then resume=(--resume auto); fi
+  # a stopped training continues from its newest readable checkpoint; one stopped before its first
+  # checkpoint starts over (--overwrite removes only that run's own files)
+  local resume=(--overwrite)
+  if compgen -G "$run/checkpoints/step_*.ckpt" >/dev/null; then resume=(--resume auto); fi
   stage "$name" "$PY" "scripts/$script" --config "$cfg" --no_progress ${resume[@]+"${resume[@]}"} \
     ${RT_X[@]+"${RT_X[@]}"} "train.output_dir=$run" "$@"
   touch "$run/.finished"

@@ -15,7 +15,10 @@ from mind_diffusion.cli import run_cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (defaults: vae_train_config_defaults())")
-    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in train.output_dir) or a .ckpt path")
+    p.add_argument("--resume", default=None,
+                   help="continue the run in train.output_dir: 'auto' (its newest checkpoint that reads) or a .ckpt path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.output_dir holds another run: delete its checkpoints, log and models, start over")
     p.add_argument("--no_progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=1000 data.path=...")
     from mind_diffusion.runtime import add_runtime_args
@@ -30,7 +33,7 @@ def main(argv=None):
 
         cfg = load_config(args.config, args.overrides, vae_train_config_defaults())
         rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
-        result = train_vae(cfg, rt, resume=args.resume, progress=not args.no_progress)
+        result = train_vae(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")
 

@@ -12,6 +12,7 @@ from ..config import save_config, to_plain
 from ..diffusion.schedule import DiffusionSchedule
 from ..train.data import DiffusionBatches, load_dataset, make_dataset
 from ..train.objectives import NoisePredictionLoss
+from ..train.run_dir import check_run_dir
 from ..train.trainer import TrainOptions, Trainer
 from ..nn.layers import apply_compute_dtype
 from .unet import DDPMUNet, ddpm_unet_defaults
@@ -57,15 +58,17 @@ class WarmupLR(nn.learning_rate_schedule.LearningRateSchedule):
 
 
 def train_ddpm(cfg, runtime, resume: str | None = None, init_from: str | None = None,
-               progress: bool = True) -> dict:
-    trainer, make = build_ddpm_trainer(cfg, runtime, resume, init_from, progress)
+               progress: bool = True, overwrite: bool = False) -> dict:
+    trainer, make = build_ddpm_trainer(cfg, runtime, resume, init_from, progress, overwrite=overwrite)
     return trainer.fit(make)
 
 
 def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str | None = None,
-                       progress: bool = True):
-    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``."""
+                       progress: bool = True, overwrite: bool = False):
+    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
+    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
     t, m = cfg.train, cfg.model
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite)  # before any work
     ms.set_seed(int(t.seed))  # parameter init is identical on every rank
     schedule = schedule_from_config(cfg.diffusion)
     images, labels, classes = load_dataset(cfg.data.kind, cfg.data.path, m.image_size, m.img_channels,
@@ -92,8 +95,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
                         init_loss_scale=t.init_loss_scale, seed=int(t.seed), progress=progress)
     out = Path(t.output_dir).expanduser()
     trainer = Trainer(net, loss_net, optimizer, source, opts, out, runtime, images_per_step=t.batch_size)
-    if resume:
-        trainer.resume(Trainer.find_resume(resume, out))
+    trainer.start(resume, overwrite)
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
         (out / "classes.txt").write_text("\n".join(classes) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from ..nn.dropout import KeyedDropout
 from ..nn.layers import GroupNorm, SinusoidalTimeEmbedding, SpatialSelfAttention, Upsample2x, conv2d, dense
 
 
@@ -45,7 +46,7 @@ class ResidualBlock(nn.Cell):
             self.class_bias = nn.Embedding(num_classes, out_ch,
                                            embedding_table=initializer(Normal(1.0), [num_classes, out_ch]))
         self.norm_2 = GroupNorm(num_groups, out_ch)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = KeyedDropout(dropout) if dropout > 0 else nn.Identity()
         self.conv_2 = conv2d(out_ch, out_ch, 3, zero_init=zero_init)
         self.residual_connection = conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.attention = SpatialSelfAttention(out_ch, num_groups, zero_init) if attention else nn.Identity()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..nn.dropout import KeyedDropout
 from ..nn.layers import GroupNorm, Upsample2x, conv2d
 
 __all__ = ["AutoencoderKL", "VAEDecoder", "VAEEncoder", "vae_unused_param_names"]
@@ -43,7 +44,7 @@ class ResnetBlock(nn.Cell):
         self.norm1 = GroupNorm(num_groups, in_ch, eps=1e-6)
         self.conv1 = conv2d(in_ch, out_ch, 3)
         self.norm2 = GroupNorm(num_groups, out_ch, eps=1e-6)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = KeyedDropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv2d(out_ch, out_ch, 3)
         self.has_shortcut = in_ch != out_ch
         if self.has_shortcut:

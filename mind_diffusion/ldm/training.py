@@ -49,7 +49,7 @@ from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from ..config import save_config, to_plain
 from ..nn.layers import apply_compute_dtype
 from ..train.data import DataError
-from ..train.trainer import Trainer, TrainOptions
+from ..train.trainer import Trainer, TrainOptions, model_state
 from .model import (
     PREFIX_VAE,
     build_ldm,
@@ -567,10 +567,13 @@ class ModelTrainer(Trainer):
         self.on_export = on_export
         self.export_name = export_name
 
+    def run_file_names(self) -> tuple:
+        return (*super().run_file_names(), f"{self.export_name}.ckpt", f"{self.export_name}_ema.ckpt")
+
     def export(self) -> dict:
         if self.rank != 0:
             return {}
-        full = {p.name: p.asnumpy() for p in self.model.get_parameters()}
+        full = model_state(self.model)
         extra = {"meta.step": int(self.step)}
         paths = {"model": save_atomic(full, self.out_dir / f"{self.export_name}.ckpt", extra=extra)}
         if self.use_ema:
@@ -664,11 +667,14 @@ def compute_latent_cache(vae, data: CSVImageText, batch: int = 8) -> tuple[np.nd
     return np.concatenate(means), np.concatenate(logvars)
 
 
-def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True):
-    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``."""
+def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False):
+    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
+    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
+    from ..train.run_dir import check_run_dir
     from .pipeline import build_tokenizer
 
     t, d = cfg.train, cfg.data
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite)  # before any work
     if d.kind != "csv":
         raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
                         f"'{TEXT_COLUMN}' columns), got {d.kind!r}")
@@ -757,8 +763,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     trainer = ModelTrainer(ldm, loss_net, optimizer, source, opts, out, runtime,
                            images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
                            on_export=on_export)
-    if resume:
-        trainer.resume(Trainer.find_resume(resume, out))
+    trainer.start(resume, overwrite)
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
         te_state = ("frozen" if not t.train_text_encoder else
@@ -773,6 +778,6 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 
 
-def train_ldm(cfg, runtime, resume: str | None = None, progress: bool = True) -> dict:
-    trainer, make = build_ldm_trainer(cfg, runtime, resume, progress)
+def train_ldm(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    trainer, make = build_ldm_trainer(cfg, runtime, resume, progress, overwrite=overwrite)
     return trainer.fit(make)

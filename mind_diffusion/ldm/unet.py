@@ -24,6 +24,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..nn.dropout import KeyedDropout
 from ..nn.layers import (
     ConvNd,
     GroupNorm,
@@ -37,7 +38,8 @@ GELU_MODES = ("tanh", "exact")
 
 
 def _dropout(p: float) -> nn.Cell:
-    return nn.Dropout(p=p) if p > 0 else nn.Identity()
+    # masks keyed on (seed, step) once a trainer keys them (nn.dropout); nn.Dropout's otherwise
+    return KeyedDropout(p) if p > 0 else nn.Identity()
 
 
 class EmbedSequential(nn.SequentialCell):

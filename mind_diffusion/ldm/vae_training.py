@@ -45,7 +45,6 @@ from .training import (
     CSVImageText,
     LDMBatches,
     ModelTrainer,
-    Trainer,
     load_vae_weights,
     make_batch_dataset,
     make_train_options,
@@ -129,10 +128,13 @@ class VAELoss(nn.Cell):
         return l1 + self.l2_weight * l2 + self.kl_weight * kl
 
 
-def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = True):
+def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False):
     import mindspore as ms
 
+    from ..train.run_dir import check_run_dir
+
     t, d = cfg.train, cfg.data
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, ("vae.ckpt", "vae_ema.ckpt"))
     if d.kind != "csv":
         raise DataError(f"data.kind must be 'csv', got {d.kind!r}")
     ms.set_seed(int(t.seed))
@@ -168,8 +170,7 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     trainer = ModelTrainer(holder, loss_net, optimizer, source, opts, out, runtime,
                            images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
                            export_name="vae")  # vae.ckpt (+ vae_ema.ckpt)
-    if resume:
-        trainer.resume(Trainer.find_resume(resume, out))
+    trainer.start(resume, overwrite)
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
         n = sum(int(np.prod(p.shape)) for p in holder.trainable_params())
@@ -178,8 +179,8 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 
 
-def train_vae(cfg, runtime, resume: str | None = None, progress: bool = True) -> dict:
-    trainer, make = build_vae_trainer(cfg, runtime, resume, progress)
+def train_vae(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    trainer, make = build_vae_trainer(cfg, runtime, resume, progress, overwrite=overwrite)
     return trainer.fit(make)
 
 

@@ -56,10 +56,12 @@ class LossScaler(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """construct(*batch) -> (loss, finite, scale). The optimizer is skipped on overflow."""
+    """construct(*batch) -> (loss, finite, scale). The optimizer is skipped on overflow.
+    ``rng_step``: the keyed-dropout step counter (``nn.dropout.attach_dropout_keys``), incremented
+    once per step, after the forward and backward passes that read it."""
 
     def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scaler: LossScaler | None = None,
-                 clip_grad_norm: float = 0.0, distributed: bool = False):
+                 clip_grad_norm: float = 0.0, distributed: bool = False, rng_step: Parameter | None = None):
         super().__init__(auto_prefix=False)
         self.loss_net = loss_net
         self.optimizer = optimizer
@@ -71,6 +73,9 @@ class TrainStep(nn.Cell):
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=get_group_size()) \
             if distributed else nn.Identity()
         self.distributed = distributed
+        self.keyed = rng_step is not None
+        if self.keyed:
+            self.rng_step = rng_step
 
     def construct(self, *inputs):
         loss = self.loss_net(*inputs)
@@ -87,6 +92,8 @@ class TrainStep(nn.Cell):
             grads = ops.clip_by_global_norm(grads, self.clip)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
+        if self.keyed:
+            loss = ops.depend(loss, ops.assign(self.rng_step, self.rng_step + 1))
         return loss, finite, scale
 
 

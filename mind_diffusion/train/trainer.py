@@ -13,12 +13,20 @@ Run folder layout::
     <out_dir>/checkpoints/step_0000500.ckpt   full training state (+ meta.train_step, meta.seed)
     <out_dir>/checkpoints/latest.txt          name of the newest complete checkpoint
     <out_dir>/model_ema.ckpt       EMA weights under the model's names (for sampling)
+
+Who may write there (``--resume`` / ``--overwrite``), how ``--resume auto`` picks its checkpoint
+and which checkpoints keep-last-N keeps: :mod:`.run_dir`. Dropout layers are keyed on
+(seed, step) (:mod:`..nn.dropout`), so identical runs and resumed runs are bit-identical.
+SIGTERM / SIGINT: the step in flight finishes, a checkpoint is saved, and the process exits 130
+with one line naming it (a second signal stops at once, without saving).
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +36,16 @@ import numpy as np
 from mindspore import nn
 
 from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
+from ..nn.dropout import RNG_STEP_NAME, attach_dropout_keys
 from ..utils.images import check_output_dir
+from . import run_dir
 from .step import EMA, LossScaler, TrainStep
+
+
+def model_state(cell) -> dict:
+    """{name: array} of a model's parameters for an exported model file (the trainer's dropout
+    step counter, which lives on the model's dropout layers during training, left out)."""
+    return {p.name: p.asnumpy() for p in cell.get_parameters() if p.name != RNG_STEP_NAME}
 
 
 @dataclass
@@ -65,13 +81,35 @@ class Trainer:
             raise ValueError(f"train.loss_scale must be none, static or dynamic, got {opts.loss_scale!r}")
         scale = 1.0 if opts.loss_scale == "none" else opts.init_loss_scale
         self.scaler = LossScaler(scale, dynamic=opts.loss_scale == "dynamic", window=opts.loss_scale_window)
-        self.train_step = TrainStep(loss_net, optimizer, self.scaler, opts.clip_grad_norm, self.distributed)
+        # dropout masks keyed on (seed, layer, step): identical and resumed runs draw the same masks
+        self.rng_step = attach_dropout_keys(loss_net, opts.seed, self.rank)
+        self.train_step = TrainStep(loss_net, optimizer, self.scaler, opts.clip_grad_norm, self.distributed,
+                                    rng_step=self.rng_step)
         self.train_step.set_train(True)
         self.ema = EMA(model, opts.ema_decay, opts.ema_start, opts.ema_every)
         self.step = 0
+        self.resumed = False
         self.images_per_step = images_per_step
+        self._stop = None
         if self.rank == 0:
             check_output_dir(self.out_dir)
+
+    # ------------------------------------------------------------ run folder
+    def run_file_names(self) -> tuple:
+        """Top-level files of this trainer's run folder (beyond checkpoints/): what ``--overwrite``
+        removes and what makes a folder "another run's"."""
+        return run_dir.RUN_FILES
+
+    def start(self, resume=None, overwrite: bool = False):
+        """Take the run folder before anything is written: refuse another run's folder unless
+        ``resume`` (continue it: ``'auto'`` or a .ckpt path) or ``overwrite`` (its files are listed and
+        removed); sweep temp files left by an interrupted write; resume."""
+        files = run_dir.check_run_dir(self.out_dir, resume, overwrite, self.run_file_names())
+        if self.rank == 0:
+            run_dir.clear_run_dir(self.out_dir, files)
+            run_dir.sweep_temp_files(self.out_dir)
+        if resume:
+            self.resume(resume)
 
     # ---------------------------------------------------------------- state
     def _state_params(self):
@@ -96,9 +134,7 @@ class Trainer:
         return path
 
     def _prune(self):
-        ckpts = sorted(self.ckpt_dir.glob("step_*.ckpt"))
-        for old in ckpts[:-self.opts.keep_checkpoints] if self.opts.keep_checkpoints > 0 else []:
-            old.unlink(missing_ok=True)
+        run_dir.prune_checkpoints(self.ckpt_dir, self.opts.keep_checkpoints)
 
     def export(self) -> dict:
         """model_ema.ckpt and model.ckpt under the model's own parameter names (rank 0)."""
@@ -107,32 +143,60 @@ class Trainer:
         paths = {
             "ema": save_atomic(self.ema.model_state(), self.out_dir / "model_ema.ckpt",
                                extra={"meta.step": int(self.step)}),
-            "model": save_atomic({p.name: p.asnumpy() for p in self.model.get_parameters()},
-                                 self.out_dir / "model.ckpt", extra={"meta.step": int(self.step)}),
+            "model": save_atomic(model_state(self.model), self.out_dir / "model.ckpt",
+                                 extra={"meta.step": int(self.step)}),
         }
         return paths
 
     @staticmethod
+    def resume_candidates(resume: str | Path, out_dir: str | Path) -> list[Path]:
+        """'auto' -> the checkpoints of out_dir/checkpoints, newest first (latest.txt's, then by
+        step); else [the given .ckpt path]."""
+        if str(resume) == "auto":
+            ckpt_dir = Path(out_dir) / run_dir.CKPT_DIR
+            found = run_dir.resume_candidates(ckpt_dir)
+            if not found:
+                raise CheckpointError(f"--resume auto: no checkpoint in {ckpt_dir} yet "
+                                      f"(start without --resume, or pass a .ckpt path)")
+            return found
+        return [Path(resume)]
+
+    @staticmethod
     def find_resume(resume: str | Path, out_dir: str | Path) -> Path:
         """'auto' -> newest checkpoint in out_dir/checkpoints; else a path to a .ckpt."""
-        if str(resume) == "auto":
-            latest = Path(out_dir) / "checkpoints" / "latest.txt"
-            if not latest.is_file():
-                raise CheckpointError(f"--resume auto: no checkpoint in {latest.parent} yet "
-                                      f"(start without --resume, or pass a .ckpt path)")
-            return latest.parent / latest.read_text().strip()
-        return Path(resume)
+        return Trainer.resume_candidates(resume, out_dir)[0]
 
     def resume(self, path: str | Path):
-        state = read_checkpoint(path, "training checkpoint")
+        """Restore the full training state from ``path``; ``'auto'`` walks back from the newest
+        checkpoint of the run folder to the newest one that reads (one warning line per bad file)."""
+        if str(path) == "auto":
+            candidates = self.resume_candidates("auto", self.out_dir)
+            for i, cand in enumerate(candidates):
+                try:
+                    state = read_checkpoint(cand, "training checkpoint")
+                except CheckpointError as exc:
+                    if i == len(candidates) - 1:
+                        raise CheckpointError(f"--resume auto: no checkpoint in {cand.parent} reads (the "
+                                              f"oldest: {exc}); start over with --overwrite") from None
+                    if self.rank == 0:
+                        print(f"[mind_diffusion] warning: {exc}; trying the previous checkpoint", flush=True)
+                    continue
+                path = cand
+                break
+        else:
+            state = read_checkpoint(path, "training checkpoint")
         if "meta.train_step" not in state:
             raise CheckpointError(f"{path} is not a training checkpoint (no optimizer / EMA state); "
                                   f"to start from model weights use --init_from instead of --resume")
         step = int(np.asarray(state.pop("meta.train_step")))
         state.pop("meta.seed", None)
-
+        if self.rng_step is not None:  # checkpoints written before dropout was keyed lack the counter
+            state[RNG_STEP_NAME] = np.asarray(step, np.int32)
+        elif RNG_STEP_NAME in state and not any(p.name == RNG_STEP_NAME for p in self._state_params()):
+            state.pop(RNG_STEP_NAME)  # resumed with train dropout switched off
         load_strict(self._state_params(), state, path=str(path))
         self.step = step
+        self.resumed = True
         if self.rank == 0:
             print(f"[mind_diffusion] resumed from {path} at step {step}", flush=True)
 
@@ -150,6 +214,44 @@ class Trainer:
             print(f"[mind_diffusion] {log_path}: dropped {len(lines) - len(keep)} row(s) past step {self.step}, "
                   f"logged after the checkpoint this run resumes from", flush=True)
 
+    # ---------------------------------------------------------------- signals
+    def _catch_stop_signals(self) -> dict:
+        """SIGINT / SIGTERM during fit: finish the step in flight, save, exit 130; a second signal
+        stops at once (KeyboardInterrupt, nothing saved)."""
+        self._stop = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum, frame):
+            if self._stop is not None:
+                raise KeyboardInterrupt
+            self._stop = signal.Signals(signum).name
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, on_signal)
+            except (ValueError, OSError):
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict):
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def _save_and_exit(self):
+        saved = None
+        if self.rank == 0 and self.step > 0:
+            existing = self.ckpt_dir / f"step_{self.step:07d}.ckpt"
+            saved = existing if run_dir.latest_name(self.ckpt_dir) == existing.name and existing.is_file() \
+                else self.save()
+        if self.rank == 0:
+            what = (f"saved step {self.step} to {saved} (continue with --resume auto)" if saved else
+                    "nothing to save (no step finished)")
+            print(f"[mind_diffusion] stopped by {self._stop} at step {self.step}: {what}", flush=True)
+        raise SystemExit(130)
+
     # ---------------------------------------------------------------- loop
     def fit(self, make_dataset) -> dict:
         """``make_dataset(start, end)`` -> mindspore.dataset over steps [start, end)."""
@@ -165,10 +267,12 @@ class Trainer:
         log_path = self.out_dir / "metrics.csv"
         writer, log_file = None, None
         if self.rank == 0:
-            new = not log_path.exists()
+            # a fresh run starts its own log (start() refused or removed another run's); a resumed one
+            # drops the rows past its checkpoint and appends
+            new = not (self.resumed and log_path.exists())
             if not new:
                 self._trim_metrics(log_path)
-            log_file = open(log_path, "a", newline="")
+            log_file = open(log_path, "a" if not new else "w", newline="")
             writer = csv.writer(log_file)
             if new:
                 writer.writerow(["step", "loss", "loss_smooth", "loss_scale", "overflow", "img_per_s", "time_s"])
@@ -179,6 +283,7 @@ class Trainer:
             bar = tqdm(total=o.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
         smooth, t_start, t_last, last_step = None, time.time(), time.time(), self.step
         loss_val = float("nan")
+        old_handlers = self._catch_stop_signals()
         try:
             for batch in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
                 loss, finite, scale = self.train_step(*batch)
@@ -204,11 +309,16 @@ class Trainer:
                     t_last, last_step = now, self.step
                 if self.step % o.ckpt_every == 0 and self.step < o.total_steps:
                     self.save()
+                if self._stop is not None:
+                    break
         finally:
+            self._restore_signals(old_handlers)
             if bar is not None:
                 bar.close()
             if log_file is not None:
                 log_file.close()
+        if self._stop is not None and self.step < o.total_steps:
+            self._save_and_exit()
         self.save()
         paths = self.export()
         return {"step": self.step, "loss": loss_val, "loss_smooth": smooth, **{k: str(v) for k, v in paths.items()}}
