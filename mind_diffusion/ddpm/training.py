@@ -68,7 +68,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
     """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
     holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
     t, m = cfg.train, cfg.model
-    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite)  # before any work
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
     ms.set_seed(int(t.seed))  # parameter init is identical on every rank
     schedule = schedule_from_config(cfg.diffusion)
     images, labels, classes = load_dataset(cfg.data.kind, cfg.data.path, m.image_size, m.img_channels,

@@ -674,7 +674,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     from .pipeline import build_tokenizer
 
     t, d = cfg.train, cfg.data
-    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite)  # before any work
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
     if d.kind != "csv":
         raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
                         f"'{TEXT_COLUMN}' columns), got {d.kind!r}")

@@ -134,7 +134,8 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     from ..train.run_dir import check_run_dir
 
     t, d = cfg.train, cfg.data
-    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, ("vae.ckpt", "vae_ema.ckpt"))
+    check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, ("vae.ckpt", "vae_ema.ckpt"),
+                  rank=runtime.rank)
     if d.kind != "csv":
         raise DataError(f"data.kind must be 'csv', got {d.kind!r}")
     ms.set_seed(int(t.seed))

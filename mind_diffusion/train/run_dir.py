@@ -95,16 +95,18 @@ def describe(out_dir: str | Path, files: list[Path]) -> str:
     return f"{what}" + (f"; {', '.join(names)}" if names else "")
 
 
-def check_run_dir(out_dir: str | Path, resume=None, overwrite: bool = False, extra_names=()) -> list[Path]:
+def check_run_dir(out_dir: str | Path, resume=None, overwrite: bool = False, extra_names=(),
+                  rank: int = 0) -> list[Path]:
     """Refuse to start a fresh run over another run's files unless ``overwrite``; returns the files
-    that ``overwrite`` will remove (nothing is removed here: see :func:`clear_run_dir`)."""
+    that ``overwrite`` will remove (nothing is removed here: see :func:`clear_run_dir`). Only rank 0
+    looks at the folder (the others would see the files rank 0 is writing)."""
     out = Path(out_dir).expanduser()
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other: --resume continues the run in "
                              f"{out}, --overwrite deletes it and starts over; pass one")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output path {out} exists and is not a folder: choose another train.output_dir")
-    if resume:
+    if resume or rank != 0:
         return []
     files = run_files(out, extra_names)
     if files and not overwrite:

@@ -104,7 +104,7 @@ class Trainer:
         """Take the run folder before anything is written: refuse another run's folder unless
         ``resume`` (continue it: ``'auto'`` or a .ckpt path) or ``overwrite`` (its files are listed and
         removed); sweep temp files left by an interrupted write; resume."""
-        files = run_dir.check_run_dir(self.out_dir, resume, overwrite, self.run_file_names())
+        files = run_dir.check_run_dir(self.out_dir, resume, overwrite, self.run_file_names(), rank=self.rank)
         if self.rank == 0:
             run_dir.clear_run_dir(self.out_dir, files)
             run_dir.sweep_temp_files(self.out_dir)
