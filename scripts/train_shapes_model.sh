@@ -95,7 +95,7 @@ train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" "data.path=$DATA" "init.vae_checkpo
   "init.vocab=$DATA/vocab.txt" ${LDM_X[@]+"${LDM_X[@]}"}
 
 # kept only when it evaluated this very checkpoint: the same content check package_shapes_model.py --eval makes
-if "$PY" -c "import sys; from mind_diffusion_scripts.package_shapes_model import check_eval_of; \
+if "$PY" -c "import sys; from mind_diffusion.shapes.packaging import check_eval_of; \
 from pathlib import Path; check_eval_of(Path(sys.argv[1]), Path(sys.argv[2]))" \
     "$LDM_RUN/eval" "$LDM_RUN/$CKPT" 2>/dev/null; then
   echo "== eval: $LDM_RUN/eval/adherence.md evaluated this $CKPT, kept"

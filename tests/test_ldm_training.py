@@ -20,8 +20,6 @@ import pytest
 from mindspore import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from mind_diffusion.checkpoint.io import read_checkpoint
 from mind_diffusion.config import load_config
@@ -232,8 +230,7 @@ def test_size_filter_and_cli_error(tmp_path, capsys):
     with pytest.raises(DataError, match="smaller than data.image_filter_size"):
         CSVImageText(folder, 32, filter_small_size=True, image_filter_size=100)
     # through the CLI: one line, exit code 2
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import train_ldm
+    from mind_diffusion_scripts import train_ldm
 
     rc = train_ldm.main(["--config", str(TINY_CFG), "--device_target", "CPU", f"data.path={tmp_path / 'none'}",
                          f"init.vocab={VOCAB}", f"train.output_dir={tmp_path / 'out'}"])
@@ -388,14 +385,14 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     from cli_helpers import captured_error
     from mind_diffusion.checkpoint.io import save_atomic
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import package_shapes_model as pkg
+    from mind_diffusion.shapes.packaging import DECODER_SIDE
+    from mind_diffusion_scripts import package_shapes_model as pkg
 
     out = run["out"]
     state = {k: v for k, v in read_checkpoint(out / "model.ckpt").items() if not k.startswith("meta.")}
     vae = {k: v.copy() for k, v in state.items() if k.startswith("first_stage_model.")}
     for k in vae:
-        if k.startswith(pkg.DECODER_SIDE):
+        if k.startswith(DECODER_SIDE):
             vae[k] = vae[k] + np.float32(0.01)
     dec = tmp_path / "dec"
     dec.mkdir()
@@ -410,7 +407,7 @@ def test_package_script_swaps_in_a_finetuned_decoder(run, tmp_path, capsys):
     packed = read_checkpoint(folder / "model.ckpt")
     assert set(packed) == set(state)
     for k, v in state.items():
-        want = vae[k] if k.startswith(pkg.DECODER_SIDE) else v
+        want = vae[k] if k.startswith(DECODER_SIDE) else v
         np.testing.assert_array_equal(packed[k], want, err_msg=k)
 
     # --eval: the adherence table of this checkpoint goes into the model card; one of another is refused
@@ -448,8 +445,7 @@ def test_eval_shapes_model_reads_a_run_folder(run, tmp_path, capsys):
 
     from cli_helpers import captured_error
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import eval_shapes_model as ev
+    from mind_diffusion_scripts import eval_shapes_model as ev
 
     ms.set_context(mode=ms.GRAPH_MODE)
     assert (run["out"] / "config.yaml").is_file() and (run["out"] / "model.yaml").is_file()
@@ -694,8 +690,7 @@ def test_vae_trainer_reduces_reconstruction_and_exports(csv_dir, vocab, tmp_path
     assert st["images"] == 4 and st["std"] == pytest.approx(z.std(), rel=1e-4)
     assert st["scale_factor"] == pytest.approx(1.0 / z.std(), rel=1e-4)
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from vae_latent_scale import write_scale
+    from mind_diffusion_scripts.vae_latent_scale import write_scale
 
     yaml = tmp_path / "ldm.yaml"
     yaml.write_text("model:\n  scale_factor: 1.0   # set by vae_latent_scale.py\n  unet: {}\n", encoding="utf-8")
@@ -812,8 +807,7 @@ def _worker(data, out_dir, tag):
 def test_package_training_time_is_the_median_step():
     """The model card's training time: the median step between log rows, so neither a second resumed
     segment (time_s restarts) nor a stretch paused or sharing the CPU distorts it."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from package_shapes_model import median_step_seconds
+    from mind_diffusion.shapes.packaging import median_step_seconds
 
     rows = [{"step": s, "time_s": t} for s, t in
             [(50, 100.0), (100, 180.0), (150, 260.0), (200, 1900.0),   # 50 steps paused for 1640 s

@@ -107,8 +107,9 @@ def sys_path_edits(path: Path) -> list:
     return hits
 
 
-def test_library_scripts_and_benches_do_not_edit_sys_path():
-    files = [*(ROOT / "mind_diffusion").rglob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "bench").glob("*.py")]
+def test_no_code_edits_sys_path():
+    files = [*(ROOT / "mind_diffusion").rglob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "bench").glob("*.py"),
+             *(ROOT / "tests").rglob("*.py")]
     hits = [h for f in sorted(files) for h in sys_path_edits(f)]
     shell = [f"{f.relative_to(ROOT)}" for f in [*(ROOT / "scripts").glob("*.sh"), ROOT / "infer.sh"]
              if "sys.path" in f.read_text(encoding="utf-8")]

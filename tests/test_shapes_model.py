@@ -14,7 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "shapes_zh"
-sys.path.insert(0, str(ROOT / "scripts"))
 
 # acceptance bars: colour 90%, shape 80%, position 80% on the full evaluation
 BARS = {"colour": 0.80, "shape": 0.70, "position": 0.70}
@@ -38,14 +37,14 @@ def test_model_folder_is_small_and_complete():
 
 
 def test_heldout_prompt_adherence(pipe):
-    from eval_shapes_model import evaluate, rates
+    from mind_diffusion_scripts.eval_shapes_model import evaluate, rates
 
     from mind_diffusion.shapes.world import eval_prompts
 
     prompts = eval_prompts("heldout", 16)
 
     def run(ps, seed, progress):
-        return pipe(ps, seed=seed, progress=False)
+        return pipe(ps, seed=seed, progress=False).images
 
     rows, _ = evaluate(run, prompts, per_prompt=1, seed=2024)
     r = rates(rows)

@@ -2,7 +2,6 @@
 that parse back to their scene, vocabulary coverage, CSV export, and the adherence scorer
 validated on rendered ground truth (right prompts pass, wrong prompts fail)."""
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,12 +232,7 @@ def test_scorer_tolerates_noise_and_reports_details():
 
 
 def test_scripts_export_and_score(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import export_shapes_csv
-        import score_shapes
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from mind_diffusion_scripts import export_shapes_csv, score_shapes
     out = tmp_path / "exp"
     assert export_shapes_csv.main(["--out", str(out), "--n", "24", "--split", "heldout",
                                    "--vocab", str(tmp_path / "vocab.txt")]) == 0
