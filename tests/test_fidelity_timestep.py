@@ -1,11 +1,13 @@
 """Timestep-embedding frequencies as the MindSpore originals compute them (issue 15, item 1).
 
 Wukong-Huahua's UNet and Taichu-GLIDE's UNets build ``freqs = exp(-log(10000) * arange / half)``
-at run time with MindSpore ops (float32 for Wukong; fp16, Taichu's policy in every entry point, for
-GLIDE, opt-in: ``GlideTimestepEmbedding(freqs="mindspore")``). DDPM and GLIDE's fp32 variant
-follow PyTorch originals and keep their numpy tables. MindSpore's float32 ``exp`` differs from
-numpy's by up to ~5e-6 relative, so a numpy-precomputed table moves official-weight outputs
-(~6e-5 on the LDM UNet at t=999). Each
+at run time with MindSpore ops (float32 for Wukong; for GLIDE in the policy's dtype, float32 or
+fp16 with ``timestep_fp16``: ``GlideTimestepEmbedding(freqs="mindspore")``, the GLIDE network
+configs' default ``timestep_freqs: mindspore``). DDPM follows a PyTorch original and keeps its
+numpy table, and so does GLIDE with ``timestep_freqs: numpy`` (OpenAI's float32 table, what the
+PyTorch reference of tests/test_glide_networks.py implements). MindSpore's float32 ``exp`` differs
+from numpy's by up to ~5e-6 relative, so a numpy-precomputed table moves official-weight outputs
+(~6e-5 on the LDM UNet at t=999, ~2e-4 on the GLIDE base UNet). Each
 ``_original_*`` cell below transcribes the original's formula, op order and dtypes literally
 (the originals' semantics, run here with the same MindSpore ops); our embeddings must equal them
 bit for bit in graph and pynative mode, and differ from the float64-numpy table (so these tests
@@ -129,9 +131,107 @@ def test_glide_fp16_embedding_equals_taichu_original_bitwise(ms_mode):
 
 
 def test_glide_fp32_embedding_keeps_openai_table():
-    """The fp32 variant is OpenAI's (a PyTorch original), not a MindSpore one: float32 numpy."""
+    """``freqs="numpy"`` (the class default; config ``timestep_freqs: numpy``) is OpenAI's fp32
+    table (a PyTorch original): float32 numpy."""
     from mind_diffusion.glide.unet import GlideTimestepEmbedding
 
     half = 96
     f = np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float32) / np.float32(half)).astype(np.float32)
     np.testing.assert_array_equal(GlideTimestepEmbedding(2 * half).freqs.asnumpy()[0], f)
+
+
+def _numpy_glide_fp32_freqs(half):
+    """OpenAI glide-text2im's float32 table (``timestep_freqs: numpy``)."""
+    return np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float32) / np.float32(half)).astype(np.float32)
+
+
+def test_glide_fp32_embedding_equals_taichu_original_bitwise(ms_mode):
+    """Taichu's fp32 policy (``TimestepEmbedding(dtype=float32)``): MindSpore float32 kernels."""
+    from mind_diffusion.glide.unet import GlideTimestepEmbedding
+
+    dim = 192  # GLIDE model_channels
+    ours = GlideTimestepEmbedding(dim, freqs="mindspore")
+    orig = _OriginalTaichuEmbedding(dim, ms.float32)
+    # int steps, fp16 steps (Taichu's timestep_map) and fractional float32 times
+    for t in (T_INT, T_INT.astype(np.float16), T_FLOAT.astype(np.float32)):
+        got = ours(Tensor(t)).asnumpy()
+        want = orig(Tensor(t)).asnumpy()
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    # MindSpore's float32 exp is not numpy's: the frequencies and the embedding differ (so this
+    # test can fail), the embedding by more than float32 rounding at t=999
+    half = dim // 2
+    ms_f, np_f = ours.freqs.asnumpy()[0], _numpy_glide_fp32_freqs(half)
+    assert ms_f.dtype == np.float32
+    rel = np.abs(ms_f.astype(np.float64) / np_f - 1).max()
+    assert 1e-6 < rel < 1e-5, rel
+    old = GlideTimestepEmbedding(dim, freqs="numpy")(Tensor(T_INT)).asnumpy()
+    assert np.abs(old - orig(Tensor(T_INT)).asnumpy()).max() > 1e-4
+
+
+def _default_glide_nets(fp16):
+    """The full-size default base and SR UNets (parameters left uninitialised: only the timestep
+    embedding is looked at) under our fp32 policy or the fp16 one (``timestep_fp16`` +
+    ``apply_glide_precision(float16)``)."""
+    from mind_diffusion.glide.model import apply_glide_precision, build_glide_base, build_glide_sr
+
+    nets = []
+    for build in (build_glide_base, build_glide_sr):
+        for freqs in (None, "numpy"):
+            cfg = {"timestep_fp16": True} if fp16 else {}
+            if freqs:
+                cfg["timestep_freqs"] = freqs
+            net = build(cfg, deferred_init=True)
+            if fp16:
+                apply_glide_precision(net, ms.float16)
+            nets.append(net)
+    return nets  # base, base numpy, sr, sr numpy
+
+
+def test_default_glide_unets_carry_taichu_embedding(ms_mode):
+    """The default GLIDE configs (``timestep_freqs: mindspore``) give the base and SR UNets
+    Taichu's embedding bit for bit in both precision policies; ``timestep_freqs: numpy`` gives the
+    numpy table instead, which differs."""
+    from mind_diffusion.glide.config import glide_base_defaults, glide_sr_defaults
+
+    assert glide_base_defaults()["timestep_freqs"] == glide_sr_defaults()["timestep_freqs"] == "mindspore"
+    for fp16, dtype, np_dtype in ((False, ms.float32, np.float32), (True, ms.float16, np.float16)):
+        base, base_np, sr, sr_np = _default_glide_nets(fp16)
+        t = Tensor(T_INT.astype(np.float16) if fp16 else T_INT)
+        for net, net_np in ((base, base_np), (sr, sr_np)):
+            dim = net.time_proj.half * 2
+            assert dim == 192
+            want = _OriginalTaichuEmbedding(dim, dtype)(t).asnumpy()
+            got = net.time_proj(t).asnumpy()
+            assert got.dtype == want.dtype == np_dtype
+            np.testing.assert_array_equal(got, want)
+            other = net_np.time_proj(t).asnumpy()
+            assert not np.array_equal(net_np.time_proj.freqs.asnumpy(), net.time_proj.freqs.asnumpy())
+            gap = np.abs(other.astype(np.float32) - want.astype(np.float32)).max()
+            assert gap > (1e-3 if fp16 else 1e-4), gap
+
+
+def test_glide_timestep_freqs_reaches_the_unet_output():
+    """Same weights, default vs ``timestep_freqs: numpy``: the tiny base UNet's output moves (the
+    option is wired into the forward pass); a wrong value is a one-line error naming the key."""
+    import pytest
+
+    from mind_diffusion.glide.config import GLIDE_TINY
+    from mind_diffusion.glide.model import build_glide_base
+
+    a = build_glide_base(GLIDE_TINY["base"])
+    b = build_glide_base({**GLIDE_TINY["base"], "timestep_freqs": "numpy"})
+    rng = np.random.default_rng(0)
+    for (_, pa), (_, pb) in zip(sorted(a.parameters_and_names()), sorted(b.parameters_and_names())):
+        pa.set_data(Tensor(rng.standard_normal(pa.shape).astype(np.float32) * 0.1))
+        pb.set_data(pa.data)
+    cfg = GLIDE_TINY["base"]
+    x = Tensor(rng.standard_normal((1, 3, 16, 16)).astype(np.float32))
+    tokens = Tensor(rng.integers(1, cfg["n_vocab"], (1, cfg["text_ctx"])).astype(np.int32))
+    mask = Tensor(np.ones((1, cfg["text_ctx"]), np.int32))
+    t = Tensor(np.array([999], np.int32))
+    out_a, out_b = a(x, t, tokens, mask).asnumpy(), b(x, t, tokens, mask).asnumpy()
+    np.testing.assert_array_equal(a.time_proj(t).asnumpy(), _OriginalTaichuEmbedding(32, ms.float32)(t).asnumpy())
+    assert 0 < np.abs(out_a - out_b).max() < 1e-2 * np.abs(out_a).max()
+    with pytest.raises(ValueError, match="timestep_freqs must be 'mindspore'.*or 'numpy'.*got 'torch'"):
+        build_glide_base({**GLIDE_TINY["base"], "timestep_freqs": "torch"})

@@ -106,11 +106,12 @@ def _unet_pair(kind, seed):
     from mind_diffusion.glide.model import build_glide_base, build_glide_sr
     from tests.reference.torch_glide import Text2ImUNetRef
 
-    cfg = dict(GLIDE_TINY[kind])
+    # the PyTorch reference is OpenAI's float32 timestep table
+    cfg = {**GLIDE_TINY[kind], "timestep_freqs": "numpy"}
     net = (build_glide_base if kind == "base" else build_glide_sr)(cfg)
     state = random_state(net, seed)
     _load_ms(net, state)
-    ref_cfg = {k: v for k, v in cfg.items() if k not in ("image_size",)}
+    ref_cfg = {k: v for k, v in cfg.items() if k not in ("image_size", "timestep_freqs")}
     ref = Text2ImUNetRef(in_channels=6 if kind == "sr" else 3, super_res=kind == "sr", **ref_cfg)
     return net, _to_torch(ref, state), cfg
 
@@ -272,7 +273,7 @@ def test_unet_uses_fp16_timestep_option():
 
     cfg = GLIDE_TINY["base"]
     a = build_glide_base(cfg)
-    b = build_glide_base({**cfg, "timestep_fp16": True})
+    b = build_glide_base({**cfg, "timestep_fp16": True, "timestep_freqs": "numpy"})  # the numpy closed form
     state = random_state(a, 5)
     _load_ms(a, state)
     _load_ms(b, state)

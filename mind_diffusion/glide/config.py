@@ -9,6 +9,10 @@ of ``model/glide_text2im/model/srgan.py``) plus the numerics options of this imp
   (1e-7 Taichu, 1e-5 OpenAI);
 * ``timestep_fp16``: compute the timestep embedding in fp16 as Taichu does (default False: fp32,
   as OpenAI);
+* ``timestep_freqs``: the kernels of the timestep frequency table, ``"mindspore"`` (default):
+  Taichu-GLIDE's run-time MindSpore kernels in its op order and dtype, the numbers the released
+  checkpoints were run with; ``"numpy"``: OpenAI glide-text2im's / PyTorch's float32 table
+  (fp16: numpy's fp16 ``exp``);
 * ``dropout`` is a drop probability (Taichu's ``keep_prob`` 0.9 = 0.1; SR 0.0).
 
 ``network_config(defaults, cfg, what)`` overrides them through the one config checker
@@ -48,6 +52,9 @@ def glide_base_defaults() -> dict:
         "gelu": "tanh",
         "ln_eps": 1e-7,
         "timestep_fp16": False,
+        # "mindspore": Taichu's MindSpore-kernel frequencies (the released checkpoints' numbers);
+        # "numpy": OpenAI glide-text2im's / PyTorch's float32 table
+        "timestep_freqs": "mindspore",
     }
 
 

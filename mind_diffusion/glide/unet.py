@@ -15,7 +15,9 @@ Architecture (the same as OpenAI glide-text2im ``Text2ImUNet`` / ``SuperResText2
   softmax fp32; no mask) -> ``proj_out`` 1x1 conv (zero-init) -> + x.
 * Timestep embedding: ``[cos(t f), sin(t f)]``, ``f_k = exp(-ln(10000) k / half)``, dim =
   model_channels, t on the original 0..999 scale; fp32 by default, fp16 (Taichu) with
-  ``timestep_fp16=True``. ``emb = time_embed(temb) + transformer_proj(xf_out[:, -1])``.
+  ``timestep_fp16=True``; the frequency table from MindSpore kernels in Taichu's op order
+  (``timestep_freqs="mindspore"``, default) or OpenAI's float32 numpy table (``"numpy"``).
+  ``emb = time_embed(temb) + transformer_proj(xf_out[:, -1])``.
 * Head: ``out.0`` GN32+SiLU, ``out2`` conv3x3 -> out_channels (zero-init).
 
 1x1 convs are stored as 4-D ``[out, in, 1, 1]`` (MindSpore Conv1d layout), as in the checkpoints.
@@ -53,14 +55,21 @@ def _avgpool2x2(x):
 class GlideTimestepEmbedding(nn.Cell):
     """``[cos(t f), sin(t f)]`` with ``f_k = exp(-ln(10000) k / half)``, k < half = dim // 2.
 
-    ``fp16=False``: OpenAI (fp32; its reference is PyTorch, mirrored here by float32 numpy).
-    ``fp16=True``: Taichu-GLIDE, where the frequencies, the product ``t f`` and cos / sin are all
-    fp16, the frequencies rounded step by step in fp16: ``exp(fp16(fp16(-ln 10000) * k) / half)``.
-    ``freqs`` picks the kernels of that fp16 ``exp``: ``"numpy"`` (default) or ``"mindspore"``,
-    which computes them as Taichu's ``TimestepEmbedding`` does at run time, with MindSpore fp16
-    ops in its order (:meth:`taichu_freqs`); MindSpore's fp16 ``exp`` rounds some entries one ulp
-    away from numpy's, which moves the embedding at t=999 by up to ~4e-3. Only ``"mindspore"``
-    gives the original's numbers bit for bit."""
+    ``fp16=False``: fp32 (OpenAI's and Taichu-GLIDE's default policy). ``fp16=True``: Taichu-GLIDE's
+    fp16 policy, where the frequencies, the product ``t f`` and cos / sin are all fp16, the
+    frequencies rounded step by step in fp16: ``exp(fp16(fp16(-ln 10000) * k) / half)``.
+
+    ``freqs`` picks the kernels that build the frequency table (once, at construction):
+
+    * ``"numpy"`` (the class default): numpy in the embedding's dtype; for fp32 this is OpenAI
+      glide-text2im's / PyTorch's float32 table.
+    * ``"mindspore"``: Taichu's ``TimestepEmbedding`` op order in the embedding's dtype with
+      MindSpore kernels (:meth:`taichu_freqs`), the table Taichu computes at run time in its
+      graph, so the released checkpoints give the original's numbers bit for bit. MindSpore's
+      float32 ``exp`` differs from numpy's by up to ~5e-6 relative and its fp16 ``exp`` rounds some
+      entries one ulp away from numpy's (up to ~4e-3 on the fp16 embedding at t=999).
+
+    The GLIDE network configs select it with ``timestep_freqs`` (default ``"mindspore"``)."""
 
     FREQS = ("numpy", "mindspore")
 
@@ -70,22 +79,17 @@ class GlideTimestepEmbedding(nn.Cell):
             raise ValueError(f"timestep embedding dim (model_channels) must be even, got {dim}")
         if freqs not in self.FREQS:
             raise ValueError(f"GLIDE timestep embedding freqs must be one of {self.FREQS}, got {freqs!r}")
-        if freqs == "mindspore" and not fp16:
-            raise ValueError("GLIDE timestep embedding freqs='mindspore' is Taichu's fp16 embedding; "
-                             "pass fp16=True with it (the fp32 embedding is OpenAI's)")
         half = dim // 2
-        if fp16 and freqs == "mindspore":
-            self.freqs = self.taichu_freqs(half, ms.float16, max_period).reshape(1, half)
-            self.dtype = ms.float16
+        self.dtype = ms.float16 if fp16 else ms.float32
+        if freqs == "mindspore":
+            self.freqs = self.taichu_freqs(half, self.dtype, max_period).reshape(1, half)
         elif fp16:
             k = np.arange(half, dtype=np.float16)
             f = np.exp((np.float16(-math.log(max_period)) * k) / np.float16(half)).astype(np.float16)
             self.freqs = Tensor(f[None, :])
-            self.dtype = ms.float16
         else:
             f = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / np.float32(half))
             self.freqs = Tensor(f.astype(np.float32)[None, :])
-            self.dtype = ms.float32
         self.half = half
 
     @staticmethod
@@ -243,7 +247,7 @@ class _GlideUNet(TextConditioning, nn.Cell):
     def __init__(self, *, in_channels, model_channels, out_channels, num_res_blocks,
                  attention_resolutions, dropout, channel_mult, num_heads, num_head_channels,
                  num_heads_upsample, text_ctx, xf_width, xf_layers, xf_heads, n_vocab, gelu, ln_eps,
-                 timestep_fp16, num_groups, image_size):
+                 timestep_fp16, timestep_freqs, num_groups, image_size):
         nn.Cell.__init__(self)
         channel_mult = tuple(channel_mult)
         attention_resolutions = tuple(attention_resolutions)
@@ -251,6 +255,9 @@ class _GlideUNet(TextConditioning, nn.Cell):
                            attention_resolutions, num_heads, num_head_channels, num_heads_upsample,
                            dropout, num_groups)
         check_text_config(text_ctx, xf_width, xf_layers, xf_heads, n_vocab, gelu, ln_eps)
+        if timestep_freqs not in GlideTimestepEmbedding.FREQS:
+            raise ValueError(f"GLIDE UNet: timestep_freqs must be 'mindspore' (Taichu-GLIDE's run-time "
+                             f"MindSpore kernels) or 'numpy' (OpenAI's float32 table), got {timestep_freqs!r}")
         down = 2 ** (len(channel_mult) - 1)
         if not isinstance(image_size, int) or image_size < 1 or image_size % down:
             raise ValueError(f"GLIDE UNet: image_size {image_size!r} must be a positive multiple of "
@@ -274,7 +281,7 @@ class _GlideUNet(TextConditioning, nn.Cell):
 
         # order of attributes = order of parameters in the official checkpoints
         self._init_text_params(text_ctx, xf_width)
-        self.time_proj = GlideTimestepEmbedding(model_channels, fp16=timestep_fp16)
+        self.time_proj = GlideTimestepEmbedding(model_channels, fp16=timestep_fp16, freqs=timestep_freqs)
         self.time_embed = nn.SequentialCell([dense(model_channels, emb_ch), nn.SiLU(), dense(emb_ch, emb_ch)])
 
         inputs = [EmbedSequential([InputConv(in_channels, model_channels, 3)])]
