@@ -26,7 +26,8 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.config import load_config
-        from mind_diffusion.ddpm.training import ddpm_config_defaults, train_ddpm
+        from mind_diffusion.ddpm.config import ddpm_config_defaults
+        from mind_diffusion.ddpm.training import train_ddpm
         from mind_diffusion.runtime import init_runtime
 
         cfg = load_config(args.config, args.overrides, ddpm_config_defaults())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mind_diffusion.config import ConfigError, load_config
-from mind_diffusion.ddpm.training import ddpm_config_defaults
+from mind_diffusion.ddpm.config import ddpm_config_defaults
 from mind_diffusion.runtime import (RuntimeConfigError, init_runtime, normalize_device, resolve_precision)
 
 ROOT = Path(__file__).resolve().parents[1]

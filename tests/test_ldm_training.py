@@ -107,11 +107,11 @@ def _tiny_ldm(seed=0):
 
 def test_loss_cell_matches_numpy(ms_mode):
     """Graph mode with the fp32 schedule, PyNative with the original's fp16-rounded one."""
-    from mind_diffusion.ldm.model import schedule_from_config
+    from mind_diffusion.diffusion.schedule import schedule_from_config
 
     schedule_fp16 = ms_mode == "pynative"
     ldm, cfg = _tiny_ldm()
-    abar = schedule_from_config(cfg.model).alphas_cumprod
+    abar = schedule_from_config(cfg.model.schedule).alphas_cumprod
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
     ids = rng.integers(0, 21128, (2, 77)).astype(np.int32)

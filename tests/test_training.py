@@ -10,7 +10,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from mind_diffusion.checkpoint.io import (CheckpointError, CheckpointMismatchError, load_strict,
                                           read_checkpoint, save_atomic)
 from mind_diffusion.config import load_config
-from mind_diffusion.ddpm.training import ddpm_config_defaults, train_ddpm
+from mind_diffusion.ddpm.config import ddpm_config_defaults
+from mind_diffusion.ddpm.training import train_ddpm
 from mind_diffusion.runtime import Runtime, Precision
 from mind_diffusion.train.data import DiffusionBatches, read_digits
 from mind_diffusion.train.step import EMA, LossScaler, TrainStep

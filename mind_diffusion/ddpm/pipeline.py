@@ -16,9 +16,10 @@ from ..checkpoint.io import CheckpointError, file_sha256, load_into
 from ..config import load_config
 from ..diffusion.samplers import get_sampler
 from ..nn.layers import apply_compute_dtype
-from ..diffusion.schedule import DiffusionSchedule
+from ..diffusion.schedule import DiffusionSchedule, schedule_from_config
 from ..utils.images import to_uint8
-from .training import build_model, ddpm_config_defaults, schedule_from_config
+from .config import ddpm_config_defaults
+from .unet import build_ddpm_unet
 
 MODEL_FILES = ("model_ema.ckpt", "model.ckpt")
 
@@ -64,7 +65,7 @@ class DDPMPipeline:
         """``compute_dtype``: e.g. ``runtime.precision.ms_dtype()`` (fp16 on Ascend/GPU)."""
         ckpt, cfg_path = resolve_model(path, config)
         cfg = load_config(cfg_path, (), ddpm_config_defaults())
-        net = build_model(cfg.model)
+        net = build_ddpm_unet(cfg.model)
         if compute_dtype is not None:
             apply_compute_dtype(net, compute_dtype)
         load_into(net, ckpt, what="DDPM weights")

@@ -1,4 +1,5 @@
-"""DDPM training: config schema, model / data / optimizer assembly over the shared trainer."""
+"""DDPM training: model / data / optimizer assembly over the shared trainer (the config schema
+is ``ddpm.config.ddpm_config_defaults``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,41 +9,14 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..config import save_config, to_plain
-from ..diffusion.schedule import DiffusionSchedule
+from ..config import save_config
+from ..diffusion.schedule import schedule_from_config
 from ..train.data import DiffusionBatches, load_dataset, make_dataset
 from ..train.objectives import NoisePredictionLoss
 from ..train.run_dir import check_run_dir
 from ..train.trainer import TrainOptions, Trainer
 from ..nn.layers import apply_compute_dtype
-from .unet import DDPMUNet, ddpm_unet_defaults
-
-
-def ddpm_config_defaults() -> dict:
-    """The single source of the DDPM config shape (abarankab/DDPM CIFAR-10 defaults)."""
-    return {
-        "model": {**ddpm_unet_defaults(), "image_size": 32},
-        "diffusion": {"schedule": "linear", "num_timesteps": 1000, "beta_start": None, "beta_end": None,
-                      "loss_type": "l2"},
-        "data": {"kind": "cifar10", "path": None, "random_flip": False, "resize": False},
-        "train": {
-            "steps": 800000, "batch_size": 128, "lr": 2e-4, "warmup_steps": 0, "adam_betas": [0.9, 0.999],
-            "adam_eps": 1e-8, "clip_grad_norm": 0.0, "loss_scale": "none", "init_loss_scale": 65536.0,
-            "ema_decay": 0.9999, "ema_start": 2000, "ema_every": 1, "log_every": 100, "ckpt_every": 1000,
-            "keep_checkpoints": 3, "seed": 0, "output_dir": "runs/ddpm",
-        },
-        "sample": {"sampler": "ddpm", "num_steps": 1000, "variance": "fixed_large", "clip_denoised": False},
-    }
-
-
-def schedule_from_config(dcfg) -> DiffusionSchedule:
-    return DiffusionSchedule.create(kind=dcfg.schedule, num_timesteps=dcfg.num_timesteps,
-                                    beta_start=dcfg.beta_start, beta_end=dcfg.beta_end)
-
-
-def build_model(mcfg) -> DDPMUNet:
-    kw = {k: v for k, v in to_plain(mcfg).items() if k != "image_size"}
-    return DDPMUNet(**kw)
+from .unet import build_ddpm_unet
 
 
 class WarmupLR(nn.learning_rate_schedule.LearningRateSchedule):
@@ -75,7 +49,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
                                            cfg.data.resize)
     if m.num_classes is not None and labels.max() >= m.num_classes:
         raise ValueError(f"the dataset has {labels.max() + 1} classes but model.num_classes={m.num_classes}")
-    net = apply_compute_dtype(build_model(m), runtime.precision.ms_dtype())
+    net = apply_compute_dtype(build_ddpm_unet(m), runtime.precision.ms_dtype())
     if init_from:
         from ..checkpoint.io import load_into
 

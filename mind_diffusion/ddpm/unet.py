@@ -12,23 +12,9 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from ..nn.dropout import KeyedDropout
+from ..config import merge_overrides, to_plain
 from ..nn.layers import GroupNorm, SinusoidalTimeEmbedding, SpatialSelfAttention, Upsample2x, conv2d, dense
-
-
-def ddpm_unet_defaults() -> dict:
-    """The CIFAR-10 model of abarankab/DDPM (script_utils.diffusion_defaults)."""
-    return dict(
-        img_channels=3,
-        base_channels=128,
-        channel_mults=[1, 2, 2, 2],
-        num_res_blocks=2,
-        time_emb_dim=512,
-        dropout=0.1,
-        attention_resolutions=[1],
-        num_classes=None,
-        num_groups=32,
-        zero_init=False,
-    )
+from .config import ddpm_unet_defaults
 
 
 class ResidualBlock(nn.Cell):
@@ -152,11 +138,9 @@ class DDPMUNet(nn.Cell):
         return self.out_conv(self.act(self.out_norm(h)))
 
 
-def build_ddpm_unet(cfg: dict) -> DDPMUNet:
-    """Build from a config mapping with the keys of ``ddpm_unet_defaults()``."""
-    params = ddpm_unet_defaults()
-    unknown = set(cfg) - set(params)
-    if unknown:
-        raise ValueError(f"unknown DDPM UNet option(s): {sorted(unknown)}; valid: {sorted(params)}")
-    params.update(cfg)
-    return DDPMUNet(**params)
+def build_ddpm_unet(cfg=None) -> DDPMUNet:
+    """Build from ``ddpm_unet_defaults()`` overridden by ``cfg`` (a mapping, e.g. the ``model``
+    section of a DDPM config, whose ``image_size`` is the data's and is skipped here); an unknown
+    key or a wrong type raises ``ConfigError`` naming it."""
+    params = {k: v for k, v in to_plain(cfg or {}).items() if k != "image_size"}
+    return DDPMUNet(**merge_overrides(ddpm_unet_defaults(), params, "DDPM UNet"))

@@ -27,6 +27,7 @@ __all__ = [
     "DiffusionSchedule",
     "RespacingSpec",
     "interp_linear",
+    "schedule_from_config",
 ]
 
 #: Accepted ``kind`` names for :func:`make_betas` (``"cosine"`` is an alias).
@@ -418,3 +419,17 @@ def interp_linear(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     x0, x1 = xp[idx], xp[idx + 1]
     y0, y1 = fp[idx], fp[idx + 1]
     return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+
+
+def schedule_from_config(section) -> "DiffusionSchedule":
+    """The unrespaced schedule a config section describes (a dict or DictConfig): its
+    ``num_timesteps``, ``beta_start`` and ``beta_end`` (None: the schedule's own defaults), and
+    the beta schedule's name as ``kind`` (LDM's ``model.schedule``) or ``schedule`` (DDPM's
+    ``diffusion`` section)."""
+    kind = section.get("kind", section.get("schedule"))
+    if kind is None:
+        raise ValueError("the schedule config needs 'kind' (or DDPM's 'schedule'), e.g. 'linear'")
+    beta_start, beta_end = section.get("beta_start"), section.get("beta_end")
+    return DiffusionSchedule.create(str(kind), int(section["num_timesteps"]),
+                                    None if beta_start is None else float(beta_start),
+                                    None if beta_end is None else float(beta_end))

@@ -21,7 +21,6 @@ from mindspore import nn
 from ..checkpoint.io import (CheckpointError, CheckpointMismatchError, LoadReport, load_strict,
                              read_checkpoint)
 from ..config import to_plain
-from ..diffusion.schedule import DiffusionSchedule
 
 PREFIX_UNET = "model.diffusion_model."
 PREFIX_VAE = "first_stage_model."
@@ -135,12 +134,6 @@ def size_multiple(model_cfg) -> int:
     """Image sizes must be multiples of this: VAE factor x 2^(UNet levels - 1) (64 for SD-v1)."""
     m = to_plain(model_cfg)
     return 2 ** (len(m["vae"]["ch_mult"]) - 1) * 2 ** (len(m["unet"]["channel_mult"]) - 1)
-
-
-def schedule_from_config(model_cfg) -> DiffusionSchedule:
-    s = to_plain(model_cfg)["schedule"]
-    return DiffusionSchedule.create(s["kind"], int(s["num_timesteps"]), float(s["beta_start"]),
-                                    float(s["beta_end"]))
 
 
 def _is_training_state(name: str) -> bool:

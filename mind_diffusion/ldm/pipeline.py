@@ -26,10 +26,10 @@ from mindspore import Tensor, nn, ops
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint
 from ..config import load_config
 from ..diffusion.samplers import get_sampler
+from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..utils.images import to_uint8
-from .model import (LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint,
-                    schedule_from_config, size_multiple)
+from .model import LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint, size_multiple
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
 
@@ -129,7 +129,7 @@ class LDMPipeline:
         self.model.set_train(False)
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.schedule = schedule_from_config(cfg.model)
+        self.schedule = schedule_from_config(cfg.model.schedule)
         self.scale_factor = model.scale_factor
         self.latent_channels = int(cfg.model.unet.in_channels)
         self.vae_factor = 2 ** (len(cfg.model.vae.ch_mult) - 1)

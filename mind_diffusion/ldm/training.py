@@ -47,6 +47,7 @@ from mindspore import Tensor, nn, ops
 
 from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from ..config import save_config, to_plain
+from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..train.data import DataError
 from ..train.trainer import Trainer, TrainOptions, model_state
@@ -55,7 +56,6 @@ from .model import (
     build_ldm,
     ldm_config_defaults,
     load_ldm_checkpoint,
-    schedule_from_config,
 )
 
 IMAGE_COLUMN, TEXT_COLUMN = "dir", "text"
@@ -728,7 +728,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
         if d.random_crop:
             raise ValueError("data.cache_latents needs data.random_crop=false (a cache holds one crop per image)")
         latents = compute_latent_cache(ldm.first_stage_model, data)
-    schedule = schedule_from_config(cfg.model)
+    schedule = schedule_from_config(cfg.model.schedule)
     latent_shape = (int(cfg.model.vae.embed_dim), int(d.image_size) // down, int(d.image_size) // down)
     source = LDMBatches(data, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape,
                         seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
