@@ -28,6 +28,7 @@ from ..config import load_config
 from ..diffusion.samplers import get_sampler
 from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
+from ..text.factory import build_tokenizer, resolve_vocab
 from ..utils.images import to_uint8
 from .model import LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint, size_multiple
 
@@ -87,39 +88,6 @@ class TextEncode(nn.Cell):
 
     def construct(self, ids):
         return ops.cast(self.text(ids), ms.float32)
-
-
-def build_tokenizer(tok_cfg, vocab_path: str | Path, context_length: int):
-    kind = str(tok_cfg["kind"])
-    if kind == "wordpiece":
-        from ..text.wordpiece import WordPieceTokenizer
-
-        return WordPieceTokenizer(vocab_path, context_length=context_length)
-    if kind == "bpe":
-        from ..text.bpe import CLIPBPETokenizer
-
-        return CLIPBPETokenizer(vocab_path, context_length=context_length,
-                                pad_id=int(tok_cfg["pad_id"]))
-    raise ValueError(f"tokenizer.kind must be 'wordpiece' or 'bpe', got {kind!r}")
-
-
-def resolve_vocab(cfg, ckpt_path: str | Path | None, vocab: str | Path | None) -> Path:
-    """--vocab if given, else ``tokenizer.vocab_file`` next to the checkpoint."""
-    name = str(cfg.tokenizer.vocab_file)
-    if vocab:
-        p = Path(vocab).expanduser()
-    elif ckpt_path:
-        p = Path(ckpt_path).expanduser().parent / name
-    else:
-        p = Path(name)
-    if not p.is_file():
-        hint = ("the BERT-Chinese vocab (vocab_zh.txt, 21128 lines) ships with the Wukong-Huahua "
-                "code as ldm/models/clip_zh/vocab_zh.txt" if cfg.tokenizer.kind == "wordpiece"
-                else "the CLIP BPE merges file bpe_simple_vocab_16e6.txt.gz ships with OpenAI "
-                     "CLIP / open_clip")
-        raise FileNotFoundError(f"tokenizer vocabulary not found: {p}. Put {name} next to the "
-                                f"checkpoint or pass --vocab PATH ({hint})")
-    return p
 
 
 class LDMPipeline:

@@ -625,7 +625,7 @@ def load_vae_weights(vae: nn.Cell, path: str | Path):
 
 
 def resolve_train_vocab(cfg) -> Path:
-    from .pipeline import resolve_vocab
+    from ..text.factory import resolve_vocab
 
     try:
         return resolve_vocab(cfg, cfg.init.checkpoint, cfg.init.vocab)
@@ -671,7 +671,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
     holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
     from ..train.run_dir import check_run_dir
-    from .pipeline import build_tokenizer
+    from ..text.factory import build_tokenizer
 
     t, d = cfg.train, cfg.data
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
