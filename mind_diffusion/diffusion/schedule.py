@@ -40,15 +40,17 @@ RespacingSpec = Union[int, str, Sequence[int], np.ndarray]
 _FAST_PRESETS = {"fast27": "10,10,3,2,2"}
 
 
-def _check_num_timesteps(num_timesteps) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, numbers.Integral):
-        raise ValueError(
-            f"num_timesteps must be a positive integer, got {num_timesteps!r} "
-            f"({type(num_timesteps).__name__})"
-        )
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    return int(num_timesteps)
+def check_count(value, what: str, at_most: Optional[int] = None,
+                of: str = "num_timesteps") -> int:
+    """``value`` as an int in ``[1, at_most]`` (no upper bound when ``at_most`` is None); else a
+    ValueError naming ``what`` (and ``of``, the bound's name)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"{what} ({value}) cannot exceed {of} ({at_most})")
+    return int(value)
 
 
 def _cosine_alpha_bar(t: float, s: float = 0.008) -> float:
@@ -77,7 +79,7 @@ def make_betas(
         ValueError: unknown ``kind``, non-positive ``num_timesteps``, betas outside (0, 1), or
             ``beta_start``/``beta_end`` given for the cosine schedule.
     """
-    T = _check_num_timesteps(num_timesteps)
+    T = check_count(num_timesteps, "num_timesteps")
     if not isinstance(kind, str):
         raise ValueError(f"schedule kind must be a string, one of {BETA_SCHEDULES}; got {kind!r}")
     name = kind.strip().lower()
@@ -181,17 +183,11 @@ def space_timesteps(num_timesteps: int, spec: RespacingSpec) -> List[int]:
     Raises:
         ValueError: with a description of what is wrong in ``spec``.
     """
-    T = _check_num_timesteps(num_timesteps)
+    T = check_count(num_timesteps, "num_timesteps")
     if isinstance(spec, bool):
         raise ValueError(f"bad respacing spec {spec!r}: expected an int, a str or a list of ints")
     if isinstance(spec, numbers.Integral):
-        n = int(spec)
-        if n < 1:
-            raise ValueError(f"number of sampling steps must be >= 1, got {n}")
-        if n > T:
-            raise ValueError(
-                f"number of sampling steps ({n}) cannot exceed num_timesteps ({T})"
-            )
+        n = check_count(spec, "number of sampling steps", T)
         return sorted(set(_section_steps(T, [n])))
     if isinstance(spec, str):
         text = spec.strip().lower()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..gaussian import (check_prediction_type, check_variance_type, model_output_to_x0_eps_ab,
                         split_learned_variance)
-from ..schedule import DiffusionSchedule
+from ..schedule import DiffusionSchedule, check_count
 
 Callback = Callable[[int, object, np.ndarray, np.ndarray], None]
 
@@ -32,19 +32,7 @@ def check_schedule(schedule, name: str) -> DiffusionSchedule:
 
 def check_step_count(num_steps, num_timesteps: int, name: str) -> int:
     """Validate an integer number of sampling steps in ``[1, num_timesteps]``."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
-        raise ValueError(
-            f"{name}: num_steps must be a positive int, got {num_steps!r} "
-            f"({type(num_steps).__name__})"
-        )
-    if num_steps < 1:
-        raise ValueError(f"{name}: num_steps must be >= 1, got {num_steps}")
-    if num_steps > num_timesteps:
-        raise ValueError(
-            f"{name}: num_steps ({num_steps}) cannot exceed the schedule's num_timesteps "
-            f"({num_timesteps})"
-        )
-    return int(num_steps)
+    return check_count(num_steps, f"{name}: num_steps", num_timesteps, "the schedule's num_timesteps")
 
 
 def check_spec(num_steps, name: str) -> None:
