@@ -55,7 +55,8 @@ def main(argv=None):
             import mindspore as ms
 
             from mind_diffusion.config import load_config
-            from mind_diffusion.ldm.model import build_ldm, ldm_config_defaults
+            from mind_diffusion.ldm.config import ldm_config_defaults
+            from mind_diffusion.ldm.model import build_ldm
             from mind_diffusion.checkpoint.io import load_strict
 
             ms.set_device("CPU")

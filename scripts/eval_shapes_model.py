@@ -111,7 +111,7 @@ def main(argv=None):
             raise FileNotFoundError(f"{model} holds no config.yaml / model.yaml (a shapes model folder or a "
                                     f"train_ldm.py output_dir)")
         from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.model import ldm_config_defaults
+        from mind_diffusion.ldm.config import ldm_config_defaults
 
         c = load_config(cfg, [], ldm_config_defaults())
         ckpt = model / (args.ckpt or c.checkpoint.name)

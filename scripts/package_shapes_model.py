@@ -42,7 +42,7 @@ def main(argv=None):
 
         from mind_diffusion.checkpoint.io import read_checkpoint, save_atomic
         from mind_diffusion.config import load_config, save_config, to_plain
-        from mind_diffusion.ldm.model import ldm_config_defaults
+        from mind_diffusion.ldm.config import ldm_config_defaults
         from mind_diffusion.ldm.pipeline import LDMPipeline
         from mind_diffusion.runtime import init_runtime
         from mind_diffusion.shapes.packaging import SAMPLE_PROMPTS, check_eval_of, decoder_weights, model_card

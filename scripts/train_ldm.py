@@ -32,7 +32,8 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.training import ldm_train_config_defaults, train_ldm
+        from mind_diffusion.ldm.config import ldm_train_config_defaults
+        from mind_diffusion.ldm.training import train_ldm
         from mind_diffusion.runtime import init_runtime
 
         cfg = load_config(args.config, args.overrides, ldm_train_config_defaults())

@@ -28,7 +28,8 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.vae_training import train_vae, vae_train_config_defaults
+        from mind_diffusion.ldm.config import vae_train_config_defaults
+        from mind_diffusion.ldm.vae_training import train_vae
         from mind_diffusion.runtime import init_runtime
 
         cfg = load_config(args.config, args.overrides, vae_train_config_defaults())

@@ -126,7 +126,7 @@ def main(argv=None):
         warnings.simplefilter("always", PromptWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
         from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.model import ldm_config_defaults
+        from mind_diffusion.ldm.config import ldm_config_defaults
 
         cfg_path, ckpt, builtin = resolve_model(args)
         cfg = load_config(cfg_path, args.set, ldm_config_defaults())

@@ -51,7 +51,8 @@ def make_tiny_model_dir(folder: Path, shared: Path, seed: int = 0) -> tuple[Path
     """tiny.yaml + tiny.ckpt (random weights) + vocab_zh.txt in ``folder``."""
     from mind_diffusion.checkpoint.io import save_atomic
     from mind_diffusion.config import load_config
-    from mind_diffusion.ldm.model import build_ldm, ldm_config_defaults
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.model import build_ldm
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

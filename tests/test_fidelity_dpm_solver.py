@@ -83,7 +83,7 @@ def test_wukong_config_selects_original_fp16():
     from pathlib import Path
 
     from mind_diffusion.config import read_yaml
-    from mind_diffusion.ldm.model import ldm_config_defaults
+    from mind_diffusion.ldm.config import ldm_config_defaults
 
     assert ldm_config_defaults()["sampling"]["dpm_solver_precision"] == "fp32"
     cfg = read_yaml(Path(__file__).resolve().parents[1] / "configs/wukong/v1-inference-chinese.yaml")

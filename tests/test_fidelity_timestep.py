@@ -86,7 +86,7 @@ def test_ldm_embedding_equals_wukong_original_bitwise(ms_mode):
     assert np.abs(old - orig(Tensor(T_FLOAT)).asnumpy()).max() > 1e-5
     # and the LDM UNet uses it when asked (the Wukong config does; the constructor default keeps
     # the float64 table that diffusers parity is measured with)
-    from mind_diffusion.ldm.model import ldm_config_defaults
+    from mind_diffusion.ldm.config import ldm_config_defaults
 
     assert ldm_config_defaults()["model"]["unet"]["time_freqs"] == "mindspore_fp32"
     unet = LDMUNet(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=(), num_res_blocks=1,

@@ -138,7 +138,7 @@ def test_srgan_official_file_round_trip(manifest, tmp_path):
         load_glide_checkpoint,
         save_glide_checkpoint,
     )
-    from mind_diffusion.ldm.model import manifest_state
+    from mind_diffusion.ldm.checkpoint import manifest_state
 
     entries = manifest[MANIFEST_KEY["srgan"]]["params_checkpoint_names"]
     state = manifest_state(entries, np.random.default_rng(7))

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from mind_diffusion.checkpoint.io import read_checkpoint
 from mind_diffusion.config import load_config
 from mind_diffusion.ldm.model import build_ldm
+from mind_diffusion.ldm.config import ldm_train_config_defaults
 from mind_diffusion.ldm.training import (
     CSVImageText,
     LatentDiffusionLoss,
@@ -31,7 +32,6 @@ from mind_diffusion.ldm.training import (
     WarmupCosineLR,
     build_ldm_trainer,
     decays,
-    ldm_train_config_defaults,
     lr_at,
     read_csv_pairs,
     weight_decay_groups,
@@ -508,7 +508,7 @@ def test_frozen_text_encoder_and_latent_cache(run, frozen):
     assert max(np.abs(after[n] - before[n]).max() for n in before if n.startswith("model.")) > 1e-5
     assert not any(p.name.startswith("cond_stage_model.") for p in trainer.train_step.weights)
     # EMA on: model_ema.ckpt is a complete model file (frozen parts included) that loads strictly
-    from mind_diffusion.ldm.model import load_ldm_checkpoint
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
 
     ema = read_checkpoint(tmp_path / "model_ema.ckpt")
     unet_w = "model.diffusion_model.input_blocks.0.0.conv.weight"
@@ -604,11 +604,8 @@ def test_text_encoder_start_step_errors(csv_dir, vocab, tmp_path, extra, needle)
 
 # --------------------------------------------------------------------------------------- VAE
 def test_vae_kl_term_closed_form():
-    from mind_diffusion.ldm.vae_training import (
-        VAELoss,
-        build_vae,
-        vae_train_config_defaults,
-    )
+    from mind_diffusion.ldm.config import vae_train_config_defaults
+    from mind_diffusion.ldm.vae_training import VAELoss, build_vae
 
     cfg = load_config(TINY_VAE_CFG, [], vae_train_config_defaults())
     holder = build_vae(cfg.model.vae)
@@ -643,10 +640,8 @@ def test_vae_kl_term_closed_form():
 
 def test_vae_trainer_reduces_reconstruction_and_exports(csv_dir, vocab, tmp_path):
     from mind_diffusion.ldm.training import load_vae_weights
-    from mind_diffusion.ldm.vae_training import (
-        build_vae_trainer,
-        vae_train_config_defaults,
-    )
+    from mind_diffusion.ldm.config import vae_train_config_defaults
+    from mind_diffusion.ldm.vae_training import build_vae_trainer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     data = _write_images(tmp_path / "imgs", 4)
@@ -703,7 +698,8 @@ def test_vae_decoder_finetune_keeps_the_latents(csv_dir, vocab, tmp_path):
     """train.freeze_encoder: the encoder and quant_conv stay bit-identical to init.checkpoint (so
     the latents an LDM was trained on do not move), the decoder learns, and the resumed-at-the-end
     run re-exports the same file."""
-    from mind_diffusion.ldm.vae_training import build_vae_trainer, vae_train_config_defaults
+    from mind_diffusion.ldm.config import vae_train_config_defaults
+    from mind_diffusion.ldm.vae_training import build_vae_trainer
 
     ms.set_context(mode=ms.GRAPH_MODE)
     data = _write_images(tmp_path / "imgs", 4)

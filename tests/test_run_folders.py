@@ -215,7 +215,8 @@ def test_resume_auto_with_no_readable_checkpoint_is_one_line(tmp_path):
 def test_ldm_with_dropout_resume_is_bit_identical(tmp_path):
     """LDM (tiny, unet_dropout 0.1, caption dropout): 4 steps straight == 2, stop, resume auto, 2 more."""
     from test_ldm_training import VOCAB, _write_images
-    from mind_diffusion.ldm.training import ldm_train_config_defaults, train_ldm
+    from mind_diffusion.ldm.config import ldm_train_config_defaults
+    from mind_diffusion.ldm.training import train_ldm
 
     if not VOCAB.is_file():
         pytest.skip(f"{VOCAB} not found")

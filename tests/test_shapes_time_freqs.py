@@ -28,8 +28,9 @@ def test_shipped_shapes_pipeline_uses_the_float64_table():
 
 def test_shapes_training_config_records_float64():
     from mind_diffusion.config import load_config
-    from mind_diffusion.ldm.model import ldm_config_defaults
-    from mind_diffusion.ldm.training import inference_config, ldm_train_config_defaults
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.config import ldm_train_config_defaults
+    from mind_diffusion.ldm.training import inference_config
 
     assert ldm_config_defaults()["model"]["unet"]["time_freqs"] == "mindspore_fp32"
     cfg = load_config(ROOT / "configs" / "shapes" / "ldm.yaml", (), ldm_train_config_defaults())

@@ -20,7 +20,8 @@ def manifest(request):
 @pytest.fixture(scope="module")
 def full_net():
     from mind_diffusion.config import load_config
-    from mind_diffusion.ldm.model import build_ldm, ldm_config_defaults
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.model import build_ldm
     from conftest import ROOT
 
     cfg = load_config(ROOT / "configs/wukong/v1-inference-chinese.yaml", (), ldm_config_defaults())
@@ -43,7 +44,7 @@ def test_manifest_names_shapes_order_and_counts(manifest, full_net):
 
 def test_fresh_save_layout_loads_strictly(manifest, full_net):
     """A file saved from the original net: all 1086 tensors, text embeddings in fp16."""
-    from mind_diffusion.ldm.model import load_ldm_checkpoint
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
 
     state = {n: np.broadcast_to(np.zeros((), {"Float32": np.float32, "Float16": np.float16}[d]), s)
              for n, s, d in manifest}
@@ -58,7 +59,7 @@ def test_released_layout_file_round_trip(manifest, full_net, tmp_path):
     """The released wukong-huahua-ms.ckpt layout (1082 tensors: no unused VAE convs, fp32
     embeddings) written as a real file with random values: every value lands where it should."""
     from mind_diffusion.checkpoint.io import save_atomic
-    from mind_diffusion.ldm.model import UNUSED_VAE_PARAMS, load_ldm_checkpoint
+    from mind_diffusion.ldm.checkpoint import UNUSED_VAE_PARAMS, load_ldm_checkpoint
 
     released = [(i, n, s) for i, (n, s, _) in enumerate(manifest) if n not in UNUSED_VAE_PARAMS]
     assert len(released) == 1082
@@ -73,7 +74,7 @@ def test_released_layout_file_round_trip(manifest, full_net, tmp_path):
 
 def test_mismatches_are_listed(manifest, full_net):
     from mind_diffusion.checkpoint.io import CheckpointMismatchError
-    from mind_diffusion.ldm.model import load_ldm_checkpoint
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
 
     state = {n: np.broadcast_to(np.float32(0), s) for n, s, _ in manifest}
     del state["model.diffusion_model.out.2.conv.bias"]
@@ -89,7 +90,7 @@ def test_mismatches_are_listed(manifest, full_net):
 
 def test_inpainting_and_foreign_checkpoints_are_named(manifest, full_net):
     from mind_diffusion.checkpoint.io import CheckpointError
-    from mind_diffusion.ldm.model import load_ldm_checkpoint
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
 
     state = {n: np.broadcast_to(np.float32(0), s) for n, s, _ in manifest}
     state["model.diffusion_model.input_blocks.0.0.conv.weight"] = np.broadcast_to(np.float32(0), (320, 9, 3, 3))

@@ -30,7 +30,9 @@ from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..text.factory import build_tokenizer, resolve_vocab
 from ..utils.images import to_uint8
-from .model import LatentDiffusion, build_ldm, ldm_config_defaults, load_ldm_checkpoint, size_multiple
+from .checkpoint import load_ldm_checkpoint
+from .config import ldm_config_defaults
+from .model import LatentDiffusion, build_ldm, size_multiple
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
 

@@ -34,15 +34,9 @@ from mindspore.common.initializer import Normal, initializer
 
 from ..nn.layers import LayerNorm, dense
 
-__all__ = ["TextConditioner", "TextEncoder", "causal_mask", "text_encoder_defaults"]
+__all__ = ["TextConditioner", "TextEncoder", "causal_mask"]
 
 _MASK_VALUE = -1e9  # additive mask for key > query; exp() of it underflows to exactly 0 in fp32
-
-
-def text_encoder_defaults() -> dict:
-    """Wukong-Huahua's text tower (its ``text_encoder.py``): CLIP ViT-L/14 text shape, LayerNorm eps
-    1e-7 (MindSpore's default there; the HF CLIP config says 1e-5)."""
-    return {"vocab_size": 49408, "context_length": 77, "width": 768, "layers": 12, "heads": 12, "ln_eps": 1e-7}
 
 
 def causal_mask(length: int) -> np.ndarray:

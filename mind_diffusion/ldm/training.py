@@ -51,83 +51,11 @@ from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..train.data import DataError
 from ..train.trainer import Trainer, TrainOptions, model_state
-from .model import (
-    PREFIX_VAE,
-    build_ldm,
-    ldm_config_defaults,
-    load_ldm_checkpoint,
-)
+from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
+from .config import ldm_config_defaults
+from .model import build_ldm
 
 IMAGE_COLUMN, TEXT_COLUMN = "dir", "text"
-
-
-# ---------------------------------------------------------------------------------------- config
-def ldm_train_config_defaults() -> dict:
-    """Schema + defaults: the original's fine-tuning recipe (``train_config.json`` + argparse)."""
-    base = ldm_config_defaults()
-    return {
-        "model": base["model"],
-        "tokenizer": base["tokenizer"],
-        "sampling": base["sampling"],   # copied into the exported model.yaml
-        "data": {
-            "kind": "csv",
-            "path": "dataset/",
-            "image_size": 512,
-            "random_crop": False,
-            "filter_small_size": True,
-            "image_filter_size": 256,
-            # the original has no caption dropout; 0.1 trains the unconditional branch for
-            # classifier-free guidance (the built-in model uses it)
-            "caption_dropout": 0.0,
-            # the original's order is sequential (its GeneratorDataset shuffle index is ignored)
-            "shuffle": False,
-            # encode every image once with the frozen VAE (mean, logvar) and sample per step;
-            # needs random_crop=false (identical losses to the uncached path, see the tests)
-            "cache_latents": False,
-        },
-        "train": {
-            "steps": 0,            # 0: epochs x steps_per_epoch
-            "epochs": 20,
-            "batch_size": 3,       # per worker (train_batch_size)
-            "optim": "adamw",      # adamw -> AdamWeightDecay, adam -> Adam (no decay)
-            "start_learning_rate": 1.0e-5,
-            "end_learning_rate": 1.0e-7,
-            "warmup_steps": 1000,
-            "decay_steps": 0,      # 0: the total number of steps
-            "betas": [0.9, 0.98],
-            "eps": 1.0e-6,
-            # the JSON's weight_decay 0.01 is ignored by the original: optim.py hard-codes 1e-6
-            "weight_decay": 1.0e-6,
-            # the original never freezes the text encoder (cond_stage_trainable is not enforced)
-            "train_text_encoder": True,
-            # > 0: the text encoder's learning rate is 0 until this step (its Adam moments still
-            # accumulate), then follows the schedule. The built-in shapes model needs it: a random
-            # encoder's outputs carry the place words, and an encoder trained from step 0 drops them
-            # while the UNet learns colour first (0 = trained from the start, as the original)
-            "text_encoder_start_step": 0,
-            "unet_dropout": 0.1,   # v1-train-chinese.yaml
-            "schedule_fp16": True,  # use_fp16: the q_sample coefficients are fp16 tensors
-            "loss_weighting": "none",  # the original; "v": see LatentDiffusionLoss
-            "loss_scale": "dynamic",
-            "init_loss_scale": 65536.0,
-            "loss_scale_window": 1000,
-            # 0 = none (single device in the original); its parallel cell clips at 1.0
-            "clip_grad_norm": 0.0,
-            "ema_decay": 0.0,      # 0 = no EMA (the original has none)
-            "ema_start": 0,
-            "ema_every": 1,
-            "ckpt_every": 10000,   # save_checkpoint_steps; 0 = once per epoch
-            "keep_checkpoints": 3,
-            "log_every": 1,        # callback_size 1
-            "output_dir": "output/txt2img",
-            "seed": 3407,
-        },
-        "init": {
-            "checkpoint": None,      # e.g. models/wukong-huahua-ms.ckpt (strict load)
-            "vae_checkpoint": None,  # first_stage_model.* weights (scripts/train_vae.py output)
-            "vocab": None,           # default: tokenizer.vocab_file next to init.checkpoint
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -614,7 +542,7 @@ def load_vae_weights(vae: nn.Cell, path: str | Path):
     ``vae`` (an LDM's ``first_stage_model``, parameters named ``first_stage_model.*``), strictly
     (the never-used VAE tensors may be absent)."""
     from ..checkpoint.io import load_strict
-    from .model import UNUSED_VAE_PARAMS
+    from .checkpoint import UNUSED_VAE_PARAMS
 
     state = {k: v for k, v in read_checkpoint(path, "VAE checkpoint").items() if k.startswith(PREFIX_VAE)}
     if not state:

@@ -40,7 +40,6 @@ from ..config import save_config, to_plain
 from ..nn.layers import apply_compute_dtype
 from ..train.data import DataError
 from .autoencoder import AutoencoderKL
-from .model import ldm_config_defaults
 from .training import (
     CSVImageText,
     LDMBatches,
@@ -51,23 +50,6 @@ from .training import (
     resolve_total_steps,
     set_trainable,
 )
-
-
-def vae_train_config_defaults() -> dict:
-    return {
-        "model": {"vae": ldm_config_defaults()["model"]["vae"]},
-        "data": {"kind": "csv", "path": "dataset/", "image_size": 256, "random_crop": True,
-                 "filter_small_size": False, "image_filter_size": 256, "shuffle": True},
-        "train": {
-            "steps": 0, "epochs": 10, "batch_size": 4, "lr": 1.0e-4, "betas": [0.5, 0.9], "eps": 1.0e-8,
-            "kl_weight": 1.0e-6, "l2_weight": 0.0, "contrast_weight": 0.0, "freeze_encoder": False,
-            "loss_scale": "none", "init_loss_scale": 65536.0, "loss_scale_window": 1000,
-            "clip_grad_norm": 0.0, "ema_decay": 0.0, "ema_start": 0, "ema_every": 1,
-            "ckpt_every": 1000, "keep_checkpoints": 3, "log_every": 10, "output_dir": "runs/vae",
-            "seed": 0,
-        },
-        "init": {"checkpoint": None},
-    }
 
 
 class FirstStage(nn.Cell):
