@@ -41,7 +41,8 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.config import load_config
-        from mind_diffusion.ldm.training import CSVImageText, load_vae_weights
+        from mind_diffusion.ldm.training import load_vae_weights
+        from mind_diffusion.train.data import CSVImageText
         from mind_diffusion.ldm.config import vae_train_config_defaults
         from mind_diffusion.ldm.vae_training import build_vae, latent_statistics
         from mind_diffusion.runtime import init_runtime

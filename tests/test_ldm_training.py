@@ -25,17 +25,10 @@ from mind_diffusion.checkpoint.io import read_checkpoint
 from mind_diffusion.config import load_config
 from mind_diffusion.ldm.model import build_ldm
 from mind_diffusion.ldm.config import ldm_train_config_defaults
-from mind_diffusion.ldm.training import (
-    CSVImageText,
-    LatentDiffusionLoss,
-    LDMBatches,
-    WarmupCosineLR,
-    build_ldm_trainer,
-    decays,
-    lr_at,
-    read_csv_pairs,
-    weight_decay_groups,
-)
+from mind_diffusion.ldm.training import LatentDiffusionLoss, LDMBatches, build_ldm_trainer
+from mind_diffusion.train.data import CSVImageText, read_csv_pairs
+from mind_diffusion.train.optim import decays, weight_decay_groups
+from mind_diffusion.train.schedules import WarmupCosineLR, lr_at
 from mind_diffusion.runtime import Precision, Runtime
 from mind_diffusion.train.data import DataError
 
@@ -239,7 +232,7 @@ def test_size_filter_and_cli_error(tmp_path, capsys):
 
 
 def test_preprocess_center_and_random_crop():
-    from mind_diffusion.ldm.training import preprocess
+    from mind_diffusion.train.data import preprocess
 
     img = np.arange(40 * 60 * 3, dtype=np.int64).reshape(40, 60, 3) % 256
     img = img.astype(np.uint8)
@@ -551,7 +544,8 @@ def test_build_optimizer_delayed_group(optim):
 
     from mindspore import nn
 
-    from mind_diffusion.ldm.training import DelayedLR, WarmupCosineLR, build_optimizer
+    from mind_diffusion.train.optim import build_optimizer
+    from mind_diffusion.train.schedules import DelayedLR, WarmupCosineLR
 
     tcfg = OmegaConf.create({"optim": optim, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01})
     rng = np.random.default_rng(0)

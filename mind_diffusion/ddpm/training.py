@@ -7,28 +7,17 @@ from pathlib import Path
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from ..config import save_config
 from ..diffusion.schedule import schedule_from_config
 from ..train.data import DiffusionBatches, load_dataset, make_dataset
 from ..train.objectives import NoisePredictionLoss
+from ..train.schedules import WarmupLR
 from ..train.run_dir import check_run_dir
 from ..train.trainer import TrainOptions, Trainer
 from ..nn.layers import apply_compute_dtype
 from .unet import build_ddpm_unet
-
-
-class WarmupLR(nn.learning_rate_schedule.LearningRateSchedule):
-    """lr * min(1, (step+1) / warmup): Ho et al.'s linear warmup (0 = constant lr)."""
-
-    def __init__(self, lr: float, warmup: int):
-        super().__init__()
-        self.lr, self.warmup = float(lr), max(int(warmup), 1)
-
-    def construct(self, global_step):
-        frac = ops.cast(global_step + 1, ms.float32) / self.warmup
-        return self.lr * ops.minimum(frac, ops.ones_like(frac))
 
 
 def train_ddpm(cfg, runtime, resume: str | None = None, init_from: str | None = None,

@@ -37,7 +37,6 @@ under ``checkpoints/`` for ``--resume``.
 from __future__ import annotations
 
 import csv
-import math
 import shutil
 from pathlib import Path
 
@@ -49,141 +48,13 @@ from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from ..config import save_config, to_plain
 from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
-from ..train.data import DataError
+from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError
+from ..train.optim import build_optimizer
+from ..train.schedules import DelayedLR, WarmupCosineLR
 from ..train.trainer import Trainer, TrainOptions, model_state
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import build_ldm
-
-IMAGE_COLUMN, TEXT_COLUMN = "dir", "text"
-
-
-# ------------------------------------------------------------------------------------------ data
-def _check_size_arg(image_size: int):
-    if int(image_size) < 8:
-        raise DataError(f"data.image_size must be >= 8, got {image_size}")
-
-
-def read_csv_pairs(data_path: str | Path, need_text: bool = True) -> list[tuple[Path, str]]:
-    """(image path, caption) for every row of ``data_path/*.csv`` (files sorted by name)."""
-    root = Path(str(data_path)).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root} (data.path must be a folder holding *.csv "
-                        f"files with columns '{IMAGE_COLUMN}' and '{TEXT_COLUMN}')")
-    files = sorted(root.glob("*.csv"))
-    if not files:
-        raise DataError(f"{root} holds no *.csv file: add a CSV with columns '{IMAGE_COLUMN}' (image path "
-                        f"relative to {root}) and '{TEXT_COLUMN}' (caption)")
-    pairs, missing = [], []
-    for f in files:
-        try:
-            with open(f, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                cols = [c.strip() for c in (reader.fieldnames or [])]
-                need = [IMAGE_COLUMN, TEXT_COLUMN] if need_text else [IMAGE_COLUMN]
-                lacking = [c for c in need if c not in cols]
-                if lacking:
-                    raise DataError(f"{f} lacks column(s) {', '.join(repr(c) for c in lacking)} (it has "
-                                    f"{cols}); the header must name '{IMAGE_COLUMN}' and '{TEXT_COLUMN}'")
-                for row in reader:
-                    row = {(k or "").strip(): v for k, v in row.items()}
-                    rel = (row.get(IMAGE_COLUMN) or "").strip()
-                    if not rel:
-                        continue
-                    p = root / rel
-                    if not p.is_file():
-                        missing.append(rel)
-                    pairs.append((p, row.get(TEXT_COLUMN) or ""))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{f} is not UTF-8 text ({exc}); save the CSV as UTF-8") from None
-        except csv.Error as exc:
-            raise DataError(f"{f} is not a valid CSV file: {exc}") from None
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} image file(s) listed in {root}/*.csv do not exist (paths are "
-                        f"relative to {root}): {shown}")
-    if not pairs:
-        raise DataError(f"the CSV files in {root} list no images")
-    return pairs
-
-
-def _image_size_of(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-
-
-def smallest_max_size(img: np.ndarray, size: int) -> np.ndarray:
-    """albumentations ``SmallestMaxSize(size)``: scale so the short side is ``size`` (bilinear,
-    the new sides rounded with Python's round)."""
-    import cv2
-
-    h, w = img.shape[:2]
-    scale = size / float(min(h, w))
-    if scale == 1.0:
-        return img
-    nh, nw = round(h * scale), round(w * scale)
-    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-
-
-def preprocess(img: np.ndarray, size: int, crop: tuple[float, float] | None = None,
-               flip: bool = False) -> np.ndarray:
-    """uint8 HWC -> float32 CHW in [-1, 1]. ``crop=None``: center crop; ``(u, v)`` in [0, 1):
-    random-crop offsets (albumentations: ``int((H - size + 1) * u)``)."""
-    img = smallest_max_size(img, size)
-    h, w = img.shape[:2]
-    if crop is None:
-        y0, x0 = (h - size) // 2, (w - size) // 2
-    else:
-        y0, x0 = int((h - size + 1) * crop[0]), int((w - size + 1) * crop[1])
-    img = img[y0:y0 + size, x0:x0 + size]
-    if flip:
-        img = img[:, ::-1]
-    x = img.astype(np.float32) / 127.5 - 1.0
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-class CSVImageText:
-    """The image-text pairs of a ``data.path`` folder (after the optional small-image filter)."""
-
-    def __init__(self, data_path, image_size: int = 512, filter_small_size: bool = True,
-                 image_filter_size: int = 256, need_text: bool = True):
-        _check_size_arg(image_size)
-        self.root = Path(str(data_path)).expanduser()
-        pairs = read_csv_pairs(data_path, need_text)
-        self.dropped = 0
-        if filter_small_size:
-            kept = [(p, t) for p, t in pairs if min(_image_size_of(p)) >= int(image_filter_size)]
-            self.dropped = len(pairs) - len(kept)
-            if not kept:
-                raise DataError(f"all {len(pairs)} images in {self.root} are smaller than "
-                                f"data.image_filter_size={image_filter_size} on their short side; lower it "
-                                f"or set data.filter_small_size=false")
-            pairs = kept
-        self.paths = [p for p, _ in pairs]
-        self.texts = [t for _, t in pairs]
-        self.image_size = int(image_size)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
-        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
-
 
 class LDMBatches:
     """Random-access batch source: item ``step`` -> this rank's
@@ -354,99 +225,6 @@ class LatentDiffusionLoss(nn.Cell):
             x, ids, t, noise, post = inputs
             z = self._latent(x, post)
         return self.diffusion_loss(z, ids, t, noise)
-
-
-class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
-    """The original's ``LearningRate``: ``start * step / warmup`` while ``step < warmup``, then
-    ``end + 0.5 (start - end) (1 + cos(pi * min(step, decay) / decay))`` — the cosine runs
-    from step 0, *not* from the end of the warmup (so it is already partly decayed there)."""
-
-    def __init__(self, start_lr: float, end_lr: float, warmup_steps: int, decay_steps: int):
-        super().__init__()
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
-        self.start, self.end = float(start_lr), float(end_lr)
-        self.warmup = float(max(int(warmup_steps), 0))
-        self.warmup_div = float(max(int(warmup_steps), 1))
-        self.decay = float(decay_steps)
-
-    def construct(self, global_step):
-        step = ops.cast(global_step, ms.float32)
-        warm = self.start * step / self.warmup_div
-        p = ops.minimum(step, self.decay)
-        cos = self.end + 0.5 * (self.start - self.end) * (1.0 + ops.cos(math.pi * p / self.decay))
-        return ops.select(step < self.warmup, warm, cos)
-
-
-class DelayedLR(nn.learning_rate_schedule.LearningRateSchedule):
-    """``base(step)`` from ``start_step`` on and 0 before: a parameter group on this schedule is
-    left exactly as it is for the first ``start_step`` updates (AdamWeightDecay moves a parameter
-    by ``lr * (adam_update + weight_decay * p)``), then trained on the common schedule."""
-
-    def __init__(self, base, start_step: int):
-        super().__init__()
-        if int(start_step) < 0:
-            raise ValueError(f"start_step must be >= 0, got {start_step}")
-        self.base = base
-        self.start_step = float(int(start_step))
-
-    def construct(self, global_step):
-        lr = self.base(global_step)
-        return ops.select(ops.cast(global_step, ms.float32) < self.start_step, ops.zeros_like(lr), lr)
-
-
-def lr_at(step: int, start: float, end: float, warmup: int, decay: int) -> float:
-    """Closed form of :class:`WarmupCosineLR` (host side, for logs and tests)."""
-    if step < warmup:
-        return start * step / warmup
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, decay) / decay))
-
-
-def decays(name: str) -> bool:
-    """The original's rule (optim.py): weight decay for names without 'layernorm' or 'bias'.
-    MindSpore norms are named gamma/beta, so GroupNorm/LayerNorm scales and shifts DO decay."""
-    low = name.lower()
-    return "layernorm" not in low and "bias" not in low
-
-
-def weight_decay_groups(params, weight_decay: float) -> list:
-    """AdamWeightDecay parameter groups in the original's layout (+ ``order_params``)."""
-    params = list(params)
-    decay = [p for p in params if decays(p.name)]
-    other = [p for p in params if not decays(p.name)]
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": float(weight_decay)})
-    if other:
-        groups.append({"params": other, "weight_decay": 0.0})
-    groups.append({"order_params": params})
-    return groups
-
-
-def build_optimizer(params, tcfg, lr, delayed=None):
-    """AdamWeightDecay (the original's groups) or Adam over ``params``. ``delayed=(names, lr2)``
-    puts the parameters named in ``names`` on their own learning-rate schedule ``lr2``."""
-    betas = list(tcfg.betas)
-    if len(betas) != 2:
-        raise ValueError(f"train.betas must be two numbers, got {betas}")
-    params = list(params)
-    if tcfg.optim == "adamw":
-        groups = weight_decay_groups(params, tcfg.weight_decay)
-    elif tcfg.optim == "adam":
-        groups = [{"params": params}, {"order_params": params}]
-    else:
-        raise ValueError(f"train.optim must be 'adamw' or 'adam', got {tcfg.optim!r}")
-    if delayed is not None:
-        names, lr2 = delayed
-        split = []
-        for g in groups[:-1]:
-            for own in (False, True):
-                ps = [p for p in g["params"] if (p.name in names) == own]
-                if ps:
-                    split.append({**g, "params": ps, **({"lr": lr2} if own else {})})
-        groups = split + groups[-1:]
-    kw = dict(learning_rate=lr, beta1=float(betas[0]), beta2=float(betas[1]), eps=float(tcfg.eps))
-    return nn.AdamWeightDecay(groups, **kw) if tcfg.optim == "adamw" else nn.Adam(groups, **kw)
 
 
 def set_trainable(cell: nn.Cell, flag: bool):

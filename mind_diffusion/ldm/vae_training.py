@@ -41,7 +41,6 @@ from ..nn.layers import apply_compute_dtype
 from ..train.data import DataError
 from .autoencoder import AutoencoderKL
 from .training import (
-    CSVImageText,
     LDMBatches,
     ModelTrainer,
     load_vae_weights,
@@ -50,6 +49,7 @@ from .training import (
     resolve_total_steps,
     set_trainable,
 )
+from ..train.data import CSVImageText
 
 
 class FirstStage(nn.Cell):

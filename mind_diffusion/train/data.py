@@ -17,6 +17,7 @@ see exactly the batch one process would.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import pickle
@@ -239,3 +240,134 @@ def make_dataset(source: DiffusionBatches, start_step: int, end_step: int):
     return ds.GeneratorDataset(source, column_names=["x0", "y", "t", "noise"],
                                sampler=list(range(start_step, end_step)), shuffle=False,
                                num_parallel_workers=1, python_multiprocessing=False)
+
+
+# ------------------------------------------------------------------------- image-text CSV folders
+#: the columns of an image-text CSV file (Wukong-Huahua's ``ldm/data/dataset.py``)
+IMAGE_COLUMN, TEXT_COLUMN = "dir", "text"
+
+
+def check_image_size(image_size: int):
+    if int(image_size) < 8:
+        raise DataError(f"data.image_size must be >= 8, got {image_size}")
+
+
+def read_csv_pairs(data_path: str | Path, need_text: bool = True) -> list[tuple[Path, str]]:
+    """(image path, caption) for every row of ``data_path/*.csv`` (files sorted by name)."""
+    root = Path(str(data_path)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root} (data.path must be a folder holding *.csv "
+                        f"files with columns '{IMAGE_COLUMN}' and '{TEXT_COLUMN}')")
+    files = sorted(root.glob("*.csv"))
+    if not files:
+        raise DataError(f"{root} holds no *.csv file: add a CSV with columns '{IMAGE_COLUMN}' (image path "
+                        f"relative to {root}) and '{TEXT_COLUMN}' (caption)")
+    pairs, missing = [], []
+    for f in files:
+        try:
+            with open(f, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                cols = [c.strip() for c in (reader.fieldnames or [])]
+                need = [IMAGE_COLUMN, TEXT_COLUMN] if need_text else [IMAGE_COLUMN]
+                lacking = [c for c in need if c not in cols]
+                if lacking:
+                    raise DataError(f"{f} lacks column(s) {', '.join(repr(c) for c in lacking)} (it has "
+                                    f"{cols}); the header must name '{IMAGE_COLUMN}' and '{TEXT_COLUMN}'")
+                for row in reader:
+                    row = {(k or "").strip(): v for k, v in row.items()}
+                    rel = (row.get(IMAGE_COLUMN) or "").strip()
+                    if not rel:
+                        continue
+                    p = root / rel
+                    if not p.is_file():
+                        missing.append(rel)
+                    pairs.append((p, row.get(TEXT_COLUMN) or ""))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{f} is not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+        except csv.Error as exc:
+            raise DataError(f"{f} is not a valid CSV file: {exc}") from None
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise DataError(f"{len(missing)} image file(s) listed in {root}/*.csv do not exist (paths are "
+                        f"relative to {root}): {shown}")
+    if not pairs:
+        raise DataError(f"the CSV files in {root} list no images")
+    return pairs
+
+
+def _image_size_of(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def smallest_max_size(img: np.ndarray, size: int) -> np.ndarray:
+    """albumentations ``SmallestMaxSize(size)``: scale so the short side is ``size`` (bilinear,
+    the new sides rounded with Python's round)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    scale = size / float(min(h, w))
+    if scale == 1.0:
+        return img
+    nh, nw = round(h * scale), round(w * scale)
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
+
+def preprocess(img: np.ndarray, size: int, crop: tuple[float, float] | None = None,
+               flip: bool = False) -> np.ndarray:
+    """uint8 HWC -> float32 CHW in [-1, 1]. ``crop=None``: center crop; ``(u, v)`` in [0, 1):
+    random-crop offsets (albumentations: ``int((H - size + 1) * u)``)."""
+    img = smallest_max_size(img, size)
+    h, w = img.shape[:2]
+    if crop is None:
+        y0, x0 = (h - size) // 2, (w - size) // 2
+    else:
+        y0, x0 = int((h - size + 1) * crop[0]), int((w - size + 1) * crop[1])
+    img = img[y0:y0 + size, x0:x0 + size]
+    if flip:
+        img = img[:, ::-1]
+    x = img.astype(np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class CSVImageText:
+    """The image-text pairs of a ``data.path`` folder (after the optional small-image filter)."""
+
+    def __init__(self, data_path, image_size: int = 512, filter_small_size: bool = True,
+                 image_filter_size: int = 256, need_text: bool = True):
+        check_image_size(image_size)
+        self.root = Path(str(data_path)).expanduser()
+        pairs = read_csv_pairs(data_path, need_text)
+        self.dropped = 0
+        if filter_small_size:
+            kept = [(p, t) for p, t in pairs if min(_image_size_of(p)) >= int(image_filter_size)]
+            self.dropped = len(pairs) - len(kept)
+            if not kept:
+                raise DataError(f"all {len(pairs)} images in {self.root} are smaller than "
+                                f"data.image_filter_size={image_filter_size} on their short side; lower it "
+                                f"or set data.filter_small_size=false")
+            pairs = kept
+        self.paths = [p for p, _ in pairs]
+        self.texts = [t for _, t in pairs]
+        self.image_size = int(image_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
+        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
