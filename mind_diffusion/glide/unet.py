@@ -32,14 +32,11 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..nn.layers import ConvNd, GroupNorm, dense
+from ..nn.unet_blocks import build_unet_blocks, dropout_cell
 from .config import glide_base_defaults, glide_sr_defaults, network_config
 from .text_transformer import TextConditioning, check_text_config
 
 __all__ = ["GlideSuperResUNet", "GlideText2ImUNet", "GlideTimestepEmbedding", "legacy_bilinear_resize"]
-
-
-def _dropout(p: float) -> nn.Cell:
-    return nn.Dropout(p=p) if p > 0 else nn.Identity()
 
 
 def _upsample_nearest2x(x):
@@ -115,20 +112,6 @@ def legacy_bilinear_resize(x, size):
     return ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)(x, size)
 
 
-class EmbedSequential(nn.SequentialCell):
-    """Children 0, 1, ... each called as ``child(h, emb, xf_out)``."""
-
-    def construct(self, x, emb, xf_out):
-        for cell in self.cell_list:
-            x = cell(x, emb, xf_out)
-        return x
-
-
-class InputConv(ConvNd):
-    def construct(self, x, emb, xf_out):
-        return self.conv(x)
-
-
 class ResBlock(nn.Cell):
     """Scale-shift-norm ResBlock, optionally resampling (``up``: nearest x2, ``down``: avgpool 2x2)
     inside. Attribute order = checkpoint order."""
@@ -145,7 +128,7 @@ class ResBlock(nn.Cell):
         if self.has_skip:
             self.skip_connection = ConvNd(ch, out_ch, 1)
         self.act = nn.SiLU()
-        self.dropout = _dropout(dropout)
+        self.dropout = dropout_cell(dropout)
         self.up = up
         self.down = down
         self.out_ch = out_ch
@@ -284,40 +267,14 @@ class _GlideUNet(TextConditioning, nn.Cell):
         self.time_proj = GlideTimestepEmbedding(model_channels, fp16=timestep_fp16, freqs=timestep_freqs)
         self.time_embed = nn.SequentialCell([dense(model_channels, emb_ch), nn.SiLU(), dense(emb_ch, emb_ch)])
 
-        inputs = [EmbedSequential([InputConv(in_channels, model_channels, 3)])]
-        chans = [model_channels]
-        ch, ds = model_channels, 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res(ch, model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads))
-                inputs.append(EmbedSequential(layers))
-                chans.append(ch)
-            if level != len(channel_mult) - 1:
-                inputs.append(EmbedSequential([res(ch, ch, down=True)]))
-                chans.append(ch)
-                ds *= 2
-        self.input_blocks = nn.CellList(inputs)
-        self.middle_block = EmbedSequential([res(ch, ch), attn(ch, num_heads), res(ch, ch)])
-        outputs = []
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                skip_ch = chans.pop()
-                layers = [res(ch + skip_ch, model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    layers.append(res(ch, ch, up=True))
-                    ds //= 2
-                outputs.append(EmbedSequential(layers))
-        self.output_blocks = nn.CellList(outputs)
+        self.input_blocks, self.middle_block, self.output_blocks, ch = build_unet_blocks(
+            in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
+            res=res, attn=lambda c, part: attn(c, num_heads_upsample if part == "output" else num_heads),
+            down=lambda c: res(c, c, down=True), up=lambda c: res(c, c, up=True))
         self.out = nn.SequentialCell([GroupNorm(num_groups, ch), nn.SiLU()])
         self.out2 = ConvNd(ch, out_channels, 3, zero_init=True)
         self._init_text_cells(xf_layers, xf_heads, n_vocab, emb_ch, gelu, ln_eps)
-        self.num_inputs = len(inputs)
+        self.num_inputs = len(self.input_blocks)
 
     def _forward(self, x, t, tokens, mask):
         xf_proj, xf_out = self.encode_text(tokens, mask)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..nn.dropout import KeyedDropout
 from ..nn.layers import (
     ConvNd,
     GroupNorm,
@@ -33,23 +32,9 @@ from ..nn.layers import (
     conv2d,
     dense,
 )
+from ..nn.unet_blocks import build_unet_blocks, dropout_cell
 
 GELU_MODES = ("tanh", "exact")
-
-
-def _dropout(p: float) -> nn.Cell:
-    # masks keyed on (seed, step) once a trainer keys them (nn.dropout); nn.Dropout's otherwise
-    return KeyedDropout(p) if p > 0 else nn.Identity()
-
-
-class EmbedSequential(nn.SequentialCell):
-    """Children indexed 0, 1, ... (CompVis ``TimestepEmbedSequential``); each child is called
-    as ``child(h, emb, context)``."""
-
-    def construct(self, x, emb, context):
-        for cell in self.cell_list:
-            x = cell(x, emb, context)
-        return x
 
 
 class ResBlock(nn.Cell):
@@ -66,7 +51,7 @@ class ResBlock(nn.Cell):
         if self.has_skip:
             self.skip_connection = ConvNd(in_ch, out_ch, 1)
         self.act = nn.SiLU()
-        self.dropout = _dropout(dropout)
+        self.dropout = dropout_cell(dropout)
 
     def construct(self, x, emb, context):
         h = self.in_layers_conv(self.act(self.in_layers_norm(x)))
@@ -77,13 +62,6 @@ class ResBlock(nn.Cell):
         if self.has_skip:
             return self.skip_connection(x) + h
         return x + h
-
-
-class InputConv(ConvNd):
-    """The first 3x3 conv (held as ``conv``) with the block signature ``(x, emb, context)``."""
-
-    def construct(self, x, emb, context):
-        return self.conv(x)
 
 
 class Downsample(nn.Cell):
@@ -126,7 +104,7 @@ class CrossAttention(nn.Cell):
         self.to_q = dense(query_dim, inner, bias=False)
         self.to_k = dense(context_dim, inner, bias=False)
         self.to_v = dense(context_dim, inner, bias=False)
-        self.to_out = nn.SequentialCell([dense(inner, query_dim), _dropout(dropout)])
+        self.to_out = nn.SequentialCell([dense(inner, query_dim), dropout_cell(dropout)])
         self.bmm_qk = ops.BatchMatMul(transpose_b=True)   # q k^T
         self.bmm_av = ops.BatchMatMul()                   # attn v
         self.softmax = ops.Softmax(axis=-1)
@@ -191,7 +169,7 @@ class FeedForward(nn.Cell):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, gelu: str = "tanh"):
         super().__init__()
         inner = dim * mult
-        self.net = nn.SequentialCell([GEGLU(dim, inner, gelu), _dropout(dropout), dense(inner, dim)])
+        self.net = nn.SequentialCell([GEGLU(dim, inner, gelu), dropout_cell(dropout), dense(inner, dim)])
 
     def construct(self, x):
         return self.net(x)
@@ -286,40 +264,13 @@ class LDMUNet(nn.Cell):
         self.time_proj = SinusoidalTimeEmbedding(model_channels, shift=0, flip=True, freqs=time_freqs)
         self.time_embed = nn.SequentialCell([dense(model_channels, emb_dim), nn.SiLU(), dense(emb_dim, emb_dim)])
 
-        inputs = [EmbedSequential([InputConv(in_channels, model_channels, 3)])]
-        chans = [model_channels]
-        ch, ds = model_channels, 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, model_channels * mult, emb_dim, dropout, num_groups)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(transformer(ch))
-                inputs.append(EmbedSequential(layers))
-                chans.append(ch)
-            if level != len(channel_mult) - 1:
-                inputs.append(EmbedSequential([Downsample(ch)]))
-                chans.append(ch)
-                ds *= 2
-        self.input_blocks = nn.CellList(inputs)
-        self.middle_block = EmbedSequential([ResBlock(ch, ch, emb_dim, dropout, num_groups), transformer(ch),
-                                             ResBlock(ch, ch, emb_dim, dropout, num_groups)])
-        outputs = []
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                skip_ch = chans.pop()
-                layers = [ResBlock(ch + skip_ch, model_channels * mult, emb_dim, dropout, num_groups)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(transformer(ch))
-                if level and i == num_res_blocks:
-                    layers.append(Upsample(ch))
-                    ds //= 2
-                outputs.append(EmbedSequential(layers))
-        self.output_blocks = nn.CellList(outputs)
+        self.input_blocks, self.middle_block, self.output_blocks, ch = build_unet_blocks(
+            in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions,
+            res=lambda c, out: ResBlock(c, out, emb_dim, dropout, num_groups),
+            attn=lambda c, part: transformer(c), down=Downsample, up=Upsample)
         self.out = nn.SequentialCell([GroupNorm(num_groups, ch, eps=1e-5), nn.SiLU(),
                                       ConvNd(model_channels, out_channels, 3, zero_init=True)])
-        self.num_inputs = len(inputs)
+        self.num_inputs = len(self.input_blocks)
         self.concat = ops.Concat(axis=1)
 
     def construct(self, x, t, context):
