@@ -86,20 +86,63 @@ def read_yaml(path: str | Path) -> DictConfig:
     return cfg
 
 
+#: The one ``sampling:`` vocabulary of every family (the pipelines' argument names) ...
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "height", "width",
+                 "num_images_per_prompt", "seed", "negative_prompt")
+#: ... and the originals' / earlier names it still reads: Wukong-Huahua's ``steps`` / ``scale`` /
+#: ``H`` / ``W``, Taichu-GLIDE's ``denoise_steps`` / ``super_res_step`` / ``pics_generated``,
+#: DDPM's ``sample.num_steps`` (its ``sample:`` section is read as ``sampling:``).
+LEGACY_SAMPLING_KEYS = {"steps": "num_inference_steps", "num_steps": "num_inference_steps",
+                        "denoise_steps": "num_inference_steps", "scale": "guidance_scale",
+                        "H": "height", "W": "width", "n_samples": "num_images_per_prompt",
+                        "pics_generated": "num_images_per_prompt",
+                        "super_res_step": "super_res_steps"}
+
+
+def sampling_defaults(**family) -> dict:
+    """A family's ``sampling:`` section: the common keys (every default given by the family)
+    plus its own (e.g. GLIDE's ``super_res_steps``, LDM's ``quantize``)."""
+    missing = [k for k in SAMPLING_KEYS if k not in family]
+    if missing:
+        raise ValueError(f"sampling defaults lack {missing}")
+    return dict(family)
+
+
+def _legacy_sampling(cfg: DictConfig, schema: Mapping | None) -> DictConfig:
+    """Rename the older sampling keys (``LEGACY_SAMPLING_KEYS``, DDPM's ``sample:``) in a file
+    or override layer to the one vocabulary, when the schema has a ``sampling:`` section."""
+    if schema is None or "sampling" not in schema:
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(plain, dict):
+        return cfg
+    if isinstance(plain.get("sample"), dict) and "sample" not in schema:
+        old = plain.pop("sample")
+        plain["sampling"] = {**old, **(plain.get("sampling") or {})}
+    sec = plain.get("sampling")
+    if isinstance(sec, dict):
+        for old_key, new_key in LEGACY_SAMPLING_KEYS.items():
+            if old_key in sec and old_key not in schema["sampling"]:
+                value = sec.pop(old_key)
+                sec.setdefault(new_key, value)
+    return OmegaConf.create(plain)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     schema: Mapping | None = None,
 ) -> DictConfig:
-    """schema defaults <- YAML file <- CLI overrides, validated against the schema."""
+    """schema defaults <- YAML file <- CLI overrides, validated against the schema. Older
+    sampling key names are read as today's (see ``LEGACY_SAMPLING_KEYS``)."""
     base = OmegaConf.create(dict(schema) if schema is not None else {})
     layers = []
     if path is not None:
-        file_cfg = read_yaml(path)
+        file_cfg = _legacy_sampling(read_yaml(path), schema)
         if schema is not None:
             _check(base, file_cfg, "", f"config {path}")
         layers.append(file_cfg)
-    over = _parse_overrides(overrides)
+    over = _legacy_sampling(_parse_overrides(overrides), schema)
     if schema is not None:
         _check(base, over, "", "command line")
     layers.append(over)

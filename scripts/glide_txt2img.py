@@ -15,7 +15,6 @@ regenerated alone with --seed <its seed> --pics_generated 1.
 """
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -57,12 +56,19 @@ def parse_args(argv=None):
                         "--is_chinese false the folder of encoder.json / vocab.bpe")
     p.add_argument("--is_chinese", type=str2bool, default=None,
                    help="true (default): Chinese SentencePiece tokenizer; false: GPT-2 BPE")
-    p.add_argument("--denoise_steps", type=int, default=None, help="base sampling steps (default 60)")
-    p.add_argument("--super_res_step", type=int, default=None,
-                   help="super-resolution steps: 27 only (the 'fast27' schedule)")
-    p.add_argument("--pics_generated", type=int, default=None, help="images per prompt (default 8)")
-    p.add_argument("--guidance_scale", type=float, default=None,
+    p.add_argument("--num_inference_steps", "--denoise_steps", dest="num_inference_steps",
+                   type=int, default=None, help="base sampling steps (default 60)")
+    p.add_argument("--super_res_steps", "--super_res_step", dest="super_res_steps", type=int,
+                   default=None, help="super-resolution steps: 27 only (the 'fast27' schedule)")
+    p.add_argument("--num_images_per_prompt", "--pics_generated", dest="num_images_per_prompt",
+                   type=int, default=None, help="images per prompt (default 8)")
+    p.add_argument("--guidance_scale", "--scale", dest="guidance_scale", type=float, default=None,
                    help="classifier-free guidance scale of the base model (default 5)")
+    p.add_argument("--sampler", default=None,
+                   help="base-stage sampler: ddpm (ancestral, the original; default), ddim, plms "
+                        "or dpm_solver")
+    p.add_argument("--negative_prompt", default=None,
+                   help="text to steer away from (replaces the unconditional branch)")
     p.add_argument("--uncond", default=None, choices=["random", "empty"],
                    help="unconditional branch: random tokens (Taichu-GLIDE, default) or the empty "
                         "prompt (OpenAI)")
@@ -105,7 +111,6 @@ def main(argv=None):
     def job():
         import warnings
 
-        from mind_diffusion.glide import diffusion as gd
         from mind_diffusion.glide.pipeline import STAGE_FILES, GlidePipeline, build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
         from mind_diffusion.utils.images import check_output_dir, next_index, save_png
@@ -119,28 +124,13 @@ def main(argv=None):
         cfg = GlidePipeline.load_config(cfg_path, args.set)
         smp, ck, tk = cfg.sampling, cfg.checkpoint, cfg.tokenizer
 
-        steps = args.denoise_steps if args.denoise_steps is not None else int(smp.denoise_steps)
-        sr_steps = args.super_res_step if args.super_res_step is not None else int(smp.super_res_step)
-        pics = args.pics_generated if args.pics_generated is not None else int(smp.pics_generated)
-        scale = args.guidance_scale if args.guidance_scale is not None else float(smp.guidance_scale)
-        seed = args.seed if args.seed is not None else int(smp.seed)
-        stages = args.stages if args.stages is not None else int(smp.stages)
-        uncond = args.uncond or str(smp.uncond)
         is_chinese = bool(tk.is_chinese) if args.is_chinese is None else args.is_chinese
-        if not 1 <= steps <= gd.BASE_NUM_TIMESTEPS:
-            raise ValueError(f"--denoise_steps must be between 1 and {gd.BASE_NUM_TIMESTEPS}, got {steps}")
-        gd.check_super_res_steps(sr_steps)
-        if pics < 1:
-            raise ValueError(f"--pics_generated must be >= 1, got {pics}")
-        if not math.isfinite(scale):
-            raise ValueError(f"--guidance_scale must be a finite number, got {scale}")
-        if seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {seed}")
-        if stages not in (64, 256, 1024):
-            raise ValueError(f"--stages must be 64, 256 or 1024, got {stages}")
-        if uncond not in gd.UNCOND_MODES:
-            raise ValueError(f"--uncond must be random or empty, got {uncond!r}")
-
+        call = {k: getattr(args, k) for k in (
+            "negative_prompt", "num_images_per_prompt", "num_inference_steps", "guidance_scale",
+            "seed", "sampler", "super_res_steps", "stages", "uncond")}
+        # every check and default before any checkpoint is read; the pipeline owns them
+        a = GlidePipeline.check_inputs(cfg, "-", **call)
+        stages, seed = a["stages"], a["seed"]
         if args.prompt is not None:
             prompts = [args.prompt.strip()]
             if not prompts[0]:
@@ -180,7 +170,7 @@ def main(argv=None):
                                              compute_dtype=rt.precision.ms_dtype())
         print(f"loaded the {stages} px pipeline ({', '.join(str(p.name) for p in ckpts.values())}) "
               f"in {time.time() - t0:.1f} s")
-        run_info = {"pics_generated": pics, "is_chinese": is_chinese,
+        run_info = {"pics_generated": a["num_images_per_prompt"], "is_chinese": is_chinese,
                     "device": rt.device_target, "mode": rt.mode,
                     "precision": rt.precision.compute}
         if Path(tok_path).is_file():
@@ -198,9 +188,11 @@ def main(argv=None):
                 import numpy as np
 
                 size = images.shape[1]
-                settings = pipe.settings(prompt=prompt, seed=seed, stage=stage,
-                                         num_inference_steps=steps, super_res_steps=sr_steps,
-                                         guidance_scale=scale, uncond=uncond, size=size)
+                settings = pipe.settings(
+                    prompt=prompt, seed=seed, stage=stage, size=size, sampler=a["sampler"],
+                    num_inference_steps=a["num_inference_steps"], negative_prompt=a["negative_prompt"],
+                    super_res_steps=a["super_res_steps"], guidance_scale=a["guidance_scale"],
+                    uncond=a["uncond"])
                 settings.update(run_info)
                 for k, img in enumerate(images):
                     path = samples / f"{first + k:05d}-{name}-{size}.png"
@@ -217,9 +209,7 @@ def main(argv=None):
                       flush=True)
 
             t0 = time.time()
-            pipe(prompt, num_images_per_prompt=pics, guidance_scale=scale, seed=seed,
-                 num_inference_steps=steps, super_res_steps=sr_steps, stages=stages,
-                 uncond=uncond, on_stage=write)
+            pipe(prompt, on_stage=write, **call)
             print(f"the infer time of a prompt is {time.time() - t0:.2f} s")
         tmp = out / ".infer_result.json.tmp"
         tmp.write_text(json.dumps({"infer_result": "success"}))

@@ -43,6 +43,7 @@ def test_guided_step_equals_separate_network_calls(tiny_dir, graph_mode):
     """Compiled (graph mode); the pynative run of the same cell is in the parity test below."""
     from mindspore import Tensor
 
+    from mind_diffusion.diffusion.guidance import guidance_combine
     from mind_diffusion.glide import diffusion as gd
 
     p = make_pipe(tiny_dir, stages=64)
@@ -55,11 +56,13 @@ def test_guided_step_equals_separate_network_calls(tiny_dir, graph_mode):
     e_u = p.base(Tensor(x), Tensor(t), Tensor(u_tok), Tensor(u_mask)).asnumpy()
     assert np.abs(e_c - e_u).max() > 1e-2  # the text really conditions the tiny model
     for scale in (5.0, 1.5):
-        guided = p._base_step(Tensor(x), Tensor(t), Tensor(np.concatenate([tok, u_tok])),
-                              Tensor(np.concatenate([mask, u_mask])), Tensor(np.float32(scale))).asnumpy()
+        guided = p._base_step(Tensor(x), Tensor(t), Tensor(np.float32(scale)),
+                              Tensor(np.concatenate([tok, u_tok])),
+                              Tensor(np.concatenate([mask, u_mask]))).asnumpy()
         want = np.concatenate([e_u[:, :3] + scale * (e_c[:, :3] - e_u[:, :3]), e_c[:, 3:]], 1)
         np.testing.assert_allclose(guided, want, atol=1e-4, rtol=1e-4)
-        np.testing.assert_allclose(guided, gd.combine_guidance(np.concatenate([e_c, e_u]), scale)[:2],
+        np.testing.assert_allclose(guided, guidance_combine(np.concatenate([e_c, e_u]), scale,
+                                                            eps_channels=3, cond_first=True),
                                    atol=1e-4, rtol=1e-4)
 
 

@@ -209,7 +209,8 @@ def split_learned_variance(model_output, x_shape) -> Tuple[np.ndarray, np.ndarra
     if out.ndim < 2 or channels is None or out.shape[1] != 2 * channels:
         raise ValueError(
             f"variance_type='learned_range' needs a model output with 2*C channels on axis 1 "
-            f"(C={channels} for x of shape {tuple(x_shape)}), got shape {out.shape}"
+            f"(here {2 * channels if channels else '2C'} channels: eps + variance, C={channels} "
+            f"for x of shape {tuple(x_shape)}), got shape {out.shape}"
         )
     return out[:, :channels], out[:, channels:]
 
@@ -219,7 +220,7 @@ def learned_range_log_variance(schedule: DiffusionSchedule, v, t) -> np.ndarray:
     between ``posterior_log_variance_clipped`` (frac=0) and ``log(beta_t)`` (frac=1)."""
     v = np.asarray(v)
     min_log = extract(schedule.posterior_log_variance_clipped, t, v.ndim)
-    max_log = extract(np.log(schedule.betas), t, v.ndim)
+    max_log = extract(schedule.log_betas, t, v.ndim)
     frac = (v + 1.0) / 2.0
     return frac * max_log + (1.0 - frac) * min_log
 
@@ -242,7 +243,11 @@ def p_mean_variance(schedule: DiffusionSchedule, model_output, x_t, t, *,
 
     Returns:
         dict with ``mean``, ``variance``, ``log_variance`` (broadcastable to ``x_t``),
-        ``pred_x0`` and ``eps`` (the noise consistent with ``pred_x0``).
+        ``pred_x0`` and ``eps`` (the noise consistent with ``pred_x0``). An epsilon
+        prediction becomes ``x0`` through ``sqrt(1/abar) x_t - sqrt(1/abar - 1) eps`` and a
+        clipped ``x0`` back into ``eps`` through the same tables (guided-diffusion's
+        ``_predict_xstart_from_eps`` / ``_predict_eps_from_xstart``), so a schedule with the
+        original's reduced-precision tables (``coeff_dtype``) reproduces its arithmetic.
     """
     check_prediction_type(prediction_type)
     check_variance_type(variance_type)
@@ -267,11 +272,13 @@ def p_mean_variance(schedule: DiffusionSchedule, model_output, x_t, t, *,
     if out.shape != x_t.shape:
         raise ValueError(f"model output shape {out.shape} does not match x_t shape {x_t.shape}")
 
-    abar = _abar(schedule, t)
-    pred_x0, eps = model_output_to_x0_eps_ab(prediction_type, abar, x_t, out)
+    if prediction_type == "epsilon":  # through the schedule's tables, as guided-diffusion
+        pred_x0, eps = eps_to_x0(schedule, x_t, t, out), out
+    else:
+        pred_x0, eps = model_output_to_x0_eps_ab(prediction_type, _abar(schedule, t), x_t, out)
     if clip_denoised:
         pred_x0 = np.clip(pred_x0, -1.0, 1.0)
-        eps = x0_to_eps_ab(abar, x_t, pred_x0)
+        eps = x0_to_eps(schedule, x_t, t, pred_x0)
     mean, _, _ = q_posterior_mean_variance(schedule, pred_x0, x_t, t)
     return {"mean": mean, "variance": variance, "log_variance": log_variance,
             "pred_x0": pred_x0, "eps": eps}
@@ -363,7 +370,7 @@ def vlb_coefficients(schedule: DiffusionSchedule, t, dtype=np.float32) -> Tuple[
         "posterior_mean_coef1": schedule.posterior_mean_coef1,
         "posterior_mean_coef2": schedule.posterior_mean_coef2,
         "posterior_log_variance_clipped": schedule.posterior_log_variance_clipped,
-        "log_betas": np.log(schedule.betas),
+        "log_betas": schedule.log_betas,
         "sqrt_recip_alphas_cumprod": schedule.sqrt_recip_alphas_cumprod,
         "sqrt_recipm1_alphas_cumprod": schedule.sqrt_recipm1_alphas_cumprod,
     }

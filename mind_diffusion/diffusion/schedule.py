@@ -11,6 +11,12 @@ and OpenAI's improved/guided diffusion code bases:
 * ``DiffusionSchedule`` precomputes every per-timestep coefficient used by the samplers and
   losses, and ``DiffusionSchedule.respace`` derives the shortened Markov chain whose
   cumulative products ``alphas_cumprod`` equal those of the kept timesteps.
+* ``coeff_dtype`` chooses the precision of those tables: ``"float64"`` (guided-diffusion /
+  glide-text2im, the default) or the Taichu-GLIDE release's tables (``PMeanVariance`` in
+  ``model/glide_text2im/model/gaussian_diffusion.py``): every table derived in numpy float32
+  from the float32 betas and handed to MindSpore in the compute dtype (``"float32"``, or
+  ``"float16"`` under its fp16 policy), ``log(beta)`` taken at run time by MindSpore's ``Log``
+  in that dtype. The tables always hold float64 arrays; only their values are rounded.
 """
 from __future__ import annotations
 
@@ -26,9 +32,13 @@ __all__ = [
     "space_timesteps",
     "DiffusionSchedule",
     "RespacingSpec",
+    "COEFF_DTYPES",
     "interp_linear",
     "schedule_from_config",
 ]
+
+#: Precisions of the coefficient tables (see :class:`DiffusionSchedule`).
+COEFF_DTYPES = ("float64", "float32", "float16")
 
 #: Accepted ``kind`` names for :func:`make_betas` (``"cosine"`` is an alias).
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "cosine")
@@ -255,14 +265,20 @@ class DiffusionSchedule:
     for a one-step schedule, ``log(betas)``), ``posterior_mean_coef1``,
     ``posterior_mean_coef2``; plus ``timestep_map`` (int64: index ``k`` of this schedule to
     the timestep of the original schedule; identity when not respaced), ``num_timesteps`` and
-    ``base`` (the unrespaced schedule, ``self`` when not respaced).
+    ``base`` (the unrespaced schedule, ``self`` when not respaced); ``log_betas``; and
+    ``coeff_dtype``, the precision the tables were rounded to (see the module docstring), which
+    :meth:`respace` carries over.
 
     Build one with ``DiffusionSchedule(betas)`` or ``DiffusionSchedule.create(kind, T)``, and
     derive a shorter chain with :meth:`respace`.
     """
 
     def __init__(self, betas, *, timestep_map=None, base: "DiffusionSchedule" = None,
-                 kind: Optional[str] = None, beta_start=None, beta_end=None):
+                 kind: Optional[str] = None, beta_start=None, beta_end=None,
+                 coeff_dtype: str = "float64"):
+        if coeff_dtype not in COEFF_DTYPES:
+            raise ValueError(f"coeff_dtype must be one of {COEFF_DTYPES}, got {coeff_dtype!r}")
+        self.coeff_dtype = coeff_dtype
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size == 0:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
@@ -307,19 +323,25 @@ class DiffusionSchedule:
         self.posterior_log_variance_clipped = _frozen(post_log_var)
         self.posterior_mean_coef1 = _frozen(betas * np.sqrt(abar_prev) / (1.0 - abar))
         self.posterior_mean_coef2 = _frozen((1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar))
+        self.log_betas = _frozen(np.log(betas))
+        self._abar64 = self.alphas_cumprod  # respacing always starts from the float64 products
+        if coeff_dtype != "float64":
+            for name, values in _original_tables(betas, coeff_dtype).items():
+                setattr(self, name, _frozen(values))
         self._log_alpha_base = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def create(cls, kind: str = "linear", num_timesteps: int = 1000,
-               beta_start: Optional[float] = None, beta_end: Optional[float] = None
-               ) -> "DiffusionSchedule":
+               beta_start: Optional[float] = None, beta_end: Optional[float] = None,
+               coeff_dtype: str = "float64") -> "DiffusionSchedule":
         """Build an unrespaced schedule from a named beta schedule (see :func:`make_betas`)."""
         betas = make_betas(kind, num_timesteps, beta_start, beta_end)
         canonical = kind.strip().lower()
         if canonical == "cosine":
             canonical = "squaredcos_cap_v2"
-        return cls(betas, kind=canonical, beta_start=beta_start, beta_end=beta_end)
+        return cls(betas, kind=canonical, beta_start=beta_start, beta_end=beta_end,
+                   coeff_dtype=coeff_dtype)
 
     @property
     def is_respaced(self) -> bool:
@@ -336,7 +358,7 @@ class DiffusionSchedule:
         schedule composes the timestep maps.
         """
         kept = space_timesteps(self.num_timesteps, spec)
-        abar = self.alphas_cumprod
+        abar = self._abar64
         new_betas = []
         last = 1.0
         for i in kept:
@@ -345,8 +367,17 @@ class DiffusionSchedule:
         return DiffusionSchedule(
             np.asarray(new_betas), timestep_map=self.timestep_map[np.asarray(kept)],
             base=self.base, kind=self.kind,
-            beta_start=self._beta_start, beta_end=self._beta_end,
+            beta_start=self._beta_start, beta_end=self._beta_end, coeff_dtype=self.coeff_dtype,
         )
+
+    def with_coeff_dtype(self, coeff_dtype: str) -> "DiffusionSchedule":
+        """The same (unrespaced) schedule with its tables in ``coeff_dtype``."""
+        if self.is_respaced:
+            raise ValueError("with_coeff_dtype applies to a base schedule; respace afterwards")
+        if coeff_dtype == self.coeff_dtype:
+            return self
+        return DiffusionSchedule(self.betas, kind=self.kind, beta_start=self._beta_start,
+                                 beta_end=self._beta_end, coeff_dtype=coeff_dtype)
 
     # ------------------------------------------------------------------ helpers
     def alpha_bar_at(self, t) -> np.ndarray:
@@ -399,6 +430,47 @@ class DiffusionSchedule:
             return (f"DiffusionSchedule(kind={kind!r}, num_timesteps={self.num_timesteps}, "
                     f"respaced_from={self.base.num_timesteps})")
         return f"DiffusionSchedule(kind={kind!r}, num_timesteps={self.num_timesteps})"
+
+
+def _original_tables(betas64: np.ndarray, coeff_dtype: str) -> dict:
+    """The Taichu-GLIDE release's coefficient tables: numpy float32 from the float32 betas, then
+    cast to the compute dtype; ``log(beta)`` by MindSpore's ``Log`` on the betas in that dtype
+    (its float32 ``log`` is not numpy's to the last bit)."""
+    f = np.float32
+    betas = betas64.astype(f)
+    alphas = f(1) - betas
+    abar = np.cumprod(alphas, dtype=f)
+    abar_prev = np.append(f(1), abar[:-1]).astype(f)
+    abar_next = np.append(abar[1:], f(0)).astype(f)
+    with np.errstate(divide="ignore"):
+        post_var = (betas * (f(1) - abar_prev) / (f(1) - abar)).astype(f)
+        post_log = (np.log(np.append(post_var[1], post_var[1:]).astype(f)) if betas.shape[0] > 1
+                    else np.log(betas))
+        tables = {
+            "alphas": alphas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
+            "alphas_cumprod_next": abar_next, "sqrt_alphas_cumprod": np.sqrt(abar),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(f(1) - abar),
+            "log_one_minus_alphas_cumprod": np.log(f(1) - abar),
+            "sqrt_recip_alphas_cumprod": np.sqrt(f(1) / abar),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(f(1) / abar - f(1)),
+            "posterior_variance": post_var, "posterior_log_variance_clipped": post_log,
+            "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (f(1) - abar),
+            "posterior_mean_coef2": (f(1) - abar_prev) * np.sqrt(alphas) / (f(1) - abar),
+        }
+    out = {k: np.asarray(v, f).astype(coeff_dtype).astype(np.float64) for k, v in tables.items()}
+    out["log_betas"] = _mindspore_log(betas, coeff_dtype)
+    return out
+
+
+def _mindspore_log(values32: np.ndarray, dtype: str) -> np.ndarray:
+    """``ops.log`` of a float32 array cast to ``dtype`` (``"float32"`` or ``"float16"``), in
+    that dtype, as float64 values."""
+    import mindspore as ms  # the one MindSpore call of this module: the original's Log kernel
+    from mindspore import ops
+
+    ms_dtype = ms.float16 if dtype == "float16" else ms.float32
+    out = ops.log(ms.Tensor(values32.astype(np.float32), ms_dtype)).asnumpy()
+    return out.astype(np.float64)
 
 
 def interp_linear(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..config import merge_overrides
+from ..config import merge_overrides, sampling_defaults
 
 GLIDE_URL = "https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/"
 
@@ -111,7 +111,11 @@ def glide_config_defaults() -> dict:
         "checkpoint": {"ckpt_path": "models/glide", "gen_ckpt": "glide_gen.ckpt",
                        "super_ckpt": "glide_super_res.ckpt", "srgan_ckpt": "srgan.ckpt",
                        "url": GLIDE_URL},
-        "sampling": {"denoise_steps": 60, "super_res_step": 27, "guidance_scale": 5.0,
-                     "pics_generated": 8, "uncond": "random", "seed": 0, "stages": 1024,
-                     "coeff_dtype": "auto", "prompts_file": "configs/glide/prompts.txt"},
+        # base stage: ancestral sampling over respacing "60" of the cosine schedule (the
+        # original); any core sampler by name. Super-resolution: DDIM over "fast27" (27 only).
+        "sampling": sampling_defaults(
+            sampler="ddpm", num_inference_steps=60, guidance_scale=5.0, height=64, width=64,
+            num_images_per_prompt=8, seed=0, negative_prompt="", super_res_steps=27,
+            uncond="random", stages=1024, coeff_dtype="auto",
+            prompts_file="configs/glide/prompts.txt"),
     }

@@ -7,7 +7,7 @@
                                          "models/glide/srgan.ckpt",
                                          tokenizer="models/glide/cog-pretrain.model")
     out = pipe("一张画着柯基的油画", num_images_per_prompt=4, seed=0)
-    out[64], out[256], out[1024]          # (4, H, W, 3) uint8 per stage
+    out[64], out[256], out[1024]          # (4, H, W, 3) uint8 per stage; out.images = out[1024]
 
 Flow (Taichu-GLIDE ``src/txt2img.py`` and ``model/glide_text2im/main_funcs.py``): the prompt's
 SentencePiece ids (128, pad = end token, mask)
@@ -36,14 +36,16 @@ from mindspore import Tensor, nn, ops
 
 from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
+from ..diffusion.guidance import GuidedModel, UnguidedModel
+from ..diffusion.samplers import SAMPLERS, get_sampler
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
+from ..utils.output import DiffusionOutput
 from . import diffusion as gd
 from .config import GLIDE_URL, glide_config_defaults
 from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
 
-__all__ = ["GlidePipeline", "GlideGuidedStep", "GlideSRStep", "SRGANStep", "STAGES",
-           "build_glide_tokenizer", "PromptWarning"]
+__all__ = ["GlidePipeline", "SRGANStep", "STAGES", "build_glide_tokenizer", "PromptWarning"]
 
 #: Nominal output sizes of the three stages (the real sizes come from the model configs).
 STAGES = (64, 256, 1024)
@@ -66,43 +68,6 @@ def build_glide_tokenizer(path, is_chinese: bool = True):
 
 
 # ----------------------------------------------------------------------------- compiled cells
-class GlideGuidedStep(nn.Cell):
-    """The base UNet and classifier-free guidance in one graph.
-
-    ``construct(x (P,C,H,W), t (P,), tokens (2P,L), mask (2P,L), scale ())``: one UNet call on
-    ``[x; x]`` with the text rows ``[cond; uncond]`` (conditional half first, as the original),
-    returns ``(P, 2C, H, W)`` fp32 = ``[eps_u + scale (eps_c - eps_u), v_c]`` (the conditional
-    half's own variance channels). ``scale`` is an input: changing it does not recompile."""
-
-    def __init__(self, unet: nn.Cell, eps_channels: int = 3):
-        super().__init__(auto_prefix=False)  # keep the model's parameter names
-        self.unet = unet
-        self.c = eps_channels
-
-    def construct(self, x, t, tokens, mask, scale):
-        x_in = ops.concat((x, x), 0)
-        t_in = ops.concat((t, t), 0)
-        out = ops.cast(self.unet(x_in, t_in, tokens, mask), ms.float32)
-        b = x.shape[0]
-        cond = out[:b]
-        uncond = out[b:]
-        eps_c = cond[:, :self.c]
-        eps_u = uncond[:, :self.c]
-        guided = eps_u + scale * (eps_c - eps_u)
-        return ops.concat((guided, cond[:, self.c:]), 1)
-
-
-class GlideSRStep(nn.Cell):
-    """``construct(x, t, low_res, tokens, mask)`` -> the SR UNet output in fp32."""
-
-    def __init__(self, unet: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.unet = unet
-
-    def construct(self, x, t, low_res, tokens, mask):
-        return ops.cast(self.unet(x, t, low_res, tokens, mask), ms.float32)
-
-
 class SRGANStep(nn.Cell):
     def __init__(self, net: nn.Cell):
         super().__init__(auto_prefix=False)
@@ -127,7 +92,7 @@ class GlidePipeline:
     """The three GLIDE stages; build with :meth:`from_pretrained`."""
 
     def __init__(self, base, sr, srgan, tokenizer, cfg, *, ckpt_paths: Mapping | None = None,
-                 coeff_dtype: str = "float64"):
+                 coeff_dtype: str = "float64", quantize_dtype: str = "float32"):
         self.cfg = cfg
         self.base, self.sr, self.srgan = base, sr, srgan
         self.tokenizer = tokenizer
@@ -137,11 +102,17 @@ class GlidePipeline:
         if coeff_dtype not in gd.COEFF_DTYPES:
             raise ValueError(f"coeff_dtype must be one of {gd.COEFF_DTYPES}, got {coeff_dtype!r}")
         self.coeff_dtype = coeff_dtype
+        # the SR input's 8-bit quantisation runs in the compute dtype, as the original's
+        self.quantize_dtype = quantize_dtype
         self.ckpt_paths = dict(ckpt_paths or {})
         self._hashes: dict = {}
         self.max_stage = 1024 if srgan is not None else 256 if sr is not None else 64
-        self._base_step = GlideGuidedStep(base) if base is not None else None
-        self._sr_step = GlideSRStep(sr) if sr is not None else None
+        # the base UNet and guidance in one graph: text rows [cond; uncond] (the original's
+        # order), guided eps + the conditional half's variance channels; the scale an input
+        self._base_step = GuidedModel(base, eps_channels=3, cond_first=True) \
+            if base is not None else None
+        self._sr_step = UnguidedModel(sr) if sr is not None else None
+        self._schedules: dict = {}
         self._srgan_step = SRGANStep(srgan) if srgan is not None else None
         for cell in (base, sr, srgan, self._base_step, self._sr_step, self._srgan_step):
             if cell is not None:
@@ -201,7 +172,7 @@ class GlidePipeline:
                 apply_glide_precision(net, compute_dtype)
             nets[kind] = net
         pipe = cls(nets["base"], nets["sr"], nets["srgan"], tokenizer, cfg, ckpt_paths=paths,
-                   coeff_dtype=coeff_dtype)
+                   coeff_dtype=coeff_dtype, quantize_dtype="float16" if fp16 else "float32")
         pipe.check_tokenizer()
         return pipe
 
@@ -259,42 +230,125 @@ class GlidePipeline:
             raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
         return int(value)
 
+    @classmethod
+    def check_inputs(cls, cfg, prompt, *, negative_prompt=None, num_images_per_prompt=None,
+                     num_inference_steps=None, guidance_scale=None, seed=None, height=None,
+                     width=None, sampler=None, callback=None, super_res_steps=None,
+                     stages=None, uncond=None, output_type="uint8", max_stage: int = 1024) -> dict:
+        """Every input checked, every default resolved from the config's ``sampling:`` section
+        (the one place they are); returns the settings a call runs with. A class method, so a
+        script checks its inputs against the config before loading any checkpoint."""
+        s = cfg.sampling
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("nothing to generate: pass a prompt")
+        for p in prompts:
+            cls.check_prompt(p)
+        negative = str(s.negative_prompt) if negative_prompt is None else negative_prompt
+        if not isinstance(negative, str):
+            raise ValueError(f"negative prompt must be text, got {type(negative).__name__}")
+        per = cls._positive_int(int(s.num_images_per_prompt) if num_images_per_prompt is None
+                                 else num_images_per_prompt, "num_images_per_prompt")
+        steps = cls._positive_int(int(s.num_inference_steps) if num_inference_steps is None
+                                   else num_inference_steps, "num_inference_steps (denoise steps)")
+        gd.check_steps(steps, "num_inference_steps (denoise steps)")
+        sr_steps = int(s.super_res_steps) if super_res_steps is None else super_res_steps
+        scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
+                or not np.isfinite(scale):
+            raise ValueError(f"guidance scale must be a finite number (5 is the default), "
+                             f"got {guidance_scale!r}")
+        seed = int(s.seed) if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        size = int(cfg.model.base.image_size)
+        for name, v in (("height", height), ("width", width)):
+            if v is not None and v != size:
+                raise ValueError(f"{name} {v!r}: GLIDE's base model makes {size} px images (fixed "
+                                 f"by its checkpoint); choose the output size with stages= "
+                                 f"(64, 256 or 1024)")
+        sampler = str(s.sampler) if sampler is None else sampler
+        if not isinstance(sampler, str) or sampler.strip().lower() not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of "
+                             f"{', '.join(sorted(SAMPLERS))}")
+        if callback is not None and not callable(callback):
+            raise ValueError("callback must be callable(step_index, t, x, pred_x0)")
+        top = _normalize_stages(int(s.stages) if stages is None else stages)
+        top = min(top, max_stage) if stages is None else top
+        if top > max_stage:
+            raise ValueError(f"stage {top} was requested but this pipeline was built up to stage "
+                             f"{max_stage} (from_pretrained(stages=...))")
+        uncond = str(s.uncond) if uncond is None else uncond
+        if uncond not in gd.UNCOND_MODES:
+            raise ValueError(f"uncond must be 'random' (random tokens, as Taichu-GLIDE) or "
+                             f"'empty' (the empty prompt, as OpenAI), got {uncond!r}")
+        if output_type not in ("uint8", "np"):
+            raise ValueError(f"output_type must be 'uint8' or 'np', got {output_type!r}")
+        if top >= 256:
+            gd.check_super_res_steps(sr_steps)
+        return {"prompts": prompts, "negative_prompt": negative, "num_images_per_prompt": per,
+                "num_inference_steps": steps, "super_res_steps": sr_steps,
+                "guidance_scale": float(scale), "seed": int(seed), "sampler": sampler,
+                "stages": top, "uncond": uncond, "output_type": output_type,
+                "callback": callback}
+
     # -------------------------------------------------------------- stages
-    def _base_model_fn(self, tokens, mask, scale, uncond, rngs) -> Callable:
+    def schedule(self, kind: str):
+        """The 1000-step schedule of the base (``"base"``) or SR (``"sr"``) model, its tables
+        in this pipeline's ``coeff_dtype`` (built once)."""
+        if kind not in self._schedules:
+            make = gd.base_diffusion if kind == "base" else gd.sr_diffusion
+            self._schedules[kind] = make(self.coeff_dtype)
+        return self._schedules[kind]
+
+    def _base_model_fn(self, tokens, mask, scale, uncond, rngs, negative=None) -> Callable:
         def step(x, t, tok2, mask2, s):
             return self._base_step(Tensor(np.ascontiguousarray(x, np.float32)),
-                                   Tensor(np.asarray(t, np.float32)), Tensor(tok2), Tensor(mask2),
-                                   Tensor(np.float32(s))).asnumpy()
+                                   Tensor(np.asarray(t, np.float32)), Tensor(np.float32(s)),
+                                   Tensor(tok2), Tensor(mask2)).asnumpy()
         return gd.guided_model_fn(step, tokens, mask, scale=scale, uncond=uncond, rngs=rngs,
                                   n_vocab=int(self.base_cfg["n_vocab"]),
-                                  pad_id=int(self.tokenizer.end_token))
+                                  pad_id=int(self.tokenizer.end_token), negative=negative)
 
     def run_base(self, tokens, mask, *, seed: int, steps: int, scale: float, uncond: str,
-                 progress: bool = True, callback=None) -> np.ndarray:
+                 sampler: str = "ddpm", negative=None, progress: bool = True,
+                 callback=None) -> np.ndarray:
+        """The base stage: any core sampler over the cosine schedule (``"ddpm"``: ancestral
+        over the respacing ``str(steps)``, the original), x0 clipped, the learned variance
+        used where the sampler has a variance. ``negative``: (tokens, mask) of a negative
+        prompt as the unconditional rows."""
         n = tokens.shape[0]
         size = int(self.base_cfg["image_size"])
-        coeffs = gd.base_schedule(steps, self.coeff_dtype)
         rngs = gd.make_rngs(seed, n)
         x_T = gd.base_noise(rngs, (3, size, size))
-        fn = self._base_model_fn(tokens, mask, scale, uncond, rngs)
-        return gd.sample_base(fn, x_T, coeffs, rngs=rngs, progress=progress, callback=callback,
-                              desc=f"GLIDE base {size}px")
+        fn = self._base_model_fn(tokens, mask, scale, uncond, rngs, negative)
+        return self._sample(sampler, fn, x_T, self.schedule("base"), steps, rngs, progress,
+                            callback)
+
+    @staticmethod
+    def _sample(sampler, fn, x_T, schedule, steps, rngs, progress, callback) -> np.ndarray:
+        name = sampler.strip().lower()
+        opts = {"clip_denoised": True} if name in ("ddpm", "ddim") else {}
+        return get_sampler(name)(fn, x_T, schedule, steps, rng=rngs, progress=progress,
+                                 callback=callback, variance_type="learned_range", **opts)
 
     def run_super_res(self, low_res, tokens, mask, *, seed: int, steps: int = gd.SR_STEPS,
                       progress: bool = True, callback=None) -> np.ndarray:
+        """The SR stage: DDIM (eta 0) over ``"fast27"`` of the linear schedule from noise x
+        0.997, conditioned on the 8-bit quantised low-res images (in the compute dtype)."""
+        gd.check_super_res_steps(steps)
         n = low_res.shape[0]
         size = int(self.sr_cfg["image_size"])
-        coeffs = gd.sr_schedule(steps, self.coeff_dtype)
         rngs = gd.make_rngs(seed, n, stream=1)
         x_T = gd.sr_noise(rngs, (3, size, size))
-        lr = Tensor(gd.quantize_low_res(low_res))
+        lr = Tensor(gd.quantize_low_res(low_res, self.quantize_dtype))
         tok, msk = Tensor(tokens), Tensor(mask)
 
         def fn(x, t):
             return self._sr_step(Tensor(np.ascontiguousarray(x, np.float32)),
                                  Tensor(np.asarray(t, np.float32)), lr, tok, msk).asnumpy()
-        return gd.sample_super_res(fn, x_T, coeffs, progress=progress, callback=callback,
-                                   desc=f"GLIDE super-res {size}px")
+        return self._sample("ddim", fn, x_T, self.schedule("sr"), gd.SR_RESPACING, rngs,
+                            progress, callback)
 
     def run_srgan(self, x, progress: bool = True) -> np.ndarray:
         """One image at a time (a 1024 px batch would need several GB)."""
@@ -307,52 +361,35 @@ class GlidePipeline:
                                .asnumpy() for i in it])
 
     # ---------------------------------------------------------------- call
-    def __call__(self, prompt: str | Sequence[str], *, num_images_per_prompt: int | None = None,
+    def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str | None = None,
+                 num_images_per_prompt: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = None,
-                 num_inference_steps: int | None = None, super_res_steps: int | None = None,
+                 height: int | None = None, width: int | None = None, sampler: str | None = None,
+                 callback: Callable | None = None, super_res_steps: int | None = None,
                  stages: int | None = None, uncond: str | None = None,
                  output_type: str = "uint8", progress: bool = True,
-                 on_stage: Callable | None = None) -> dict:
-        """Generate ``num_images_per_prompt`` images for each prompt.
+                 on_stage: Callable | None = None) -> DiffusionOutput:
+        """Generate ``num_images_per_prompt`` images for each prompt, through the stages up to
+        ``stages`` (64, 256 or 1024).
 
-        Returns ``{stage: images}`` for every stage run (64, then 256, then 1024), in order;
-        images are (N,H,W,3) uint8 (``output_type="uint8"``) or (N,3,H,W) float32 in [-1, 1]
-        (``"np"``). Image ``j`` (prompt-major) uses seed ``seed + j``. ``on_stage(stage,
-        images)`` is called as each stage finishes (with the ``output_type`` images), so a
-        caller can write them before the next, slower stage runs."""
-        s = self.cfg.sampling
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("nothing to generate: pass a prompt")
-        for p in prompts:
-            self.check_prompt(p)
-        per = self._positive_int(int(s.pics_generated) if num_images_per_prompt is None
-                                 else num_images_per_prompt, "num_images_per_prompt")
-        steps = self._positive_int(int(s.denoise_steps) if num_inference_steps is None
-                                   else num_inference_steps, "num_inference_steps (denoise steps)")
-        sr_steps = int(s.super_res_step) if super_res_steps is None else super_res_steps
-        scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
-                or not np.isfinite(scale):
-            raise ValueError(f"guidance scale must be a finite number (5 is the default), "
-                             f"got {guidance_scale!r}")
-        seed = int(s.seed) if seed is None else seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        top = _normalize_stages(int(s.stages) if stages is None else stages)
-        top = min(top, self.max_stage) if stages is None else top
-        if top > self.max_stage:
-            raise ValueError(f"stage {top} was requested but this pipeline was built up to stage "
-                             f"{self.max_stage} (from_pretrained(stages=...))")
-        uncond = str(s.uncond) if uncond is None else uncond
-        if uncond not in gd.UNCOND_MODES:
-            raise ValueError(f"uncond must be 'random' (random tokens, as Taichu-GLIDE) or "
-                             f"'empty' (the empty prompt, as OpenAI), got {uncond!r}")
-        if output_type not in ("uint8", "np"):
-            raise ValueError(f"output_type must be 'uint8' or 'np', got {output_type!r}")
-        if top >= 256:
-            gd.check_super_res_steps(sr_steps)
-        all_prompts = [p for p in prompts for _ in range(per)]
+        Returns a :class:`~mind_diffusion.utils.output.DiffusionOutput` keyed by stage (64,
+        then 256, then 1024); images are (N,H,W,3) uint8 (``output_type="uint8"``) or
+        (N,3,H,W) float32 in [-1, 1] (``"np"``). Image ``j`` (prompt-major) uses seed
+        ``seed + j``. ``sampler`` and ``callback(step_index, t, x, pred_x0)`` apply to the base
+        stage; ``negative_prompt`` replaces the unconditional text (``uncond``).
+        ``on_stage(stage, images)`` is called as each stage finishes, so a caller can write
+        them before the next, slower stage runs."""
+        a = self.check_inputs(self.cfg, prompt, max_stage=self.max_stage,
+                              negative_prompt=negative_prompt,
+                              num_images_per_prompt=num_images_per_prompt,
+                              num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, seed=seed, height=height,
+                              width=width, sampler=sampler, callback=callback,
+                              super_res_steps=super_res_steps, stages=stages, uncond=uncond,
+                              output_type=output_type)
+        per = a["num_images_per_prompt"]
+        all_prompts = [p for p in a["prompts"] for _ in range(per)]
+        results: dict = {}
 
         def emit(stage, x):
             check_finite(x, f"the {stage} px images")
@@ -361,30 +398,38 @@ class GlidePipeline:
             if on_stage is not None:
                 on_stage(stage, img)
 
-        results: dict = {}
-        tokens, mask = self.tokenize(all_prompts, int(self.base_cfg["text_ctx"]))
-        x = self.run_base(tokens, mask, seed=int(seed), steps=steps, scale=float(scale),
-                          uncond=uncond, progress=progress)
+        ctx = int(self.base_cfg["text_ctx"])
+        tokens, mask = self.tokenize(all_prompts, ctx)
+        negative = (self.tokenize([a["negative_prompt"]] * len(all_prompts), ctx)
+                    if a["negative_prompt"] else None)
+        x = self.run_base(tokens, mask, seed=a["seed"], steps=a["num_inference_steps"],
+                          scale=a["guidance_scale"], uncond=a["uncond"], sampler=a["sampler"],
+                          negative=negative, progress=progress, callback=a["callback"])
         emit(64, x)
-        if top >= 256:
+        if a["stages"] >= 256:
             sr_ctx = int(self.sr_cfg["text_ctx"])
             if sr_ctx != tokens.shape[1]:
                 tokens, mask = self.tokenize(all_prompts, sr_ctx)
-            x = self.run_super_res(x, tokens, mask, seed=int(seed), steps=sr_steps,
+            x = self.run_super_res(x, tokens, mask, seed=a["seed"], steps=a["super_res_steps"],
                                    progress=progress)
             emit(256, x)
-        if top >= 1024:
+        if a["stages"] >= 1024:
             x = self.run_srgan(x, progress=progress)
             emit(1024, x)
-        return results
+        settings = {k: v for k, v in a.items() if k not in ("prompts", "callback", "output_type")}
+        return DiffusionOutput(results, prompts=all_prompts,
+                               seeds=[a["seed"] + j for j in range(len(all_prompts))],
+                               settings=settings)
 
     def settings(self, *, prompt: str, seed: int, stage: int, num_inference_steps: int,
                  super_res_steps: int, guidance_scale: float, uncond: str,
-                 size: int | None = None) -> dict:
+                 size: int | None = None, sampler: str = "ddpm",
+                 negative_prompt: str = "") -> dict:
         """What a PNG's metadata records: the prompt, every setting, checkpoint hashes."""
         hashes = self.checkpoint_hashes()
-        out = {"prompt": prompt, "model": str(self.cfg.model.family), "stage": stage,
-               "size": f"{size}x{size}" if size else None, "seed": seed,
+        out = {"prompt": prompt, "negative_prompt": negative_prompt,
+               "model": str(self.cfg.model.family), "stage": stage,
+               "size": f"{size}x{size}" if size else None, "seed": seed, "sampler": sampler,
                "denoise_steps": num_inference_steps, "guidance_scale": guidance_scale,
                "uncond": uncond, "coeff_dtype": self.coeff_dtype,
                "tokenizer": Path(getattr(self.tokenizer, "model_path", None)

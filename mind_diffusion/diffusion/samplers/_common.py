@@ -55,18 +55,32 @@ def check_x(x_T, name: str) -> np.ndarray:
     return x.astype(np.float64)
 
 
-def check_rng(rng, name: str, why: str) -> np.random.Generator:
+def check_rng(rng, name: str, why: str, batch: Optional[int] = None):
+    """A numpy Generator, or (with ``batch``) a list of ``batch`` Generators, one per image, so
+    that image ``k`` of a batch can be regenerated alone from its own seed."""
     if rng is None:
         raise ValueError(
             f"{name} is stochastic ({why}) and needs rng=np.random.default_rng(seed) "
-            "for its noise"
+            "(or one Generator per image) for its noise"
         )
+    if isinstance(rng, (list, tuple)) and batch is not None:
+        if len(rng) != batch or not all(isinstance(r, np.random.Generator) for r in rng):
+            raise ValueError(f"{name}: rng as a list needs {batch} numpy Generators (one per "
+                             f"image), got {len(rng)} item(s)")
+        return list(rng)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(
-            f"{name}: rng must be a numpy Generator (np.random.default_rng(seed)), "
-            f"got {type(rng)!r}"
+            f"{name}: rng must be a numpy Generator (np.random.default_rng(seed)) or a list "
+            f"of one per image, got {type(rng)!r}"
         )
     return rng
+
+
+def standard_normal(rng, shape) -> np.ndarray:
+    """N(0, I) noise of ``shape`` from one Generator, or image by image from a list of them."""
+    if isinstance(rng, list):
+        return np.stack([r.standard_normal(shape[1:]) for r in rng])
+    return rng.standard_normal(shape)
 
 
 def check_nonneg(value, label: str, name: str) -> float:
@@ -104,6 +118,10 @@ def call_model(model_fn: Callable, x: np.ndarray, t_model: np.ndarray, name: str
     caller splits it); otherwise its shape must equal ``x``'s.
     """
     out = np.asarray(model_fn(x.astype(np.float32), t_model), dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError(
+            f"{name}: the model output holds NaN/Inf at timestep {np.asarray(t_model).ravel()[0]}; "
+            "on fp16 devices try --precision fp32")
     if variance_type == "learned_range":
         split_learned_variance(out, x.shape)  # validates the channel count
     elif out.shape != x.shape:

@@ -6,11 +6,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..gaussian import x0_to_eps_ab
+from ..gaussian import p_mean_variance
 from ..schedule import DiffusionSchedule, RespacingSpec, space_timesteps
-from ._common import (Callback, check_callback, check_model_options, check_nonneg, check_rng,
-                      check_schedule, check_spec, check_step_count, check_x, emit, predict_x0_eps,
-                      step_iter)
+from ._common import (Callback, call_model, check_callback, check_model_options, check_nonneg,
+                      check_rng, check_schedule, check_spec, check_step_count, check_x, emit,
+                      standard_normal, step_iter)
 
 __all__ = ["sample_ddim", "ddim_timesteps"]
 
@@ -37,26 +37,30 @@ def ddim_timesteps(num_timesteps: int, num_steps: RespacingSpec) -> list:
 
 
 def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
-                num_steps: RespacingSpec = 50, *, rng: Optional[np.random.Generator] = None,
+                num_steps: RespacingSpec = 50, *, rng=None,
                 progress: bool = True, callback: Optional[Callback] = None,
                 prediction_type: str = "epsilon", eta: float = 0.0,
                 clip_denoised: bool = False, temperature: float = 1.0,
                 variance_type: str = "fixed_small") -> np.ndarray:
-    """DDIM sampling over the timesteps of :func:`ddim_timesteps`.
+    """DDIM sampling over the timesteps of :func:`ddim_timesteps` (guided-diffusion's
+    ``ddim_sample``, which GLIDE's super-resolution stage runs with ``eta = 0``).
 
-    Each step computes ``x0`` and ``eps`` from the model (``eps`` recomputed from the clipped
-    ``x0`` when ``clip_denoised``), then::
+    The visited timesteps form a respaced chain; at its step ``k`` the model output gives
+    ``x0`` and ``eps`` through the chain's tables (:func:`~mind_diffusion.diffusion.gaussian.
+    p_mean_variance`: ``eps`` re-derived from the clipped ``x0`` when ``clip_denoised``), then::
 
         sigma = eta * sqrt((1 - abar_prev) / (1 - abar)) * sqrt(1 - abar / abar_prev)
         x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + temperature*sigma*z
 
     with ``abar_prev = 1`` after the last visited timestep, so the result is the final ``x0``
     prediction. ``eta=0`` is deterministic (``rng`` is never used); ``eta=1`` matches the
-    DDPM posterior variance of the respaced chain.
+    DDPM posterior variance of the respaced chain. A schedule built with a reduced
+    ``coeff_dtype`` supplies the original's rounded tables.
 
     Args:
         model_fn, x_T, schedule, rng, progress, callback, prediction_type: as in
-            :func:`~mind_diffusion.diffusion.samplers.sample_ddpm`.
+            :func:`~mind_diffusion.diffusion.samplers.sample_ddpm` (``rng`` may be a list of
+            one Generator per image).
         num_steps: an int or a respacing spec (see :func:`ddim_timesteps`).
         eta: stochasticity in ``[0, inf)``; ``rng`` is required when ``eta * temperature > 0``.
         clip_denoised: clip the predicted x0 to ``[-1, 1]``.
@@ -72,26 +76,27 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     eta = check_nonneg(eta, "eta", NAME)
     temperature = check_nonneg(temperature, "temperature", NAME)
     stochastic = eta * temperature > 0.0
-    if stochastic:
-        rng = check_rng(rng, f"sampler {NAME!r} with eta={eta}", "eta > 0 adds noise")
-    steps = ddim_timesteps(schedule.num_timesteps, num_steps)
-    abar_all = np.asarray(schedule.alphas_cumprod)
+    chain = schedule.respace(ddim_timesteps(schedule.num_timesteps, num_steps))
     x = check_x(x_T, NAME)
     batch = x.shape[0]
-    n = len(steps)
+    if stochastic:
+        rng = check_rng(rng, f"sampler {NAME!r} with eta={eta}", "eta > 0 adds noise", batch)
+    n = chain.num_timesteps
     for i in step_iter(n, NAME, progress):
         k = n - 1 - i
-        t_orig = steps[k]
-        abar = float(abar_all[t_orig])
-        abar_prev = float(abar_all[steps[k - 1]]) if k > 0 else 1.0
-        x0, eps = predict_x0_eps(model_fn, x, np.full((batch,), t_orig, dtype=np.int64), abar,
-                                 prediction_type, variance_type, NAME)
-        if clip_denoised:
-            x0 = np.clip(x0, -1.0, 1.0)
-            eps = x0_to_eps_ab(abar, x, x0)
-        sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
+        t_orig = int(chain.timestep_map[k])
+        out = call_model(model_fn, x, np.full((batch,), t_orig, dtype=np.int64), NAME,
+                         variance_type)
+        pmv = p_mean_variance(chain, out, x, np.full((batch,), k, dtype=np.int64),
+                              prediction_type=prediction_type, variance_type=variance_type,
+                              clip_denoised=clip_denoised)
+        x0, eps = pmv["pred_x0"], pmv["eps"]
+        abar = float(chain.alphas_cumprod[k])
+        abar_prev = float(chain.alphas_cumprod_prev[k])
+        sigma = 0.0 if eta == 0.0 else \
+            eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar)) * np.sqrt(1.0 - abar / abar_prev)
         x = np.sqrt(abar_prev) * x0 + np.sqrt(max(1.0 - abar_prev - sigma ** 2, 0.0)) * eps
         if stochastic and k > 0:
-            x = x + (temperature * sigma) * rng.standard_normal(x.shape)
+            x = x + (temperature * sigma) * standard_normal(rng, x.shape)
         emit(callback, i, t_orig, x, x0)
     return x.astype(np.float32)

@@ -10,7 +10,7 @@ from ..gaussian import p_mean_variance
 from ..schedule import DiffusionSchedule, RespacingSpec
 from ._common import (Callback, call_model, check_callback, check_model_options, check_nonneg,
                       check_rng, check_schedule, check_spec, check_step_count, check_x, emit,
-                      step_iter)
+                      standard_normal, step_iter)
 
 __all__ = ["sample_ddpm", "ddpm_schedule"]
 
@@ -44,7 +44,8 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
         num_steps: an int ``N`` (``N`` evenly spaced timesteps) or a respacing spec such as
             ``"fast27"`` (see :func:`ddpm_schedule`). The variances come from the respaced
             chain, as in improved DDPM.
-        rng: ``np.random.Generator`` for the ancestral noise (required unless temperature=0).
+        rng: ``np.random.Generator`` for the ancestral noise (required unless temperature=0),
+            or a list of one Generator per image (each image's noise from its own).
         progress: show a tqdm bar. callback: ``callback(step_index, t, x, pred_x0)`` after each
             step, with ``t`` the original timestep the model was evaluated at.
         prediction_type: ``'epsilon'``, ``'v'`` or ``'sample'``.
@@ -62,11 +63,11 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     check_model_options(prediction_type, variance_type)
     check_callback(callback, NAME)
     temperature = check_nonneg(temperature, "temperature", NAME)
-    if temperature > 0.0:
-        rng = check_rng(rng, f"sampler {NAME!r}", "ancestral noise at every step")
     sched = ddpm_schedule(schedule, num_steps)
     x = check_x(x_T, NAME)
     batch = x.shape[0]
+    if temperature > 0.0:
+        rng = check_rng(rng, f"sampler {NAME!r}", "ancestral noise at every step", batch)
     n = sched.num_timesteps
     for i in step_iter(n, NAME, progress):
         k = n - 1 - i
@@ -77,7 +78,7 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
                               prediction_type=prediction_type, variance_type=variance_type,
                               clip_denoised=clip_denoised)
         if k > 0 and temperature > 0.0:
-            noise = rng.standard_normal(x.shape)
+            noise = standard_normal(rng, x.shape)
             x = pmv["mean"] + np.exp(0.5 * pmv["log_variance"]) * (temperature * noise)
         else:
             x = np.asarray(pmv["mean"], dtype=np.float64)
