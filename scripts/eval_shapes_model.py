@@ -30,7 +30,7 @@ def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progres
     rows, images = [], []
     for s in range(0, len(prompts), batch):
         # the pipeline gives image k of a call the seed seed + k
-        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress)
+        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress).images
         for k, (p, img) in enumerate(zip(prompts[s:s + batch], imgs)):
             r = score(img, p)
             rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS}})
@@ -136,7 +136,7 @@ def main(argv=None):
             prompts = eval_prompts(split, n)
 
             def run(ps, seed, progress, _kw=kw):
-                return pipe(ps, seed=seed, progress=False, **_kw)
+                return pipe(ps, seed=seed, progress=False, **_kw).images
 
             rows, images = evaluate(run, prompts, args.per_prompt, args.seed)
             for r in rows:

@@ -40,7 +40,7 @@ def main(argv=None):
         init_runtime("CPU", "graph", seed=args.seed)
         pipe = DDPMPipeline.from_pretrained(out)
         labels = np.repeat(np.arange(pipe.num_classes), args.per_class)
-        images = pipe(labels, seed=args.seed, batch_size=len(labels))
+        images = pipe(labels, seed=args.seed, batch_size=len(labels)).images
         big = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 2x nearest for viewing
         save_png(out / "samples.png", make_grid(big, args.per_class), pipe.settings(seed=args.seed))
         print(f"packaged {run} -> {out}")

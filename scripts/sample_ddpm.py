@@ -55,8 +55,9 @@ def main(argv=None):
         classes = parse_classes(args.classes, pipe.num_classes or 0) if pipe.num_classes else None
         labels = np.repeat(classes, args.num_per_class) if classes is not None else None
         opts = {"eta": args.eta} if args.eta is not None else {}
-        images = pipe(labels, num_images=args.num_per_class, num_inference_steps=args.steps, sampler=args.sampler,
-                      seed=args.seed, batch_size=args.batch_size, **opts)
+        images = pipe(classes, num_images_per_prompt=args.num_per_class,
+                      num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed,
+                      batch_size=args.batch_size, **opts).images
         settings = pipe.settings(args.sampler, args.steps, args.seed)
         names = (out / "classes.txt")
         written = 0

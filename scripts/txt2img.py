@@ -182,7 +182,7 @@ def main(argv=None):
                 images = pipe(prompt, negative_prompt=args.negative_prompt, num_images=n_samples,
                               height=H, width=W, num_inference_steps=steps,
                               guidance_scale=scale, sampler=sampler, seed=seed,
-                              **({"eta": args.ddim_eta} if sampler == "ddim" else {}))
+                              **({"eta": args.ddim_eta} if sampler == "ddim" else {})).images
                 print(f"the infer time of a batch is {time.time() - t0:.2f} s")
                 settings = pipe.settings(prompt=prompt, negative_prompt=args.negative_prompt,
                                          sampler=sampler, steps=steps, scale=scale,

@@ -163,7 +163,7 @@ def test_english_prompt_through_the_pipeline(sd_tiny, shared_dir):
     with torch.no_grad():
         ref = sd_tiny["text"](torch.from_numpy(ids.astype(np.int64))).last_hidden_state.numpy()
     np.testing.assert_allclose(pipe.encode_text(["a photo of a cat"]), ref, atol=1e-4)
-    images = pipe("a photo of a cat", num_images=1, num_inference_steps=2, progress=False)
+    images = pipe("a photo of a cat", num_images=1, num_inference_steps=2, progress=False).images
     assert images.shape == (1, 64, 64, 3) and images.dtype == np.uint8 and images.std() > 0
 
 

@@ -51,7 +51,7 @@ def pipe():
 def _accuracy(pipe, clf, sampler, steps, per_class, seed):
     labels = np.repeat(np.arange(10), per_class)
     images = pipe(labels, num_inference_steps=steps, sampler=sampler, seed=seed, batch_size=len(labels),
-                  progress=False)
+                  progress=False).images
     assert images.shape == (len(labels), 16, 16, 1) and images.dtype == np.uint8
     pred = clf.predict(_to_features(images))
     per = {c: float((pred[labels == c] == c).mean()) for c in range(10)}
@@ -65,9 +65,9 @@ def test_digits_ddim50_recognised(pipe, digit_classifier):
 
 
 def test_digits_sampling_is_reproducible(pipe):
-    a = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=5, progress=False)
-    b = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=5, progress=False)
-    c = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=6, progress=False)
+    a = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=5, progress=False).images
+    b = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=5, progress=False).images
+    c = pipe([3, 7], num_inference_steps=10, sampler="ddim", seed=6, progress=False).images
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 

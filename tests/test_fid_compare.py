@@ -264,11 +264,12 @@ generators:
     assert row.status == "ok" and row.n_gen == 3 and row.sampler == "dpm_solver" and row.steps.startswith("2 ")
     got = np.stack([np.asarray(Image.open(f)) for f in sorted((tmp_path / "run" / "generated" / "tiny").glob("*.png"))])
     pipe = LDMPipeline.from_pretrained(cfg_path, ckpt, vocab=tmp_path / "tiny" / "vocab_zh.txt")
-    chunks = [pipe("马", num_images=n, num_inference_steps=2, seed=3 + k, progress=False) for k, n in ((0, 2), (2, 1))]
+    chunks = [pipe("马", num_images=n, num_inference_steps=2, seed=3 + k, progress=False).images
+              for k, n in ((0, 2), (2, 1))]
     np.testing.assert_array_equal(got, np.concatenate(chunks))
     # one call with all images: the same up to batch-size-dependent float rounding (truncation may
     # flip a grey level on a few pixels)
-    one = pipe("马", num_images=3, num_inference_steps=2, seed=3, progress=False)
+    one = pipe("马", num_images=3, num_inference_steps=2, seed=3, progress=False).images
     diff = np.abs(got.astype(int) - one)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     cfg = FC.load_compare_config(_write_cfg(tmp_path, text.replace("reference: r}", "reference: auto}"), "auto.yaml"))
@@ -437,7 +438,7 @@ def test_quick_config_end_to_end(tmp_path, capsys, pynative_after):
     gen_dir, ref_dir = Path(d["generated_path"]), Path(d["reference_path"])
     gen = np.stack([np.asarray(Image.open(f)) for f in sorted(gen_dir.glob("*.png"))])
     pipe = DDPMPipeline.from_pretrained(ROOT / "models" / "ddpm_digits16")
-    want = pipe([7] * 16, num_inference_steps=50, sampler="ddim", seed=0, batch_size=16, progress=False)
+    want = pipe([7] * 16, num_inference_steps=50, sampler="ddim", seed=0, batch_size=16, progress=False).images
     np.testing.assert_array_equal(gen, want[..., 0])
     ref = np.stack([np.asarray(Image.open(f)) for f in sorted(ref_dir.glob("*.png"))])
     np.testing.assert_array_equal(ref, digits_reference(7, 16)[:16, ..., 0])

@@ -55,7 +55,7 @@ def test_graph_and_pynative_give_the_same_image(tiny_dir, sampler):
         ms.set_context(mode=mode)
         pipe = make_pipe(tiny_dir)
         outs[mode] = pipe("狗 绘画 写实风格", num_images=1, num_inference_steps=3, sampler=sampler,
-                          seed=7, progress=False, output_type="np")
+                          seed=7, progress=False, output_type="np").images
     ms.set_context(mode=ms.PYNATIVE_MODE)
     np.testing.assert_allclose(outs[ms.GRAPH_MODE], outs[ms.PYNATIVE_MODE], atol=1e-4)
     assert outs[ms.GRAPH_MODE].shape == (1, 3, 64, 64)
@@ -64,14 +64,14 @@ def test_graph_and_pynative_give_the_same_image(tiny_dir, sampler):
 def test_seeds_per_image_and_negative_prompt(tiny_dir):
     pipe = make_pipe(tiny_dir)
     kw = dict(num_inference_steps=2, sampler="ddim", progress=False, output_type="latent")
-    both = pipe("猫 插画风格", num_images=2, seed=10, **kw)
-    second = pipe("猫 插画风格", num_images=1, seed=11, **kw)
+    both = pipe("猫 插画风格", num_images=2, seed=10, **kw).images
+    second = pipe("猫 插画风格", num_images=1, seed=11, **kw).images
     # image k uses seed + k (batch 2 vs batch 1 differ only by float summation order)
     np.testing.assert_allclose(both[1:], second, atol=1e-3, rtol=1e-3)
     assert np.abs(both[0] - both[1]).max() > 1e-3
-    neg = pipe("猫 插画风格", num_images=1, seed=11, negative_prompt="模糊", **kw)
+    neg = pipe("猫 插画风格", num_images=1, seed=11, negative_prompt="模糊", **kw).images
     assert np.abs(neg - second).max() > 1e-4
-    again = pipe("猫 插画风格", num_images=1, seed=11, negative_prompt="模糊", **kw)
+    again = pipe("猫 插画风格", num_images=1, seed=11, negative_prompt="模糊", **kw).images
     np.testing.assert_array_equal(neg, again)
 
 

@@ -366,7 +366,7 @@ def test_export_loads_in_pipeline_and_generates(run):
     loaded = _params(pipe.model)
     for n, v in run["trainer"].model.parameters_and_names():
         np.testing.assert_array_equal(loaded[v.name], v.asnumpy())
-    img = pipe("红色 圆形 在 蓝色 背景", num_images=1, num_inference_steps=2, seed=0, progress=False)
+    img = pipe("红色 圆形 在 蓝色 背景", num_images=1, num_inference_steps=2, seed=0, progress=False).images
     # model.yaml samples at the training size (a multiple of the model's size factor, 16 here)
     assert img.shape == (1, 32, 32, 3) and img.dtype == np.uint8 and img.std() > 0
 

@@ -75,7 +75,7 @@ def test_from_nothing_to_a_packaged_model(first):
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     pipe = LDMPipeline.from_pretrained(model / "config.yaml", model / "model.ckpt")
-    img = pipe(["一个红色的圆形在左边"], seed=0, num_inference_steps=2, progress=False)
+    img = pipe(["一个红色的圆形在左边"], seed=0, num_inference_steps=2, progress=False).images
     assert img.shape == (1, 64, 64, 3)
 
 

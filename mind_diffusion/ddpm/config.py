@@ -2,6 +2,8 @@
 CIFAR-10 values)."""
 from __future__ import annotations
 
+from ..config import sampling_defaults
+
 
 def ddpm_unet_defaults() -> dict:
     """The CIFAR-10 model of abarankab/DDPM (script_utils.diffusion_defaults)."""
@@ -32,5 +34,10 @@ def ddpm_config_defaults() -> dict:
             "ema_decay": 0.9999, "ema_start": 2000, "ema_every": 1, "log_every": 100, "ckpt_every": 1000,
             "keep_checkpoints": 3, "seed": 0, "output_dir": "runs/ddpm",
         },
-        "sample": {"sampler": "ddpm", "num_steps": 1000, "variance": "fixed_large", "clip_denoised": False},
+        # the one sampling vocabulary (older configs' "sample: {num_steps}" is read as this);
+        # height / width / guidance / negative prompt are fixed for DDPM (None: the model's)
+        "sampling": sampling_defaults(
+            sampler="ddpm", num_inference_steps=1000, guidance_scale=None, height=None,
+            width=None, num_images_per_prompt=1, seed=0, negative_prompt=None,
+            variance="fixed_large", clip_denoised=False),
     }

@@ -1,7 +1,7 @@
 """DDPM sampling pipeline: class labels -> images, with any core sampler.
 
     pipe = DDPMPipeline.from_pretrained("models/ddpm_digits16")
-    images = pipe(class_labels=[3, 3, 7], num_inference_steps=1000, sampler="ddpm", seed=0)
+    images = pipe([3, 3, 7], num_inference_steps=1000, sampler="ddpm", seed=0).images
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..diffusion.samplers import get_sampler
 from ..nn.layers import apply_compute_dtype
 from ..diffusion.schedule import DiffusionSchedule, schedule_from_config
 from ..utils.images import to_uint8
+from ..utils.output import DiffusionOutput
 from .config import ddpm_config_defaults
 from .unet import build_ddpm_unet
 
@@ -83,55 +84,125 @@ class DDPMPipeline:
         return fn
 
     def check_labels(self, class_labels: Sequence[int] | None) -> np.ndarray | None:
-        if self.num_classes is None:
+        return self.resolve_labels(self.cfg, class_labels)
+
+    @staticmethod
+    def resolve_labels(cfg, class_labels) -> np.ndarray | None:
+        num_classes = cfg.model.num_classes
+        if num_classes is None:
             if class_labels is not None:
                 raise ValueError("this DDPM model is unconditional: do not pass class labels")
             return None
+        if class_labels is None:
+            raise ValueError(f"this DDPM model is class-conditional: pass class labels "
+                             f"(0..{num_classes - 1})")
+        if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, bool):
+            class_labels = [class_labels]
         labels = np.asarray(list(class_labels), dtype=np.int64)
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if labels.size == 0:
+            raise ValueError("nothing to sample: pass at least one class label")
+        bad = labels[(labels < 0) | (labels >= num_classes)]
         if bad.size:
-            raise ValueError(f"unknown class id {int(bad[0])}: this model has classes 0..{self.num_classes - 1}")
+            raise ValueError(f"unknown class id {int(bad[0])}: this model has classes 0..{num_classes - 1}")
         return labels
 
-    def __call__(self, class_labels: Sequence[int] | None = None, num_images: int | None = None,
-                 num_inference_steps: int | str | None = None, sampler: str | None = None, seed: int = 0,
-                 batch_size: int = 64, progress: bool = True, callback=None, output_type: str = "uint8",
-                 **sampler_options):
-        """Generate one image per class label (or ``num_images`` for unconditional models).
-
-        Returns (N,H,W,C) uint8 (``output_type="uint8"``) or (N,C,H,W) floats in [-1,1] ("np").
-        Sampler defaults come from the model config (``sample:`` section).
-        """
-        s = self.cfg.sample
-        sampler = sampler or s.sampler
-        steps = num_inference_steps if num_inference_steps is not None else s.num_steps
-        labels = self.check_labels(class_labels)
-        n = len(labels) if labels is not None else int(num_images or 1)
-        if n < 1:
-            raise ValueError("nothing to sample: pass at least one class label / num_images >= 1")
-        if batch_size < 1:
+    @classmethod
+    def check_inputs(cls, cfg, class_labels=None, *, num_images_per_prompt=None,
+                     num_inference_steps=None, sampler=None, seed=None, height=None, width=None,
+                     guidance_scale=None, negative_prompt=None, callback=None, batch_size=64,
+                     output_type="uint8") -> dict:
+        """Every input checked, every default resolved from the config's ``sampling:`` section
+        (the one place they are). The class labels play the prompt's part: image ``j`` of
+        label ``i`` is the ``i * num_images_per_prompt + j``-th of the batch. DDPM has no text
+        and no classifier-free guidance: ``negative_prompt`` and a ``guidance_scale`` other than
+        1 are refused."""
+        s = cfg.sampling
+        labels = cls.resolve_labels(cfg, class_labels)
+        per = 1 if num_images_per_prompt is None else num_images_per_prompt
+        if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {per!r}")
+        if negative_prompt:
+            raise ValueError("DDPM is conditioned on class labels, not text: it has no negative prompt")
+        if guidance_scale is not None and guidance_scale != 1:
+            raise ValueError("this DDPM model has no classifier-free guidance: leave guidance_scale unset")
+        size = int(cfg.model.image_size)
+        for name, v in (("height", height), ("width", width)):
+            if v is not None and v != size:
+                raise ValueError(f"{name} {v!r}: this DDPM model makes {size}x{size} images")
+        sampler = str(s.sampler) if sampler is None else sampler
+        get_sampler(sampler)  # a clear error for an unknown name
+        steps = s.num_inference_steps if num_inference_steps is None else num_inference_steps
+        if isinstance(steps, bool) or (isinstance(steps, (int, np.integer)) and steps < 1):
+            raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
+        seed = 0 if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if callback is not None and not callable(callback):
+            raise ValueError("callback must be callable(step_index, t, x, pred_x0)")
+        if output_type not in ("uint8", "np"):
+            raise ValueError(f"output_type must be 'uint8' or 'np', got {output_type!r}")
+        labels = np.repeat(labels, per) if labels is not None else None
+        n = len(labels) if labels is not None else int(per)
+        return {"labels": labels, "n": n, "num_images_per_prompt": int(per),
+                "num_inference_steps": steps, "sampler": sampler, "seed": int(seed),
+                "batch_size": int(batch_size)}
+
+    def __call__(self, class_labels: Sequence[int] | int | None = None, *,
+                 num_images_per_prompt: int | None = None,
+                 num_inference_steps: int | str | None = None, sampler: str | None = None,
+                 seed: int | None = None, height: int | None = None, width: int | None = None,
+                 guidance_scale: float | None = None, negative_prompt: str | None = None,
+                 batch_size: int = 64, progress: bool = True, callback=None,
+                 output_type: str = "uint8", num_images: int | None = None,
+                 **sampler_options) -> DiffusionOutput:
+        """``num_images_per_prompt`` images per class label (``num_images`` is the older name;
+        for an unconditional model, that many images).
+
+        Returns a :class:`~mind_diffusion.utils.output.DiffusionOutput` whose ``.images`` are
+        (N,H,W,C) uint8 (``output_type="uint8"``) or (N,C,H,W) floats in [-1,1] ("np").
+        Sampler defaults come from the model config (``sampling:`` section). The start noise of
+        the whole batch comes from one generator seeded with ``seed`` (drawn on the host).
+        """
+        if num_images is not None:
+            if num_images_per_prompt is not None:
+                raise ValueError("pass num_images_per_prompt or its older name num_images, not both")
+            num_images_per_prompt = num_images
+        a = self.check_inputs(self.cfg, class_labels, num_images_per_prompt=num_images_per_prompt,
+                              num_inference_steps=num_inference_steps, sampler=sampler, seed=seed,
+                              height=height, width=width, guidance_scale=guidance_scale,
+                              negative_prompt=negative_prompt, callback=callback,
+                              batch_size=batch_size, output_type=output_type)
+        s = self.cfg.sampling
+        labels, n, sampler = a["labels"], a["n"], a["sampler"]
         fn = get_sampler(sampler)
         opts = dict(sampler_options)
         if sampler == "ddpm":
             opts.setdefault("variance_type", s.variance)
         if sampler in ("ddpm", "ddim"):
             opts.setdefault("clip_denoised", bool(s.clip_denoised))
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(a["seed"])
         shape = (self.channels, self.image_size, self.image_size)
         x_T = rng.standard_normal((n, *shape)).astype(np.float32)  # drawn on the host: device independent
         outs = []
-        for start in range(0, n, batch_size):
-            sl = slice(start, min(start + batch_size, n))
+        for start in range(0, n, a["batch_size"]):
+            sl = slice(start, min(start + a["batch_size"], n))
             lab = labels[sl] if labels is not None else None
-            outs.append(fn(self.model_fn(lab), x_T[sl], self.schedule, steps, rng=rng, progress=progress,
-                           callback=callback, **opts))
+            outs.append(fn(self.model_fn(lab), x_T[sl], self.schedule, a["num_inference_steps"],
+                           rng=rng, progress=progress, callback=callback, **opts))
         x = np.concatenate(outs)
-        return to_uint8(x) if output_type == "uint8" else x
+        images = to_uint8(x) if output_type == "uint8" else x
+        settings = {k: a[k] for k in ("num_images_per_prompt", "num_inference_steps", "sampler",
+                                      "seed")}
+        return DiffusionOutput({self.image_size: images},
+                               prompts=list(labels) if labels is not None else [None] * n,
+                               seeds=[a["seed"]] * n, settings=settings)
 
     def settings(self, sampler=None, steps=None, seed=0) -> dict:
-        s = self.cfg.sample
+        s = self.cfg.sampling
         return {"model": "ddpm", "sampler": sampler or s.sampler,
-                "steps": steps if steps is not None else s.num_steps, "seed": seed,
+                "steps": steps if steps is not None else s.num_inference_steps, "seed": seed,
                 "size": f"{self.image_size}x{self.image_size}", "checkpoint": self.ckpt_path,
                 "checkpoint_sha256": self.ckpt_hash}

@@ -316,8 +316,8 @@ class DDPMGenerator(Generator):
             self.pipe.check_labels([int(class_label)])
         self.class_label = None if class_label is None else int(class_label)
         cfg = self.pipe.cfg
-        self.sampler_name = g.sampler or str(cfg.sample.sampler)
-        self.num_steps = int(g.steps) if g.steps is not None else int(cfg.sample.num_steps)
+        self.sampler_name = g.sampler or str(cfg.sampling.sampler)
+        self.num_steps = int(g.steps) if g.steps is not None else int(cfg.sampling.num_inference_steps)
         self.demo = demo
         self.label = g.label or f"DDPM {Path(str(model_path)).name}"
         self.condition = f"class {self.class_label}" if self.class_label is not None else "unconditional"
@@ -331,8 +331,9 @@ class DDPMGenerator(Generator):
 
     def generate(self, start, count, seed):
         labels = [self.class_label] * count if self.class_label is not None else None
-        return self.pipe(labels, num_images=count, num_inference_steps=self.num_steps, sampler=self.sampler_name,
-                         seed=seed, batch_size=count, progress=False)
+        return self.pipe(labels, num_images_per_prompt=None if labels else count,
+                         num_inference_steps=self.num_steps, sampler=self.sampler_name,
+                         seed=seed, batch_size=count, progress=False).images
 
 
 class LDMGenerator(Generator):
@@ -371,7 +372,7 @@ class LDMGenerator(Generator):
         # image k of an LDM call uses seed + k: chunk at `start` with seed + start = one long call
         return self.pipe(self.prompt, negative_prompt=self.negative_prompt, num_images=count, height=self.height,
                          width=self.width, num_inference_steps=self.num_steps, guidance_scale=self.scale,
-                         sampler=self.sampler_name, seed=seed, progress=False)
+                         sampler=self.sampler_name, seed=seed, progress=False).images
 
 
 class GlideGenerator(Generator):

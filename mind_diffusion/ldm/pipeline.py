@@ -2,7 +2,7 @@
 
     pipe = LDMPipeline.from_pretrained("configs/wukong/v1-inference-chinese.yaml",
                                        "models/wukong-huahua-ms.ckpt")
-    images = pipe("城市夜景 赛博朋克", num_images=4, seed=42)      # (4, 512, 512, 3) uint8
+    images = pipe("城市夜景 赛博朋克", num_images_per_prompt=4, seed=42).images  # (4, 512, 512, 3) uint8
 
 Flow: tokenizer -> text encoder (prompt and negative prompt, one compiled call each shape) ->
 sampler from the core (DPM-Solver++ 2M, PLMS, DDIM, DDPM) over the model's schedule, the UNet
@@ -25,11 +25,13 @@ from mindspore import Tensor, nn, ops
 
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint
 from ..config import load_config
+from ..diffusion.guidance import GuidedModel, UnguidedModel
 from ..diffusion.samplers import get_sampler
 from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..text.factory import build_tokenizer, resolve_vocab
 from ..utils.images import to_uint8
+from ..utils.output import DiffusionOutput
 from .checkpoint import load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import LatentDiffusion, build_ldm, size_multiple
@@ -39,36 +41,6 @@ SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
 
 class PromptWarning(UserWarning):
     """A prompt was truncated to the context length or holds characters outside the vocab."""
-
-
-class GuidedUNetStep(nn.Cell):
-    """eps = uncond + scale * (cond - uncond) from one UNet call on the doubled batch
-    ``[x; x]`` with context ``[uncond; cond]``; ``scale`` is an input, so changing it does not
-    recompile."""
-
-    def __init__(self, unet: nn.Cell):
-        super().__init__(auto_prefix=False)  # keep the model's parameter names
-        self.unet = unet
-
-    def construct(self, x, t, context, scale):
-        x_in = ops.concat((x, x), 0)
-        t_in = ops.concat((t, t), 0)
-        out = ops.cast(self.unet(x_in, t_in, context), ms.float32)
-        b = x.shape[0]
-        uncond = out[:b]
-        cond = out[b:]
-        return uncond + scale * (cond - uncond)
-
-
-class UNetStep(nn.Cell):
-    """Unguided step (scale exactly 1: the unconditional branch is skipped, as in the original)."""
-
-    def __init__(self, unet: nn.Cell):
-        super().__init__(auto_prefix=False)  # keep the model's parameter names
-        self.unet = unet
-
-    def construct(self, x, t, context):
-        return ops.cast(self.unet(x, t, context), ms.float32)
 
 
 class LatentDecoder(nn.Cell):
@@ -109,8 +81,9 @@ class LDMPipeline:
         self.ckpt_path = ckpt_path
         self.ckpt_hash = ckpt_hash
         self._text = TextEncode(model.cond_stage_model)
-        self._guided = GuidedUNetStep(model.model.diffusion_model)
-        self._plain = UNetStep(model.model.diffusion_model)
+        # the UNet and guidance in one graph: context [uncond; cond], the scale an input
+        self._guided = GuidedModel(model.model.diffusion_model)
+        self._plain = UnguidedModel(model.model.diffusion_model)
         self._decode = LatentDecoder(model.first_stage_model, self.scale_factor)
         for cell in (self._text, self._guided, self._plain, self._decode):
             cell.set_train(False)
@@ -208,7 +181,7 @@ class LDMPipeline:
 
         def fn(x, t):
             tt = Tensor(np.asarray(t, dtype=np.float32))
-            return self._guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx, s).asnumpy()
+            return self._guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, s, ctx).asnumpy()
         return fn
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -225,59 +198,96 @@ class LDMPipeline:
         """NaN/Inf refused; quantization per config (Wukong truncates, as the original)."""
         return to_uint8(x, quantize=str(self.cfg.sampling.quantize))
 
-    def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str = "",
-                 num_images: int = 1, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, seed: int | None = None, x_T: np.ndarray | None = None,
-                 progress: bool = True, callback=None, output_type: str = "uint8",
-                 **sampler_options):
-        """Images for ``prompt`` (one str repeated ``num_images`` times, or a list, one image
-        each). Returns (N,H,W,3) uint8, or the (N,3,H,W) float decode for ``output_type="np"``,
-        or the final latents for ``"latent"``."""
-        s = self.cfg.sampling
-        prompts = [prompt] * int(num_images) if isinstance(prompt, str) else list(prompt)
+    @classmethod
+    def check_inputs(cls, cfg, prompt, *, negative_prompt=None, num_images_per_prompt=None,
+                     height=None, width=None, num_inference_steps=None, guidance_scale=None,
+                     sampler=None, seed=None, callback=None, output_type="uint8") -> dict:
+        """Every input checked, every default resolved from the config's ``sampling:`` section
+        (the one place they are); returns the settings a call runs with. A class method, so a
+        script checks its inputs before loading the checkpoint."""
+        s = cfg.sampling
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
-            raise ValueError("nothing to generate: pass a prompt and num_images >= 1")
+            raise ValueError("nothing to generate: pass a prompt")
         for p in prompts:
-            self.check_prompt(p)
-        self.check_prompt(negative_prompt, "negative prompt")
+            cls.check_prompt(p)
+        negative = "" if negative_prompt is None else negative_prompt
+        cls.check_prompt(negative, "negative prompt")
+        per = 1 if num_images_per_prompt is None else num_images_per_prompt
+        if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {per!r}")
         height = int(s.H) if height is None else height
         width = int(s.W) if width is None else width
-        self.check_size(height, width, self.size_multiple)
+        cls.check_size(height, width, size_multiple(cfg.model))
         steps = int(s.steps) if num_inference_steps is None else num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
-        scale = float(s.scale) if guidance_scale is None else float(guidance_scale)
-        if not np.isfinite(scale) or scale < 0:
+        scale = float(s.scale) if guidance_scale is None else guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
+                or not np.isfinite(scale) or scale < 0:
             raise ValueError(f"guidance scale must be >= 0 (7.5 is typical; 1 disables guidance), "
                              f"got {guidance_scale!r}")
         sampler = str(s.sampler) if sampler is None else sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        seed = int(s.seed) if seed is None else int(seed)
-        n = len(prompts)
+        seed = int(s.seed) if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if callback is not None and not callable(callback):
+            raise ValueError("callback must be callable(step_index, t, x, pred_x0)")
+        if output_type not in ("uint8", "np", "latent"):
+            raise ValueError(f"output_type must be 'uint8', 'np' or 'latent', got {output_type!r}")
+        return {"prompts": prompts, "negative_prompt": negative, "num_images_per_prompt": int(per),
+                "height": int(height), "width": int(width), "num_inference_steps": int(steps),
+                "guidance_scale": float(scale), "sampler": sampler, "seed": int(seed)}
+
+    def __call__(self, prompt: str | Sequence[str], *, negative_prompt: str | None = None,
+                 num_images_per_prompt: int | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, sampler: str | None = None,
+                 seed: int | None = None, callback=None, x_T: np.ndarray | None = None,
+                 progress: bool = True, output_type: str = "uint8",
+                 num_images: int | None = None, **sampler_options) -> DiffusionOutput:
+        """``num_images_per_prompt`` images for each prompt (a str or a list; ``num_images`` is
+        the older name). Image ``j`` (prompt-major) starts from the noise of seed ``seed + j``.
+        Returns a :class:`~mind_diffusion.utils.output.DiffusionOutput`: ``.images`` (N,H,W,3)
+        uint8, or the (N,3,H,W) float decode for ``output_type="np"``, or the final latents for
+        ``"latent"``."""
+        if num_images is not None:
+            if num_images_per_prompt is not None:
+                raise ValueError("pass num_images_per_prompt or its older name num_images, not both")
+            num_images_per_prompt = num_images
+        a = self.check_inputs(self.cfg, prompt, negative_prompt=negative_prompt,
+                              num_images_per_prompt=num_images_per_prompt, height=height,
+                              width=width, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, sampler=sampler, seed=seed,
+                              callback=callback, output_type=output_type)
+        prompts = [p for p in a["prompts"] for _ in range(a["num_images_per_prompt"])]
+        n, h, w, scale = len(prompts), a["height"], a["width"], a["guidance_scale"]
+        shape = (n, self.latent_channels, h // self.vae_factor, w // self.vae_factor)
         if x_T is None:
-            x_T = self.initial_noise(n, height, width, seed)
-        elif x_T.shape != (n, self.latent_channels, height // self.vae_factor, width // self.vae_factor):
-            raise ValueError(f"x_T must have shape {(n, self.latent_channels, height // self.vae_factor, width // self.vae_factor)}, "
-                             f"got {x_T.shape}")
+            x_T = self.initial_noise(n, h, w, a["seed"])
+        elif x_T.shape != shape:
+            raise ValueError(f"x_T must have shape {shape}, got {x_T.shape}")
         cond = self.encode_text(prompts)
-        if scale != 1.0:
-            uncond = self.encode_text([negative_prompt] * n)
-            context = np.concatenate([uncond, cond])
-        else:
-            context = cond
-        fn = get_sampler(sampler)
+        context = cond if scale == 1.0 else \
+            np.concatenate([self.encode_text([a["negative_prompt"]] * n), cond])
         opts = dict(sampler_options)
-        if sampler in ("ddpm", "ddim"):
+        if a["sampler"] in ("ddpm", "ddim"):
             opts.setdefault("clip_denoised", False)
-        rng = np.random.default_rng(seed)
-        latents = fn(self.model_fn(context, scale), x_T, self.schedule, steps, rng=rng,
-                     progress=progress, callback=callback, **opts)
+        if a["sampler"] == "dpm_solver" and "dpm_solver_precision" in self.cfg.sampling:
+            opts.setdefault("precision", str(self.cfg.sampling.dpm_solver_precision))
+        latents = get_sampler(a["sampler"])(
+            self.model_fn(context, scale), x_T, self.schedule, a["num_inference_steps"],
+            rng=np.random.default_rng(a["seed"]), progress=progress, callback=callback, **opts)
         if output_type == "latent":
-            return latents
-        x = self.decode(latents)
-        return x if output_type == "np" else self.to_uint8(x)
+            images = latents
+        else:
+            x = self.decode(latents)
+            images = x if output_type == "np" else self.to_uint8(x)
+        settings = {k: v for k, v in a.items() if k != "prompts"}
+        return DiffusionOutput({h: images}, prompts=prompts,
+                               seeds=[a["seed"] + j for j in range(n)], settings=settings)
 
     def settings(self, *, prompt: str, negative_prompt: str, sampler: str, steps: int,
                  scale: float, seed: int, height: int, width: int) -> dict:
