@@ -124,10 +124,10 @@ def main(argv=None):
         out = check_output_dir(args.out)
         kw = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.scale),
                                 ("sampler", args.sampler)) if v is not None}
-        sp = pipe.cfg.sampling
-        settings = {"sampler": args.sampler or str(sp.sampler), "steps": args.steps or int(sp.steps),
-                    "scale": float(sp.scale) if args.scale is None else args.scale,
-                    "size": f"{int(sp.W)}x{int(sp.H)}", "per_prompt": args.per_prompt, "seed": args.seed,
+        a = LDMPipeline.check_inputs(pipe.cfg, "-", **kw)
+        settings = {"sampler": a["sampler"], "steps": a["num_inference_steps"],
+                    "scale": a["guidance_scale"], "size": f"{a['width']}x{a['height']}",
+                    "per_prompt": args.per_prompt, "seed": args.seed,
                     "checkpoint": str(ckpt), "checkpoint_sha256": pipe.ckpt_hash}
         table, all_rows = {}, []
         for split, n in (("heldout", args.n_heldout), ("train", args.n_seen)):

@@ -89,8 +89,8 @@ def main(argv=None):
         big = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 2x nearest for viewing
         sp = pipe.cfg.sampling
         settings = pipe.settings(prompt=" | ".join(SAMPLE_PROMPTS), negative_prompt="", sampler=str(sp.sampler),
-                                 steps=int(sp.steps), scale=float(sp.scale), seed=args.seed,
-                                 height=int(sp.H), width=int(sp.W))
+                                 steps=int(sp.num_inference_steps), scale=float(sp.guidance_scale),
+                                 seed=args.seed, height=int(sp.height), width=int(sp.width))
         save_png(out / "samples.png", make_grid(big, args.per_prompt), settings)
         rows = ["| row | prompt |", "|---:|---|"] + [f"| {i + 1} | {p} |" for i, p in enumerate(SAMPLE_PROMPTS)]
         (out / "samples.md").write_text(

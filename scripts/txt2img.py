@@ -83,7 +83,8 @@ def parse_args(argv=None):
                    help="the prompt, or the prompts file name inside --data_path "
                         "(default: the model's, e.g. 狗 绘画 写实风格)")
     p.add_argument("--data_path", default="", help="folder of a prompts file (one prompt per line)")
-    p.add_argument("--negative_prompt", default="", help="text for the unconditional branch (default \"\")")
+    p.add_argument("--negative_prompt", default=None,
+                   help="text for the unconditional branch (default: the config's, \"\")")
     p.add_argument("--output_path", default="output")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="model config YAML")
     p.add_argument("--ckpt_path", default=str(ROOT / "models"), help="folder of the checkpoint (default: models/)")
@@ -91,14 +92,14 @@ def parse_args(argv=None):
                    help="checkpoint file in --ckpt_path (default: the config's, wukong-huahua-ms.ckpt)")
     p.add_argument("--vocab", default=None,
                    help="tokenizer vocabulary (default: the config's file next to the checkpoint)")
-    p.add_argument("--n_samples", type=int, default=None,
+    p.add_argument("--n_samples", "--num_images_per_prompt", dest="n_samples", type=int, default=None,
                    help="images per prompt per iteration (default 8; 1 on CPU)")
     p.add_argument("--n_iter", type=int, default=None, help="iterations (default 2; 1 on CPU)")
-    p.add_argument("--H", type=int, default=None, help="image height (default: the config's, 512)")
-    p.add_argument("--W", type=int, default=None, help="image width (default: the config's, 512)")
-    p.add_argument("--scale", type=float, default=None,
+    p.add_argument("--H", "--height", dest="H", type=int, default=None, help="image height (default: the config's, 512)")
+    p.add_argument("--W", "--width", dest="W", type=int, default=None, help="image width (default: the config's, 512)")
+    p.add_argument("--scale", "--guidance_scale", dest="scale", type=float, default=None,
                    help="classifier-free guidance scale, 1 = off (default: the config's, 7.5)")
-    p.add_argument("--ddim_steps", type=int, default=None, help="sampling steps (default: the config's, 15)")
+    p.add_argument("--ddim_steps", "--num_inference_steps", dest="ddim_steps", type=int, default=None, help="sampling steps (default: the config's, 15)")
     p.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta (sampler ddim only)")
     p.add_argument("--dpm_solver", action="store_true", help="DPM-Solver++ (2M) instead of PLMS")
     p.add_argument("--sampler", default=None, choices=["dpm_solver", "plms", "ddim", "ddpm"],
@@ -132,32 +133,24 @@ def main(argv=None):
         cfg = load_config(cfg_path, args.set, ldm_config_defaults())
         if ckpt is None:
             ckpt = Path(args.ckpt_path).expanduser() / (args.ckpt_name or str(cfg.checkpoint.name))
-        smp = cfg.sampling
-        sampler = args.sampler or ("dpm_solver" if args.dpm_solver else str(smp.sampler))
+        sampler = args.sampler or ("dpm_solver" if args.dpm_solver else None)
         if args.sampler and args.dpm_solver and args.sampler != "dpm_solver":
             raise ValueError(f"--dpm_solver conflicts with --sampler {args.sampler}: pass one of them")
-        if args.ddim_eta != 0.0 and sampler != "ddim":
-            raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {sampler})")
-        H = args.H if args.H is not None else int(smp.H)
-        W = args.W if args.W is not None else int(smp.W)
-        steps = args.ddim_steps if args.ddim_steps is not None else int(smp.steps)
-        scale = args.scale if args.scale is not None else float(smp.scale)
-        base_seed = args.seed if args.seed is not None else int(smp.seed)
-        prompt_arg = args.prompt if args.prompt is not None else str(smp.default_prompt)
+        prompt_arg = args.prompt if args.prompt is not None else str(cfg.sampling.default_prompt)
         prompts = read_prompts(args.data_path, prompt_arg) if args.data_path else [prompt_arg]
-        for pr in prompts:
-            LDMPipeline.check_prompt(pr)
-        from mind_diffusion.ldm.model import size_multiple
-
-        LDMPipeline.check_size(H, W, size_multiple(cfg.model))
-        if steps < 1:
-            raise ValueError(f"--ddim_steps must be >= 1, got {steps}")
-        if not scale >= 0:
-            raise ValueError(f"--scale must be >= 0 (7.5 is typical; 1 disables guidance), got {scale}")
         for name in ("n_samples", "n_iter"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise ValueError(f"--{name} must be >= 1, got {v}")
+        # every check and default lives in the pipeline; done before the checkpoint is read
+        a = LDMPipeline.check_inputs(
+            cfg, prompts, negative_prompt=args.negative_prompt, height=args.H, width=args.W,
+            num_inference_steps=args.ddim_steps, guidance_scale=args.scale, sampler=sampler,
+            seed=args.seed, flags={"num_inference_steps": "--ddim_steps", "guidance_scale": "--scale"})
+        sampler, H, W, base_seed = a["sampler"], a["height"], a["width"], a["seed"]
+        steps, scale = a["num_inference_steps"], a["guidance_scale"]
+        if args.ddim_eta != 0.0 and sampler != "ddim":
+            raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {sampler})")
         LDMPipeline.check_checkpoint(cfg, ckpt)
         if builtin:
             warn_outside_world(prompts)
@@ -179,12 +172,12 @@ def main(argv=None):
             for it in range(n_iter):
                 seed = base_seed if args.fixed_code else base_seed + it * n_samples
                 t0 = time.time()
-                images = pipe(prompt, negative_prompt=args.negative_prompt, num_images=n_samples,
+                images = pipe(prompt, negative_prompt=a["negative_prompt"], num_images=n_samples,
                               height=H, width=W, num_inference_steps=steps,
                               guidance_scale=scale, sampler=sampler, seed=seed,
                               **({"eta": args.ddim_eta} if sampler == "ddim" else {})).images
                 print(f"the infer time of a batch is {time.time() - t0:.2f} s")
-                settings = pipe.settings(prompt=prompt, negative_prompt=args.negative_prompt,
+                settings = pipe.settings(prompt=prompt, negative_prompt=a["negative_prompt"],
                                          sampler=sampler, steps=steps, scale=scale,
                                          seed=seed, height=H, width=W)
                 if not args.skip_save:

@@ -8,6 +8,8 @@ argparse), ``vae_train_config_defaults()`` the autoencoder training schema and
 """
 from __future__ import annotations
 
+from ..config import sampling_defaults
+
 
 def text_encoder_defaults() -> dict:
     """Wukong-Huahua's text tower (its ``text_encoder.py``): CLIP ViT-L/14 text shape, LayerNorm eps
@@ -38,10 +40,14 @@ def ldm_config_defaults() -> dict:
         "checkpoint": {"name": "wukong-huahua-ms.ckpt",
                        "url": "https://download.mindspore.cn/toolkits/minddiffusion/wukong-huahua/"
                               "wukong-huahua-ms.ckpt"},
-        "sampling": {"sampler": "dpm_solver", "steps": 15, "scale": 7.5, "H": 512, "W": 512,
-                     "seed": 42, "quantize": "truncate", "default_prompt": "狗 绘画 写实风格",
-                     # "original_fp16": DPM-Solver in the Wukong original's fp16 steps
-                     "dpm_solver_precision": "fp32"},
+        # the one sampling vocabulary (the original's steps / scale / H / W are read as
+        # num_inference_steps / guidance_scale / height / width)
+        "sampling": sampling_defaults(
+            sampler="dpm_solver", num_inference_steps=15, guidance_scale=7.5, height=512,
+            width=512, num_images_per_prompt=1, seed=42, negative_prompt="",
+            quantize="truncate", default_prompt="狗 绘画 写实风格",
+            # "original_fp16": DPM-Solver in the Wukong original's fp16 steps
+            dpm_solver_precision="fp32"),
     }
 
 

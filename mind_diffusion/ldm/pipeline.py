@@ -201,31 +201,38 @@ class LDMPipeline:
     @classmethod
     def check_inputs(cls, cfg, prompt, *, negative_prompt=None, num_images_per_prompt=None,
                      height=None, width=None, num_inference_steps=None, guidance_scale=None,
-                     sampler=None, seed=None, callback=None, output_type="uint8") -> dict:
+                     sampler=None, seed=None, callback=None, output_type="uint8",
+                     flags: dict | None = None) -> dict:
         """Every input checked, every default resolved from the config's ``sampling:`` section
         (the one place they are); returns the settings a call runs with. A class method, so a
-        script checks its inputs before loading the checkpoint."""
+        script checks its inputs before loading the checkpoint; ``flags`` maps an argument to
+        the command-line flag its error should name (e.g. ``{"num_inference_steps":
+        "--ddim_steps"}``)."""
+        flags = flags or {}
         s = cfg.sampling
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("nothing to generate: pass a prompt")
         for p in prompts:
             cls.check_prompt(p)
-        negative = "" if negative_prompt is None else negative_prompt
+        negative = str(s.negative_prompt) if negative_prompt is None else negative_prompt
         cls.check_prompt(negative, "negative prompt")
-        per = 1 if num_images_per_prompt is None else num_images_per_prompt
+        per = int(s.num_images_per_prompt) if num_images_per_prompt is None else num_images_per_prompt
         if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {per!r}")
-        height = int(s.H) if height is None else height
-        width = int(s.W) if width is None else width
+        height = int(s.height) if height is None else height
+        width = int(s.width) if width is None else width
         cls.check_size(height, width, size_multiple(cfg.model))
-        steps = int(s.steps) if num_inference_steps is None else num_inference_steps
+        steps = int(s.num_inference_steps) if num_inference_steps is None else num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
-        scale = float(s.scale) if guidance_scale is None else guidance_scale
+            what = f"{flags['num_inference_steps']} must be" if "num_inference_steps" in flags \
+                else "sampling steps must be an integer"
+            raise ValueError(f"{what} >= 1, got {steps!r}")
+        scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
                 or not np.isfinite(scale) or scale < 0:
-            raise ValueError(f"guidance scale must be >= 0 (7.5 is typical; 1 disables guidance), "
+            what = flags.get("guidance_scale", "guidance scale")
+            raise ValueError(f"{what} must be >= 0 (7.5 is typical; 1 disables guidance), "
                              f"got {guidance_scale!r}")
         sampler = str(s.sampler) if sampler is None else sampler
         if sampler not in SAMPLERS:

@@ -92,7 +92,7 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
     m = cfg["model"]
     f = 2 ** (len(m["vae"]["ch_mult"]) - 1)
     sp = cfg["sampling"]
-    h, w = int(sp["H"]), int(sp["W"])
+    h, w = int(sp["height"]), int(sp["width"])
     rows = list(csv.DictReader(open(out / "metrics_ldm.csv", encoding="utf-8")))
     steps = rows[-1]["step"] if rows else "?"
     sec = median_step_seconds(rows)
@@ -121,7 +121,7 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
         f"of {te['vocab_size']} (`{cfg['tokenizer']['vocab_file']}`) |",
         f"| training | {steps} steps, {took} on the machine that trained it; logs "
         f"`metrics_*.csv`, curves `loss*.png` |",
-        f"| default sampler | {sp['sampler']} {sp['steps']} steps, guidance scale {sp['scale']} |", "",
+        f"| default sampler | {sp['sampler']} {sp['num_inference_steps']} steps, guidance scale {sp['guidance_scale']} |", "",
         "## Use", "",
         "```bash",
         'bash infer.sh "一个红色的圆形在左边"            # when models/wukong-huahua-ms.ckpt is absent',
