@@ -32,7 +32,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..nn.layers import ConvNd, GroupNorm, dense
-from ..nn.unet_blocks import build_unet_blocks, dropout_cell
+from ..nn.unet_blocks import UNetBlocksMixin, build_unet_blocks, dropout_cell
 from .config import glide_base_defaults, glide_sr_defaults, network_config
 from .text_transformer import TextConditioning, check_text_config
 
@@ -224,7 +224,7 @@ def _check_unet_config(in_channels, out_channels, model_channels, channel_mult, 
         raise ValueError(f"GLIDE UNet: model_channels must be even (timestep embedding), got {model_channels}")
 
 
-class _GlideUNet(TextConditioning, nn.Cell):
+class _GlideUNet(TextConditioning, UNetBlocksMixin, nn.Cell):
     """Shared body of the base and SR UNets; see the module docstring."""
 
     def __init__(self, *, in_channels, model_channels, out_channels, num_res_blocks,
@@ -282,16 +282,7 @@ class _GlideUNet(TextConditioning, nn.Cell):
         # compute dtype themselves
         emb = self.time_embed(ops.cast(self.time_proj(t), ms.float32))
         emb = emb + ops.cast(xf_proj, emb.dtype)
-        h = x
-        hs = []
-        for blk in self.input_blocks:
-            h = blk(h, emb, xf_out)
-            hs.append(h)
-        h = self.middle_block(h, emb, xf_out)
-        for i, blk in enumerate(self.output_blocks):
-            skip = hs[self.num_inputs - 1 - i]
-            h = ops.concat((h, ops.cast(skip, h.dtype)), axis=1)
-            h = blk(h, emb, xf_out)
+        h = self.run_blocks(x, emb, xf_out)
         return ops.cast(self.out2(self.out(h)), x.dtype)
 
     def _check_x(self, x):

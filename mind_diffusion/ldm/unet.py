@@ -32,7 +32,7 @@ from ..nn.layers import (
     conv2d,
     dense,
 )
-from ..nn.unet_blocks import build_unet_blocks, dropout_cell
+from ..nn.unet_blocks import UNetBlocksMixin, build_unet_blocks, dropout_cell
 
 GELU_MODES = ("tanh", "exact")
 
@@ -223,7 +223,7 @@ class SpatialTransformer(nn.Cell):
         return self.proj_out(y) + x
 
 
-class LDMUNet(nn.Cell):
+class LDMUNet(UNetBlocksMixin, nn.Cell):
     """``construct(x (B,C,H,W), t (B,) int or float timesteps, context (B,L,context_dim)) -> eps``.
 
     H and W must be divisible by ``2 ** (len(channel_mult) - 1)`` (8 for SD-v1)."""
@@ -271,17 +271,7 @@ class LDMUNet(nn.Cell):
         self.out = nn.SequentialCell([GroupNorm(num_groups, ch, eps=1e-5), nn.SiLU(),
                                       ConvNd(model_channels, out_channels, 3, zero_init=True)])
         self.num_inputs = len(self.input_blocks)
-        self.concat = ops.Concat(axis=1)
 
     def construct(self, x, t, context):
         emb = self.time_embed(self.time_proj(t))
-        h = x
-        hs = []
-        for blk in self.input_blocks:
-            h = blk(h, emb, context)
-            hs.append(h)
-        h = self.middle_block(h, emb, context)
-        for i, blk in enumerate(self.output_blocks):
-            h = self.concat((h, hs[self.num_inputs - 1 - i]))
-            h = blk(h, emb, context)
-        return self.out(h)
+        return self.out(self.run_blocks(x, emb, context))

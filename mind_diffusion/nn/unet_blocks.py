@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mindspore import nn
+from mindspore import nn, ops
 
 from .dropout import KeyedDropout
 from .layers import ConvNd
@@ -78,3 +78,22 @@ def build_unet_blocks(in_channels: int, model_channels: int, channel_mult, num_r
                 ds //= 2
             outputs.append(EmbedSequential(layers))
     return nn.CellList(inputs), middle, nn.CellList(outputs), ch
+
+
+class UNetBlocksMixin:
+    """For a UNet cell holding ``input_blocks``, ``middle_block``, ``output_blocks`` (from
+    :func:`build_unet_blocks`) and ``num_inputs``: :meth:`run_blocks` is their forward pass."""
+
+    def run_blocks(self, h, emb, cond):
+        """The input blocks (keeping every output for the skips), the middle block, then the
+        output blocks each over ``concat(h, skip)`` (the skip cast to h's dtype)."""
+        hs = []
+        for blk in self.input_blocks:
+            h = blk(h, emb, cond)
+            hs.append(h)
+        h = self.middle_block(h, emb, cond)
+        for i, blk in enumerate(self.output_blocks):
+            skip = hs[self.num_inputs - 1 - i]
+            h = ops.concat((h, ops.cast(skip, h.dtype)), axis=1)
+            h = blk(h, emb, cond)
+        return h
