@@ -41,6 +41,7 @@ from ..diffusion.samplers import SAMPLERS, get_sampler
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
 from ..utils.output import DiffusionOutput
+from ..utils.prompts import prompt_list
 from . import diffusion as gd
 from .config import GLIDE_URL, glide_config_defaults
 from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
@@ -239,11 +240,7 @@ class GlidePipeline:
         (the one place they are); returns the settings a call runs with. A class method, so a
         script checks its inputs against the config before loading any checkpoint."""
         s = cfg.sampling
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("nothing to generate: pass a prompt")
-        for p in prompts:
-            cls.check_prompt(p)
+        prompts = prompt_list(prompt, cls.check_prompt)
         negative = str(s.negative_prompt) if negative_prompt is None else negative_prompt
         if not isinstance(negative, str):
             raise ValueError(f"negative prompt must be text, got {type(negative).__name__}")

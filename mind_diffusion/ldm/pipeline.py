@@ -32,6 +32,7 @@ from ..nn.layers import apply_compute_dtype
 from ..text.factory import build_tokenizer, resolve_vocab
 from ..utils.images import to_uint8
 from ..utils.output import DiffusionOutput
+from ..utils.prompts import prompt_list
 from .checkpoint import load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import LatentDiffusion, build_ldm, size_multiple
@@ -210,11 +211,7 @@ class LDMPipeline:
         "--ddim_steps"}``)."""
         flags = flags or {}
         s = cfg.sampling
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("nothing to generate: pass a prompt")
-        for p in prompts:
-            cls.check_prompt(p)
+        prompts = prompt_list(prompt, cls.check_prompt)
         negative = str(s.negative_prompt) if negative_prompt is None else negative_prompt
         cls.check_prompt(negative, "negative prompt")
         per = int(s.num_images_per_prompt) if num_images_per_prompt is None else num_images_per_prompt

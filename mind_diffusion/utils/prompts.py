@@ -2,6 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
+
+
+def prompt_list(prompt: str | Sequence[str], check: Callable[[str], str]) -> list[str]:
+    """A pipeline's ``prompt`` argument as a non-empty list (one str, or a sequence of them),
+    each passed through ``check`` (the family's prompt check)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("nothing to generate: pass a prompt")
+    for p in prompts:
+        check(p)
+    return prompts
 
 
 def read_prompts_file(path: str | Path, how_to_pass: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Optional, Tuple
 import numpy as np
 
 from ..gaussian import (check_prediction_type, check_variance_type, model_output_to_x0_eps_ab,
-                        split_learned_variance)
+                        p_mean_variance, split_learned_variance)
 from ..schedule import DiffusionSchedule, check_count
 
 Callback = Callable[[int, object, np.ndarray, np.ndarray], None]
@@ -130,6 +130,20 @@ def call_model(model_fn: Callable, x: np.ndarray, t_model: np.ndarray, name: str
             "learned-variance model with 2C channels pass variance_type='learned_range'"
         )
     return out
+
+
+def chain_step(model_fn: Callable, chain, x: np.ndarray, k: int, name: str, *,
+               prediction_type: str, variance_type: str, clip_denoised: bool):
+    """One model call at step ``k`` of a respaced chain: ``(t_orig, p_mean_variance dict)``,
+    the model evaluated at the chain's original timestep and its output read through the
+    chain's tables (the step DDPM and DDIM share)."""
+    batch = x.shape[0]
+    t_orig = int(chain.timestep_map[k])
+    out = call_model(model_fn, x, np.full((batch,), t_orig, dtype=np.int64), name, variance_type)
+    pmv = p_mean_variance(chain, out, x, np.full((batch,), k, dtype=np.int64),
+                          prediction_type=prediction_type, variance_type=variance_type,
+                          clip_denoised=clip_denoised)
+    return t_orig, pmv
 
 
 def predict_x0_eps(model_fn: Callable, x: np.ndarray, t_model: np.ndarray, alpha_bar,

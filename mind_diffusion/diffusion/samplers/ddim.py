@@ -6,9 +6,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..gaussian import p_mean_variance
 from ..schedule import DiffusionSchedule, RespacingSpec, space_timesteps
-from ._common import (Callback, call_model, check_callback, check_model_options, check_nonneg,
+from ._common import (Callback, chain_step, check_callback, check_model_options, check_nonneg,
                       check_rng, check_schedule, check_spec, check_step_count, check_x, emit,
                       standard_normal, step_iter)
 
@@ -84,12 +83,8 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     n = chain.num_timesteps
     for i in step_iter(n, NAME, progress):
         k = n - 1 - i
-        t_orig = int(chain.timestep_map[k])
-        out = call_model(model_fn, x, np.full((batch,), t_orig, dtype=np.int64), NAME,
-                         variance_type)
-        pmv = p_mean_variance(chain, out, x, np.full((batch,), k, dtype=np.int64),
-                              prediction_type=prediction_type, variance_type=variance_type,
-                              clip_denoised=clip_denoised)
+        t_orig, pmv = chain_step(model_fn, chain, x, k, NAME, prediction_type=prediction_type,
+                                 variance_type=variance_type, clip_denoised=clip_denoised)
         x0, eps = pmv["pred_x0"], pmv["eps"]
         abar = float(chain.alphas_cumprod[k])
         abar_prev = float(chain.alphas_cumprod_prev[k])
