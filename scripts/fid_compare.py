@@ -10,7 +10,7 @@ beside ours as labelled context.
 Runs go to <output_dir>/<name>/run-NNN/ (the next free number; --out DIR: a new or empty folder):
 config.yaml, generated/<row>/*.png, reference/<set>/*.png (built references), stats/*.npz
 (pytorch-fid compatible), fid.md, fid.csv, fid.json, fid.png. Rows whose checkpoints or code are
-missing are reported as "skipped: <reason>". Config keys: see mind_diffusion/evaluation/fid_compare.py;
+missing are reported as "skipped: <reason>". Config keys: see mind_diffusion/evaluation/compare_config.py;
 `key.sub=value` arguments override them.
 """
 import argparse
@@ -33,7 +33,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def job():
-        from mind_diffusion.evaluation.fid_compare import load_compare_config, new_run_dir, preflight, run_comparison
+        from mind_diffusion.evaluation.compare_config import load_compare_config
+        from mind_diffusion.evaluation.fid_compare import new_run_dir, preflight, run_comparison
         from mind_diffusion.metrics.weights import resolve_weights
         from mind_diffusion.runtime import init_runtime
 

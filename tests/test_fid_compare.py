@@ -22,7 +22,10 @@ import pytest
 
 import mind_diffusion  # noqa: F401  (env defaults before mindspore)
 from mind_diffusion.config import ConfigError
+from mind_diffusion.evaluation import compare_config as CC
 from mind_diffusion.evaluation import fid_compare as FC
+from mind_diffusion.evaluation import generators as G
+from mind_diffusion.evaluation import report as R
 from mind_diffusion.metrics.weights import find_fid_helper_weights
 
 from cli_helpers import captured_error
@@ -115,6 +118,10 @@ class FakeGlide:
 
 @pytest.fixture
 def fake_glide(monkeypatch):
+    from mind_diffusion.glide.pipeline import GlidePipeline  # its input checks and default config
+
+    monkeypatch.setattr(FakeGlide, "cfg", GlidePipeline.load_config(), raising=False)
+    monkeypatch.setattr(FakeGlide, "check_inputs", GlidePipeline.check_inputs, raising=False)
     pkg = types.ModuleType("mind_diffusion.glide")
     mod = types.ModuleType("mind_diffusion.glide.pipeline")
     mod.GlidePipeline = FakeGlide
@@ -176,7 +183,7 @@ generators:
 def test_glide_row_contract_chunks_and_fid(tmp_path, fake_glide):
     ref = _reference_folder(tmp_path)
     models = _glide_files(tmp_path)
-    cfg = FC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=models)))
+    cfg = CC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=models)))
     ext = toy_extractor()
     res = FC.run_comparison(cfg, run_dir=tmp_path / "run", extractor=ext, progress=False, log=lambda *a: None)
     # the adapter's contract with GlidePipeline
@@ -204,7 +211,7 @@ def test_glide_row_contract_chunks_and_fid(tmp_path, fake_glide):
     assert ours[0]["row"] == "glide" and float(ours[0]["fid"]) == row.fid and ours[0]["n_ref_skipped"] == "1"
     assert ours[0]["comparable_to_report"].startswith("no: N_gen=10")
     report = {r["label"]: float(r["fid"]) for r in rows if r["source"] == "report"}
-    assert report == {f"{m} (report)": v for m, v, _ in FC.REPORT_FIDS}
+    assert report == {f"{m} (report)": v for m, v, _ in R.REPORT_FIDS}
     assert all("not comparable" in r["note"] for r in rows if r["source"] == "report")
     md = res.files["md"].read_text(encoding="utf-8")
     assert "1 unreadable skipped" in md and f"{row.fid:.2f}" in md and "| Taichu | 10 |" in md
@@ -222,16 +229,16 @@ def test_glide_row_contract_chunks_and_fid(tmp_path, fake_glide):
 
 def test_glide_rows_skip_with_reason(tmp_path, monkeypatch):
     ref = _reference_folder(tmp_path)
-    cfg = FC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=tmp_path / "none")))
+    cfg = CC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=tmp_path / "none")))
     res = FC.run_comparison(cfg, run_dir=tmp_path / "run", extractor=toy_extractor(), progress=False,
                             log=lambda *a: None)
     assert res.rows[0].status == f"skipped: GLIDE gen_ckpt not found: {tmp_path / 'none' / 'glide_gen.ckpt'}"
     assert "no row ran" in res.files["md"].read_text(encoding="utf-8")
     models = _glide_files(tmp_path)
     monkeypatch.setitem(sys.modules, "mind_diffusion.glide.pipeline", None)  # code not there: ImportError
-    cfg = FC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=models)))
-    with pytest.raises(FC.SkipRow, match="GLIDE pipeline not available"):
-        FC.build_generator("glide", cfg.generators.glide, None)
+    cfg = CC.load_compare_config(_write_cfg(tmp_path, GLIDE_CFG.format(ref=ref, models=models)))
+    with pytest.raises(G.SkipRow, match="GLIDE pipeline not available"):
+        G.build_generator("glide", cfg.generators.glide, None)
 
 
 @pytest.mark.slow
@@ -257,7 +264,7 @@ generators:
   tiny: {{kind: ldm, config: {cfg_path}, ckpt: {ckpt}, vocab: {tmp_path / 'tiny' / 'vocab_zh.txt'}, prompt: 马,
           steps: 2, reference: r}}
 """
-    cfg = FC.load_compare_config(_write_cfg(tmp_path, text))
+    cfg = CC.load_compare_config(_write_cfg(tmp_path, text))
     res = FC.run_comparison(cfg, run_dir=tmp_path / "run", extractor=toy_extractor(), progress=False,
                             log=lambda *a: None)
     (row,) = res.rows
@@ -272,8 +279,8 @@ generators:
     one = pipe("马", num_images=3, num_inference_steps=2, seed=3, progress=False).images
     diff = np.abs(got.astype(int) - one)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
-    cfg = FC.load_compare_config(_write_cfg(tmp_path, text.replace("reference: r}", "reference: auto}"), "auto.yaml"))
-    with pytest.raises(FC.CompareConfigError, match="only works for the built-in demo models"):
+    cfg = CC.load_compare_config(_write_cfg(tmp_path, text.replace("reference: r}", "reference: auto}"), "auto.yaml"))
+    with pytest.raises(CC.CompareConfigError, match="only works for the built-in demo models"):
         FC.run_comparison(cfg, run_dir=tmp_path / "run2", extractor=toy_extractor(), progress=False,
                           log=lambda *a: None)
 
@@ -289,7 +296,7 @@ def test_report_config_falls_back_to_builtin_demo(tmp_path, fake_glide, pynative
     assert _load_script("extract_cifar_class")(["--tarball", str(tarball), "--class", "horse", "--out",
                                                  str(tmp_path / "horse"), "--no_verify_md5", "--no_progress"]) == 0
     models = _glide_files(tmp_path)
-    cfg = FC.load_compare_config(REPORT, [
+    cfg = CC.load_compare_config(REPORT, [
         "num_images=4", "max_reference_images=6", f"references.horse.path={tmp_path / 'horse'}",
         f"generators.ddpm.model={tmp_path / 'no_ddpm'}", "generators.ddpm.sampler=ddim", "generators.ddpm.steps=4",
         f"generators.glide.ckpt_path={models}", "generators.glide.stages=64",
@@ -316,14 +323,14 @@ def test_report_config_falls_back_to_builtin_demo(tmp_path, fake_glide, pynative
 
 def test_report_comparability_rule():
     man = {"dataset": "CIFAR-10", "class": "horse", "split": "train", "count": 5000, "md5_verified": True}
-    row = FC.Row(name="x", label="x", kind="ddpm", n_gen=1000, n_ref=5000, preprocess="pt")
-    assert FC.report_comparability(row, man).startswith("yes")
+    row = R.Row(name="x", label="x", kind="ddpm", n_gen=1000, n_ref=5000, preprocess="pt")
+    assert R.report_comparability(row, man).startswith("yes")
     for change, why in [({"n_gen": 200}, "N_gen=200"), ({"preprocess": "tf"}, "pre-processing tf"),
                         ({"n_ref": 4999, "n_ref_skipped": 1}, "reference incomplete")]:
-        r = FC.Row(**{**row.__dict__, **change})
-        assert why in FC.report_comparability(r, man)
-    assert "not the CIFAR-10 horse train" in FC.report_comparability(row, {**man, "split": "test"})
-    assert "not the CIFAR-10 horse train" in FC.report_comparability(row, None)
+        r = R.Row(**{**row.__dict__, **change})
+        assert why in R.report_comparability(r, man)
+    assert "not the CIFAR-10 horse train" in R.report_comparability(row, {**man, "split": "test"})
+    assert "not the CIFAR-10 horse train" in R.report_comparability(row, None)
 
 
 def test_shapes_reference_obeys_prompt():
@@ -370,7 +377,7 @@ def test_run_folders_are_numbered_never_reused(tmp_path):
 ])
 def test_config_errors(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
-        FC.load_compare_config(_write_cfg(tmp_path, text))
+        CC.load_compare_config(_write_cfg(tmp_path, text))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -428,7 +435,7 @@ def test_quick_config_end_to_end(tmp_path, capsys, pynative_after):
         assert rows["shapes_zh"]["status"] == "ok"
     else:
         assert rows["shapes_zh"]["status"] == "skipped: LDM config not found: models/shapes_zh/config.yaml"
-    assert [r["row"] for r in rows.values() if r["source"] == "report"] == [f"report-{m}" for m, _, _ in FC.REPORT_FIDS]
+    assert [r["row"] for r in rows.values() if r["source"] == "report"] == [f"report-{m}" for m, _, _ in R.REPORT_FIDS]
     # the printed line names mode, extractor hash, method and counts
     line = [ln for ln in out.out.splitlines() if ln.startswith("FID[ddpm_digits7]")][0]
     assert "mode=pt" in line and "7ff4a85c" in line and "N_gen=16, N_ref=16" in line and "method=eigh" in line
