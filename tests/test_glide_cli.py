@@ -113,3 +113,21 @@ def test_is_chinese_is_parsed_strictly(tiny_dir, tmp_path):
     # false selects the English GPT-2 BPE tokenizer, whose files are looked up in --ckpt_path
     p = run(*tiny_args(tiny_dir, tmp_path / "o", "--prompt", "a cat", "--is_chinese", "false"), timeout=300)
     one_line_error(p, "gpt2-bpe", "encoder.json")
+
+
+def test_base_stage_sampler_and_negative_prompt_flags(tiny_dir, tmp_path):
+    """--sampler dpm_solver for the base stage and --negative_prompt, through the shared flag
+    names (--num_inference_steps, --num_images_per_prompt); both are recorded in the PNGs."""
+    from mind_diffusion.utils.images import read_png_parameters
+
+    out = tmp_path / "o"
+    p = run(*tiny_args(tiny_dir, out, "--prompt", "一张画着柯基的油画", "--num_images_per_prompt", 1,
+                       "--num_inference_steps", 3, "--sampler", "dpm_solver",
+                       "--negative_prompt", "城市夜景", "--stages", 64, "--skip_strip"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (png,) = sorted((out / "samples").iterdir())
+    meta = read_png_parameters(png)
+    assert meta["sampler"] == "dpm_solver" and meta["negative_prompt"] == "城市夜景"
+    assert meta["denoise_steps"] == 3 and meta["pics_generated"] == 1
+    one_line_error(run(*tiny_args(tiny_dir, tmp_path / "o2", "--prompt", "猫", "--sampler", "euler",
+                                  "--stages", 64)), "unknown sampler", "euler")
