@@ -7,7 +7,9 @@ bug and keeps its traceback. ``MIND_DIFFUSION_DEBUG=1`` shows tracebacks for all
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 
 def user_error_types():
@@ -20,11 +22,23 @@ def user_error_types():
             PermissionError, FloatingPointError)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_cli(job) -> int:
+    """SIGINT and SIGTERM end the job with one line saying what was written and where (every
+    image is written whole, by atomic rename, so what is there is complete), exit 130."""
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         job()
     except KeyboardInterrupt:
-        print("\ninterrupted (checkpoints and images already written are kept)", file=sys.stderr)
+        from .utils.images import written_summary
+
+        print(f"\ninterrupted: {written_summary()}; every file written is complete and kept",
+              file=sys.stderr, flush=True)
         return 130
     except user_error_types() as exc:
         if os.environ.get("MIND_DIFFUSION_DEBUG"):
@@ -32,4 +46,7 @@ def run_cli(job) -> int:
         msg = str(exc).strip() or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     return 0

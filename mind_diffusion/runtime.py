@@ -112,9 +112,25 @@ def resolve_precision(device_target: str, precision: str | None) -> Precision:
     return Precision(value)
 
 
+#: MindSpore's ``set_seed`` takes 0 .. 2**32 - 1
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed, what: str = "seed") -> int | None:
+    """``seed`` as an int, or :class:`RuntimeConfigError` unless ``0 <= seed < 2**32``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise RuntimeConfigError(f"{what} must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise RuntimeConfigError(f"{what} {seed} is out of range: use an integer in 0..{SEED_LIMIT - 1}")
+    return int(seed)
+
+
 def seed_everything(seed: int | None):
     if seed is None:
         return
+    seed = check_seed(seed)
     import mindspore as ms
 
     random.seed(seed)
@@ -143,6 +159,7 @@ def init_runtime(
     """
     import mindspore as ms
 
+    check_seed(seed)
     if mode not in MODES:
         raise RuntimeConfigError(f"unknown mode {mode!r}: use 'graph' or 'pynative'")
     requested = normalize_device(device_target)

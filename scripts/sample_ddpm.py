@@ -13,12 +13,28 @@ from mind_diffusion.cli import run_cli  # noqa: E402
 
 
 def parse_classes(text, num_classes):
-    if text in (None, "", "all"):
+    if text is None or text.strip() == "all":
         return list(range(num_classes))
+    ids = [c.strip() for c in text.split(",") if c.strip()]
+    if not ids:
+        raise ValueError(f"--classes is empty: pass class ids like 0,3,7 or 'all' "
+                         f"(this model has classes 0..{num_classes - 1})")
     try:
-        return [int(c) for c in text.split(",") if c.strip()]
+        return [int(c) for c in ids]
     except ValueError:
         raise ValueError(f"--classes must be comma-separated class ids like 0,3,7 (or 'all'), got {text!r}") from None
+
+
+def check_folders(out, labels):
+    """Every folder this run writes into is a folder (or missing): checked before sampling."""
+    from mind_diffusion.utils.images import OutputPathError
+
+    names = sorted({str(int(v)) for v in labels}) if labels is not None else ["samples"]
+    for name in names + ["grids"]:
+        f = out / name
+        if f.exists() and not f.is_dir():
+            raise OutputPathError(f"{f} exists and is not a folder: images go there; move it away or "
+                                  f"choose another --output_dir")
 
 
 def main(argv=None):
@@ -54,25 +70,30 @@ def main(argv=None):
         pipe = DDPMPipeline.from_pretrained(args.model, args.config, compute_dtype=rt.precision.ms_dtype())
         classes = parse_classes(args.classes, pipe.num_classes or 0) if pipe.num_classes else None
         labels = np.repeat(classes, args.num_per_class) if classes is not None else None
+        check_folders(out, labels)
         opts = {"eta": args.eta} if args.eta is not None else {}
+        settings = pipe.settings(args.sampler, args.steps, args.seed)
+        written = []
+
+        def write(start, batch):  # each batch as it finishes (atomic rename: no half files)
+            for k, img in enumerate(batch):
+                i = start + k
+                label = int(labels[i]) if labels is not None else None
+                folder = out / (str(label) if label is not None else "samples")
+                idx = next_index(folder)
+                written.append(save_png(folder / f"{idx:05d}.png", img,
+                                        {**settings, "class_label": label, "index_in_run": i}))
+
         images = pipe(classes, num_images_per_prompt=args.num_per_class,
                       num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed,
-                      batch_size=args.batch_size, **opts).images
-        settings = pipe.settings(args.sampler, args.steps, args.seed)
+                      batch_size=args.batch_size, on_batch=write, **opts).images
         names = (out / "classes.txt")
-        written = 0
-        for i, img in enumerate(images):
-            label = int(labels[i]) if labels is not None else None
-            folder = out / (str(label) if label is not None else "samples")
-            idx = next_index(folder)
-            save_png(folder / f"{idx:05d}.png", img, {**settings, "class_label": label, "index_in_run": i})
-            written += 1
         grid_idx = next_index(out / "grids")
         nrow = args.num_per_class if labels is not None else int(np.ceil(np.sqrt(len(images))))
         grid = save_png(out / "grids" / f"{grid_idx:05d}.png", make_grid(images, nrow), {**settings, "classes": classes})
         if not names.exists() and classes is not None:
             names.write_text("\n".join(str(c) for c in range(pipe.num_classes)) + "\n")
-        print(f"wrote {written} images under {out}/<class>/ and grid {grid}")
+        print(f"wrote {len(written)} images under {out}/<class>/ and grid {grid}")
 
     return run_cli(job)
 

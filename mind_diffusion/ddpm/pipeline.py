@@ -48,6 +48,20 @@ def resolve_model(path: str | Path, config: str | Path | None = None) -> tuple[P
     return ckpt, cfg
 
 
+def check_ddpm_config(cfg_path: str | Path):
+    """Refuse another family's config (LDM / GLIDE declare ``model.family``) with the script that
+    runs it, instead of an unknown-key error."""
+    from ..config import read_yaml
+
+    model = read_yaml(cfg_path).get("model", None)
+    family = model.get("family", None) if hasattr(model, "get") else None
+    if family is None:
+        return
+    script = "scripts/glide_txt2img.py" if "glide" in str(family) else "scripts/txt2img.py"
+    raise CheckpointError(f"{cfg_path} is a text-to-image model (model.family: {family}), not a "
+                          f"class-conditional DDPM: use {script}")
+
+
 class DDPMPipeline:
     def __init__(self, net, schedule: DiffusionSchedule, cfg, ckpt_path: str | None = None):
         self.net = net
@@ -65,6 +79,7 @@ class DDPMPipeline:
                         compute_dtype=None) -> "DDPMPipeline":
         """``compute_dtype``: e.g. ``runtime.precision.ms_dtype()`` (fp16 on Ascend/GPU)."""
         ckpt, cfg_path = resolve_model(path, config)
+        check_ddpm_config(cfg_path)
         cfg = load_config(cfg_path, (), ddpm_config_defaults())
         net = build_ddpm_unet(cfg.model)
         if compute_dtype is not None:
@@ -157,7 +172,7 @@ class DDPMPipeline:
                  guidance_scale: float | None = None, negative_prompt: str | None = None,
                  batch_size: int = 64, progress: bool = True, callback=None,
                  output_type: str = "uint8", num_images: int | None = None,
-                 **sampler_options) -> DiffusionOutput:
+                 on_batch: Callable | None = None, **sampler_options) -> DiffusionOutput:
         """``num_images_per_prompt`` images per class label (``num_images`` is the older name;
         for an unconditional model, that many images).
 
@@ -165,7 +180,12 @@ class DDPMPipeline:
         (N,H,W,C) uint8 (``output_type="uint8"``) or (N,C,H,W) floats in [-1,1] ("np").
         Sampler defaults come from the model config (``sampling:`` section). The start noise of
         the whole batch comes from one generator seeded with ``seed`` (drawn on the host).
+        ``on_batch(start, images)``: called as each ``batch_size`` batch finishes, with its
+        images (in ``output_type``) and the index of its first image, e.g. to write them at once;
+        the images are the same as a call without it.
         """
+        if on_batch is not None and not callable(on_batch):
+            raise ValueError("on_batch must be callable(start_index, images)")
         if num_images is not None:
             if num_images_per_prompt is not None:
                 raise ValueError("pass num_images_per_prompt or its older name num_images, not both")
@@ -190,10 +210,12 @@ class DDPMPipeline:
         for start in range(0, n, a["batch_size"]):
             sl = slice(start, min(start + a["batch_size"], n))
             lab = labels[sl] if labels is not None else None
-            outs.append(fn(self.model_fn(lab), x_T[sl], self.schedule, a["num_inference_steps"],
-                           rng=rng, progress=progress, callback=callback, **opts))
-        x = np.concatenate(outs)
-        images = to_uint8(x) if output_type == "uint8" else x
+            x = fn(self.model_fn(lab), x_T[sl], self.schedule, a["num_inference_steps"],
+                   rng=rng, progress=progress, callback=callback, **opts)
+            outs.append(to_uint8(x) if output_type == "uint8" else x)
+            if on_batch is not None:
+                on_batch(start, outs[-1])
+        images = np.concatenate(outs)
         settings = {k: a[k] for k in ("num_images_per_prompt", "num_inference_steps", "sampler",
                                       "seed")}
         return DiffusionOutput({self.image_size: images},

@@ -72,9 +72,33 @@ def save_png(path: str | Path, image: np.ndarray, params: Mapping | None = None)
         info.add_itxt("parameters", format_parameters(params))
         info.add_itxt("mind_diffusion", json.dumps(dict(params), ensure_ascii=False, default=str))
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:  # interrupted or failed mid-write: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+    _WRITTEN[str(path.parent)] = _WRITTEN.get(str(path.parent), 0) + 1
     return path
+
+
+#: folder -> PNGs this process has written there (complete files), for the line an interrupted
+#: script prints (:func:`written_summary`)
+_WRITTEN: dict = {}
+
+
+def written_summary() -> str:
+    """'wrote N images to A (n), B (m)' for what :func:`save_png` has written in this process,
+    or 'no images written'."""
+    total = sum(_WRITTEN.values())
+    if not total:
+        return "no images written"
+    folders = sorted(_WRITTEN)
+    if len(folders) <= 4:
+        where = ", ".join(f"{f} ({_WRITTEN[f]})" for f in folders)
+    else:
+        where = f"{len(folders)} folders under {os.path.commonpath(folders)}"
+    return f"wrote {total} image(s) to {where}"
 
 
 def read_png_parameters(path: str | Path) -> dict:
