@@ -27,16 +27,12 @@ from mindspore import Tensor, nn
 from cli_helpers import ROOT, captured_error
 from mind_diffusion.checkpoint.io import read_checkpoint
 from mind_diffusion.config import load_config
+from mind_diffusion.ddpm.config import ddpm_config_defaults
 from mind_diffusion.ddpm.training import train_ddpm
 from mind_diffusion.nn.dropout import RNG_STEP_NAME, KeyedDropout, attach_dropout_keys, keep_mask_numpy
 from mind_diffusion.runtime import Precision, Runtime
 from mind_diffusion.train import run_dir
 from mind_diffusion.train.run_dir import RunFolderError
-
-try:
-    from mind_diffusion.ddpm.config import ddpm_config_defaults
-except ImportError:  # the schema's older home
-    from mind_diffusion.ddpm.training import ddpm_config_defaults
 
 TINY = [
     "model.img_channels=1", "model.image_size=8", "model.base_channels=16", "model.channel_mults=[1,2]",
