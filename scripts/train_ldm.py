@@ -24,6 +24,9 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="train.output_dir holds another run: delete its checkpoints, log and models, start over")
     p.add_argument("--no_progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the data when any image in the CSV cannot be read (default: skip such "
+                        "images and say how many)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=1000 data.path=...")
     from mind_diffusion.runtime import add_runtime_args
 
@@ -38,7 +41,8 @@ def main(argv=None):
 
         cfg = load_config(args.config, args.overrides, ldm_train_config_defaults())
         rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
-        result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+        result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                           strict=args.strict)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")
 

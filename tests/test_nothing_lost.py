@@ -145,3 +145,56 @@ def test_glide_config_named_for_glide(tmp_path):
     with pytest.raises(CheckpointError, match="use scripts/glide_txt2img.py"):
         check_ddpm_config(ROOT / "configs" / "glide" / "infer.yaml")
     check_ddpm_config(MODEL / "config.yaml")  # a DDPM config passes
+
+
+# ------------------------------------------------------------------ LDM data read before step 1
+SHARED = Path(os.environ.get("MIND_DIFFUSION_SHARED", ROOT.parent / "shared"))
+VOCAB = SHARED / "reference" / "vocab_zh.txt"
+TINY_LDM = ROOT / "configs" / "ldm" / "tiny-csv.yaml"
+
+
+def _csv_folder(folder: Path, n: int = 4) -> Path:
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    rows = ["dir,text"]
+    for i in range(n):
+        Image.fromarray(np.full((40, 48, 3), 40 * i, np.uint8)).save(folder / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,红色 圆形 {i}")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    good = (folder / "img" / "2.png").read_bytes()
+    (folder / "img" / "1.png").write_bytes(b"not a png at all")
+    (folder / "img" / "2.png").write_bytes(good[: len(good) // 2])  # truncated mid-file
+    return folder
+
+
+def test_corrupt_images_skipped_and_counted_or_refused(tmp_path, capsys):
+    from mind_diffusion.train.data import CSVImageText, DataError
+
+    folder = _csv_folder(tmp_path / "d")
+    data = CSVImageText(folder, 32, filter_small_size=False, verify="skip")
+    assert [p.name for p in data.paths] == ["0.png", "3.png"] and data.texts == ["红色 圆形 0", "红色 圆形 3"]
+    assert sorted(p.name for p, _ in data.unreadable) == ["1.png", "2.png"]
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "skipped 2 of 4 images" in out[0] and "--strict" in out[0]
+    np.testing.assert_array_equal(data.image(1), np.full((3, 32, 32), np.float32(120) / np.float32(127.5) - np.float32(1), np.float32))
+    # the size filter runs on what is left (it no longer meets the unreadable files)
+    assert len(CSVImageText(folder, 32, filter_small_size=True, image_filter_size=16, verify="skip")) == 2
+    with pytest.raises(DataError, match=r"2 of 4 images .* cannot be read .*fix or remove"):
+        CSVImageText(folder, 32, filter_small_size=False, verify="strict")
+    assert len(CSVImageText(folder, 32, filter_small_size=False)) == 4  # verify="off": as before, lazily
+    for name in ("0.png", "3.png"):
+        (folder / "img" / name).write_bytes(b"")
+    with pytest.raises(DataError, match="none is left to train on"):
+        CSVImageText(folder, 32, filter_small_size=False, verify="skip")
+
+
+@pytest.mark.skipif(not VOCAB.is_file(), reason="reference vocab missing")
+def test_train_ldm_strict_refuses_corrupt_data(tmp_path, capsys):
+    from mind_diffusion_scripts import train_ldm
+
+    folder = _csv_folder(tmp_path / "d")
+    rc = train_ldm.main(["--config", str(TINY_LDM), "--device_target", "CPU", "--strict", f"data.path={folder}",
+                         f"init.vocab={VOCAB}", f"train.output_dir={tmp_path / 'out'}", "data.filter_small_size=false"])
+    captured_error(capsys, rc, "2 of 4 images", "cannot be read", "1.png")
+    assert not (tmp_path / "out" / "checkpoints").exists()

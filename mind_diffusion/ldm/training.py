@@ -373,9 +373,11 @@ def compute_latent_cache(vae, data: CSVImageText, batch: int = 8) -> tuple[np.nd
     return np.concatenate(means), np.concatenate(logvars)
 
 
-def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False):
+def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False,
+                      strict: bool = False):
     """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
-    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
+    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``). Every image is read
+    once before step 1: unreadable ones are skipped and counted, or refused with ``strict``."""
     from ..train.run_dir import check_run_dir
     from ..text.factory import build_tokenizer
 
@@ -416,7 +418,8 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     if int(d.image_size) % (down * unet_down):
         raise DataError(f"data.image_size={d.image_size} must be divisible by {down * unet_down} (VAE "
                         f"downsampling {down} x UNet downsampling {unet_down})")
-    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size))
+    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size),
+                        verify="strict" if strict else "skip")
 
     ms.set_seed(int(t.seed))  # identical initialisation on every rank
     ldm = build_ldm(_model_dict(cfg, float(t.unet_dropout)))
@@ -484,6 +487,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 
 
-def train_ldm(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
-    trainer, make = build_ldm_trainer(cfg, runtime, resume, progress, overwrite=overwrite)
+def train_ldm(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False,
+              strict: bool = False) -> dict:
+    trainer, make = build_ldm_trainer(cfg, runtime, resume, progress, overwrite=overwrite, strict=strict)
     return trainer.fit(make)

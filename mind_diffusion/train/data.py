@@ -345,15 +345,57 @@ def preprocess(img: np.ndarray, size: int, crop: tuple[float, float] | None = No
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def unreadable_images(paths) -> list[tuple[Path, str]]:
+    """(path, reason) for every image in ``paths`` that does not decode in full (corrupt,
+    truncated, not an image): each file is read once, as training would."""
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if min(im.size) < 1:
+                    raise OSError("empty image")
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+            bad.append((Path(path), str(exc).strip() or type(exc).__name__))
+    return bad
+
+
+#: what CSVImageText does with images that do not decode: not look (read lazily, as before),
+#: skip them (counted, one line), or refuse the data (``--strict``)
+VERIFY_MODES = ("off", "skip", "strict")
+
+
 class CSVImageText:
-    """The image-text pairs of a ``data.path`` folder (after the optional small-image filter)."""
+    """The image-text pairs of a ``data.path`` folder (after the optional small-image filter).
+
+    ``verify="skip"``: every image is decoded once up front and the unreadable ones are left out
+    (``self.unreadable``, one line printed); ``"strict"``: any unreadable image is a
+    :class:`DataError` naming them; ``"off"``: images are read only when used."""
 
     def __init__(self, data_path, image_size: int = 512, filter_small_size: bool = True,
-                 image_filter_size: int = 256, need_text: bool = True):
+                 image_filter_size: int = 256, need_text: bool = True, verify: str = "off"):
         check_image_size(image_size)
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.root = Path(str(data_path)).expanduser()
         pairs = read_csv_pairs(data_path, need_text)
         self.dropped = 0
+        self.unreadable = []
+        if verify != "off":
+            self.unreadable = unreadable_images([p for p, _ in pairs])
+            if self.unreadable:
+                first, why = self.unreadable[0]
+                what = (f"{len(self.unreadable)} of {len(pairs)} images listed in {self.root}/*.csv "
+                        f"cannot be read (e.g. {first}: {why})")
+                if verify == "strict" or len(self.unreadable) == len(pairs):
+                    raise DataError(f"{what}; fix or remove them from the CSV"
+                                    + ("" if verify == "strict" else " (none is left to train on)"))
+                print(f"[mind_diffusion] data: skipped {what}; training uses the other "
+                      f"{len(pairs) - len(self.unreadable)} (--strict refuses such data)", flush=True)
+                bad = {p for p, _ in self.unreadable}
+                pairs = [(p, t) for p, t in pairs if p not in bad]
         if filter_small_size:
             kept = [(p, t) for p, t in pairs if min(_image_size_of(p)) >= int(image_filter_size)]
             self.dropped = len(pairs) - len(kept)
