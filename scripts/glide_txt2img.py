@@ -111,7 +111,8 @@ def main(argv=None):
     def job():
         import warnings
 
-        from mind_diffusion.glide.pipeline import STAGE_FILES, GlidePipeline, build_glide_tokenizer
+        from mind_diffusion.glide.pipeline import GlidePipeline, STAGE_FILES
+        from mind_diffusion.text.factory import build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
         from mind_diffusion.utils.images import check_output_dir, next_index, save_png
 

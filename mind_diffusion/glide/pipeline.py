@@ -38,6 +38,7 @@ from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
 from ..diffusion.samplers import SAMPLERS, get_sampler
+from ..text.factory import build_glide_tokenizer
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
 from ..utils.output import DiffusionOutput
@@ -46,7 +47,7 @@ from . import diffusion as gd
 from .config import GLIDE_URL, glide_config_defaults
 from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
 
-__all__ = ["GlidePipeline", "SRGANStep", "STAGES", "build_glide_tokenizer", "PromptWarning"]
+__all__ = ["GlidePipeline", "SRGANStep", "STAGES", "PromptWarning"]
 
 #: Nominal output sizes of the three stages (the real sizes come from the model configs).
 STAGES = (64, 256, 1024)
@@ -54,18 +55,6 @@ STAGE_FILES = {64: ("gen_ckpt", "glide_gen.ckpt", "base model"),
                256: ("super_ckpt", "glide_super_res.ckpt", "super-resolution model"),
                1024: ("srgan_ckpt", "srgan.ckpt", "SRGAN x4 model")}
 TOKENIZER_KINDS = ("sentencepiece", "gpt2_bpe")
-
-
-def build_glide_tokenizer(path, is_chinese: bool = True):
-    """SentencePiece (Chinese, ``cog-pretrain.model``) or GPT-2 BPE (English, a folder with
-    ``encoder.json`` / ``vocab.bpe``)."""
-    if is_chinese:
-        from ..text.sentencepiece_tokenizer import SentencePieceTokenizer
-
-        return SentencePieceTokenizer(path)
-    from ..text.gpt2_bpe import GPT2BPETokenizer
-
-    return GPT2BPETokenizer(path)
 
 
 # ----------------------------------------------------------------------------- compiled cells

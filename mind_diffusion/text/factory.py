@@ -1,5 +1,5 @@
-"""The tokenizer factory: a config's ``tokenizer:`` section -> a tokenizer, and where its
-vocabulary file is (no MindSpore here)."""
+"""The tokenizer factory (no MindSpore here): an LDM config's ``tokenizer:`` section -> a
+tokenizer and where its vocabulary file is; GLIDE's SentencePiece / GPT-2 BPE choice."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,3 +39,15 @@ def resolve_vocab(cfg, ckpt_path: str | Path | None, vocab: str | Path | None) -
         raise FileNotFoundError(f"tokenizer vocabulary not found: {p}. Put {name} next to the "
                                 f"checkpoint or pass --vocab PATH ({hint})")
     return p
+
+
+def build_glide_tokenizer(path, is_chinese: bool = True):
+    """SentencePiece (Chinese, ``cog-pretrain.model``) or GPT-2 BPE (English, a folder with
+    ``encoder.json`` / ``vocab.bpe``)."""
+    if is_chinese:
+        from .sentencepiece_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer(path)
+    from .gpt2_bpe import GPT2BPETokenizer
+
+    return GPT2BPETokenizer(path)
