@@ -198,3 +198,84 @@ def test_train_ldm_strict_refuses_corrupt_data(tmp_path, capsys):
                          f"init.vocab={VOCAB}", f"train.output_dir={tmp_path / 'out'}", "data.filter_small_size=false"])
     captured_error(capsys, rc, "2 of 4 images", "cannot be read", "1.png")
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ training configs checked first
+DDPM_TRAIN = ["--config", str(ROOT / "configs" / "ddpm" / "digits16.yaml"), "--device_target", "CPU"]
+
+
+@pytest.mark.parametrize(("override", "needles"), [
+    ("train.lr=-1", ("train.lr must be > 0", "-1")),
+    ("train.batch_size=0", ("train.batch_size must be", ">= 1", "got 0")),
+    ("train.steps=0", ("train.steps must be",)),
+    ("train.ema_decay=1.5", ("train.ema_decay must be in [0, 1]",)),
+    ("train.adam_betas=[0.9,1.0]", ("train.adam_betas[1] must be in [0, 1)",)),
+    ("train.warmup_steps=-2", ("train.warmup_steps must be",)),
+    ("train.seed=-1", ("seed -1 is out of range",)),
+    ("train.log_every=0", ("train.log_every must be",)),
+    ("model.image_size=7", ("model.image_size=7 must be a multiple of 4", "use 4 or 8")),
+    ("model.dropout=1.0", ("model.dropout must be in [0, 1)",)),
+    ("model.num_groups=5", ("model.num_groups=5 must divide",)),
+])
+def test_ddpm_train_config_refused_up_front(tmp_path, capsys, monkeypatch, override, needles):
+    from mind_diffusion_scripts import train_ddpm
+
+    monkeypatch.chdir(tmp_path)  # a graph-compile failure would drop analyze_fail.ir here
+    rc = train_ddpm.main(DDPM_TRAIN + [override, f"train.output_dir={tmp_path / 'out'}"])
+    captured_error(capsys, rc, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no compiler dump
+
+
+def test_ddpm_classes_in_data_must_match_the_model(tmp_path, capsys):
+    from PIL import Image
+
+    from mind_diffusion_scripts import train_ddpm
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("L", (16, 16), 30).save(tmp_path / "data" / cls / "0.png")
+    args = DDPM_TRAIN + ["data.kind=folder", f"data.path={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'o'}"]
+    rc = train_ddpm.main(args + ["model.num_classes=10"])
+    captured_error(capsys, rc, "the data has 2 classes (cat, dog) but model.num_classes=10",
+                   "model.num_classes=2")
+    assert not (tmp_path / "o").exists()
+
+
+def test_check_number_and_train_section_closed_ranges():
+    from omegaconf import OmegaConf
+
+    from mind_diffusion.config import ConfigError
+    from mind_diffusion.train.validate import check_number, check_train_section
+
+    check_number(0.0, "x", 0, 1)            # inclusive ends
+    check_number(1.0, "x", 0, 1)
+    for bad in (-1e-9, 1 + 1e-9, float("inf"), True, "0.5"):
+        with pytest.raises(ConfigError):
+            check_number(bad, "x", 0, 1)
+    with pytest.raises(ConfigError, match="x must be an integer >= 1, got 2.5"):
+        check_number(2.5, "x", 1, None, integer=True)
+    # LDM: steps=0 / ckpt_every=0 mean "the default" there, not in DDPM
+    ldm = OmegaConf.create({"steps": 0, "ckpt_every": 0, "epochs": 2, "start_learning_rate": 1e-5,
+                            "end_learning_rate": 0.0, "betas": [0.9, 0.98], "loss_scale": "dynamic"})
+    check_train_section(ldm, zero_ok=("steps", "ckpt_every"))
+    with pytest.raises(ConfigError, match="train.steps must be"):
+        check_train_section(ldm)
+    with pytest.raises(ConfigError, match="train.loss_scale must be one of none, static, dynamic"):
+        check_train_section(OmegaConf.create({"loss_scale": "auto"}))
+
+
+@pytest.mark.skipif(not VOCAB.is_file(), reason="reference vocab missing")
+@pytest.mark.parametrize(("override", "needle"), [
+    ("train.start_learning_rate=-1", "train.start_learning_rate must be > 0"),
+    ("train.batch_size=0", "train.batch_size must be"),
+    ("train.epochs=0", "train.epochs must be"),
+    ("data.caption_dropout=2", "data.caption_dropout must be in [0, 1]"),
+])
+def test_ldm_train_config_refused_up_front(tmp_path, capsys, override, needle):
+    from mind_diffusion_scripts import train_ldm
+
+    folder = _csv_folder(tmp_path / "d")
+    rc = train_ldm.main(["--config", str(TINY_LDM), "--device_target", "CPU", f"data.path={folder}",
+                         f"init.vocab={VOCAB}", f"train.output_dir={tmp_path / 'out'}", override])
+    captured_error(capsys, rc, needle)
+    assert not (tmp_path / "out").exists()

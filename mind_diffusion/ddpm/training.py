@@ -16,6 +16,7 @@ from ..train.objectives import NoisePredictionLoss
 from ..train.schedules import WarmupLR
 from ..train.run_dir import check_run_dir
 from ..train.trainer import TrainOptions, Trainer
+from ..train.validate import check_classes, check_ddpm_model, check_train_section
 from ..nn.layers import apply_compute_dtype
 from .unet import build_ddpm_unet
 
@@ -31,13 +32,14 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
     """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
     holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``)."""
     t, m = cfg.train, cfg.model
+    check_train_section(t)  # every numeric key in its range, before anything is read or built
+    check_ddpm_model(m)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
     ms.set_seed(int(t.seed))  # parameter init is identical on every rank
     schedule = schedule_from_config(cfg.diffusion)
     images, labels, classes = load_dataset(cfg.data.kind, cfg.data.path, m.image_size, m.img_channels,
                                            cfg.data.resize)
-    if m.num_classes is not None and labels.max() >= m.num_classes:
-        raise ValueError(f"the dataset has {labels.max() + 1} classes but model.num_classes={m.num_classes}")
+    check_classes(m.num_classes, classes)
     net = apply_compute_dtype(build_ddpm_unet(m), runtime.precision.ms_dtype())
     if init_from:
         from ..checkpoint.io import load_into

@@ -379,9 +379,12 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``). Every image is read
     once before step 1: unreadable ones are skipped and counted, or refused with ``strict``."""
     from ..train.run_dir import check_run_dir
+    from ..train.validate import ZERO_MEANS_DEFAULT, check_number, check_train_section
     from ..text.factory import build_tokenizer
 
     t, d = cfg.train, cfg.data
+    check_train_section(t, zero_ok=ZERO_MEANS_DEFAULT)  # every numeric key in its range, first
+    check_number(d.caption_dropout, "data.caption_dropout", 0, 1)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
     if d.kind != "csv":
         raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
