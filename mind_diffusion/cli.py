@@ -19,7 +19,7 @@ def user_error_types():
     from .train.data import DataError
 
     return (ConfigError, DataError, CheckpointError, RuntimeConfigError, ValueError, FileNotFoundError,
-            PermissionError, FloatingPointError)
+            FileExistsError, PermissionError, FloatingPointError)
 
 
 def _raise_interrupt(signum, frame):

@@ -23,6 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 from mind_diffusion.cli import run_cli  # noqa: E402
 
 
+def run_hint(config, out: Path) -> str:
+    """The txt2img command for the written checkpoint, with the --config it was checked against."""
+    return (f"run: python scripts/txt2img.py --config {config} --ckpt_path {out.parent} "
+            f"--ckpt_name {out.name} --prompt \"...\"")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="SD v1.x .ckpt / .safetensors file, or a diffusers folder")
@@ -75,8 +81,7 @@ def main(argv=None):
             if Path(args.bpe).expanduser().resolve() != dst.resolve():
                 shutil.copyfile(Path(args.bpe).expanduser(), dst)
             print(f"tokenizer: {dst}")
-        print(f"run: python scripts/txt2img.py --config configs/sd/v1-inference.yaml "
-              f"--ckpt_path {out.parent} --ckpt_name {out.name} --prompt \"...\"")
+        print(run_hint(args.config, out))
 
     return run_cli(job)
 

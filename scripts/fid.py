@@ -30,6 +30,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--save-stats", "--save_stats", dest="save_stats", default=None, metavar="OUT.npz",
                    help="with one folder: write its statistics (mu, sigma) to OUT.npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
     p.add_argument("--weights", default=None,
                    help="FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, "
                         "fid-helper's default_1.pt or a converted .ckpt (default: the installed "
@@ -57,6 +58,15 @@ def main(argv=None):
             raise FIDInputError("--save-stats takes exactly one image folder")
         if args.save_stats and _is_stats(paths[0]):
             raise FIDInputError(f"--save-stats needs an image folder, got the statistics file {paths[0]}")
+        if args.save_stats:
+            target = Path(args.save_stats).expanduser()
+            if target.suffix != ".npz" and not target.is_dir():
+                target = target.with_name(target.name + ".npz")  # as save_stats writes it
+            if target.is_dir():
+                raise FIDInputError(f"--save-stats {target} is a folder: name the .npz file to write")
+            if target.exists() and not args.overwrite:
+                raise FIDInputError(f"{target} exists: pass --overwrite to replace it (or choose another "
+                                    f"--save-stats file)")
         if args.batch_size < 1:
             raise FIDInputError(f"--batch_size must be >= 1, got {args.batch_size}")
         for path in paths:  # fail fast, before MindSpore and the model are loaded

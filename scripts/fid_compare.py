@@ -15,6 +15,7 @@ missing are reported as "skipped: <reason>". Config keys: see mind_diffusion/eva
 """
 import argparse
 import sys
+from pathlib import Path
 
 from mind_diffusion.cli import run_cli
 
@@ -38,6 +39,13 @@ def main(argv=None):
         from mind_diffusion.metrics.weights import resolve_weights
         from mind_diffusion.runtime import init_runtime
 
+        if args.out:  # before any work: a run never writes into another run or onto a file
+            out = Path(args.out).expanduser()
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"--out {out} is a file: name a new (or empty) folder for the run")
+            if out.is_dir() and any(out.iterdir()):
+                raise ValueError(f"--out {out} already exists and is not empty: nothing was overwritten; "
+                                 f"choose a new --out (or omit it to get a numbered run folder)")
         cfg = load_compare_config(args.config, args.overrides)
         if args.num_images is not None:
             if args.num_images < 2:

@@ -279,3 +279,57 @@ def test_ldm_train_config_refused_up_front(tmp_path, capsys, override, needle):
                          f"init.vocab={VOCAB}", f"train.output_dir={tmp_path / 'out'}", override])
     captured_error(capsys, rc, needle)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ outputs never overwritten
+def _two_images(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_fid_save_stats_refuses_an_existing_file(tmp_path, capsys):
+    from mind_diffusion_scripts import fid
+
+    imgs = _two_images(tmp_path / "imgs")
+    old = tmp_path / "ref.npz"
+    old.write_bytes(b"earlier statistics")
+    captured_error(capsys, fid.main([str(imgs), "--save-stats", str(old)]), f"{old} exists", "--overwrite")
+    captured_error(capsys, fid.main([str(imgs), "--save-stats", str(tmp_path / "ref")]), "ref.npz exists")
+    captured_error(capsys, fid.main([str(imgs), "--save-stats", str(imgs)]), "is a folder")
+    assert old.read_bytes() == b"earlier statistics"
+
+
+def test_fid_compare_out_must_be_new_or_empty(tmp_path, capsys):
+    from mind_diffusion_scripts import fid_compare
+
+    cfg = str(ROOT / "configs" / "fid" / "builtin-quick.yaml")
+    taken = _two_images(tmp_path / "taken")
+    before = sorted(p.name for p in taken.iterdir())
+    captured_error(capsys, fid_compare.main(["--config", cfg, "--out", str(taken)]),
+                   "already exists and is not empty", "nothing was overwritten")
+    assert sorted(p.name for p in taken.iterdir()) == before
+    afile = tmp_path / "report.md"
+    afile.write_text("keep me")
+    captured_error(capsys, fid_compare.main(["--config", cfg, "--out", str(afile)]), "is a file")
+    assert afile.read_text() == "keep me"
+
+
+def test_converter_hint_names_the_config_given():
+    from mind_diffusion_scripts import convert_sd_to_ms
+
+    hint = convert_sd_to_ms.run_hint("configs/my-sd.yaml", Path("/m/sd-tiny-ms.ckpt"))
+    assert hint == ('run: python scripts/txt2img.py --config configs/my-sd.yaml --ckpt_path /m '
+                    '--ckpt_name sd-tiny-ms.ckpt --prompt "..."')
+
+
+def test_file_exists_is_a_user_error(capsys):
+    from mind_diffusion.cli import run_cli
+
+    def job():
+        raise FileExistsError("output folder x already exists")
+
+    captured_error(capsys, run_cli(job), "output folder x already exists")
