@@ -160,7 +160,7 @@ def main(argv=None):
                 ckpts[stage] = GlidePipeline.check_checkpoint(
                     resolve(getattr(args, key), str(ck[key]), ckpt_dir), stage)
         tokenizer = build_glide_tokenizer(tok_path, is_chinese)
-        out = check_output_dir(args.output_path)
+        out = check_output_dir(args.output_path, subfolders=("samples", "strips"))
 
         from mind_diffusion.runtime import init_runtime
 

@@ -333,3 +333,20 @@ def test_file_exists_is_a_user_error(capsys):
         raise FileExistsError("output folder x already exists")
 
     captured_error(capsys, run_cli(job), "output folder x already exists")
+
+
+def test_samples_path_being_a_file_is_refused_before_sampling(tmp_path, capsys):
+    from mind_diffusion.utils.images import OutputPathError, check_output_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "samples").write_text("keep me")
+    with pytest.raises(OutputPathError, match="samples exists and is not a folder"):
+        check_output_dir(out, subfolders=("samples", "grids"))
+    assert check_output_dir(out, subfolders=("grids",)) == out  # only the named ones matter
+    if (ROOT / "models" / "shapes_zh" / "config.yaml").is_file():
+        from mind_diffusion_scripts import txt2img
+
+        rc = txt2img.main(["--prompt", "一个红色的圆形在左边", "--output_path", str(out), "--device_target", "CPU"])
+        captured_error(capsys, rc, f"{out / 'samples'} exists and is not a folder")
+    assert (out / "samples").read_text() == "keep me" and not (out / "grids").exists()

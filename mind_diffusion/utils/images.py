@@ -134,11 +134,18 @@ def make_grid(images: np.ndarray, nrow: int, pad: int = 2, value: int = 255) -> 
     return grid
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Create the output folder (parents included) or say clearly why it can't be used."""
+def check_output_dir(path: str | Path, subfolders=()) -> Path:
+    """Create the output folder (parents included) or say clearly why it can't be used.
+    ``subfolders``: the folders inside it the run will write to (e.g. samples, grids), checked
+    too, so that one of them being a file stops the run before its work, not after."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"output path {p} exists and is not a folder: choose another output folder")
+    for name in subfolders:
+        sub = p / name
+        if sub.exists() and not sub.is_dir():
+            raise OutputPathError(f"{sub} exists and is not a folder: images go there; move it away or "
+                                  f"choose another output folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
