@@ -154,7 +154,7 @@ def main(argv=None):
         LDMPipeline.check_checkpoint(cfg, ckpt)
         if builtin:
             warn_outside_world(prompts)
-        out = check_output_dir(args.output_path)
+        out = check_output_dir(args.output_path, subfolders=("samples", "grids"))
         rt = init_runtime(args.device_target, args.mode, seed=base_seed, precision=args.precision)
         on_cpu = rt.device_target == "CPU"
         n_samples = args.n_samples or (1 if on_cpu else 8)
