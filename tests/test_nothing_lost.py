@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ROOT, captured_error, one_line_error, run_script
+from cli_helpers import ROOT, captured_error
 
 MODEL = ROOT / "models" / "ddpm_digits16"
 needs_model = pytest.mark.skipif(not (MODEL / "model_ema.ckpt").is_file(), reason="shipped digits model missing")

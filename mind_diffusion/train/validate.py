@@ -15,8 +15,7 @@ from ..config import ConfigError
 
 SEED_LIMIT = 2**32
 
-# key -> (low, high, low inclusive, high inclusive, integer, what it means when out of range)
-# (None = unbounded). A key absent from a family's section is not checked.
+# key -> (low, high, low inclusive, high inclusive, integer); None = unbounded. A key absent from a family's section is not checked.
 _INF = None
 TRAIN_RANGES = {
     "steps": (1, _INF, True, True, True),
@@ -121,12 +120,10 @@ def check_ddpm_model(m, section: str = "model") -> None:
         raise ConfigError(f"{section}.image_size={size} must be a multiple of {factor} (the UNet halves "
                           f"the image {len(mults) - 1} times for {section}.channel_mults={mults}): use "
                           f"{lower} or {upper}, or fewer channel_mults")
-    for key in ("base_channels",):
-        ch = [int(m[key]) * int(c) for c in mults]
-        bad = [c for c in ch if c % int(m.num_groups)]
-        if bad:
-            raise ConfigError(f"{section}.num_groups={m.num_groups} must divide every channel count "
-                              f"({section}.base_channels x channel_mults = {ch})")
+    ch = [int(m.base_channels) * int(c) for c in mults]
+    if any(c % int(m.num_groups) for c in ch):
+        raise ConfigError(f"{section}.num_groups={m.num_groups} must divide every channel count "
+                          f"({section}.base_channels x channel_mults = {ch})")
 
 
 def check_classes(num_classes, class_names, where: str = "model.num_classes") -> None:
