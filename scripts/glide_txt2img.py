@@ -115,6 +115,7 @@ def main(argv=None):
         from mind_diffusion.text.factory import build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
         from mind_diffusion.utils.images import check_output_dir, next_index, save_png
+        from mind_diffusion.utils.resources import IMAGES_PER_CALL, chunks
 
         warnings.simplefilter("always", TokenTruncationWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -185,7 +186,7 @@ def main(argv=None):
             first = next_index(samples)
             strip_idx = next_index(strips)
 
-            def write(stage, images, prompt=prompt, name=name, first=first, strip_idx=strip_idx):
+            def write(stage, images, off=0, prompt=prompt, name=name, first=first, strip_idx=strip_idx):
                 import numpy as np
 
                 size = images.shape[1]
@@ -195,7 +196,7 @@ def main(argv=None):
                     super_res_steps=a["super_res_steps"], guidance_scale=a["guidance_scale"],
                     uncond=a["uncond"])
                 settings.update(run_info)
-                for k, img in enumerate(images):
+                for k, img in enumerate(images, off):
                     path = samples / f"{first + k:05d}-{name}-{size}.png"
                     while path.exists():  # another run wrote meanwhile: never overwrite
                         path = samples / f"{next_index(samples):05d}-{name}-{size}.png"
@@ -205,12 +206,14 @@ def main(argv=None):
                     if path.exists():
                         path = strips / f"{next_index(strips):05d}-{name}-{size}.png"
                     save_png(path, np.concatenate(list(images), axis=1),
-                             {**settings, "seeds": f"{seed}..{seed + len(images) - 1}"})
+                             {**settings, "seeds": f"{seed + off}..{seed + off + len(images) - 1}"})
                 print(f"stage {stage}: wrote {len(images)} images of {size}x{size} for {prompt[:30]!r}",
                       flush=True)
 
-            t0 = time.time()
-            pipe(prompt, on_stage=write, **call)
+            t0 = time.time()  # in chunks (image k keeps seed + k), each written as it finishes
+            for off, n in chunks(a["num_images_per_prompt"], IMAGES_PER_CALL):
+                pipe(prompt, on_stage=lambda st, im, off=off: write(st, im, off),
+                     **{**call, "seed": seed + off, "num_images_per_prompt": n})
             print(f"the infer time of a prompt is {time.time() - t0:.2f} s")
         tmp = out / ".infer_result.json.tmp"
         tmp.write_text(json.dumps({"infer_result": "success"}))

@@ -110,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--skip_save", action="store_true", help="do not write the single images")
     p.add_argument("--skip_grid", action="store_true", help="do not write grids")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--force_memory", action="store_true",
+                   help="run even when the memory estimate of one call exceeds the free memory")
     add_runtime_args(p)
     return p.parse_args(argv)
 
@@ -162,6 +164,12 @@ def main(argv=None):
         if on_cpu and (args.n_samples is None or args.n_iter is None):
             print(f"CPU run: {n_samples} image(s) x {n_iter} iteration(s) per prompt "
                   f"(pass --n_samples / --n_iter for more)")
+        if not args.force_memory:  # one call holds n_samples images at H x W
+            from mind_diffusion.ldm.model import size_multiple
+            from mind_diffusion.utils.resources import ldm_memory_check
+
+            ldm_memory_check(cfg.model, n_samples, H, W, rt.device_target, size_multiple(cfg.model),
+                             Path(ckpt).stat().st_size)
         t0 = time.time()
         pipe = LDMPipeline.from_pretrained(cfg_path, ckpt, vocab=args.vocab, overrides=args.set,
                                            compute_dtype=rt.precision.ms_dtype())
