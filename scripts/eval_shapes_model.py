@@ -30,7 +30,7 @@ def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progres
     rows, images = [], []
     for s in range(0, len(prompts), batch):
         # the pipeline gives image k of a call the seed seed + k
-        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress).images
+        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress)
         for k, (p, img) in enumerate(zip(prompts[s:s + batch], imgs)):
             r = score(img, p)
             rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS}})

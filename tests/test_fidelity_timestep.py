@@ -17,6 +17,7 @@ import math
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import Tensor, nn, ops
 
 from mindspore.numpy import arange as ms_arange
@@ -188,6 +189,7 @@ def _default_glide_nets(fp16):
     return nets  # base, base numpy, sr, sr numpy
 
 
+@pytest.mark.slow  # two full-size UNets per mode (~75 s); the tiny UNet test covers the default wiring
 def test_default_glide_unets_carry_taichu_embedding(ms_mode):
     """The default GLIDE configs (``timestep_freqs: mindspore``) give the base and SR UNets
     Taichu's embedding bit for bit in both precision policies; ``timestep_freqs: numpy`` gives the
