@@ -98,9 +98,6 @@ class DDPMPipeline:
 
         return fn
 
-    def check_labels(self, class_labels: Sequence[int] | None) -> np.ndarray | None:
-        return self.resolve_labels(self.cfg, class_labels)
-
     @staticmethod
     def resolve_labels(cfg, class_labels) -> np.ndarray | None:
         num_classes = cfg.model.num_classes

@@ -37,7 +37,7 @@ from mindspore import Tensor, nn, ops
 from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
-from ..diffusion.samplers import SAMPLERS, get_sampler
+from ..diffusion.samplers import get_sampler
 from ..text.factory import build_glide_tokenizer
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
@@ -235,9 +235,8 @@ class GlidePipeline:
             raise ValueError(f"negative prompt must be text, got {type(negative).__name__}")
         per = cls._positive_int(int(s.num_images_per_prompt) if num_images_per_prompt is None
                                  else num_images_per_prompt, "num_images_per_prompt")
-        steps = cls._positive_int(int(s.num_inference_steps) if num_inference_steps is None
-                                   else num_inference_steps, "num_inference_steps (denoise steps)")
-        gd.check_steps(steps, "num_inference_steps (denoise steps)")
+        steps = gd.check_steps(int(s.num_inference_steps) if num_inference_steps is None
+                               else num_inference_steps, "num_inference_steps (denoise steps)")
         sr_steps = int(s.super_res_steps) if super_res_steps is None else super_res_steps
         scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
@@ -254,9 +253,7 @@ class GlidePipeline:
                                  f"by its checkpoint); choose the output size with stages= "
                                  f"(64, 256 or 1024)")
         sampler = str(s.sampler) if sampler is None else sampler
-        if not isinstance(sampler, str) or sampler.strip().lower() not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of "
-                             f"{', '.join(sorted(SAMPLERS))}")
+        get_sampler(sampler)  # one clear error for an unknown name
         if callback is not None and not callable(callback):
             raise ValueError("callback must be callable(step_index, t, x, pred_x0)")
         top = _normalize_stages(int(s.stages) if stages is None else stages)

@@ -42,7 +42,7 @@ SAMPLERS: Dict[str, Callable] = {
 
 def get_sampler(name: str) -> Callable:
     """Return the sampler function registered under ``name`` (case-insensitive)."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = name.strip().lower() if isinstance(name, str) else None
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid names: {sorted(SAMPLERS)}")
     return SAMPLERS[key]
