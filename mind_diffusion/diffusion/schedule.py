@@ -370,15 +370,6 @@ class DiffusionSchedule:
             beta_start=self._beta_start, beta_end=self._beta_end, coeff_dtype=self.coeff_dtype,
         )
 
-    def with_coeff_dtype(self, coeff_dtype: str) -> "DiffusionSchedule":
-        """The same (unrespaced) schedule with its tables in ``coeff_dtype``."""
-        if self.is_respaced:
-            raise ValueError("with_coeff_dtype applies to a base schedule; respace afterwards")
-        if coeff_dtype == self.coeff_dtype:
-            return self
-        return DiffusionSchedule(self.betas, kind=self.kind, beta_start=self._beta_start,
-                                 beta_end=self._beta_end, coeff_dtype=coeff_dtype)
-
     # ------------------------------------------------------------------ helpers
     def alpha_bar_at(self, t) -> np.ndarray:
         """``alpha_bar`` of the *base* schedule at (possibly fractional) original timesteps.
