@@ -12,11 +12,15 @@ an image and compare them with what the prompt asks for.
        - outline: the component's neighbourhood re-thresholded at half the object's contrast
          (so blurred edges neither grow nor shrink it), smoothed when the image is noisy;
        - shape, from the outer contour: solidity (area / convex-hull area) below
-         ``STAR_SOLIDITY`` means a star (stars measure 0.61-0.74, the others >= 0.87);
+         ``STAR_SOLIDITY`` means a star (stars measure 0.61-0.74, the others >= 0.87), or the new
+         shape 十字形 (a cross, never drawn by the world: solidity 0.72-0.86) when its
+         area / min-area rectangle reaches ``CROSS_FILL_RECT`` (stars <= 0.55, crosses >= 0.65);
          otherwise the nearest of ``SHAPE_PROTOTYPES`` in the space of (solidity,
          area / enclosing circle, area / min-area rectangle, area / min enclosing triangle),
          whose ideal values are circle (1, 1, 0.79, 0.6), square (1, 0.64, 1, 0.5),
-         triangle (1, 0.41, 0.5, 1);
+         triangle (1, 0.41, 0.5, 1) (the cross's prototype, for crosses with solidity above
+         ``STAR_SOLIDITY``, is its rendered mean); since only components read as 十字形 change,
+         the four old shapes read exactly as before on every image that holds no cross-like blob;
        - place: nearest ``PLACES`` centre to the component's centroid.
 ``score(image, prompt)``
     parses the prompt (``parse_prompt``), takes as many detections as it names objects (the
@@ -34,15 +38,17 @@ import numpy as np
 
 from .world import COLOURS, PLACES, ParsedPrompt, parse_prompt
 
-__all__ = ["STAR_SOLIDITY", "DetectedObject", "analyse", "score", "score_many"]
+__all__ = ["CROSS_FILL_RECT", "STAR_SOLIDITY", "DetectedObject", "analyse", "score", "score_many"]
 
 STAR_SOLIDITY = 0.8
+CROSS_FILL_RECT = 0.6
 # Mean (solidity, fill_circle, fill_rect, fill_triangle) of rendered 64x64 shapes (3000 each,
-# with and without anti-aliasing); a non-star component takes the nearest prototype.
+# with and without anti-aliasing; the cross: 1280); a non-star component takes the nearest prototype.
 SHAPE_PROTOTYPES = {
     "圆形": np.array([0.979, 0.898, 0.808, 0.604]),
     "正方形": np.array([0.941, 0.694, 0.890, 0.539]),
     "三角形": np.array([0.914, 0.491, 0.563, 0.863]),
+    "十字形": np.array([0.778, 0.631, 0.709, 0.464]),
 }
 _PALETTE_NAMES = list(COLOURS)
 
@@ -107,7 +113,7 @@ def _shape_of(contour, area: float) -> tuple:
     feats = {"solidity": float(solidity), "fill_circle": float(fill_circle), "fill_rect": float(fill_rect),
              "fill_triangle": float(fill_tri)}
     if solidity < STAR_SOLIDITY:
-        return "星形", feats
+        return ("十字形" if fill_rect >= CROSS_FILL_RECT else "星形"), feats
     vec = np.array([solidity, fill_circle, fill_rect, fill_tri])
     dists = {name: float(np.linalg.norm(vec - proto)) for name, proto in SHAPE_PROTOTYPES.items()}
     return min(dists, key=dists.get), feats

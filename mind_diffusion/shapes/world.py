@@ -6,7 +6,10 @@ Used to train the small built-in Chinese text-to-image model and to score prompt
 Vocabulary
     * colours (``COLOURS``): 红 橙 黄 绿 蓝 紫 白 黑, RGB values chosen far apart in Lab
       (smallest CIE76 distance: 蓝/紫 ~40);
-    * shapes (``SHAPES``): 圆形 正方形 三角形 星形;
+    * shapes (``SHAPES``): 圆形 正方形 三角形 星形; ``NEW_SHAPES`` (十字形, a plus-shaped cross)
+      can be rendered, parsed and scored but is never drawn by ``ShapesWorld`` (neither split)
+      and is not in the vocabulary: a concept the built-in model has never seen, for teaching it
+      one (LoRA / DreamBooth, ``render_instances``);
     * places (``PLACES``): 左边 右边 上面 下面 中间, each a target centre in normalized
       (x, y) image coordinates (y grows downwards);
     * backgrounds (``BACKGROUNDS``): 灰 (the plain light-grey default) and 白 黑 蓝 绿 黄. A
@@ -44,6 +47,8 @@ __all__ = [
     "COLOURS",
     "DEFAULT_BACKGROUND",
     "HELDOUT_COMBOS",
+    "NEW_SHAPES",
+    "RENDER_SHAPES",
     "PAIR_PLACES",
     "PAIR_TEMPLATES",
     "PLACES",
@@ -63,6 +68,7 @@ __all__ = [
     "lab_distance",
     "make_caption",
     "parse_prompt",
+    "render_instances",
     "render_scene",
     "vocab_tokens",
 ]
@@ -79,6 +85,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "黑": (15, 15, 15),
 }
 SHAPES: tuple[str, ...] = ("圆形", "正方形", "三角形", "星形")
+# Shapes the world can render and the scorer reads, but ShapesWorld never draws (no split, no caption,
+# not in the vocabulary): new concepts to teach a trained model.
+NEW_SHAPES: tuple[str, ...] = ("十字形",)
+RENDER_SHAPES: tuple[str, ...] = SHAPES + NEW_SHAPES
 PLACES: dict[str, tuple[float, float]] = {
     "左边": (0.27, 0.5),
     "右边": (0.73, 0.5),
@@ -144,6 +154,7 @@ SHAPE_WORDS: dict[str, str] = {
     "三角形": "三角形", "三角": "三角形",
     "星形": "星形", "五角星": "星形", "星星": "星形", "星": "星形",
 }
+NEW_SHAPE_WORDS: dict[str, str] = {"十字形": "十字形", "十字": "十字形"}
 PLACE_WORDS: dict[str, str] = {
     "左边": "左边", "左侧": "左边", "左面": "左边", "左方": "左边",
     "右边": "右边", "右侧": "右边", "右面": "右边", "右方": "右边",
@@ -216,8 +227,8 @@ class ShapeObject:
     def __post_init__(self):
         if self.colour not in COLOURS:
             raise ValueError(f"unknown colour {self.colour!r}; choose one of {list(COLOURS)}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"unknown shape {self.shape!r}; choose one of {list(SHAPES)}")
+        if self.shape not in RENDER_SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}; choose one of {list(RENDER_SHAPES)}")
         if self.place not in PLACES:
             raise ValueError(f"unknown place {self.place!r}; choose one of {list(PLACES)}")
         if not 0.0 < self.size < 0.5:
@@ -262,8 +273,12 @@ def _shape_polygon(shape: str, s: float, rotation_deg: float) -> np.ndarray:
         ang = np.deg2rad(-90.0 + 36.0 * np.arange(10))
         rad = np.where(np.arange(10) % 2 == 0, outer, inner)
         pts = np.stack([np.cos(ang) * rad, np.sin(ang) * rad], 1)
+    elif shape == "十字形":  # a plus sign: arms 1/3 of its extent wide, area ~ the square's
+        e, a = 1.2 * s, 0.4 * s
+        pts = np.array([[-a, -e], [a, -e], [a, -a], [e, -a], [e, a], [a, a], [a, e], [-a, e], [-a, a],
+                        [-e, a], [-e, -a], [-a, -a]], np.float64)
     else:
-        raise ValueError(f"unknown shape {shape!r}; choose one of {list(SHAPES)}")
+        raise ValueError(f"unknown shape {shape!r}; choose one of {list(RENDER_SHAPES)}")
     if rotation_deg:
         t = np.deg2rad(rotation_deg)
         rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
@@ -443,6 +458,20 @@ class ShapesWorld:
         return out
 
 
+def render_instances(combos: Sequence[tuple[str, str, str]], seed: int = 0, image_size: int = 64,
+                     antialias: bool = False, background: str = DEFAULT_BACKGROUND) -> list[tuple[np.ndarray, Scene]]:
+    """One image per (colour, shape, place) in ``combos`` (any of ``RENDER_SHAPES``, e.g. the new
+    十字形), with the world's size / offset / rotation jitter drawn from ``(seed, k)``: the instance
+    images of a concept to teach (DreamBooth / LoRA). Returns [(image uint8 HxWx3, scene)]."""
+    world = ShapesWorld(image_size=image_size, seed=seed, antialias=antialias)
+    out = []
+    for k, combo in enumerate(combos):
+        rng = np.random.default_rng([int(seed), 104729, k])
+        scene = Scene((world._jitter(rng, tuple(combo)),), background)
+        out.append((world.render(scene), scene))
+    return out
+
+
 def eval_prompts(split: str = "heldout", n: int = 16, seed: int = 0, two_shape_prob: float = 0.0) -> list[str]:
     """Fixed evaluation prompts: ``eval_prompts("heldout", 16)`` names each held-out combination
     once; ``eval_prompts("train", 144)`` each training combination once."""
@@ -457,7 +486,9 @@ class ParsedPrompt(NamedTuple):
     background: str | None
 
 
-def _lexicon() -> dict[str, tuple[str, str]]:
+def _lexicon(new_shapes: bool = True) -> dict[str, tuple[str, str]]:
+    """Word -> (kind, value). ``new_shapes=False``: without the ``NEW_SHAPES`` words (the
+    vocabulary's source: the built-in model's vocabulary must stay what it was trained with)."""
     lex: dict[str, tuple[str, str]] = {}
     for w in FILLER_WORDS:
         lex[w] = ("filler", w)
@@ -467,6 +498,9 @@ def _lexicon() -> dict[str, tuple[str, str]]:
         lex.setdefault(b, ("colour", b))
     for w, s in SHAPE_WORDS.items():
         lex[w] = ("shape", s)
+    if new_shapes:
+        for w, s in NEW_SHAPE_WORDS.items():
+            lex[w] = ("shape", s)
     for w, p in PLACE_WORDS.items():
         lex[w] = ("place", p)
     lex["背景"] = ("background", "背景")
@@ -600,12 +634,13 @@ def parse_prompt(text: str) -> ParsedPrompt:
 
 
 def is_world_prompt(text: str) -> bool:
-    """True when ``text`` is a shapes-world prompt the built-in model was trained on."""
+    """True when ``text`` is a shapes-world prompt the built-in model was trained on (a prompt
+    naming one of ``NEW_SHAPES`` parses, for scoring, but is not one)."""
     try:
-        parse_prompt(text)
+        parsed = parse_prompt(text)
     except PromptNotInWorldError:
         return False
-    return True
+    return not any(o[1] in NEW_SHAPES for o in parsed.objects)
 
 
 # --------------------------------------------------------------------------- vocab
@@ -616,7 +651,7 @@ def vocab_tokens() -> list[str]:
     """The shapes-world WordPiece vocabulary: specials, then every character of the world's
     words, templates and punctuation (sorted), then ASCII digits/letters and their ``##`` forms."""
     chars = set()
-    words = list(_LEXICON) + list(SINGLE_TEMPLATES) + list(PAIR_TEMPLATES)
+    words = list(_lexicon(new_shapes=False)) + list(SINGLE_TEMPLATES) + list(PAIR_TEMPLATES)
     for w in words:
         chars.update(re.sub(r"\{[a-z0-9]+\}", "", w))
     chars.update(_PUNCT_VOCAB)
