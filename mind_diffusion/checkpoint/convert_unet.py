@@ -233,19 +233,22 @@ def compvis_unet_to_diffusers(state: Mapping[str, np.ndarray], config: Mapping) 
 
 _CFG_KEYS = ("in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
              "attention_resolutions", "num_heads", "context_dim", "transformer_depth", "num_groups",
-             "gelu", "dropout", "attn_slice", "time_freqs")
+             "gelu", "dropout", "attn_slice", "time_freqs",
+             # LoRA options (the original's keys + our targets): no effect on the base network
+             "enable_lora", "lora_rank", "lora_alpha", "lora_targets")
 
 
 def compvis_unet_config_to_diffusers(cfg: Mapping | None = None) -> dict:
     """Our ``LDMUNet`` constructor kwargs (missing ones take the SD-v1 defaults) -> the kwargs of
     diffusers ``UNet2DConditionModel`` for the same network. ``gelu`` / ``attn_slice`` /
-    ``time_freqs`` have no diffusers field (diffusers' GEGLU is always the exact erf GELU)."""
+    ``time_freqs`` have no diffusers field (diffusers' GEGLU is always the exact erf GELU); the
+    LoRA options add adapters, not base layers (peft's ``LoraConfig`` holds them in diffusers)."""
     cfg = dict(cfg or {})
     unknown = set(cfg) - set(_CFG_KEYS)
     if unknown:
         raise ValueError(f"unknown LDMUNet option(s): {sorted(unknown)}; valid: {list(_CFG_KEYS)}")
     full = dict(zip(_CFG_KEYS, (4, 4, 320, (1, 2, 4, 4), 2, (4, 2, 1), 8, 768, 1, 32, "tanh", 0.0, None,
-                                    "float64")))
+                                    "float64", False, 4, 4, None)))
     full.update(cfg)
     mult = tuple(full["channel_mult"])
     attn = set(full["attention_resolutions"])

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..checkpoint.io import (CheckpointError, CheckpointMismatchError, LoadReport, load_strict,
                              read_checkpoint)
+from ..nn.lora import lora_parameters
 
 PREFIX_UNET = "model.diffusion_model."
 PREFIX_VAE = "first_stage_model."
@@ -55,7 +56,9 @@ def load_ldm_checkpoint(net, path: str | Path, *, state: dict | None = None,
 
     Allowed quirks of the released file: the 4 never-used VAE tensors may be absent, and the
     two text embeddings may be stored in another float dtype (cast on load). Training-state
-    tensors (optimizer moments, loss scale, ...) are ignored. Anything else that is missing,
+    tensors (optimizer moments, loss scale, ...) are ignored. The LoRA tensors of a network
+    built with LoRA (``*.tk_delta_lora_a/b``) may be absent: a base checkpoint leaves them at
+    their initial values (B = 0, no effect) until a LoRA file is loaded. Anything else that is missing,
     unexpected or misshapen raises ``CheckpointMismatchError`` listing the tensors."""
     path = str(path)
     if state is None:
@@ -69,7 +72,8 @@ def load_ldm_checkpoint(net, path: str | Path, *, state: dict | None = None,
             f"cond_stage_model. (first names: {sample}). For a Stable Diffusion file run "
             f"scripts/convert_sd_to_ms.py first.")
     try:
-        report = load_strict(net, model_state, allow_missing=UNUSED_VAE_PARAMS, path=path,
+        lora = [p.name for p in lora_parameters(net)] if hasattr(net, "cells_and_names") else []
+        report = load_strict(net, model_state, allow_missing=UNUSED_VAE_PARAMS + tuple(lora), path=path,
                              dry_run=dry_run)
     except CheckpointMismatchError as exc:
         r = exc.report

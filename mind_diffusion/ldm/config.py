@@ -31,7 +31,10 @@ def ldm_config_defaults() -> dict:
                      "transformer_depth": 1, "num_groups": 32, "gelu": "tanh",
                      "attn_slice": None,  # query rows per attention chunk (bounds memory)
                      # timestep frequencies from MindSpore fp32 ops, as the Wukong original
-                     "time_freqs": "mindspore_fp32"},
+                     "time_freqs": "mindspore_fp32",
+                     # LoRA (the original's v1-*-chinese-lora.yaml keys); lora_targets: cell-path
+                     # suffixes, null = the attention projections to_q, to_k, to_v, to_out.0
+                     "enable_lora": False, "lora_rank": 4, "lora_alpha": 4.0, "lora_targets": None},
             "vae": {"embed_dim": 4, "z_channels": 4, "ch": 128, "ch_mult": [1, 2, 4, 4],
                     "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "num_groups": 32},
             "text_encoder": text_encoder_defaults(),

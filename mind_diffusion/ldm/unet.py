@@ -32,6 +32,7 @@ from ..nn.layers import (
     conv2d,
     dense,
 )
+from ..nn.lora import UNET_ATTN_TARGETS, inject_lora
 from ..nn.unet_blocks import UNetBlocksMixin, build_unet_blocks, dropout_cell
 
 GELU_MODES = ("tanh", "exact")
@@ -226,12 +227,17 @@ class SpatialTransformer(nn.Cell):
 class LDMUNet(UNetBlocksMixin, nn.Cell):
     """``construct(x (B,C,H,W), t (B,) int or float timesteps, context (B,L,context_dim)) -> eps``.
 
-    H and W must be divisible by ``2 ** (len(channel_mult) - 1)`` (8 for SD-v1)."""
+    H and W must be divisible by ``2 ** (len(channel_mult) - 1)`` (8 for SD-v1).
+
+    ``enable_lora`` (the original's ``v1-*-chinese-lora.yaml`` keys ``enable_lora``, ``lora_rank``,
+    ``lora_alpha``) wraps the layers named by ``lora_targets`` (default the attention projections
+    ``to_q``, ``to_k``, ``to_v``, ``to_out.0``, as the original) in LoRA layers
+    (:mod:`mind_diffusion.nn.lora`): the base names stay, ``*.tk_delta_lora_a/b`` are added."""
 
     def __init__(self, in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
                  num_res_blocks=2, attention_resolutions=(4, 2, 1), num_heads=8, context_dim=768,
                  transformer_depth=1, num_groups=32, gelu="tanh", dropout=0.0, attn_slice=None,
-                 time_freqs="float64"):
+                 time_freqs="float64", enable_lora=False, lora_rank=4, lora_alpha=4, lora_targets=None):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
@@ -271,6 +277,8 @@ class LDMUNet(UNetBlocksMixin, nn.Cell):
         self.out = nn.SequentialCell([GroupNorm(num_groups, ch, eps=1e-5), nn.SiLU(),
                                       ConvNd(model_channels, out_channels, 3, zero_init=True)])
         self.num_inputs = len(self.input_blocks)
+        if enable_lora:
+            inject_lora(self, lora_rank, lora_alpha, tuple(lora_targets or UNET_ATTN_TARGETS))
 
     def construct(self, x, t, context):
         emb = self.time_embed(self.time_proj(t))
