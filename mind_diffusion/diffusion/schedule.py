@@ -484,11 +484,13 @@ def schedule_from_config(section) -> "DiffusionSchedule":
     """The unrespaced schedule a config section describes (a dict or DictConfig): its
     ``num_timesteps``, ``beta_start`` and ``beta_end`` (None: the schedule's own defaults), and
     the beta schedule's name as ``kind`` (LDM's ``model.schedule``) or ``schedule`` (DDPM's
-    ``diffusion`` section)."""
+    ``diffusion`` section), and the tables' precision ``coeff_dtype`` (default "float64"; e.g.
+    "float32" for an original that keeps its schedule in fp32 tensors)."""
     kind = section.get("kind", section.get("schedule"))
     if kind is None:
         raise ValueError("the schedule config needs 'kind' (or DDPM's 'schedule'), e.g. 'linear'")
     beta_start, beta_end = section.get("beta_start"), section.get("beta_end")
     return DiffusionSchedule.create(str(kind), int(section["num_timesteps"]),
                                     None if beta_start is None else float(beta_start),
-                                    None if beta_end is None else float(beta_end))
+                                    None if beta_end is None else float(beta_end),
+                                    coeff_dtype=str(section.get("coeff_dtype") or "float64"))

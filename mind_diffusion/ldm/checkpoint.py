@@ -77,13 +77,27 @@ def load_ldm_checkpoint(net, path: str | Path, *, state: dict | None = None,
                              dry_run=dry_run)
     except CheckpointMismatchError as exc:
         r = exc.report
-        hint = ""
-        if r.mismatched and all(".diffusion_model.input_blocks.0.0.conv.weight" in n
-                                for n, _, _ in r.mismatched):
-            hint = " (an inpainting checkpoint? its UNet takes 9 input channels)"
-        raise CheckpointMismatchError(r, path + hint) from None
+        raise CheckpointMismatchError(r, path + _channels_hint(r.mismatched)) from None
     report.ignored = ignored  # type: ignore[attr-defined]
     return report
+
+
+def _channels_hint(mismatched) -> str:
+    """Which script and config fit a file whose only misfit is the UNet's input channels."""
+    if not mismatched or not all(".diffusion_model.input_blocks.0.0.conv.weight" in n
+                                 for n, _, _ in mismatched):
+        return ""
+    _, file_shape, net_shape = mismatched[0]
+    if len(file_shape) == 4 and file_shape[1] == 9:
+        return (" (an inpainting checkpoint: its UNet takes 9 input channels; use it with "
+                "scripts/inpaint.py and configs/wukong/inpaint-inference.yaml, or "
+                "configs/sd/v1-inpainting-inference.yaml for a converted SD inpainting model)")
+    if len(file_shape) == 4 and file_shape[1] == 4 and len(net_shape) == 4 and net_shape[1] == 9:
+        return (" (a text-to-image checkpoint: its UNet takes 4 input channels, the config "
+                "describes the 9-channel inpainting UNet; use it with a text-to-image config "
+                "such as configs/wukong/v1-inference-chinese.yaml: scripts/txt2img.py, "
+                "scripts/img2img.py, or scripts/inpaint.py in blend mode)")
+    return ""
 
 
 def manifest_state(manifest: list, rng: np.random.Generator | None = None) -> dict:

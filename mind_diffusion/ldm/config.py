@@ -24,7 +24,10 @@ def ldm_config_defaults() -> dict:
             "family": "wukong",
             "scale_factor": 0.18215,
             "schedule": {"kind": "scaled_linear", "num_timesteps": 1000,
-                         "beta_start": 0.00085, "beta_end": 0.012},
+                         "beta_start": 0.00085, "beta_end": 0.012,
+                         # precision of the sampler's tables: float64, or the original's
+                         # float32 tensors (the inpaint release keeps its schedule in fp32)
+                         "coeff_dtype": "float64"},
             "unet": {"in_channels": 4, "out_channels": 4, "model_channels": 320,
                      "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                      "attention_resolutions": [4, 2, 1], "num_heads": 8, "context_dim": 768,

@@ -69,11 +69,20 @@ def build_ldm(model_cfg) -> LatentDiffusion:
     if unet_kw["context_dim"] != m["text_encoder"]["width"]:
         raise ValueError(f"model.unet.context_dim ({unet_kw['context_dim']}) must equal "
                          f"model.text_encoder.width ({m['text_encoder']['width']})")
-    if unet_kw["in_channels"] != vae_kw["embed_dim"]:
-        raise ValueError(f"model.unet.in_channels ({unet_kw['in_channels']}) must equal "
-                         f"model.vae.embed_dim ({vae_kw['embed_dim']}) for text-to-image")
+    latent = vae_kw["embed_dim"]
+    if unet_kw["out_channels"] != latent or unet_kw["in_channels"] not in (latent, 2 * latent + 1):
+        raise ValueError(f"model.unet.in_channels / out_channels ({unet_kw['in_channels']} / "
+                         f"{unet_kw['out_channels']}) must be {latent} / {latent} (text-to-image) or "
+                         f"{2 * latent + 1} / {latent} (inpainting: latents, mask, masked-image "
+                         f"latents) for model.vae.embed_dim {latent}")
     return LatentDiffusion(LDMUNet(**unet_kw), AutoencoderKL(**vae_kw),
                            TextConditioner(**m["text_encoder"]), m["scale_factor"])
+
+
+def is_inpaint_unet(model_cfg) -> bool:
+    """True for the inpainting UNet: input ``concat[x_t, mask, masked-image latents]``."""
+    m = to_plain(model_cfg)
+    return int(m["unet"]["in_channels"]) == 2 * int(m["vae"]["embed_dim"]) + 1
 
 
 def size_multiple(model_cfg) -> int:

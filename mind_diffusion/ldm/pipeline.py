@@ -1,4 +1,5 @@
-"""Text-to-image with a latent diffusion model (Wukong-Huahua, or SD v1.x converted).
+"""Text-to-image with a latent diffusion model (Wukong-Huahua, or SD v1.x converted), and
+image editing with it: ``pipe.img2img(...)`` and ``pipe.inpaint(...)`` (see ``ldm.editing``).
 
     pipe = LDMPipeline.from_pretrained("configs/wukong/v1-inference-chinese.yaml",
                                        "models/wukong-huahua-ms.ckpt")
@@ -35,7 +36,8 @@ from ..utils.output import DiffusionOutput
 from ..utils.prompts import prompt_list
 from .checkpoint import load_ldm_checkpoint
 from .config import ldm_config_defaults
-from .model import LatentDiffusion, build_ldm, size_multiple
+from .editing import ConcatUNet, LDMEditing, LatentEncoder
+from .model import LatentDiffusion, build_ldm, is_inpaint_unet, size_multiple
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
 
@@ -65,7 +67,15 @@ class TextEncode(nn.Cell):
         return ops.cast(self.text(ids), ms.float32)
 
 
-class LDMPipeline:
+def inpaint_checkpoint_error(task: str) -> ValueError:
+    return ValueError(
+        f"this is an inpainting model (UNet with 9 input channels: latents, mask, masked "
+        f"image), which cannot run {task}: use it with scripts/inpaint.py; {task} needs a "
+        f"text-to-image checkpoint such as wukong-huahua-ms.ckpt with "
+        f"configs/wukong/v1-inference-chinese.yaml")
+
+
+class LDMPipeline(LDMEditing):
     def __init__(self, model: LatentDiffusion, tokenizer, cfg, ckpt_path: str | None = None,
                  ckpt_hash: str | None = None):
         self.model = model
@@ -74,7 +84,8 @@ class LDMPipeline:
         self.cfg = cfg
         self.schedule = schedule_from_config(cfg.model.schedule)
         self.scale_factor = model.scale_factor
-        self.latent_channels = int(cfg.model.unet.in_channels)
+        self.latent_channels = int(cfg.model.unet.out_channels)
+        self.is_inpaint = is_inpaint_unet(cfg.model)
         self.vae_factor = 2 ** (len(cfg.model.vae.ch_mult) - 1)
         self.size_multiple = size_multiple(cfg.model)
         self.context_length = int(cfg.model.text_encoder.context_length)
@@ -86,7 +97,13 @@ class LDMPipeline:
         self._guided = GuidedModel(model.model.diffusion_model)
         self._plain = UnguidedModel(model.model.diffusion_model)
         self._decode = LatentDecoder(model.first_stage_model, self.scale_factor)
-        for cell in (self._text, self._guided, self._plain, self._decode):
+        self._encode = LatentEncoder(model.first_stage_model)
+        cells = [self._text, self._guided, self._plain, self._decode, self._encode]
+        if self.is_inpaint:  # the UNet input is concat[x_t, mask, masked-image latents]
+            step = ConcatUNet(model.model.diffusion_model)
+            self._guided_cat, self._plain_cat = GuidedModel(step), UnguidedModel(step)
+            cells += [self._guided_cat, self._plain_cat]
+        for cell in cells:
             cell.set_train(False)
 
     # ---------------------------------------------------------------- loading
@@ -171,18 +188,33 @@ class LDMPipeline:
                                  f"e.g. {8 * multiple if multiple <= 64 else multiple}")
 
     # -------------------------------------------------------------- sampling
-    def model_fn(self, context: np.ndarray, scale: float) -> Callable:
+    def model_fn(self, context: np.ndarray, scale: float,
+                 c_concat: np.ndarray | None = None) -> Callable:
+        """``fn(x, t)``: the (guided) UNet step. ``c_concat`` (B, 5, h, w): the inpaint UNet's
+        extra input (mask, masked-image latents), the same for both guidance halves."""
         ctx = Tensor(context.astype(np.float32))
+        extra = ()
+        plain, guided = self._plain, self._guided
+        if c_concat is not None:
+            if not self.is_inpaint:
+                raise ValueError("c_concat is the inpaint UNet's input; this UNet takes "
+                                 f"{self.latent_channels} channels")
+            cc = np.ascontiguousarray(c_concat, np.float32)
+            extra = (Tensor(cc if scale == 1.0 else np.concatenate([cc, cc])),)
+            plain, guided = self._plain_cat, self._guided_cat
+        elif self.is_inpaint:
+            raise inpaint_checkpoint_error("text-to-image")
         if scale == 1.0:
             def fn(x, t):
                 tt = Tensor(np.asarray(t, dtype=np.float32))
-                return self._plain(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx).asnumpy()
+                return plain(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx, *extra).asnumpy()
             return fn
         s = Tensor(np.float32(scale))
 
         def fn(x, t):
             tt = Tensor(np.asarray(t, dtype=np.float32))
-            return self._guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, s, ctx).asnumpy()
+            return guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, s, ctx,
+                          *extra).asnumpy()
         return fn
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -203,13 +235,18 @@ class LDMPipeline:
     def check_inputs(cls, cfg, prompt, *, negative_prompt=None, num_images_per_prompt=None,
                      height=None, width=None, num_inference_steps=None, guidance_scale=None,
                      sampler=None, seed=None, callback=None, output_type="uint8",
-                     flags: dict | None = None) -> dict:
+                     flags: dict | None = None, task: str = "txt2img") -> dict:
         """Every input checked, every default resolved from the config's ``sampling:`` section
         (the one place they are); returns the settings a call runs with. A class method, so a
         script checks its inputs before loading the checkpoint; ``flags`` maps an argument to
         the command-line flag its error should name (e.g. ``{"num_inference_steps":
-        "--ddim_steps"}``)."""
+        "--ddim_steps"}``). ``task``: "txt2img", "img2img" or "inpaint"; an inpainting model
+        (9-channel UNet) is refused for the first two."""
         flags = flags or {}
+        if task not in ("txt2img", "img2img", "inpaint"):
+            raise ValueError(f"task must be 'txt2img', 'img2img' or 'inpaint', got {task!r}")
+        if task != "inpaint" and is_inpaint_unet(cfg.model):
+            raise inpaint_checkpoint_error(task)
         s = cfg.sampling
         prompts = prompt_list(prompt, cls.check_prompt)
         negative = str(s.negative_prompt) if negative_prompt is None else negative_prompt
@@ -266,32 +303,60 @@ class LDMPipeline:
                               width=width, num_inference_steps=num_inference_steps,
                               guidance_scale=guidance_scale, sampler=sampler, seed=seed,
                               callback=callback, output_type=output_type)
-        prompts = [p for p in a["prompts"] for _ in range(a["num_images_per_prompt"])]
-        n, h, w, scale = len(prompts), a["height"], a["width"], a["guidance_scale"]
+        prompts = self._expand_prompts(a)
+        n, h, w = len(prompts), a["height"], a["width"]
         shape = (n, self.latent_channels, h // self.vae_factor, w // self.vae_factor)
         if x_T is None:
             x_T = self.initial_noise(n, h, w, a["seed"])
         elif x_T.shape != shape:
             raise ValueError(f"x_T must have shape {shape}, got {x_T.shape}")
+        latents = self._sample(a, self._guidance_context(prompts, a), x_T, callback=callback,
+                               progress=progress, **sampler_options)
+        return self._result(latents, a, prompts, output_type)
+
+    # ------------------------------------------------- shared by txt2img / img2img / inpaint
+    @staticmethod
+    def _expand_prompts(a: dict) -> list:
+        return [p for p in a["prompts"] for _ in range(a["num_images_per_prompt"])]
+
+    def _guidance_context(self, prompts: list, a: dict) -> np.ndarray:
+        """The text context: the prompts', after the negative prompt's when guided."""
         cond = self.encode_text(prompts)
-        context = cond if scale == 1.0 else \
-            np.concatenate([self.encode_text([a["negative_prompt"]] * n), cond])
+        if a["guidance_scale"] == 1.0:
+            return cond
+        return np.concatenate([self.encode_text([a["negative_prompt"]] * len(prompts)), cond])
+
+    def _sample(self, a: dict, context: np.ndarray, x_T: np.ndarray, *, callback, progress,
+                c_concat: np.ndarray | None = None, **sampler_options) -> np.ndarray:
         opts = dict(sampler_options)
         if a["sampler"] in ("ddpm", "ddim"):
             opts.setdefault("clip_denoised", False)
         if a["sampler"] == "dpm_solver" and "dpm_solver_precision" in self.cfg.sampling:
             opts.setdefault("precision", str(self.cfg.sampling.dpm_solver_precision))
-        latents = get_sampler(a["sampler"])(
-            self.model_fn(context, scale), x_T, self.schedule, a["num_inference_steps"],
-            rng=np.random.default_rng(a["seed"]), progress=progress, callback=callback, **opts)
+        scale = a["guidance_scale"]
+        fn = self.model_fn(context, scale) if c_concat is None else \
+            self.model_fn(context, scale, c_concat=c_concat)
+        return get_sampler(a["sampler"])(
+            fn, x_T, self.schedule, a["num_inference_steps"], rng=np.random.default_rng(a["seed"]),
+            progress=progress, callback=callback, **opts)
+
+    def _result(self, latents: np.ndarray, a: dict, prompts: list, output_type: str,
+                extra: dict | None = None, keep=None) -> DiffusionOutput:
+        """Decode (unless ``output_type='latent'``) and wrap; ``keep=(soft_mask, originals)``
+        pastes the original pixels back outside the mask (blended inpainting)."""
         if output_type == "latent":
             images = latents
         else:
             x = self.decode(latents)
-            images = x if output_type == "np" else self.to_uint8(x)
+            if keep is not None:
+                images = self.paste_outside(x, keep[0], keep[1], output_type)
+            else:
+                images = x if output_type == "np" else self.to_uint8(x)
         settings = {k: v for k, v in a.items() if k != "prompts"}
-        return DiffusionOutput({h: images}, prompts=prompts,
-                               seeds=[a["seed"] + j for j in range(n)], settings=settings)
+        settings.update(extra or {})
+        return DiffusionOutput({a["height"]: images}, prompts=prompts,
+                               seeds=[a["seed"] + j for j in range(len(prompts))],
+                               settings=settings)
 
     def settings(self, *, prompt: str, negative_prompt: str, sampler: str, steps: int,
                  scale: float, seed: int, height: int, width: int) -> dict:

@@ -161,3 +161,36 @@ def emit(callback: Optional[Callback], step_index: int, t, x: np.ndarray,
          pred_x0: np.ndarray) -> None:
     if callback is not None:
         callback(step_index, t, x.astype(np.float32), np.asarray(pred_x0).astype(np.float32))
+
+
+#: ``step_hook(step_index, x, alpha, sigma) -> x``: called after every step with the new ``x``
+#: and its noise level (``x ~ alpha * x0 + sigma * eps``); returns the ``x`` the sampler goes on
+#: with (blended inpainting replaces the known region there).
+StepHook = Callable[[int, np.ndarray, float, float], np.ndarray]
+
+
+def check_start(start_step, n_steps: int, name: str) -> int:
+    """``start_step`` in ``[0, n_steps)``: the number of the grid's noisiest steps to skip
+    (img2img / SDEdit start ``x_T`` at the noise level of the grid's step ``start_step``)."""
+    if isinstance(start_step, bool) or not isinstance(start_step, numbers.Integral) \
+            or not 0 <= start_step < n_steps:
+        raise ValueError(f"{name}: start_step must be an integer in [0, {n_steps}) for this "
+                         f"grid of {n_steps} steps, got {start_step!r}")
+    return int(start_step)
+
+
+def check_hook(step_hook, name: str) -> Optional[StepHook]:
+    if step_hook is not None and not callable(step_hook):
+        raise ValueError(f"{name}: step_hook must be callable(step_index, x, alpha, sigma) -> x")
+    return step_hook
+
+
+def apply_hook(step_hook: Optional[StepHook], step_index: int, x: np.ndarray, alpha: float,
+               sigma: float) -> np.ndarray:
+    """``x`` after the hook (unchanged without one), as float64 of the same shape."""
+    if step_hook is None:
+        return x
+    out = np.asarray(step_hook(step_index, x, float(alpha), float(sigma)), dtype=np.float64)
+    if out.shape != x.shape:
+        raise ValueError(f"step_hook returned shape {out.shape} for x of shape {x.shape}")
+    return out

@@ -7,11 +7,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..schedule import DiffusionSchedule, RespacingSpec, space_timesteps
-from ._common import (Callback, chain_step, check_callback, check_model_options, check_nonneg,
-                      check_rng, check_schedule, check_spec, check_step_count, check_x, emit,
-                      standard_normal, step_iter)
+from ._common import (Callback, StepHook, apply_hook, chain_step, check_callback, check_hook,
+                      check_model_options, check_nonneg, check_rng, check_schedule, check_spec,
+                      check_start, check_step_count, check_x, emit, standard_normal, step_iter)
 
-__all__ = ["sample_ddim", "ddim_timesteps"]
+__all__ = ["sample_ddim", "ddim_timesteps", "ddim_levels"]
 
 NAME = "ddim"
 
@@ -35,12 +35,23 @@ def ddim_timesteps(num_timesteps: int, num_steps: RespacingSpec) -> list:
     return space_timesteps(num_timesteps, num_steps)
 
 
+def ddim_levels(schedule: DiffusionSchedule, num_steps: RespacingSpec):
+    """``(timesteps, alpha, sigma)`` of the steps DDIM takes, noisiest first: the model's
+    timestep at step ``i`` and the noise level ``x ~ alpha x0 + sigma eps`` it starts from."""
+    check_schedule(schedule, NAME)
+    chain = schedule.respace(ddim_timesteps(schedule.num_timesteps, num_steps))
+    abar = np.asarray(chain.alphas_cumprod, dtype=np.float64)[::-1]
+    return (np.asarray(chain.timestep_map, dtype=np.int64)[::-1].copy(), np.sqrt(abar),
+            np.sqrt(1.0 - abar))
+
+
 def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
                 num_steps: RespacingSpec = 50, *, rng=None,
                 progress: bool = True, callback: Optional[Callback] = None,
                 prediction_type: str = "epsilon", eta: float = 0.0,
                 clip_denoised: bool = False, temperature: float = 1.0,
-                variance_type: str = "fixed_small") -> np.ndarray:
+                variance_type: str = "fixed_small", start_step: int = 0,
+                step_hook: Optional[StepHook] = None) -> np.ndarray:
     """DDIM sampling over the timesteps of :func:`ddim_timesteps` (guided-diffusion's
     ``ddim_sample``, which GLIDE's super-resolution stage runs with ``eta = 0``).
 
@@ -65,6 +76,11 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
         clip_denoised: clip the predicted x0 to ``[-1, 1]``.
         temperature: noise multiplier. variance_type: only ``'learned_range'`` matters: the
             model's variance channels are dropped.
+        start_step: skip the first (noisiest) ``start_step`` steps: ``x_T`` is at the noise
+            level of step ``start_step`` (:func:`ddim_levels`; img2img). The callback's step
+            index counts the steps taken.
+        step_hook: ``step_hook(step_index, x, alpha, sigma) -> x`` after every step (blended
+            inpainting), with ``x``'s new noise level.
 
     Returns:
         float32 array of the same shape as ``x_T``.
@@ -72,6 +88,7 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     check_schedule(schedule, NAME)
     check_model_options(prediction_type, variance_type)
     check_callback(callback, NAME)
+    check_hook(step_hook, NAME)
     eta = check_nonneg(eta, "eta", NAME)
     temperature = check_nonneg(temperature, "temperature", NAME)
     stochastic = eta * temperature > 0.0
@@ -81,8 +98,9 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     if stochastic:
         rng = check_rng(rng, f"sampler {NAME!r} with eta={eta}", "eta > 0 adds noise", batch)
     n = chain.num_timesteps
-    for i in step_iter(n, NAME, progress):
-        k = n - 1 - i
+    start = check_start(start_step, n, NAME)
+    for i in step_iter(n - start, NAME, progress):
+        k = n - 1 - start - i
         t_orig, pmv = chain_step(model_fn, chain, x, k, NAME, prediction_type=prediction_type,
                                  variance_type=variance_type, clip_denoised=clip_denoised)
         x0, eps = pmv["pred_x0"], pmv["eps"]
@@ -93,5 +111,6 @@ def sample_ddim(model_fn: Callable, x_T, schedule: DiffusionSchedule,
         x = np.sqrt(abar_prev) * x0 + np.sqrt(max(1.0 - abar_prev - sigma ** 2, 0.0)) * eps
         if stochastic and k > 0:
             x = x + (temperature * sigma) * standard_normal(rng, x.shape)
+        x = apply_hook(step_hook, i, x, np.sqrt(abar_prev), np.sqrt(1.0 - abar_prev))
         emit(callback, i, t_orig, x, x0)
     return x.astype(np.float32)

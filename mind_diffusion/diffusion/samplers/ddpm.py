@@ -7,11 +7,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..schedule import DiffusionSchedule, RespacingSpec
-from ._common import (Callback, chain_step, check_callback, check_model_options, check_nonneg,
-                      check_rng, check_schedule, check_spec, check_step_count, check_x, emit,
-                      standard_normal, step_iter)
+from ._common import (Callback, StepHook, apply_hook, chain_step, check_callback, check_hook,
+                      check_model_options, check_nonneg, check_rng, check_schedule, check_spec,
+                      check_start, check_step_count, check_x, emit, standard_normal, step_iter)
 
-__all__ = ["sample_ddpm", "ddpm_schedule"]
+__all__ = ["sample_ddpm", "ddpm_schedule", "ddpm_levels"]
 
 NAME = "ddpm"
 
@@ -27,11 +27,22 @@ def ddpm_schedule(schedule: DiffusionSchedule, num_steps: RespacingSpec) -> Diff
     return schedule.respace(num_steps)
 
 
+def ddpm_levels(schedule: DiffusionSchedule, num_steps: RespacingSpec):
+    """``(timesteps, alpha, sigma)`` of the steps DDPM takes, noisiest first (see
+    :func:`~mind_diffusion.diffusion.samplers.ddim.ddim_levels`)."""
+    check_schedule(schedule, NAME)
+    sched = ddpm_schedule(schedule, num_steps)
+    abar = np.asarray(sched.alphas_cumprod, dtype=np.float64)[::-1]
+    return (np.asarray(sched.timestep_map, dtype=np.int64)[::-1].copy(), np.sqrt(abar),
+            np.sqrt(1.0 - abar))
+
+
 def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
                 num_steps: RespacingSpec = 1000, *, rng: Optional[np.random.Generator] = None,
                 progress: bool = True, callback: Optional[Callback] = None,
                 prediction_type: str = "epsilon", variance_type: str = "fixed_small",
-                clip_denoised: bool = False, temperature: float = 1.0) -> np.ndarray:
+                clip_denoised: bool = False, temperature: float = 1.0, start_step: int = 0,
+                step_hook: Optional[StepHook] = None) -> np.ndarray:
     """Ancestral sampling ``x_{t-1} ~ N(mean_theta(x_t), sigma_t^2 I)`` from ``x_T``.
 
     Args:
@@ -54,6 +65,10 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
             or ``'learned_range'``.
         clip_denoised: clip the predicted x0 to ``[-1, 1]`` at every step.
         temperature: multiplier of the ancestral noise (1.0 = exact sampler).
+        start_step: skip the first (noisiest) ``start_step`` steps (``x_T`` is at the noise
+            level of that step, :func:`ddpm_levels`; img2img).
+        step_hook: ``step_hook(step_index, x, alpha, sigma) -> x`` after every step (blended
+            inpainting), with ``x``'s new noise level (the posterior mean's, ``abar_{t-1}``).
 
     Returns:
         float32 array of the same shape as ``x_T``. No noise is added at the last step.
@@ -61,6 +76,7 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     check_schedule(schedule, NAME)
     check_model_options(prediction_type, variance_type)
     check_callback(callback, NAME)
+    check_hook(step_hook, NAME)
     temperature = check_nonneg(temperature, "temperature", NAME)
     sched = ddpm_schedule(schedule, num_steps)
     x = check_x(x_T, NAME)
@@ -68,8 +84,9 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     if temperature > 0.0:
         rng = check_rng(rng, f"sampler {NAME!r}", "ancestral noise at every step", batch)
     n = sched.num_timesteps
-    for i in step_iter(n, NAME, progress):
-        k = n - 1 - i
+    start = check_start(start_step, n, NAME)
+    for i in step_iter(n - start, NAME, progress):
+        k = n - 1 - start - i
         t_orig, pmv = chain_step(model_fn, sched, x, k, NAME, prediction_type=prediction_type,
                                  variance_type=variance_type, clip_denoised=clip_denoised)
         if k > 0 and temperature > 0.0:
@@ -77,5 +94,7 @@ def sample_ddpm(model_fn: Callable, x_T, schedule: DiffusionSchedule,
             x = pmv["mean"] + np.exp(0.5 * pmv["log_variance"]) * (temperature * noise)
         else:
             x = np.asarray(pmv["mean"], dtype=np.float64)
+        abar_prev = float(sched.alphas_cumprod_prev[k])
+        x = apply_hook(step_hook, i, x, np.sqrt(abar_prev), np.sqrt(1.0 - abar_prev))
         emit(callback, i, t_orig, x, pmv["pred_x0"])
     return x.astype(np.float32)

@@ -18,10 +18,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..schedule import DiffusionSchedule, interp_linear
-from ._common import (Callback, check_callback, check_model_options, check_schedule,
-                      check_step_count, check_x, emit, predict_x0_eps, step_iter)
+from ._common import (Callback, StepHook, apply_hook, check_callback, check_hook,
+                      check_model_options, check_schedule, check_start, check_step_count, check_x,
+                      emit, predict_x0_eps, step_iter)
 
-__all__ = ["sample_dpm_solver", "DiscreteVPSchedule", "SKIP_TYPES", "PRECISIONS"]
+__all__ = ["sample_dpm_solver", "dpm_solver_levels", "DiscreteVPSchedule", "SKIP_TYPES",
+           "PRECISIONS"]
 
 NAME = "dpm_solver"
 SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
@@ -76,12 +78,37 @@ class DiscreteVPSchedule:
         raise ValueError(f"unknown skip_type {skip_type!r}; expected one of {SKIP_TYPES}")
 
 
+def dpm_solver_levels(schedule: DiffusionSchedule, num_steps: int,
+                      skip_type: str = "time_uniform"):
+    """``(model_times, alpha, sigma)`` of the steps DPM-Solver takes, noisiest first: the
+    model's (float) timestep at step ``i`` and the noise level ``x ~ alpha x0 + sigma eps`` it
+    starts from."""
+    check_schedule(schedule, NAME)
+    steps = check_step_count(num_steps, schedule.num_timesteps, NAME)
+    if skip_type not in SKIP_TYPES:
+        raise ValueError(f"{NAME}: unknown skip_type {skip_type!r}; expected one of {SKIP_TYPES}")
+    vp = DiscreteVPSchedule(schedule)
+    times = vp.time_steps(skip_type, steps)[:-1]
+    return vp.model_time(times), vp.alpha(times), vp.sigma(times)
+
+
+def _step_order(step: int, start: int, steps: int, order: int, lower_order_final: bool) -> int:
+    """The order of the step that ends at grid index ``step`` of a run that began at ``start``:
+    first order for the first step (warm-up), lowered at the end with ``lower_order_final``."""
+    if step - start < order:
+        return step - start
+    if lower_order_final and steps < 15:
+        return min(order, steps + 1 - step)
+    return order
+
+
 def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
                       num_steps: int = 20, *, rng: Optional[np.random.Generator] = None,
                       progress: bool = True, callback: Optional[Callback] = None,
                       prediction_type: str = "epsilon", order: int = 2,
                       lower_order_final: bool = True, skip_type: str = "time_uniform",
-                      variance_type: str = "fixed_small", precision: str = "fp32") -> np.ndarray:
+                      variance_type: str = "fixed_small", precision: str = "fp32",
+                      start_step: int = 0, step_hook: Optional[StepHook] = None) -> np.ndarray:
     """Multistep DPM-Solver++ (data prediction) with the first-order warm-up step.
 
     With ``h = lambda_t - lambda_s`` and ``D = x0_{s} - x0_{s'}`` (``s'`` the step before
@@ -112,6 +139,12 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
             :func:`_sample_original_fp16`; ``prediction_type='epsilon'`` and
             ``skip_type='time_uniform'`` only). There the model gets ``x`` and ``t`` as float16
             arrays and its output is rounded to float16, as the original's fp16 UNet returns.
+        start_step: skip the first (noisiest) ``start_step`` of the ``num_steps`` steps:
+            ``x_T`` is at the noise level of that grid time (:func:`dpm_solver_levels`;
+            img2img); the first step taken is first order, the grid and the final-step order
+            are those of the full ``num_steps`` run.
+        step_hook: ``step_hook(step_index, x, alpha, sigma) -> x`` after every step (blended
+            inpainting), with ``x``'s new noise level.
 
     Returns:
         float32 array of the same shape as ``x_T`` (fp16 values with ``"original_fp16"``).
@@ -120,7 +153,9 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
     check_schedule(schedule, NAME)
     check_model_options(prediction_type, variance_type)
     check_callback(callback, NAME)
+    check_hook(step_hook, NAME)
     steps = check_step_count(num_steps, schedule.num_timesteps, NAME)
+    start = check_start(start_step, steps, NAME)
     if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"{NAME}: order must be 1 or 2, got {order!r}")
     if skip_type not in SKIP_TYPES:
@@ -134,7 +169,8 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
                              "which takes an epsilon model and skip_type='time_uniform'; got "
                              f"prediction_type={prediction_type!r}, skip_type={skip_type!r}")
         return _sample_original_fp16(model_fn, check_x(x_T, NAME), schedule, steps, order,
-                                     lower_order_final, variance_type, progress, callback)
+                                     lower_order_final, variance_type, progress, callback,
+                                     start, step_hook)
     vp = DiscreteVPSchedule(schedule)
     times = vp.time_steps(skip_type, steps)
     alphas = vp.alpha(times)
@@ -152,15 +188,10 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
         return x0
 
     # history of (index into `times`, data prediction), newest last
-    hist = [(0, data_pred(x, 0))]
-    for i in step_iter(steps, NAME, progress):
-        step = i + 1  # advance from times[hist[-1][0]] to times[step]
-        if step < order:
-            step_order = step  # warm-up: first step is first order
-        elif lower_order_final and steps < 15:
-            step_order = min(order, steps + 1 - step)
-        else:
-            step_order = order
+    hist = [(start, data_pred(x, start))]
+    for i in step_iter(steps - start, NAME, progress):
+        step = start + i + 1  # advance from times[hist[-1][0]] to times[step]
+        step_order = _step_order(step, start, steps, order, lower_order_final)
         s, m_s = hist[-1]
         h = lambdas[step] - lambdas[s]
         phi = np.expm1(-h)
@@ -169,7 +200,7 @@ def sample_dpm_solver(model_fn: Callable, x_T, schedule: DiffusionSchedule,
             s_prev, m_prev = hist[-2]
             r = (lambdas[s] - lambdas[s_prev]) / h
             x_new = x_new - (0.5 * alphas[step] * phi / r) * (m_s - m_prev)
-        x = x_new
+        x = apply_hook(step_hook, i, x_new, alphas[step], sigmas[step])
         emit(callback, i, float(model_times[s]), x, m_s)
         if step < steps:
             hist.append((step, data_pred(x, step)))
@@ -253,7 +284,7 @@ class _OriginalFP16Schedule:
 
 
 def _sample_original_fp16(model_fn, x_T, schedule, steps, order, lower_order_final,
-                          variance_type, progress, callback):
+                          variance_type, progress, callback, start=0, step_hook=None):
     import mindspore as ms
     from mindspore import Tensor, ops
 
@@ -284,17 +315,12 @@ def _sample_original_fp16(model_fn, x_T, schedule, steps, order, lower_order_fin
         _, alpha, sigma, _ = vp.marginals(t)
         return (x_in - col(sigma) * eps) / col(alpha), float(t_model.asnumpy()[0])
 
-    t0 = at(0)
+    t0 = at(start)
     m0, tm0 = data_pred(x, t0)
     hist = [(t0, m0, tm0)]                                      # (t, x0 prediction, model time)
-    for i in step_iter(steps, NAME, progress):
-        step = i + 1
-        if step < order:
-            step_order = step
-        elif lower_order_final and steps < 15:
-            step_order = min(order, steps + 1 - step)
-        else:
-            step_order = order
+    for i in step_iter(steps - start, NAME, progress):
+        step = start + i + 1
+        step_order = _step_order(step, start, steps, order, lower_order_final)
         t = at(step)
         s, m_s, tm_s = hist[-1]
         _, _, sigma_s, lam_s = vp.marginals(s)
@@ -310,6 +336,10 @@ def _sample_original_fp16(model_fn, x_T, schedule, steps, order, lower_order_fin
             d1 = col(1.0 / r0) * (m_s - m_prev)
             phi = alpha_t * (ops.exp(-h) - 1.0)
             x = col(sigma_t / sigma_s) * x - col(phi) * m_s - 0.5 * col(phi) * d1
+        if step_hook is not None:
+            a_t, s_t = float(alpha_t.asnumpy()[0]), float(sigma_t.asnumpy()[0])
+            x = ops.cast(Tensor(apply_hook(step_hook, i, x.asnumpy().astype(np.float64), a_t, s_t)
+                                .astype(np.float32)), f16)
         emit(callback, i, tm_s, x.asnumpy().astype(np.float64), m_s.asnumpy())
         if step < steps:
             m_new, tm_new = data_pred(x, t)

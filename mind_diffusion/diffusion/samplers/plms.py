@@ -7,10 +7,11 @@ import numpy as np
 
 from ..gaussian import eps_to_x0_ab
 from ..schedule import DiffusionSchedule
-from ._common import (Callback, check_callback, check_model_options, check_schedule,
-                      check_step_count, check_x, emit, predict_x0_eps, step_iter)
+from ._common import (Callback, StepHook, apply_hook, check_callback, check_hook,
+                      check_model_options, check_schedule, check_start, check_step_count, check_x,
+                      emit, predict_x0_eps, step_iter)
 
-__all__ = ["sample_plms", "plms_timesteps"]
+__all__ = ["sample_plms", "plms_timesteps", "plms_levels"]
 
 NAME = "plms"
 
@@ -37,10 +38,20 @@ def plms_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
     return ts[ts < num_timesteps]
 
 
+def plms_levels(schedule: DiffusionSchedule, num_steps: int):
+    """``(timesteps, alpha, sigma)`` of the steps PLMS takes, noisiest first: the model's
+    timestep at step ``i`` and the noise level ``x ~ alpha x0 + sigma eps`` it starts from."""
+    check_schedule(schedule, NAME)
+    ts = plms_timesteps(schedule.num_timesteps, num_steps)[::-1].copy()
+    abar = np.asarray(schedule.alphas_cumprod, dtype=np.float64)[ts]
+    return ts, np.sqrt(abar), np.sqrt(1.0 - abar)
+
+
 def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps: int = 50, *,
                 rng: Optional[np.random.Generator] = None, progress: bool = True,
                 callback: Optional[Callback] = None, prediction_type: str = "epsilon",
-                variance_type: str = "fixed_small") -> np.ndarray:
+                variance_type: str = "fixed_small", start_step: int = 0,
+                step_hook: Optional[StepHook] = None) -> np.ndarray:
     """Deterministic PLMS sampling (LDM's ``PLMSSampler`` with ``eta=0``).
 
     With ``a_t = abar[ts[i]]`` and ``a_prev = abar[ts[i-1]]`` (``abar[0]`` for the last step,
@@ -59,6 +70,11 @@ def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps:
             steps are actually taken: the callback fires once per taken step).
         rng: accepted for interface uniformity and never used (PLMS is deterministic).
         variance_type: only ``'learned_range'`` matters (variance channels are dropped).
+        start_step: skip the first (noisiest) ``start_step`` steps: ``x_T`` is at the noise
+            level of that step (:func:`plms_levels`; img2img); the first step taken is the
+            pseudo improved Euler step.
+        step_hook: ``step_hook(step_index, x, alpha, sigma) -> x`` after every step (blended
+            inpainting), with ``x``'s new noise level ``sqrt(a_prev)``.
 
     Returns:
         float32 array of the same shape as ``x_T``.
@@ -67,6 +83,7 @@ def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps:
     check_schedule(schedule, NAME)
     check_model_options(prediction_type, variance_type)
     check_callback(callback, NAME)
+    check_hook(step_hook, NAME)
     ts = plms_timesteps(schedule.num_timesteps, num_steps)
     abar_all = np.asarray(schedule.alphas_cumprod)
     alphas = abar_all[ts]
@@ -74,6 +91,7 @@ def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps:
     x = check_x(x_T, NAME)
     batch = x.shape[0]
     n = len(ts)
+    start = check_start(start_step, n, NAME)
     old_eps = []  # newest last, at most 3 kept
 
     def model_eps(x_in, t_orig, abar):
@@ -85,8 +103,8 @@ def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps:
         x0 = eps_to_x0_ab(a_t, x_in, eps)
         return np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps, x0
 
-    for i in step_iter(n, NAME, progress):
-        index = n - 1 - i
+    for i in step_iter(n - start, NAME, progress):
+        index = n - 1 - start - i
         t_orig = int(ts[index])
         t_next = int(ts[max(index - 1, 0)])
         a_t, a_prev = float(alphas[index]), float(alphas_prev[index])
@@ -101,6 +119,7 @@ def sample_plms(model_fn: Callable, x_T, schedule: DiffusionSchedule, num_steps:
             history = [e_t] + old_eps[::-1][:order - 1]
             e_prime = sum(w * e for w, e in zip(weights, history)) / denom
         x, x0 = ddim_step(x, e_prime, a_t, a_prev)
+        x = apply_hook(step_hook, i, x, np.sqrt(a_prev), np.sqrt(1.0 - a_prev))
         old_eps.append(e_t)
         if len(old_eps) > 3:
             old_eps.pop(0)
