@@ -37,6 +37,8 @@ from ..utils.prompts import prompt_list
 from .checkpoint import load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .editing import ConcatUNet, LDMEditing, LatentEncoder
+from .lora import (LoadedLoRA, add_to_weights, attach_separate, base_mismatch_note, check_lora_weight,
+                   read_lora)
 from .model import LatentDiffusion, build_ldm, is_inpaint_unet, size_multiple
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
@@ -91,7 +93,15 @@ class LDMPipeline(LDMEditing):
         self.context_length = int(cfg.model.text_encoder.context_length)
         self.vocab_size = int(cfg.model.text_encoder.vocab_size)
         self.ckpt_path = ckpt_path
-        self.ckpt_hash = ckpt_hash
+        self.ckpt_sha256 = ckpt_hash            # full hex digest (LoRA files record it)
+        self.ckpt_hash = ckpt_hash[:10] if ckpt_hash else None
+        self.loras: list[LoadedLoRA] = []
+        self._build_cells()
+
+    def _build_cells(self):
+        """The compiled entry points; rebuilt after a LoRA changes the network's structure (a
+        graph compiled before would not see the new layers)."""
+        model = self.model
         self._text = TextEncode(model.cond_stage_model)
         # the UNet and guidance in one graph: context [uncond; cond], the scale an input
         self._guided = GuidedModel(model.model.diffusion_model)
@@ -131,7 +141,7 @@ class LDMPipeline(LDMEditing):
             if ignored:
                 print(f"note: ignored {len(ignored)} training-state tensors in the checkpoint "
                       f"(optimizer / loss scale), e.g. {ignored[0]}")
-        ckpt_hash = file_sha256(ckpt_path) if ckpt_path else None
+        ckpt_hash = file_sha256(ckpt_path, 64) if ckpt_path else None
         return cls(model, tokenizer, cfg, ckpt_path, ckpt_hash)
 
     @staticmethod
@@ -144,6 +154,56 @@ class LDMPipeline(LDMEditing):
                 + (f" (download: {url})" if url else "")
                 + " or pass --ckpt_path/--ckpt_name")
         return p
+
+    # ------------------------------------------------------------------ LoRA
+    def load_lora(self, path, weight: float = 1.0, merge: bool = True) -> LoadedLoRA:
+        """Apply a LoRA file (ours / the original's MindPet ``.ckpt``, kohya / A1111 or diffusers
+        ``.safetensors``) with ``weight`` (1 = as trained). ``merge=True`` adds
+        ``weight * alpha/rank * B A`` into the base weights (no extra compute per step);
+        ``merge=False`` keeps it in separate LoRA layers (all separate LoRAs share one stacked
+        layer per target). Several LoRAs add up. A file for another base raises
+        ``LoRAFileError`` (one line) and leaves the model unchanged."""
+        weight = check_lora_weight(weight)
+        parsed = read_lora(path, self.model, self.cfg.model)
+        entry = LoadedLoRA(str(path), weight, bool(merge), parsed)
+        note = base_mismatch_note(parsed, path, self.ckpt_sha256)
+        if note:
+            entry.notes.append(note)
+            print(note)
+        if merge:
+            add_to_weights(self.model, parsed.adapters, weight)
+            self.loras.append(entry)
+        else:
+            self.loras.append(entry)
+            try:
+                self._attach_separate()
+            except Exception:
+                self.loras.pop()
+                self._attach_separate()
+                raise
+        return entry
+
+    def unload_lora(self, path=None) -> int:
+        """Remove the LoRA loaded from ``path`` (all of them with ``None``): merged ones are
+        subtracted from the weights again (to within one float32 rounding, <= 1e-6), separate
+        layers are taken out. Returns how many were removed."""
+        keep, drop = [], []
+        for e in self.loras:
+            (drop if path is None or Path(e.path) == Path(path) else keep).append(e)
+        if path is not None and not drop:
+            loaded = ", ".join(e.path for e in self.loras) or "none"
+            raise ValueError(f"LoRA {path} is not loaded (loaded: {loaded})")
+        for e in drop:
+            if e.merged:
+                add_to_weights(self.model, e.parsed.adapters, -e.weight)
+        self.loras = keep
+        if any(not e.merged for e in drop):
+            self._attach_separate()
+        return len(drop)
+
+    def _attach_separate(self):
+        attach_separate(self.model, [(e.parsed.adapters, e.weight) for e in self.loras if not e.merged])
+        self._build_cells()
 
     # ------------------------------------------------------------------ text
     def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
@@ -364,4 +424,5 @@ class LDMPipeline(LDMEditing):
                 "model": str(self.cfg.model.family), "sampler": sampler, "steps": steps,
                 "scale": scale, "seed": seed, "size": f"{width}x{height}",
                 "checkpoint": Path(self.ckpt_path).name if self.ckpt_path else None,
-                "checkpoint_sha256": self.ckpt_hash}
+                "checkpoint_sha256": self.ckpt_hash,
+                **({"lora": ", ".join(e.label for e in self.loras)} if self.loras else {})}
