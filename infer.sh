@@ -4,7 +4,8 @@
 #   bash infer.sh "城市夜景 赛博朋克"
 #   bash infer.sh "来自深渊 风景 绘画 写实风格" --n_samples 4 --n_iter 4 --H 768 --negative_prompt "模糊"
 # Without models/wukong-huahua-ms.ckpt it uses the built-in shapes model when installed
-# (models/shapes_zh/). Extra arguments pass through to scripts/txt2img.py (see --help).
+# (models/shapes_zh/). Extra arguments pass through to scripts/txt2img.py (see --help), e.g.
+# LoRA files with a weight each: bash infer.sh "城市夜景" --lora my_lora.ckpt:0.8 --lora style.safetensors
 # Images: output/samples/NNNNN.png.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

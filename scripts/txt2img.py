@@ -5,6 +5,8 @@
     python scripts/txt2img.py --data_path prompts/ --prompt list.txt --n_samples 2
     python scripts/txt2img.py --config configs/sd/v1-inference.yaml \
         --ckpt_name sd-v1-5-ms.ckpt --prompt "a red fox in the snow, oil painting"
+    python scripts/txt2img.py --lora output/txt2img_lora/wkhh_txt2img_lora-12_1224.ckpt:0.8 \
+        --lora style.safetensors --prompt "城市夜景 赛博朋克"
 
 Images go to <output_path>/samples/NNNNN.png (never overwriting), one grid per prompt batch to
 <output_path>/grids/NNNNN.png; every PNG carries prompt, negative prompt, sampler, steps,
@@ -113,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--force_memory", action="store_true",
                    help="run even when the memory estimate of one call exceeds the free memory")
     add_runtime_args(p)
+    from mind_diffusion.ldm.lora import add_lora_args
+
+    add_lora_args(p)
     return p.parse_args(argv)
 
 
@@ -154,6 +159,9 @@ def main(argv=None):
         if args.ddim_eta != 0.0 and sampler != "ddim":
             raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {sampler})")
         LDMPipeline.check_checkpoint(cfg, ckpt)
+        from mind_diffusion.ldm.lora import apply_lora_specs, lora_specs_from_args
+
+        loras = lora_specs_from_args(args)
         if builtin:
             warn_outside_world(prompts)
         out = check_output_dir(args.output_path, subfolders=("samples", "grids"))
@@ -174,6 +182,7 @@ def main(argv=None):
         pipe = LDMPipeline.from_pretrained(cfg_path, ckpt, vocab=args.vocab, overrides=args.set,
                                            compute_dtype=rt.precision.ms_dtype())
         print(f"loaded {ckpt} in {time.time() - t0:.1f} s")
+        apply_lora_specs(pipe, loras, args.lora_mode)
         samples_dir = out / "samples"
         written = []
         for prompt in prompts:

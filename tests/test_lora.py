@@ -159,6 +159,23 @@ def test_merge_unmerge_closed_form_and_graph_mode():
     assert np.abs(g_merged - y_merged).max() <= 1e-5 * scale
 
 
+def test_original_lora_config_keys():
+    """configs/wukong/v1-inference-chinese-lora.yaml carries the original's keys; the defaults
+    keep LoRA off."""
+    from pathlib import Path
+
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_config_defaults
+
+    root = Path(__file__).resolve().parents[1]
+    lora = load_config(root / "configs/wukong/v1-inference-chinese-lora.yaml", (), ldm_config_defaults())
+    plain = load_config(root / "configs/wukong/v1-inference-chinese.yaml", (), ldm_config_defaults())
+    assert (lora.model.unet.enable_lora, lora.model.unet.lora_rank, lora.model.unet.lora_alpha) == (True, 4, 4)
+    assert plain.model.unet.enable_lora is False
+    assert {k: v for k, v in lora.model.unet.items() if "lora" not in k} == \
+        {k: v for k, v in plain.model.unet.items() if "lora" not in k}
+
+
 def test_wrapped_dense_keeps_parameter_objects():
     dense = nn.Dense(6, 5)
     layer = LoRADense.from_dense(dense, 2, 2)

@@ -212,3 +212,21 @@ def test_lora_argument_parsing():
     for bad in ("a.ckpt:x", "a.ckpt:nan", "a.ckpt:inf"):
         with pytest.raises(ValueError, match="finite number"):
             parse_lora_arg(bad)
+
+
+@pytest.mark.slow
+def test_diffusers_peft_parity_graph_mode(peft_reference):
+    """The same parity in GRAPH_MODE: separate LoRA layers, then merged (recompiled after each)."""
+    ref = peft_reference
+    net = _our_unet(ref)
+    parsed = _read(net, ref["file"])
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        attach_separate(net, [(parsed.adapters, 1.0)])
+        _check(_run(net, ref), ref, "graph separate")
+        from mind_diffusion.nn.lora import merge_lora
+
+        merge_lora(net)
+        _check(_run(net, ref), ref, "graph merged")
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)

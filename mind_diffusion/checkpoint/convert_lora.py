@@ -154,8 +154,10 @@ _PATTERNS = [  # (regex, kind); the module is group "m"
 # diffusers attention-processor LoRA (<attn>.processor.to_q_lora.down.weight) and the old text
 # encoder spelling (self_attn.to_q_lora.down.weight)
 _PROC = re.compile(r"^(?P<a>.+?)(?P<p>\.processor)?\.(?P<t>to_q|to_k|to_v|to_out)_lora\.(?P<k>down|up)\.weight$")
-_UNSUPPORTED = (("dora_scale", "DoRA"), ("lora_magnitude_vector", "DoRA"), ("lora_mid", "LoCon/LyCORIS (CP)"),
-                ("hada_", "LyCORIS LoHa"), ("lokr_", "LyCORIS LoKr"), (".diff", "LyCORIS full-diff"))
+_UNSUPPORTED = ((re.compile(r"dora_scale|lora_magnitude_vector"), "DoRA"),
+                (re.compile(r"\.lora_mid\."), "LoCon/LyCORIS (CP)"),
+                (re.compile(r"\.hada_"), "LyCORIS LoHa"), (re.compile(r"\.lokr_"), "LyCORIS LoKr"),
+                (re.compile(r"\.diff(?:_b)?$"), "LyCORIS full-diff"))
 
 
 def _proc_module(m) -> str:
@@ -169,7 +171,7 @@ def split_lora_keys(state: Mapping[str, np.ndarray], path: str) -> tuple[str, di
     """(format, {module: {"down"|"up"|"alpha": array}}) for a LoRA file's tensors."""
     names = list(state)
     for marker, what in _UNSUPPORTED:
-        hit = next((n for n in names if marker in n), None)
+        hit = next((n for n in names if marker.search(n)), None)
         if hit:
             raise LoRAFileError(f"{path} is a {what} file ({hit}); only plain LoRA (down/up[/alpha]) "
                                 f"files are supported")

@@ -22,7 +22,7 @@ import numpy as np
 
 from mindspore import Tensor
 
-from ..checkpoint.convert_lora import LoRAFileError, ParsedLoRA, lora_name_table, parse_lora
+from ..checkpoint.convert_lora import LoRAFileError, ParsedLoRA, lora_name_table, parse_lora, split_lora_keys
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint, save_atomic
 from ..config import to_plain
 from ..nn.lora import (LORA_A, LORA_B, TEXT_ATTN_TARGETS, TEXT_MLP_TARGETS, UNET_ATTN_TARGETS,
@@ -91,7 +91,10 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
         from ..checkpoint.convert_sd import read_weights
 
         return read_weights(path), {}
-    state = read_checkpoint(path, "LoRA file")
+    try:
+        state = read_checkpoint(path, "LoRA file")
+    except CheckpointError as exc:
+        raise LoRAFileError(str(exc)) from None
     meta = {}
     raw = state.pop(LORA_META_KEY, None)
     if raw is not None:
@@ -242,6 +245,57 @@ def base_mismatch_note(parsed: ParsedLoRA, path, ckpt_sha256: str | None) -> str
             f"{ckpt_sha256[:10]}; the shapes fit, so it is applied anyway")
 
 
-__all__ = ["LoRAFileError", "CheckpointError", "LoadedLoRA", "add_to_weights", "attach_separate",
-           "base_mismatch_note", "check_lora_path", "check_lora_weight", "model_lora_table",
-           "parse_lora_arg", "read_lora", "save_lora"]
+
+
+# ------------------------------------------------------------------------------ command line
+
+def _str2bool(v) -> bool:
+    s = str(v).strip().lower()
+    if s in ("true", "1", "yes", "y", "on"):
+        return True
+    if s in ("false", "0", "no", "n", "off"):
+        return False
+    raise ValueError(f"expected True or False, got {v!r}")
+
+
+def add_lora_args(parser) -> None:
+    """``--lora PATH[:WEIGHT]`` (repeatable), ``--lora_mode`` and the original's
+    ``--enable_lora True --lora_ckpt_filepath FILE``."""
+    g = parser.add_argument_group("LoRA")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="apply a LoRA file (ours / the original's MindPet .ckpt, kohya or diffusers "
+                        ".safetensors) with a weight (default 1); repeat for several")
+    g.add_argument("--lora_mode", choices=("merge", "separate"), default="merge",
+                   help="merge: add the LoRA into the base weights (as fast as the base model); "
+                        "separate: keep LoRA layers beside them")
+    g.add_argument("--enable_lora", type=str, default="False",
+                   help="the original's switch: True applies --lora_ckpt_filepath")
+    g.add_argument("--lora_ckpt_filepath", default=None, help="the original's LoRA checkpoint flag")
+
+
+def lora_specs_from_args(args) -> list:
+    """[(Path, weight)] from the parsed flags, every file checked to exist and to hold LoRA
+    tensors of a known format (before the base checkpoint is read; whether it fits the model is
+    known once the model is built)."""
+    try:
+        enable = _str2bool(args.enable_lora)
+    except ValueError as exc:
+        raise ValueError(f"--enable_lora: {exc}") from None
+    items = [parse_lora_arg(a) for a in args.lora]
+    if enable:
+        if not args.lora_ckpt_filepath:
+            raise ValueError("--enable_lora True needs the LoRA file: --lora_ckpt_filepath FILE "
+                             "(or use --lora FILE[:WEIGHT])")
+        items.append((args.lora_ckpt_filepath, 1.0))
+    specs = [(check_lora_path(p), w) for p, w in items]
+    for path, _ in specs:
+        split_lora_keys(_read_tensors(path)[0], str(path))
+    return specs
+
+
+def apply_lora_specs(pipe, specs, mode: str = "merge") -> None:
+    for path, weight in specs:
+        entry = pipe.load_lora(path, weight, merge=mode == "merge")
+        p = entry.parsed
+        print(f"LoRA {path.name} ({p.format}, {len(p.adapters)} layers, weight {weight:g}, "
+              f"{'merged' if entry.merged else 'separate'})")
