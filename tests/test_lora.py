@@ -171,7 +171,7 @@ def test_original_lora_config_keys():
     lora = load_config(root / "configs/wukong/v1-inference-chinese-lora.yaml", (), ldm_config_defaults())
     plain = load_config(root / "configs/wukong/v1-inference-chinese.yaml", (), ldm_config_defaults())
     assert (lora.model.unet.enable_lora, lora.model.unet.lora_rank, lora.model.unet.lora_alpha) == (True, 4, 4)
-    assert plain.model.unet.enable_lora is False
+    assert plain.model.unet.enable_lora is False and plain.model.text_encoder.enable_lora is False
     assert {k: v for k, v in lora.model.unet.items() if "lora" not in k} == \
         {k: v for k, v in plain.model.unet.items() if "lora" not in k}
 

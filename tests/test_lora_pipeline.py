@@ -105,9 +105,10 @@ def test_original_mindpet_checkpoint_and_enable_lora_config(tiny, capsys):
     state = read_checkpoint(tiny["lora"])
     unet_only = {k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
     original = save_atomic(unet_only, tiny["folder"] / "wkhh_txt2img_lora-12_1224.ckpt")
-    pipe = _pipe(tiny, overrides=["model.unet.enable_lora=true"])
-    n_lora = len(lora_parameters(pipe.model))
-    assert n_lora == len(unet_only)                       # the config built empty LoRA layers
+    pipe = _pipe(tiny, overrides=["model.unet.enable_lora=true", "model.text_encoder.enable_lora=true"])
+    names = [p.name for p in lora_parameters(pipe.model)]   # the config built empty LoRA layers
+    assert len([n for n in names if n.startswith("model.diffusion_model.")]) == len(unet_only)
+    assert "cond_stage_model.transformer.transformer_layer.resblocks.1.attn.attn.in_proj.tk_delta_lora_a" in names
     ids = pipe.tokenize([PROMPT])
     ref_eps = tiny["net"].unet(Tensor(np.random.default_rng(3).standard_normal((1, 4, 8, 8)).astype(np.float32)),
                                Tensor(np.array([500.0], np.float32)), pipe.model.text_encoder(Tensor(ids))).asnumpy()

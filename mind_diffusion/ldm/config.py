@@ -40,7 +40,10 @@ def ldm_config_defaults() -> dict:
                      "enable_lora": False, "lora_rank": 4, "lora_alpha": 4.0, "lora_targets": None},
             "vae": {"embed_dim": 4, "z_channels": 4, "ch": 128, "ch_mult": [1, 2, 4, 4],
                     "num_res_blocks": 2, "in_channels": 3, "out_ch": 3, "num_groups": 32},
-            "text_encoder": text_encoder_defaults(),
+            # LoRA on the text encoder too (mindone's option); lora_targets null = the attention
+            # projections attn.attn.in_proj (fused q/k/v) and attn.attn.out_proj
+            "text_encoder": {**text_encoder_defaults(), "enable_lora": False, "lora_rank": 4,
+                             "lora_alpha": 4.0, "lora_targets": None},
         },
         "tokenizer": {"kind": "wordpiece", "vocab_file": "vocab_zh.txt", "pad_id": 0},
         "checkpoint": {"name": "wukong-huahua-ms.ckpt",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from mindspore import nn
 
 from ..config import to_plain
+from ..nn.lora import TEXT_ATTN_TARGETS, inject_lora
 
 
 class DiffusionWrapper(nn.Cell):
@@ -75,8 +76,14 @@ def build_ldm(model_cfg) -> LatentDiffusion:
                          f"{unet_kw['out_channels']}) must be {latent} / {latent} (text-to-image) or "
                          f"{2 * latent + 1} / {latent} (inpainting: latents, mask, masked-image "
                          f"latents) for model.vae.embed_dim {latent}")
-    return LatentDiffusion(LDMUNet(**unet_kw), AutoencoderKL(**vae_kw),
-                           TextConditioner(**m["text_encoder"]), m["scale_factor"])
+    text_kw = dict(m["text_encoder"])
+    text_lora = {k: text_kw.pop(k) for k in ("enable_lora", "lora_rank", "lora_alpha", "lora_targets")
+                 if k in text_kw}
+    text = TextConditioner(**text_kw)
+    if text_lora.get("enable_lora"):
+        inject_lora(text, text_lora.get("lora_rank", 4), text_lora.get("lora_alpha", 4.0),
+                    tuple(text_lora.get("lora_targets") or TEXT_ATTN_TARGETS))
+    return LatentDiffusion(LDMUNet(**unet_kw), AutoencoderKL(**vae_kw), text, m["scale_factor"])
 
 
 def is_inpaint_unet(model_cfg) -> bool:
