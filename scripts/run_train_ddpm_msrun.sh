@@ -1,30 +1,12 @@
 #!/usr/bin/env bash
-# Data-parallel DDPM training with MindSpore's own launcher (msrun): N workers on one node.
-# Works on Ascend (HCCL), GPU (NCCL) and CPU (built-in backend).
+# Data-parallel class-conditional DDPM training with msrun, on one node or several (Ascend, GPU or CPU).
 #
 #   bash scripts/run_train_ddpm_msrun.sh 8 configs/ddpm/cifar10.yaml data.path=/data/cifar-10-python.tar.gz
-#   WORKERS=2 MASTER_PORT=8119 bash scripts/run_train_ddpm_msrun.sh 2 configs/ddpm/digits16.yaml --device_target CPU
+#   MASTER_PORT=8129 bash scripts/run_train_ddpm_msrun.sh 2 configs/ddpm/digits16.yaml --device_target CPU
+#   two nodes x 8 (run on each; node 0's address as MASTER_ADDR):
+#   LOCAL_WORKERS=8 MASTER_ADDR=10.0.0.1 NODE_RANK=0 bash scripts/run_train_ddpm_msrun.sh 16 configs/ddpm/cifar10.yaml data.path=/data/cifar-10-python.tar.gz
+#   LOCAL_WORKERS=8 MASTER_ADDR=10.0.0.1 NODE_RANK=1 bash scripts/run_train_ddpm_msrun.sh 16 configs/ddpm/cifar10.yaml data.path=/data/cifar-10-python.tar.gz
 #
-# Extra arguments go to scripts/train_ddpm.py (config overrides, --resume auto, --device_target ...).
-# Logs: $LOG_DIR/worker_<rank>.log (default runs/msrun_logs). msrun starts workers with the first
-# `python` on PATH: this script puts the interpreter that runs it (or $PYTHON) first.
-set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: $0 NUM_WORKERS CONFIG.yaml [overrides / train_ddpm.py flags ...]" >&2
-  exit 2
-fi
-NUM_WORKERS=$1; CONFIG=$2; shift 2
-case "$NUM_WORKERS" in ''|*[!0-9]*) echo "error: NUM_WORKERS must be a positive integer, got '$NUM_WORKERS'" >&2; exit 2;; esac
-[ -f "$CONFIG" ] || { echo "error: config file not found: $CONFIG" >&2; exit 2; }
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
-if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
-export PATH="$(dirname "$PYTHON"):$PATH"
-MSRUN=$(command -v msrun || true)
-[ -n "$MSRUN" ] || { echo "error: msrun not found next to $PYTHON: install mindspore (pip install -r requirements.txt)" >&2; exit 2; }
-MASTER_PORT=${MASTER_PORT:-8118}
-LOG_DIR=${LOG_DIR:-runs/msrun_logs}
-mkdir -p "$LOG_DIR"
-exec "$MSRUN" --worker_num="$NUM_WORKERS" --local_worker_num="$NUM_WORKERS" --master_port="$MASTER_PORT" \
-  --log_dir="$LOG_DIR" --join=True --cluster_time_out=300 \
-  python "$ROOT/scripts/train_ddpm.py" --config "$CONFIG" --no_progress "$@"
+# Extra arguments go to scripts/train_ddpm.py. Checks, logs (LOG_DIR/worker_<rank>.log) and the other
+# variables (MASTER_PORT, CLUSTER_TIME_OUT, DRY_RUN=1): scripts/_msrun.sh and scripts/launch_train.py.
+exec bash "$(dirname "$0")/_msrun.sh" ddpm "$@"

@@ -1,0 +1,9 @@
+# Sourced by the run_train_*.sh launchers: the repository root and the Python that runs the
+# launcher and the workers ($PYTHON when set, else the repository's .venv, else python3 on PATH).
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=$(command -v python3 || command -v python)
+  if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
+fi
+"$PYTHON" -c "import mindspore" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
+export PYTHON

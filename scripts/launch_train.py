@@ -1,0 +1,31 @@
+"""Start any trainer on several workers: msrun (several nodes) or an HCCL rank table.
+
+    python scripts/launch_train.py msrun ddpm --worker_num 16 --local_worker_num 8 --master_addr 10.0.0.1 \
+        --node_rank 0 -- --config configs/ddpm/cifar10.yaml data.path=/data/cifar-10-python.tar.gz
+    python scripts/launch_train.py ranktable ldm --rank_table hccl_8p.json --devices 0,1,2,3,4,5,6,7 \
+        -- --config configs/wukong/train-finetune.yaml data.path=dataset/
+    python scripts/launch_train.py ranktable ddpm --rank_table hccl_2p.json --dry_run -- --config ...
+
+Everything is checked before a process starts (one line, exit 2); the shell launchers
+(scripts/run_train_*_msrun.sh, run_train_*_ranktable.sh, run_train_parallel.sh) call this.
+A trainer joins with one line in TRAINERS.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mind_diffusion.ddpm.config import ddpm_config_defaults  # noqa: E402
+from mind_diffusion.ldm.config import ldm_train_config_defaults, vae_train_config_defaults  # noqa: E402
+from mind_diffusion.train.launch import TrainerSpec, main  # noqa: E402
+
+TRAINERS = {
+    "ddpm": TrainerSpec("scripts/train_ddpm.py", ddpm_config_defaults, batch="global"),
+    "ldm": TrainerSpec("scripts/train_ldm.py", ldm_train_config_defaults, batch="per_worker"),
+    "vae": TrainerSpec("scripts/train_vae.py", vae_train_config_defaults, batch="per_worker", config_required=False),
+}
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], TRAINERS, ROOT))

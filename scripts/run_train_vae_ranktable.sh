@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# KL autoencoder (first stage) training on Ascend with an HCCL rank table: one process per device of this server,
+# DEVICE_ID / RANK_ID / RANK_SIZE / RANK_TABLE_FILE exported per process, a log folder per rank.
+#
+#   bash scripts/run_train_vae_ranktable.sh /path/hccl_8p.json configs/ldm/tiny-vae.yaml data.path=my_pairs/
+#   SERVER_ID=1 bash scripts/run_train_vae_ranktable.sh /path/hccl_16p_2s.json configs/ldm/tiny-vae.yaml data.path=my_pairs/   # second server
+#   DRY_RUN=1 bash scripts/run_train_vae_ranktable.sh hccl_2p.json configs/ldm/tiny-vae.yaml data.path=my_pairs/ --device_target CPU      # print, start nothing
+#
+# Extra arguments go to scripts/train_vae.py. Variables (DEVICE_NUM, DEVICES, SERVER_ID, LOG_DIR):
+# scripts/_ranktable.sh. --device_target CPU rehearses the launch on a machine without Ascend.
+exec bash "$(dirname "$0")/_ranktable.sh" vae "$@"
