@@ -145,6 +145,21 @@ def _launched_distributed() -> bool:
     return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE", "1")) > 1
 
 
+def check_rank_env(rank: int, group: int, env=None):
+    """A rank-table launch exports RANK_ID and RANK_SIZE per process (the HCCL rank of the device):
+    the rank and world the communication init gave this process must be those. msrun's own
+    RANK_ID (not always set per worker) is not checked."""
+    env = os.environ if env is None else env
+    if not env.get("RANK_TABLE_FILE") or (env.get("MS_ROLE") and env.get("MIND_DIFFUSION_LAUNCHER") != "ranktable"):
+        return
+    want = (env.get("RANK_ID"), env.get("RANK_SIZE"))
+    if want[0] is not None and int(want[0]) != rank or want[1] is not None and int(want[1]) != group:
+        raise RuntimeConfigError(
+            f"communication init gave rank {rank} of {group}, but the rank table launch exported RANK_ID="
+            f"{want[0]} RANK_SIZE={want[1]}: relaunch with scripts/run_train_*_ranktable.sh, which exports "
+            f"them per device from {env.get('RANK_TABLE_FILE')}")
+
+
 def init_runtime(
     device_target: str | None = "auto",
     mode: str = "graph",
@@ -191,6 +206,7 @@ def init_runtime(
 
         init()
         rank, group = get_rank(), get_group_size()
+        check_rank_env(rank, group)
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=group
         )

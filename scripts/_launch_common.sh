@@ -5,5 +5,5 @@ if [ -z "${PYTHON:-}" ]; then
   PYTHON=$(command -v python3 || command -v python)
   if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
 fi
-"$PYTHON" -c "import mindspore" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
+"$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('mindspore') is None)" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
 export PYTHON
