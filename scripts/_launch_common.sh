@@ -7,3 +7,4 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('mindspore') is None)" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
 export PYTHON
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's mind_diffusion, in the launcher and its workers

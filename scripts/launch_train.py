@@ -13,13 +13,11 @@ A trainer joins with one line in TRAINERS.
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from mind_diffusion.ddpm.config import ddpm_config_defaults
+from mind_diffusion.ldm.config import ldm_train_config_defaults, vae_train_config_defaults
+from mind_diffusion.train.launch import TrainerSpec, main
 
-from mind_diffusion.ddpm.config import ddpm_config_defaults  # noqa: E402
-from mind_diffusion.ldm.config import ldm_train_config_defaults, vae_train_config_defaults  # noqa: E402
-from mind_diffusion.train.launch import TrainerSpec, main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAINERS = {
     "ddpm": TrainerSpec("scripts/train_ddpm.py", ddpm_config_defaults, batch="global"),

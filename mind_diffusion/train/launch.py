@@ -613,7 +613,11 @@ def main(argv, trainers: dict, root: Path, say=print) -> int:
             if args.dry_run:
                 return 0
             Path(plan.log_dir).mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(cmd, env=child_env(root, python), check=False)
+            try:
+                proc = subprocess.run(cmd, env=child_env(root, python), check=False)
+            except KeyboardInterrupt:  # msrun got the same Ctrl-C and stops its workers
+                print("interrupted: msrun stops this node's workers", file=sys.stderr, flush=True)
+                return 130
             if proc.returncode != 0 and plan.join:
                 print(f"error: {explain_msrun_failure(plan)}", file=sys.stderr, flush=True)
             return proc.returncode
