@@ -45,7 +45,8 @@ CONFIGS = {
     "ldm-tiny": ("ldm", "configs/ldm/tiny-csv.yaml", 2, False, ["data.caption_dropout=0.0"]),
     "ldm-shapes": ("ldm", "configs/shapes/ldm.yaml", 4, False,
                    ["init.checkpoint=models/shapes_zh/model.ckpt", "init.vae_checkpoint=null",
-                    "init.vocab=models/shapes_zh/vocab.txt", "data.cache_latents=false"]),
+                    "init.vocab=models/shapes_zh/vocab.txt", "data.cache_latents=false",
+                    "train.text_encoder_start_step=0"]),
 }
 
 

@@ -3,7 +3,9 @@
 Imported first by ``mind_diffusion/__init__.py``. Only sets a variable when the user has not:
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: on many x86 CPUs MindSpore's bundled oneDNN otherwise picks a
   reference convolution kernel that is about 100x slower.
-- ``GLOG_v=3``: MindSpore logs errors only (set ``GLOG_v=2`` for warnings, ``1`` for info).
+- ``GLOG_v=3``: MindSpore logs errors only (set ``GLOG_v=2`` for warnings, ``1`` for info); except
+  in msrun's scheduler process (``MS_ROLE=MS_SCHED``), whose warnings list the ranks that joined
+  the cluster: the launcher reads them to name a rank that never did (``train/launch.py``).
 """
 import os
 
@@ -13,6 +15,8 @@ DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "GLOG_v": "3"}
 def apply_env_defaults():
     applied = {}
     for key, value in DEFAULTS.items():
+        if key == "GLOG_v" and os.environ.get("MS_ROLE") == "MS_SCHED":
+            continue
         if key not in os.environ:
             os.environ[key] = value
             applied[key] = value

@@ -138,6 +138,9 @@ def test_missing_rank_named_from_the_scheduler_log(tmp_path):
         "[WARNING] DISTRIBUTED BuildCluster] Topology build timed out., retry(30/30).\n")
     msg = L.explain_msrun_failure(plan)
     assert msg.startswith("rank(s) 1 never joined the cluster within --cluster_time_out=30 s: start node_rank 1")
+    (tmp_path / "scheduler.log").write_text("[WARNING] DISTRIBUTED BuildCluster] Topology build timed out., retry(30/30).\n")
+    assert "rank(s) 0, 1 never joined" in L.explain_msrun_failure(plan) and \
+        "rank(s) 0 of this node started too slowly: raise --cluster_time_out" in L.explain_msrun_failure(plan)
     (tmp_path / "scheduler.log").unlink()
     (tmp_path / "worker_0.log").write_text("[INFO] x\nTraceback (most recent call last):\n"
                                            "FloatingPointError: loss became nan at step 7\n")

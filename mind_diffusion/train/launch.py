@@ -272,12 +272,20 @@ def explain_msrun_failure(plan: MsrunPlan) -> str:
         text = sched.read_text(errors="replace")
         joined = {int(m) for m in _REGISTERED.findall(text)}
         missing = sorted(set(range(plan.worker_num)) - joined)
-        if missing and ("Topology build timed out" in text or "timed out" in text.lower()):
-            nodes = sorted({r // plan.local_worker_num for r in missing})
+        if missing and "timed out" in text.lower():
+            remote = [r for r in missing if r not in plan.local_ranks]
+            local = [r for r in missing if r in plan.local_ranks]
+            what = []
+            if remote:
+                nodes = sorted({r // plan.local_worker_num for r in remote})
+                what.append(f"start node_rank {', '.join(map(str, nodes))} with the same --master_addr "
+                            f"{plan.master_addr} --master_port {plan.master_port}")
+            if local:
+                what.append(f"rank(s) {', '.join(map(str, local))} of this node started too slowly: raise "
+                            f"--cluster_time_out")
             return (f"rank(s) {', '.join(map(str, missing))} never joined the cluster within "
-                    f"--cluster_time_out={plan.cluster_time_out} s: start node_rank {', '.join(map(str, nodes))} "
-                    f"with the same --master_addr {plan.master_addr} --master_port {plan.master_port}; "
-                    f"no training step ran and nothing was written")
+                    f"--cluster_time_out={plan.cluster_time_out} s: {'; '.join(what)}; no training step ran "
+                    f"and nothing was written")
     failed = []
     for rank in plan.local_ranks:
         log = log_dir / f"worker_{rank}.log"
