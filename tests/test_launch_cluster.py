@@ -78,7 +78,9 @@ def two_nodes(trainer, logs, args0, args1=None, timeout=900):
 def max_diff(a: Path, b: Path) -> float:
     x, y = read_checkpoint(a), read_checkpoint(b)
     assert sorted(x) == sorted(y)
-    return max(float(np.abs(np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64)).max()) for k in x)
+    d = max(float(np.abs(np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64)).max()) for k in x)
+    print(f"{a.parent.parent.name}/{a.parent.name}/{a.name}: {len(x)} tensors, max |difference| {d:.1e}")
+    return d
 
 
 def assert_moved(run: Path, step: int):

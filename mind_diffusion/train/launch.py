@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import _env
 from ..config import ConfigError, load_config
 from .validate import check_train_section
 
@@ -539,6 +540,8 @@ def child_env(root: Path, python: str, extra: dict | None = None) -> dict:
     """This environment with the repository on PYTHONPATH and ``python``'s folder first on PATH (msrun
     starts workers with the first ``python`` on PATH)."""
     env = dict(os.environ)
+    for key in _env.APPLIED:  # this process's defaults, not the user's: each child applies its own
+        env.pop(key, None)    # (msrun's scheduler keeps MindSpore's warnings, see mind_diffusion/_env.py)
     env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra or {})
