@@ -33,6 +33,8 @@ def ddpm_config_defaults() -> dict:
             "adam_eps": 1e-8, "clip_grad_norm": 0.0, "loss_scale": "none", "init_loss_scale": 65536.0,
             "ema_decay": 0.9999, "ema_start": 2000, "ema_every": 1, "log_every": 100, "ckpt_every": 1000,
             "keep_checkpoints": 3, "seed": 0, "output_dir": "runs/ddpm",
+            # micro-batches per update: batch_size (the global batch) = micro-batch x workers x this
+            "grad_accum_steps": 1,
         },
         # the one sampling vocabulary (older configs' "sample: {num_steps}" is read as this);
         # height / width / guidance / negative prompt are fixed for DDPM (None: the model's)

@@ -11,7 +11,7 @@ from mindspore import nn
 
 from ..config import save_config
 from ..diffusion.schedule import schedule_from_config
-from ..train.data import DiffusionBatches, load_dataset, make_dataset
+from ..train.data import DiffusionBatches, check_global_batch, load_dataset, make_dataset
 from ..train.objectives import NoisePredictionLoss
 from ..train.schedules import WarmupLR
 from ..train.run_dir import check_run_dir
@@ -34,6 +34,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
     t, m = cfg.train, cfg.model
     check_train_section(t)  # every numeric key in its range, before anything is read or built
     check_ddpm_model(m)
+    check_global_batch(t.batch_size, runtime.group_size, t.grad_accum_steps)  # before the data is read
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
     ms.set_seed(int(t.seed))  # parameter init is identical on every rank
     schedule = schedule_from_config(cfg.diffusion)
@@ -51,13 +52,15 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
     optimizer = nn.Adam(net.trainable_params(), learning_rate=lr, beta1=t.adam_betas[0], beta2=t.adam_betas[1],
                         eps=t.adam_eps)
     source = DiffusionBatches(images, labels, t.batch_size, schedule.num_timesteps, seed=int(t.seed),
-                              rank=runtime.rank, group_size=runtime.group_size, random_flip=cfg.data.random_flip)
+                              rank=runtime.rank, group_size=runtime.group_size, random_flip=cfg.data.random_flip,
+                              accum_steps=int(t.grad_accum_steps))
     if not runtime.precision.is_fp32 and t.loss_scale == "none":
         print("[mind_diffusion] note: fp16/bf16 compute without loss scaling; consider train.loss_scale=dynamic")
     opts = TrainOptions(total_steps=t.steps, log_every=t.log_every, ckpt_every=t.ckpt_every,
                         keep_checkpoints=t.keep_checkpoints, ema_decay=t.ema_decay, ema_start=t.ema_start,
                         ema_every=t.ema_every, clip_grad_norm=t.clip_grad_norm, loss_scale=t.loss_scale,
-                        init_loss_scale=t.init_loss_scale, seed=int(t.seed), progress=progress)
+                        init_loss_scale=t.init_loss_scale, seed=int(t.seed), progress=progress,
+                        grad_accum_steps=int(t.grad_accum_steps))
     out = Path(t.output_dir).expanduser()
     trainer = Trainer(net, loss_net, optimizer, source, opts, out, runtime, images_per_step=t.batch_size)
     trainer.start(resume, overwrite)
@@ -66,5 +69,7 @@ def build_ddpm_trainer(cfg, runtime, resume: str | None = None, init_from: str |
         (out / "classes.txt").write_text("\n".join(classes) + "\n")
         print(f"[mind_diffusion] DDPM: {len(images)} images, {len(classes)} classes, "
               f"{sum(int(np.prod(p.shape)) for p in net.trainable_params()):,} parameters, "
-              f"global batch {t.batch_size} over {runtime.group_size} worker(s) -> {out}", flush=True)
+              f"global batch {t.batch_size} over {runtime.group_size} worker(s)"
+              + (f" x {t.grad_accum_steps} micro-batches" if int(t.grad_accum_steps) > 1 else "")
+              + f" -> {out}", flush=True)
     return trainer, (lambda start, end: make_dataset(source, start, end))

@@ -48,7 +48,7 @@ from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from ..config import save_config, to_plain
 from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
-from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError
+from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, GlobalOrder, shard_rows
 from ..train.optim import build_optimizer
 from ..train.schedules import DelayedLR, WarmupCosineLR
 from ..train.trainer import Trainer, TrainOptions, model_state
@@ -58,48 +58,64 @@ from .model import build_ldm
 
 class LDMBatches:
     """Random-access batch source: item ``step`` -> this rank's
-    ``(x (B,3,H,W) f32, ids (B,77) i32, t (B,) i32, noise (B,C,h,w) f32, posterior_noise f32)``.
+    ``(x (B,3,H,W) f32, ids (B,77) i32, t (B,) i32, noise (B,C,h,w) f32, posterior_noise f32)``
+    with ``B = batch_size * accum_steps`` (its ``accum_steps`` micro-batches, stacked).
 
-    The global batch of ``batch_size * group_size`` rows and all of its randomness are a pure
-    function of ``(seed, step)``; rank ``r`` takes rows ``[r*B, (r+1)*B)``. With
+    The global batch of ``batch_size * group_size * accum_steps`` rows and all of its randomness
+    are a pure function of ``(seed, step)`` (:class:`~mind_diffusion.train.data.GlobalOrder`);
+    rank ``r`` takes rows ``[r*B, (r+1)*B)`` (:func:`~mind_diffusion.train.data.shard_rows`). With
     ``latents=(mean, logvar)`` (the cache) ``x`` is replaced by ``(mean, logvar)`` rows.
     ``with_text=False`` (VAE training) yields ``(x, posterior_noise)`` only."""
 
     def __init__(self, data: CSVImageText, tokenizer, batch_size: int, num_timesteps: int,
                  latent_shape: tuple[int, int, int], seed: int = 0, rank: int = 0, group_size: int = 1,
                  random_crop: bool = False, caption_dropout: float = 0.0, shuffle: bool = False,
-                 with_text: bool = True, latents: tuple[np.ndarray, np.ndarray] | None = None):
+                 with_text: bool = True, latents: tuple[np.ndarray, np.ndarray] | None = None,
+                 accum_steps: int = 1):
         if batch_size < 1:
             raise DataError(f"train.batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= float(caption_dropout) <= 1.0:
             raise DataError(f"data.caption_dropout must be in [0, 1], got {caption_dropout}")
-        self.global_batch = int(batch_size) * int(group_size)
+        self.accum_steps = int(accum_steps)
+        self.global_batch = int(batch_size) * int(group_size) * self.accum_steps
         if len(data) < self.global_batch:
+            accum = f" x train.grad_accum_steps={self.accum_steps}" if self.accum_steps > 1 else ""
             raise DataError(f"the dataset has {len(data)} images, fewer than one global batch of "
-                            f"{self.global_batch} (train.batch_size={batch_size} x {group_size} workers); "
+                            f"{self.global_batch} (train.batch_size={batch_size} x {group_size} workers{accum}); "
                             f"lower train.batch_size or add images")
         self.data, self.tokenizer = data, tokenizer
-        self.local = int(batch_size)
+        self.rows = shard_rows(self.global_batch, group_size, self.accum_steps, rank)
+        self.local = self.rows[1] - self.rows[0]
         self.num_timesteps = int(num_timesteps)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.seed, self.rank, self.group = int(seed), int(rank), int(group_size)
         self.random_crop, self.caption_dropout = bool(random_crop), float(caption_dropout)
         self.shuffle, self.with_text = bool(shuffle), bool(with_text)
         self.latents = latents
-        self.steps_per_epoch = len(data) // self.global_batch  # incomplete batches are dropped
+        self.order = GlobalOrder(len(data), self.global_batch, self.seed, self.shuffle)
+        self.steps_per_epoch = self.order.steps_per_epoch  # incomplete batches are dropped
         self._empty_ids = None
-        self._perm_epoch, self._perm = -1, None
 
     def global_indices(self, step: int) -> np.ndarray:
-        epoch, pos = divmod(int(step), self.steps_per_epoch)
-        if self.shuffle:
-            if epoch != self._perm_epoch:
-                self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.data))
-                self._perm_epoch = epoch
-            order = self._perm
-        else:
-            order = np.arange(len(self.data))
-        return order[pos * self.global_batch:(pos + 1) * self.global_batch]
+        return self.order.indices(step)
+
+    def describe_global_batch(self) -> str:
+        micro = self.global_batch // (self.group * self.accum_steps)
+        return (f"train.batch_size={micro} per worker x {self.group} worker(s) x "
+                f"train.grad_accum_steps={self.accum_steps}")
+
+    def reach_global_batch(self, target: int) -> str:
+        """How to get the global batch ``target`` on this run's workers (for the resume error)."""
+        micro = self.global_batch // (self.group * self.accum_steps)
+        ways = []
+        if target % (micro * self.group) == 0:
+            ways.append(f"train.grad_accum_steps={target // (micro * self.group)}")
+        if target % (self.group * self.accum_steps) == 0:
+            ways.append(f"train.batch_size={target // (self.group * self.accum_steps)}")
+        if not ways:
+            return (f"set train.batch_size x train.grad_accum_steps to {target} / {self.group} worker(s), "
+                    f"or run on a worker count that divides {target}")
+        return "set " + " or ".join(ways)
 
     def randomness(self, step: int) -> dict:
         """All random draws of the global batch at ``step`` (fixed order, whatever the config)."""
@@ -120,7 +136,7 @@ class LDMBatches:
         step = int(step)
         idx = self.global_indices(step)
         r = self.randomness(step)
-        rows = range(self.rank * self.local, (self.rank + 1) * self.local)
+        rows = range(*self.rows)
         post = np.ascontiguousarray(r["posterior_noise"][rows.start:rows.stop])
         if self.latents is not None:
             mean = self.latents[0][idx[rows.start:rows.stop]]
@@ -306,7 +322,8 @@ def make_train_options(tcfg, total: int, steps_per_epoch: int, progress: bool) -
                         ema_decay=float(tcfg.ema_decay), ema_start=int(tcfg.ema_start),
                         ema_every=int(tcfg.ema_every), clip_grad_norm=float(tcfg.clip_grad_norm),
                         loss_scale=str(tcfg.loss_scale), init_loss_scale=float(tcfg.init_loss_scale),
-                        loss_scale_window=int(tcfg.loss_scale_window), seed=int(tcfg.seed), progress=progress)
+                        loss_scale_window=int(tcfg.loss_scale_window), seed=int(tcfg.seed), progress=progress,
+                        grad_accum_steps=int(tcfg.grad_accum_steps))
 
 
 def _model_dict(cfg, unet_dropout: float = 0.0) -> dict:
@@ -445,7 +462,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     source = LDMBatches(data, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape,
                         seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
                         random_crop=bool(d.random_crop), caption_dropout=float(d.caption_dropout),
-                        shuffle=bool(d.shuffle), latents=latents)
+                        shuffle=bool(d.shuffle), latents=latents, accum_steps=int(t.grad_accum_steps))
     total = resolve_total_steps(t, source.steps_per_epoch)
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     check_te_start(total, f"the {total} training steps")
@@ -485,7 +502,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
               + (f" ({data.dropped} dropped by the size filter)" if data.dropped else "")
               + f", {len(params)} trainable tensors / {n_train:,} parameters"
               + f" (text encoder {te_state}, VAE frozen), "
-              f"{total} steps, global batch {source.global_batch} over {runtime.group_size} worker(s) "
+              f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
               f"-> {out}", flush=True)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 

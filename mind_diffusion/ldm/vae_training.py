@@ -114,8 +114,10 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     import mindspore as ms
 
     from ..train.run_dir import check_run_dir
+    from ..train.validate import check_number
 
     t, d = cfg.train, cfg.data
+    check_number(t.grad_accum_steps, "train.grad_accum_steps", 1, None, True, True, True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, ("vae.ckpt", "vae_ema.ckpt"),
                   rank=runtime.rank)
     if d.kind != "csv":
@@ -140,7 +142,7 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     shape = (int(cfg.model.vae.embed_dim), int(d.image_size) // down, int(d.image_size) // down)
     source = LDMBatches(data, None, int(t.batch_size), 1000, shape, seed=int(t.seed), rank=runtime.rank,
                         group_size=runtime.group_size, random_crop=bool(d.random_crop),
-                        shuffle=bool(d.shuffle), with_text=False)
+                        shuffle=bool(d.shuffle), with_text=False, accum_steps=int(t.grad_accum_steps))
     total = resolve_total_steps(t, source.steps_per_epoch)
     betas = list(t.betas)
     optimizer = nn.Adam(holder.trainable_params(), learning_rate=float(t.lr), beta1=float(betas[0]),
@@ -158,7 +160,7 @@ def build_vae_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
         save_config(cfg, out / "config.yaml")
         n = sum(int(np.prod(p.shape)) for p in holder.trainable_params())
         print(f"[mind_diffusion] VAE: {len(data)} images, {n:,} parameters, {total} steps, global batch "
-              f"{source.global_batch} over {runtime.group_size} worker(s) -> {out}", flush=True)
+              f"{source.global_batch} ({source.describe_global_batch()}) -> {out}", flush=True)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 
 

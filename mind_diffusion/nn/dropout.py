@@ -15,7 +15,11 @@ training checkpoints, so
 - identical runs draw identical masks, in graph and pynative mode, on any number of threads;
 - a run resumed from step ``s`` draws the masks an uninterrupted run draws at ``s + 1, ...``;
 - rank ``r`` of ``R`` data-parallel workers indexes its rows from ``r * local_batch``, so the
-  workers together draw the masks one process draws for the global batch.
+  workers together draw the masks one process draws for the global batch;
+- with gradient accumulation over ``A`` micro-batches of ``b`` rows, micro-batch ``m`` of rank
+  ``r`` indexes its rows from ``(r * A + m) * b`` (a second int32 counter, the micro-batch index,
+  which the accumulating step increments per micro-batch and zeroes per update), so the masks are
+  again those of the global batch at that step, whatever the split into workers x micro-batches.
 
 A ``KeyedDropout`` that no trainer has keyed (a model used outside the trainers) behaves as
 ``nn.Dropout``; in eval mode it is the identity, like ``nn.Dropout``.
@@ -30,6 +34,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 RNG_STEP_NAME = "train_rng_step"   # the step counter's parameter name (training checkpoints only)
+RNG_MICRO_NAME = "train_rng_micro"  # the micro-batch counter (0 between updates, never saved)
 
 _M1, _M2, _M3 = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35  # golden-ratio and MurmurHash3 fmix32 constants
 
@@ -85,6 +90,7 @@ class KeyedDropout(nn.Cell):
         self.keyed = False
         self.base = 0
         self.rank = 0
+        self.accum = 1
         self.rshift = ops.RightShift()
 
     def _lsr(self, h, s: int):
@@ -106,24 +112,40 @@ class KeyedDropout(nn.Cell):
         n = 1
         for s in x.shape:
             n = n * s
-        offset = self.rank * n  # rows of this rank start at rank * local_batch in the global batch
-        idx = ops.arange(offset, offset + n, dtype=ms.int32).reshape(x.shape)
+        if self.accum > 1:  # micro-batch m of rank r: rows from (r * A + m) * b of the global batch
+            offset = (self.rng_micro + self.rank * self.accum) * n
+            idx = (ops.arange(0, n, dtype=ms.int32) + ops.reshape(offset, (1,))).reshape(x.shape)
+        else:
+            offset = self.rank * n  # rows of this rank start at rank * local_batch in the global batch
+            idx = ops.arange(offset, offset + n, dtype=ms.int32).reshape(x.shape)
         h = self._fmix(idx * _i32(_M1) + key.reshape(()))
         keep = ops.cast(h >= self.threshold, x.dtype)
         return x * keep * ops.cast(self.scale, x.dtype)
 
 
-def attach_dropout_keys(net: nn.Cell, seed: int, rank: int = 0) -> Parameter | None:
+def make_micro_counter() -> Parameter:
+    """The int32 micro-batch counter of :func:`attach_dropout_keys` (``micro=``)."""
+    return Parameter(Tensor(np.zeros((), np.int32)), name=RNG_MICRO_NAME, requires_grad=False)
+
+
+def attach_dropout_keys(net: nn.Cell, seed: int, rank: int = 0, accum_steps: int = 1,
+                        micro: Parameter | None = None) -> Parameter | None:
     """Key every :class:`KeyedDropout` under ``net`` on ``(seed, layer name, step)``: returns the
     shared int32 step parameter (the training step must increment it once per step), or None when
-    ``net`` has no dropout. Call before the first compile."""
+    ``net`` has no dropout. ``accum_steps > 1`` needs ``micro`` (:func:`make_micro_counter`), the
+    micro-batch index within the update. Call before the first compile."""
     cells = [(name, c) for name, c in net.cells_and_names() if isinstance(c, KeyedDropout) and c.p > 0]
     if not cells:
         return None
+    if int(accum_steps) > 1 and micro is None:
+        raise ValueError("accum_steps > 1 needs the micro-batch counter (micro=make_micro_counter())")
     step = Parameter(Tensor(np.zeros((), np.int32)), name=RNG_STEP_NAME, requires_grad=False)
     for name, cell in cells:
         cell.base = layer_key(seed, name)
         cell.rank = int(rank)
         cell.rng_step = step
+        cell.accum = int(accum_steps)
+        if cell.accum > 1:
+            cell.rng_micro = micro
         cell.keyed = True
     return step

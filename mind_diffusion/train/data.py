@@ -9,11 +9,17 @@ Readers return ``(images uint8 N x H x W x C, labels int64 N, class_names)``:
 - ``read_digits``: scikit-learn's bundled 8x8 digits, upscaled (a real dataset that ships
   offline with scikit-learn).
 
-Batches: for global step ``s`` the global batch is a fixed function of (seed, s): epoch
-permutations come from ``default_rng([seed, epoch])``, flips / timesteps / noise from
-``default_rng([seed, s])``. Rank ``r`` of ``R`` takes rows ``[r*B/R, (r+1)*B/R)``. So a run
-resumed at step ``s`` sees exactly the data an uninterrupted run would, and R workers together
-see exactly the batch one process would.
+Batches (:class:`GlobalOrder`, :func:`shard_rows`): the data order is the global sample
+sequence. For update ``s`` the global batch of ``G`` samples is rows ``[s*G, (s+1)*G)`` of the
+sequence of seeded epoch permutations of the whole dataset (``default_rng([seed, epoch, 7])``,
+the incomplete last batch of an epoch dropped), and its per-sample randomness (flips / timesteps /
+noise) comes from ``default_rng([seed, s, ...])`` for all ``G`` rows at once. With ``W`` workers
+and ``A`` accumulated micro-batches of ``b = G / (W * A)`` rows, rank ``r`` takes rows
+``[r*A*b, (r+1)*A*b)`` and feeds them as micro-batches ``m = 0..A-1`` of ``b`` rows each (global
+rows ``(r*A + m)*b ...``). So a run resumed at update ``s`` sees exactly the data an
+uninterrupted run would, whatever ``W`` and ``A`` are as long as ``G`` is unchanged (the
+checkpoint records ``G`` and the samples consumed, ``s * G``), and the workers together see
+exactly the batch one process would.
 """
 from __future__ import annotations
 
@@ -185,34 +191,106 @@ def load_dataset(kind: str, path: str | None, image_size: int, channels: int, re
     return images, labels, classes
 
 
-class DiffusionBatches:
-    """Random-access source: item ``step`` -> this rank's (x0, y, t, noise) for that step."""
+def check_global_batch(global_batch: int, workers: int, accum_steps: int,
+                       what: str = "train.batch_size") -> int:
+    """The micro-batch ``b = global_batch / (workers * accum_steps)``, or a :class:`DataError`
+    saying which sizes divide."""
+    global_batch, workers, accum_steps = int(global_batch), int(workers), int(accum_steps)
+    split = workers * accum_steps
+    if global_batch < 1 or global_batch % split:
+        lo = max(split, global_batch // split * split)
+        hi = (global_batch // split + 1) * split
+        sizes = f"{lo} or {hi}" if lo != hi else f"{hi}"
+        raise DataError(f"{what}={global_batch} (the global batch) must be divisible by {workers} worker(s) x "
+                        f"train.grad_accum_steps={accum_steps} = {split}: use {what}={sizes}, or change "
+                        f"train.grad_accum_steps")
+    return global_batch // split
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, num_timesteps: int,
-                 seed: int = 0, rank: int = 0, group_size: int = 1, random_flip: bool = False):
-        if len(images) < global_batch:
-            raise DataError(f"the dataset has {len(images)} images, fewer than one batch of {global_batch}; "
-                            f"lower train.batch_size")
-        if global_batch % group_size:
-            raise DataError(f"train.batch_size={global_batch} must be divisible by the number of workers "
-                            f"({group_size})")
-        self.images, self.labels = images, labels
-        self.global_batch, self.num_timesteps = global_batch, num_timesteps
-        self.seed, self.rank, self.group = seed, rank, group_size
-        self.local = global_batch // group_size
-        self.steps_per_epoch = len(images) // global_batch  # drop_last
-        self.random_flip = random_flip
+
+def shard_rows(global_batch: int, workers: int, accum_steps: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of the global batch that ``rank`` takes (its ``accum_steps``
+    micro-batches, in order). Pure: the same for every process."""
+    b = check_global_batch(global_batch, workers, accum_steps)
+    if not 0 <= int(rank) < int(workers):
+        raise ValueError(f"rank {rank} out of range for {workers} worker(s)")
+    per_rank = b * int(accum_steps)
+    return int(rank) * per_rank, (int(rank) + 1) * per_rank
+
+
+def micro_batches(arrays, accum_steps: int) -> list[tuple]:
+    """A rank's batch (a tuple of arrays with ``A * b`` rows) as ``A`` micro-batches of ``b`` rows."""
+    arrays = tuple(arrays)
+    n = len(arrays[0])
+    if n % int(accum_steps):
+        raise ValueError(f"a batch of {n} rows does not split into {accum_steps} micro-batches")
+    b = n // int(accum_steps)
+    return [tuple(np.ascontiguousarray(a[m * b:(m + 1) * b]) for a in arrays) for m in range(int(accum_steps))]
+
+
+class GlobalOrder:
+    """The global sample sequence: update ``step`` takes samples ``[step*G, (step+1)*G)`` of the
+    concatenated epoch orders (seeded permutations when ``shuffle``, else 0..N-1; each epoch's
+    incomplete last batch dropped). A function of (num_samples, global_batch, seed) only: no
+    worker count, no accumulation."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int = 0, shuffle: bool = True):
+        self.num_samples, self.global_batch = int(num_samples), int(global_batch)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.steps_per_epoch = self.num_samples // self.global_batch  # drop_last
         self._perm_epoch, self._perm = -1, None
 
-    def _permutation(self, epoch: int):
+    def permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_samples)
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.images))
+            self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(self.num_samples)
             self._perm_epoch = epoch
         return self._perm
 
+    def indices(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(int(step), self.steps_per_epoch)
+        return self.permutation(epoch)[pos * self.global_batch:(pos + 1) * self.global_batch]
+
+    def samples_seen(self, step: int) -> int:
+        """The global position after ``step`` updates."""
+        return int(step) * self.global_batch
+
+
+class DiffusionBatches:
+    """Random-access source: item ``step`` -> this rank's (x0, y, t, noise) for that update
+    (``accum_steps`` micro-batches of ``global_batch / (group_size * accum_steps)`` rows, stacked)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, num_timesteps: int,
+                 seed: int = 0, rank: int = 0, group_size: int = 1, random_flip: bool = False,
+                 accum_steps: int = 1):
+        if len(images) < global_batch:
+            raise DataError(f"the dataset has {len(images)} images, fewer than one batch of {global_batch}; "
+                            f"lower train.batch_size")
+        check_global_batch(global_batch, group_size, accum_steps)
+        self.images, self.labels = images, labels
+        self.global_batch, self.num_timesteps = global_batch, num_timesteps
+        self.seed, self.rank, self.group = seed, rank, group_size
+        self.accum_steps = int(accum_steps)
+        self.rows = shard_rows(global_batch, group_size, accum_steps, rank)
+        self.local = self.rows[1] - self.rows[0]
+        self.order = GlobalOrder(len(images), global_batch, seed, shuffle=True)
+        self.steps_per_epoch = self.order.steps_per_epoch
+        self.random_flip = random_flip
+
     def global_indices(self, step: int) -> np.ndarray:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        return self._permutation(epoch)[pos * self.global_batch:(pos + 1) * self.global_batch]
+        return self.order.indices(step)
+
+    def describe_global_batch(self) -> str:
+        return (f"train.batch_size={self.global_batch} is the global batch, over {self.group} worker(s) x "
+                f"train.grad_accum_steps={self.accum_steps}")
+
+    def reach_global_batch(self, target: int) -> str:
+        """How to get the global batch ``target`` on this run's workers (for the resume error)."""
+        if target % self.group:
+            return f"set train.batch_size={target} and run on a worker count that divides it"
+        if target % (self.group * self.accum_steps):
+            return f"set train.batch_size={target} and a train.grad_accum_steps that divides {target // self.group}"
+        return f"set train.batch_size={target}"
 
     def __getitem__(self, step: int):
         step = int(step)
@@ -225,7 +303,7 @@ class DiffusionBatches:
         noise = rng.standard_normal(x.shape).astype(np.float32)
         if self.random_flip:
             x[flips] = x[flips][..., ::-1]
-        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
+        sl = slice(*self.rows)
         return (np.ascontiguousarray(x[sl]), self.labels[idx][sl].astype(np.int32), t[sl],
                 np.ascontiguousarray(noise[sl]))
 

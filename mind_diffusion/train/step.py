@@ -1,6 +1,16 @@
 """One optimisation step for any family: forward + backward of a loss cell, data-parallel
 gradient averaging, (dynamic) loss scaling with overflow skip, optional global-norm clipping,
 optimizer update. Compiled as a whole in graph mode.
+
+Gradient accumulation (:class:`AccumulatingTrainStep`, ``train.grad_accum_steps = A > 1``): one
+update runs A micro-batches through a compiled *accumulate* cell (forward + backward with the
+current loss scale as sensitivity, gradients added into fp32 buffers) and then one compiled
+*apply* cell (the data-parallel all-reduce, once per update; unscale by ``1 / (scale * A)``, so
+the gradient is the mean over the A equal micro-batches = the gradient of the combined batch;
+overflow check on the sum, so a non-finite gradient in any micro-batch skips the whole update
+and moves the dynamic scale once; clipping of the accumulated gradient; optimizer; buffers
+zeroed). The optimizer, its LR schedule, the EMA and the dropout step counter all advance once
+per update.
 """
 from __future__ import annotations
 
@@ -12,6 +22,9 @@ from mindspore.communication import get_group_size
 _unscale = ops.MultitypeFuncGraph("unscale")
 _assign = ops.MultitypeFuncGraph("assign")
 _ema_update = ops.MultitypeFuncGraph("ema_update")
+_accumulate = ops.MultitypeFuncGraph("accumulate")
+_zero = ops.MultitypeFuncGraph("zero")
+_cast_like = ops.MultitypeFuncGraph("cast_like")
 
 
 @_unscale.register("Tensor", "Tensor")
@@ -22,6 +35,21 @@ def _unscale_grad(inv_scale, grad):
 @_assign.register("Tensor", "Tensor")
 def _assign_param(dst, src):
     return ops.assign(dst, src)
+
+
+@_accumulate.register("Tensor", "Tensor")
+def _add_grad(acc, grad):
+    return ops.assign_add(acc, ops.cast(grad, acc.dtype))
+
+
+@_zero.register("Tensor")
+def _zero_buffer(acc):
+    return ops.assign(acc, ops.zeros_like(acc))
+
+
+@_cast_like.register("Tensor", "Tensor")
+def _cast_grad(param, grad):
+    return ops.cast(grad, param.dtype)
 
 
 @_ema_update.register("Number", "Tensor", "Tensor")
@@ -77,6 +105,10 @@ class TrainStep(nn.Cell):
         if self.keyed:
             self.rng_step = rng_step
 
+    def run(self, micro_batches):
+        """The :class:`AccumulatingTrainStep` interface for one micro-batch per update."""
+        return self(*micro_batches[0])
+
     def construct(self, *inputs):
         loss = self.loss_net(*inputs)
         scale = self.scaler.scale
@@ -95,6 +127,113 @@ class TrainStep(nn.Cell):
         if self.keyed:
             loss = ops.depend(loss, ops.assign(self.rng_step, self.rng_step + 1))
         return loss, finite, scale
+
+
+GRAD_BUFFER_PREFIX = "grad_accum."   # the accumulation buffers (zero between updates, never saved)
+
+
+def check_accum_steps(value, where: str = "train.grad_accum_steps") -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() \
+            or int(value) < 1:
+        raise ValueError(f"{where} must be an integer >= 1 (1 = no accumulation), got {value!r}")
+    return int(value)
+
+
+class _Accumulate(nn.Cell):
+    """construct(*micro_batch) -> loss: gradients of ``loss * scale`` added into the buffers; the
+    dropout micro-batch counter (when keyed) moves on after the pass that read it."""
+
+    def __init__(self, loss_net, weights, buffers, scaler, rng_micro=None):
+        super().__init__(auto_prefix=False)
+        self.loss_net, self.weights, self.buffers, self.scaler = loss_net, weights, buffers, scaler
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+        self.keyed = rng_micro is not None
+        if self.keyed:
+            self.rng_micro = rng_micro
+
+    def construct(self, *inputs):
+        loss = self.loss_net(*inputs)
+        sens = ops.ones_like(loss) * ops.cast(self.scaler.scale, loss.dtype)
+        grads = self.grad(self.loss_net, self.weights)(*inputs, sens)
+        loss = ops.depend(loss, self.hyper_map(_accumulate, self.buffers, grads))
+        if self.keyed:
+            loss = ops.depend(loss, ops.assign(self.rng_micro, self.rng_micro + 1))
+        return loss
+
+
+class _Apply(nn.Cell):
+    """construct() -> (finite, scale): one update from the accumulated gradients."""
+
+    def __init__(self, optimizer, buffers, scaler, accum_steps: int, clip: float, distributed: bool,
+                 rng_step=None, rng_micro=None):
+        super().__init__(auto_prefix=False)
+        self.optimizer, self.weights, self.buffers, self.scaler = optimizer, optimizer.parameters, buffers, scaler
+        self.accum = float(accum_steps)
+        self.clip = float(clip)
+        self.hyper_map = ops.HyperMap()
+        self.distributed = distributed
+        self.reducer = nn.DistributedGradReducer(self.buffers, mean=True, degree=get_group_size()) \
+            if distributed else nn.Identity()
+        self.keyed = rng_step is not None
+        if self.keyed:
+            self.rng_step = rng_step
+        self.has_micro = rng_micro is not None
+        if self.has_micro:
+            self.rng_micro = rng_micro
+
+    def construct(self):
+        scale = self.scaler.scale
+        grads = self.buffers
+        if self.distributed:
+            grads = self.reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, 1.0 / (scale * self.accum)), grads)
+        finite = ms.amp.all_finite(grads)
+        self.scaler(finite)
+        if self.clip > 0:
+            grads = ops.clip_by_global_norm(grads, self.clip)
+        grads = self.hyper_map(_cast_like, self.weights, grads)
+        done = finite
+        if finite:
+            done = ops.depend(done, self.optimizer(grads))
+        done = ops.depend(done, self.hyper_map(_zero, self.buffers))
+        if self.keyed:
+            done = ops.depend(done, ops.assign(self.rng_step, self.rng_step + 1))
+        if self.has_micro:
+            done = ops.depend(done, ops.assign(self.rng_micro, self.rng_micro * 0))
+        return done, scale
+
+
+class AccumulatingTrainStep(nn.Cell):
+    """``run(micro_batches) -> (loss, finite, scale)``: one update from ``accum_steps`` equal
+    micro-batches (see the module doc); ``loss`` is the mean of the micro-batch losses, i.e. the
+    loss of the combined batch. ``rng_micro``: the keyed-dropout micro-batch counter
+    (``nn.dropout.attach_dropout_keys(..., micro=)``), 0 at every update boundary."""
+
+    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, accum_steps: int, scaler: LossScaler | None = None,
+                 clip_grad_norm: float = 0.0, distributed: bool = False, rng_step: Parameter | None = None,
+                 rng_micro: Parameter | None = None):
+        super().__init__(auto_prefix=False)
+        self.accum_steps = check_accum_steps(accum_steps, "accum_steps")
+        self.loss_net = loss_net
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.scaler = scaler if scaler is not None else LossScaler(1.0, dynamic=False)
+        self.buffers = ms.ParameterTuple(
+            Parameter(ops.zeros(p.shape, ms.float32), name=GRAD_BUFFER_PREFIX + p.name, requires_grad=False)
+            for p in self.weights)
+        self.accumulate_grads = _Accumulate(loss_net, self.weights, self.buffers, self.scaler, rng_micro)
+        self.apply_update = _Apply(optimizer, self.buffers, self.scaler, self.accum_steps, clip_grad_norm, distributed,
+                            rng_step, rng_micro)
+
+    def run(self, micro_batches):
+        if len(micro_batches) != self.accum_steps:
+            raise ValueError(f"expected {self.accum_steps} micro-batches, got {len(micro_batches)}")
+        losses = [self.accumulate_grads(*mb) for mb in micro_batches]
+        finite, scale = self.apply_update()
+        loss = sum(float(v.asnumpy()) for v in losses) / len(losses)
+        return Tensor(loss, ms.float32), finite, scale
 
 
 class EMA(nn.Cell):

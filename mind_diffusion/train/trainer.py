@@ -1,10 +1,15 @@
 """One trainer for every family.
 
 Given a model, a loss cell over it, an optimizer and a random-access batch source
-(``source[step] -> batch tuple`` for this rank), it runs the compiled ``TrainStep`` with EMA,
+(``source[step] -> batch tuple`` for this rank, ``source.global_batch`` samples over all ranks), it
+runs the compiled ``TrainStep`` (``AccumulatingTrainStep`` over ``grad_accum_steps`` micro-batches
+per update, each rank's batch split on the host) with EMA,
 logs to stdout and ``metrics.csv``, writes checkpoints atomically every ``ckpt_every`` steps
 (rank 0 only) and resumes exactly: model, optimizer moments, loss scale, EMA, step and data
-position (the batch stream is a pure function of the step).
+position (the batch stream is a pure function of the step). Steps count *updates*. Checkpoints
+record the global position (``meta.samples_seen`` = updates x global batch) and the global batch
+(``meta.global_batch``), nothing per rank, so a run saved on 8 workers resumes on 4 (per-worker
+batch or accumulation doubled) with the same data order; a different global batch is refused.
 
 Run folder layout::
 
@@ -33,13 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mindspore import nn
+from mindspore import Tensor, nn
 
 from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
-from ..nn.dropout import RNG_STEP_NAME, attach_dropout_keys
+from ..nn.dropout import RNG_MICRO_NAME, RNG_STEP_NAME, attach_dropout_keys, make_micro_counter
 from ..utils.images import check_output_dir
 from . import run_dir
-from .step import EMA, LossScaler, TrainStep
+from .data import micro_batches
+from .step import EMA, GRAD_BUFFER_PREFIX, AccumulatingTrainStep, LossScaler, TrainStep, check_accum_steps
 
 
 def model_state(cell) -> dict:
@@ -63,6 +69,7 @@ class TrainOptions:
     loss_scale_window: int = 1000
     seed: int = 0
     progress: bool = True
+    grad_accum_steps: int = 1
 
 
 class Trainer:
@@ -81,10 +88,18 @@ class Trainer:
             raise ValueError(f"train.loss_scale must be none, static or dynamic, got {opts.loss_scale!r}")
         scale = 1.0 if opts.loss_scale == "none" else opts.init_loss_scale
         self.scaler = LossScaler(scale, dynamic=opts.loss_scale == "dynamic", window=opts.loss_scale_window)
-        # dropout masks keyed on (seed, layer, step): identical and resumed runs draw the same masks
-        self.rng_step = attach_dropout_keys(loss_net, opts.seed, self.rank)
-        self.train_step = TrainStep(loss_net, optimizer, self.scaler, opts.clip_grad_norm, self.distributed,
-                                    rng_step=self.rng_step)
+        self.accum_steps = check_accum_steps(opts.grad_accum_steps)
+        self.global_batch = getattr(source, "global_batch", None)
+        # dropout masks keyed on (seed, layer, step, global row): identical and resumed runs draw the same masks
+        micro = make_micro_counter() if self.accum_steps > 1 else None
+        self.rng_step = attach_dropout_keys(loss_net, opts.seed, self.rank, self.accum_steps, micro)
+        if self.accum_steps > 1:
+            self.train_step = AccumulatingTrainStep(
+                loss_net, optimizer, self.accum_steps, self.scaler, opts.clip_grad_norm, self.distributed,
+                rng_step=self.rng_step, rng_micro=micro if self.rng_step is not None else None)
+        else:
+            self.train_step = TrainStep(loss_net, optimizer, self.scaler, opts.clip_grad_norm, self.distributed,
+                                        rng_step=self.rng_step)
         self.train_step.set_train(True)
         self.ema = EMA(model, opts.ema_decay, opts.ema_start, opts.ema_every)
         self.step = 0
@@ -115,6 +130,8 @@ class Trainer:
     def _state_params(self):
         seen, out = set(), []
         for p in list(self.train_step.get_parameters()) + list(self.ema.ema):
+            if p.name.startswith(GRAD_BUFFER_PREFIX) or p.name == RNG_MICRO_NAME:
+                continue  # zero at every update boundary, where checkpoints are taken
             if p.name not in seen:
                 seen.add(p.name)
                 out.append(p)
@@ -125,8 +142,11 @@ class Trainer:
             return None
         name = name or f"step_{self.step:07d}.ckpt"
         path = self.ckpt_dir / name
-        save_atomic({p.name: p.asnumpy() for p in self._state_params()}, path,
-                    extra={"meta.train_step": int(self.step), "meta.seed": int(self.opts.seed)})
+        extra = {"meta.train_step": int(self.step), "meta.seed": int(self.opts.seed)}
+        if self.global_batch:
+            extra.update({"meta.global_batch": int(self.global_batch),
+                          "meta.samples_seen": int(self.step) * int(self.global_batch)})
+        save_atomic({p.name: p.asnumpy() for p in self._state_params()}, path, extra=extra)
         tmp = self.ckpt_dir / ".latest.txt.tmp"
         tmp.write_text(name + "\n")
         os.replace(tmp, self.ckpt_dir / "latest.txt")
@@ -190,6 +210,8 @@ class Trainer:
                                   f"to start from model weights use --init_from instead of --resume")
         step = int(np.asarray(state.pop("meta.train_step")))
         state.pop("meta.seed", None)
+        self._check_global_batch(path, state.pop("meta.global_batch", None), state.pop("meta.samples_seen", None),
+                                 step)
         if self.rng_step is not None:  # checkpoints written before dropout was keyed lack the counter
             state[RNG_STEP_NAME] = np.asarray(step, np.int32)
         elif RNG_STEP_NAME in state and not any(p.name == RNG_STEP_NAME for p in self._state_params()):
@@ -199,6 +221,28 @@ class Trainer:
         self.resumed = True
         if self.rank == 0:
             print(f"[mind_diffusion] resumed from {path} at step {step}", flush=True)
+
+    def _check_global_batch(self, path, saved_batch, samples_seen, step: int):
+        """A resumed run continues the global sample sequence only with the same global batch (the
+        worker count and the accumulation may change). Checkpoints written before the global batch
+        was recorded are taken as they are."""
+        if saved_batch is None or not self.global_batch:
+            return
+        saved = int(np.asarray(saved_batch))
+        if samples_seen is not None and int(np.asarray(samples_seen)) != step * saved:
+            raise CheckpointError(f"{path}: meta.samples_seen={int(np.asarray(samples_seen))} is not "
+                                  f"{step} updates x global batch {saved}; the checkpoint is inconsistent")
+        if saved != int(self.global_batch):
+            raise CheckpointError(
+                f"{path} was trained with a global batch of {saved} samples per update, this run's is "
+                f"{self.global_batch}{self._batch_words(saved)}")
+
+    def _batch_words(self, target: int) -> str:
+        describe = getattr(self.source, "describe_global_batch", None)
+        reach = getattr(self.source, "reach_global_batch", None)
+        how = f" ({describe()})" if describe else ""
+        fix = reach(target) if reach else f"set train.batch_size / train.grad_accum_steps to give {target}"
+        return f"{how}; resuming needs the same global batch: {fix}"
 
     def _trim_metrics(self, log_path: Path):
         """Drop the log rows past the step this run (re)starts from: they belong to a segment that ran
@@ -285,8 +329,13 @@ class Trainer:
         loss_val = float("nan")
         old_handlers = self._catch_stop_signals()
         try:
-            for batch in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
-                loss, finite, scale = self.train_step(*batch)
+            accum = self.accum_steps > 1
+            for batch in dataset.create_tuple_iterator(num_epochs=1, output_numpy=accum):
+                if accum:  # this rank's rows of the update, fed as A micro-batches
+                    loss, finite, scale = self.train_step.run(
+                        [tuple(Tensor(a) for a in mb) for mb in micro_batches(batch, self.accum_steps)])
+                else:
+                    loss, finite, scale = self.train_step(*batch)
                 self.ema.step(self.step)
                 self.step += 1
                 loss_val = float(loss.asnumpy())

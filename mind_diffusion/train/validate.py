@@ -21,6 +21,7 @@ TRAIN_RANGES = {
     "steps": (1, _INF, True, True, True),
     "epochs": (1, _INF, True, True, True),
     "batch_size": (1, _INF, True, True, True),
+    "grad_accum_steps": (1, _INF, True, True, True),
     "lr": (0, _INF, False, True, False),
     "start_learning_rate": (0, _INF, False, True, False),
     "end_learning_rate": (0, _INF, True, True, False),
