@@ -136,7 +136,8 @@ def vae_train_config_defaults() -> dict:
         "data": {"kind": "csv", "path": "dataset/", "image_size": 256, "random_crop": True,
                  "filter_small_size": False, "image_filter_size": 256, "shuffle": True},
         "train": {
-            "steps": 0, "epochs": 10, "batch_size": 4, "grad_accum_steps": 1, "lr": 1.0e-4, "betas": [0.5, 0.9], "eps": 1.0e-8,
+            "steps": 0, "epochs": 10, "batch_size": 4, "grad_accum_steps": 1, "lr": 1.0e-4, "betas": [0.5, 0.9],
+            "eps": 1.0e-8,
             "kl_weight": 1.0e-6, "l2_weight": 0.0, "contrast_weight": 0.0, "freeze_encoder": False,
             "loss_scale": "none", "init_loss_scale": 65536.0, "loss_scale_window": 1000,
             "clip_grad_norm": 0.0, "ema_decay": 0.0, "ema_start": 0, "ema_every": 1,

@@ -224,8 +224,8 @@ class AccumulatingTrainStep(nn.Cell):
             Parameter(ops.zeros(p.shape, ms.float32), name=GRAD_BUFFER_PREFIX + p.name, requires_grad=False)
             for p in self.weights)
         self.accumulate_grads = _Accumulate(loss_net, self.weights, self.buffers, self.scaler, rng_micro)
-        self.apply_update = _Apply(optimizer, self.buffers, self.scaler, self.accum_steps, clip_grad_norm, distributed,
-                            rng_step, rng_micro)
+        self.apply_update = _Apply(optimizer, self.buffers, self.scaler, self.accum_steps, clip_grad_norm,
+                                   distributed, rng_step, rng_micro)
 
     def run(self, micro_batches):
         if len(micro_batches) != self.accum_steps:
