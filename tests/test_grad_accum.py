@@ -66,10 +66,20 @@ def _data(updates, batch=8, seed=0):
             rng.standard_normal((updates, batch, 3)).astype(np.float32))
 
 
-@pytest.mark.parametrize("loss_scale", ["dynamic", "static"])
-def test_accumulated_update_equals_the_combined_batch(ms_mode, loss_scale):
-    """3 updates of 8 rows: A=4 micro-batches of 2 == one step on 8 (Adam, warmup LR, clipping
-    active at 0.5, loss scale 1024 dynamic (doubling every 2 good updates) or static, dropout)."""
+@pytest.fixture(params=[("graph", "dynamic"), ("pynative", "dynamic"), ("pynative", "static")],
+                ids=["graph-dynamic", "pynative-dynamic", "pynative-static"])
+def mode_and_scale(request):
+    mode, scale = request.param
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    yield mode, scale
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_accumulated_update_equals_the_combined_batch(mode_and_scale):
+    """3 updates of 8 rows: A=4 (graph) / 2 (pynative) micro-batches == one step on 8 (Adam, warmup
+    LR, clipping active at 0.5, loss scale 1024 dynamic (doubling every 2 good updates) or static,
+    keyed dropout). The static scale only changes what the scale does, so one mode covers it."""
+    ms_mode, loss_scale = mode_and_scale
     updates, accum = 3, 4 if ms_mode == "graph" else 2
     xs, ys = _data(updates)
     out = {}
