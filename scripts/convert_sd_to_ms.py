@@ -11,6 +11,13 @@ file next to the output when --bpe is given. Then:
 
     python scripts/txt2img.py --config configs/sd/v1-inference.yaml --ckpt_name sd-v1-5-ms.ckpt \
         --prompt "a lighthouse at dusk, oil painting"
+
+SD-1.x inpainting sources (sd-v1-5-inpainting.ckpt / .safetensors / diffusers folder: a UNet
+with 9 input channels) are recognised and checked against configs/sd/v1-inpainting-inference.yaml:
+
+    python scripts/convert_sd_to_ms.py sd-v1-5-inpainting.ckpt --output models/sd-v1-5-inpainting-ms.ckpt
+    python scripts/inpaint.py --config configs/sd/v1-inpainting-inference.yaml \
+        --ckpt_name sd-v1-5-inpainting-ms.ckpt --img photo.png --mask mask.png --prompt "a red fox"
 """
 import argparse
 import shutil
@@ -23,8 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 from mind_diffusion.cli import run_cli  # noqa: E402
 
 
-def run_hint(config, out: Path) -> str:
-    """The txt2img command for the written checkpoint, with the --config it was checked against."""
+def run_hint(config, out: Path, inpaint: bool = False) -> str:
+    """The txt2img (inpaint.py for an inpainting model) command for the written checkpoint,
+    with the --config it was checked against."""
+    if inpaint:
+        return (f"run: python scripts/inpaint.py --config {config} --ckpt_path {out.parent} "
+                f"--ckpt_name {out.name} --img IMAGE --mask MASK --prompt \"...\"")
     return (f"run: python scripts/txt2img.py --config {config} --ckpt_path {out.parent} "
             f"--ckpt_name {out.name} --prompt \"...\"")
 
@@ -33,8 +44,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="SD v1.x .ckpt / .safetensors file, or a diffusers folder")
     p.add_argument("--output", default="models/sd-v1-ms.ckpt", help="MindSpore checkpoint to write")
-    p.add_argument("--config", default="configs/sd/v1-inference.yaml",
-                   help="model config the result must load into (checked)")
+    p.add_argument("--config", default=None,
+                   help="model config the result must load into (checked); default "
+                        "configs/sd/v1-inference.yaml, or configs/sd/v1-inpainting-inference.yaml "
+                        "for an inpainting source (UNet with 9 input channels)")
     p.add_argument("--bpe", default=None, help="bpe_simple_vocab_16e6.txt.gz to copy next to the output")
     p.add_argument("--no_check", action="store_true",
                    help="skip building the model to check the result (saves time and ~4 GB RAM)")
@@ -42,7 +55,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def job():
-        from mind_diffusion.checkpoint.convert_sd import convert_stable_diffusion
+        from mind_diffusion.checkpoint.convert_sd import (check_channels_fit, convert_stable_diffusion,
+                                                          default_sd_config, unet_in_channels)
         from mind_diffusion.checkpoint.io import save_atomic
 
         out = Path(args.output).expanduser()
@@ -56,6 +70,8 @@ def main(argv=None):
         state, filled = convert_stable_diffusion(args.source)
         print(f"read and converted {len(state)} tensors in {time.time() - t0:.1f} s "
               f"({len(filled)} never-used VAE tensors filled with zeros)")
+        inpaint = unet_in_channels(state) == 9
+        config = args.config or default_sd_config(state)
         if not args.no_check:
             import mind_diffusion  # noqa: F401
             import mindspore as ms
@@ -66,10 +82,11 @@ def main(argv=None):
             from mind_diffusion.checkpoint.io import load_strict
 
             ms.set_device("CPU")
-            cfg_path = Path(args.config)
+            cfg_path = Path(config)
             if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
                 cfg_path = ROOT / cfg_path
             cfg = load_config(cfg_path, (), ldm_config_defaults())
+            check_channels_fit(state, cfg.model.unet.in_channels, cfg_path)
             net = build_ldm(cfg.model)
             load_strict(net, state, path=str(args.source), dry_run=True)
             del net
@@ -81,7 +98,7 @@ def main(argv=None):
             if Path(args.bpe).expanduser().resolve() != dst.resolve():
                 shutil.copyfile(Path(args.bpe).expanduser(), dst)
             print(f"tokenizer: {dst}")
-        print(run_hint(args.config, out))
+        print(run_hint(config, out, inpaint))
 
     return run_cli(job)
 

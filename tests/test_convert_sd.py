@@ -88,16 +88,12 @@ def _ours_from_state(state, filled):
     return net
 
 
-def test_three_source_formats_convert_identically(sd_tiny, tmp_path):
-    from safetensors.numpy import save_file
-
-    from mind_diffusion.checkpoint.convert_sd import convert_stable_diffusion
+def _compvis_layout(state):
+    """Our converted state back in the CompVis single-file names (as sd-v1-5*.ckpt)."""
     from mind_diffusion.checkpoint.convert_text import ours_to_hf_clip_text
     from mind_diffusion.checkpoint.convert_unet import ours_to_compvis_unet
     from mind_diffusion.checkpoint.convert_vae import ours_to_compvis_vae
 
-    state, filled = convert_stable_diffusion(sd_tiny["diffusers"])
-    assert len(filled) == 4
     strip = lambda p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)}  # noqa: E731
     compvis = {}
     compvis.update({"model.diffusion_model." + k: v
@@ -106,6 +102,17 @@ def test_three_source_formats_convert_identically(sd_tiny, tmp_path):
                     for k, v in ours_to_compvis_vae(strip("first_stage_model.")).items()})
     compvis.update({"cond_stage_model.transformer." + k: v
                     for k, v in ours_to_hf_clip_text(strip("cond_stage_model.transformer.")).items()})
+    return compvis
+
+
+def test_three_source_formats_convert_identically(sd_tiny, tmp_path):
+    from safetensors.numpy import save_file
+
+    from mind_diffusion.checkpoint.convert_sd import convert_stable_diffusion
+
+    state, filled = convert_stable_diffusion(sd_tiny["diffusers"])
+    assert len(filled) == 4
+    compvis = _compvis_layout(state)
     compvis["betas"] = np.linspace(1e-4, 0.02, 1000, dtype=np.float32)       # buffers to drop
     compvis["model_ema.decay"] = np.float32(0.9999)
     compvis["cond_stage_model.transformer.text_model.embeddings.position_ids"] = np.arange(77)[None]
@@ -207,3 +214,52 @@ def test_sd2_and_foreign_state_are_refused():
                          "cond_stage_model.model.token_embedding.weight": np.zeros(1)})
     with pytest.raises(ConversionError, match="not a CompVis-format"):
         compvis_to_ours({"conv_in.weight": np.zeros(1)})
+
+
+def test_inpainting_sources_convert_and_load(sd_tiny, tmp_path):
+    """An SD inpainting model (UNet with 9 input channels) converts from a diffusers folder
+    and from the CompVis layout (sd-v1-5-inpainting.ckpt) to the same state, which loads
+    strictly into the 9-channel config; the channel count picks the config, and a mismatch
+    names the config that fits."""
+    import shutil
+
+    from mind_diffusion.checkpoint.convert_sd import (SD_CONFIG, SD_INPAINT_CONFIG,
+                                                      ConversionError, check_channels_fit,
+                                                      convert_stable_diffusion,
+                                                      default_sd_config, unet_in_channels)
+    from mind_diffusion.checkpoint.convert_unet import compvis_unet_config_to_diffusers
+    from mind_diffusion.checkpoint.io import load_strict
+    from mind_diffusion.ldm.model import build_ldm
+
+    folder = tmp_path / "inpaint"
+    for part in ("vae", "text_encoder"):
+        shutil.copytree(sd_tiny["diffusers"] / part, folder / part)
+    unet_kw = {k: v for k, v in SD_TINY["unet"].items() if k != "gelu"}
+    unet_kw["in_channels"] = 9
+    unet = _randomize_torch(diffusers.UNet2DConditionModel(
+        sample_size=8, **compvis_unet_config_to_diffusers(unet_kw)), 5)
+    unet.save_pretrained(folder / "unet")
+    state, filled = convert_stable_diffusion(folder)
+    assert unet_in_channels(state) == 9 and default_sd_config(state) == SD_INPAINT_CONFIG
+    w = state["model.diffusion_model.input_blocks.0.0.conv.weight"]
+    np.testing.assert_array_equal(w, unet.conv_in.weight.detach().numpy())
+    # the CompVis single-file layout of the same weights converts identically
+    compvis = _compvis_layout(state)
+    ckpt = tmp_path / "sd-inpainting.ckpt"
+    torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in compvis.items()}}, ckpt)
+    other, filled2 = convert_stable_diffusion(ckpt)
+    assert sorted(other) == sorted(state) and filled2 == filled
+    assert all(np.array_equal(other[k], state[k]) for k in state)
+    model = copy.deepcopy(SD_TINY)
+    model["unet"]["in_channels"] = 9
+    net = build_ldm(model)
+    report = load_strict(net, {k: v for k, v in state.items() if k not in filled},
+                         allow_missing=filled)
+    assert report.ok
+    check_channels_fit(state, 9, "inpaint.yaml")
+    with pytest.raises(ConversionError, match="v1-inpainting-inference.yaml"):
+        check_channels_fit(state, 4, "configs/sd/v1-inference.yaml")
+    text_state, _ = convert_stable_diffusion(sd_tiny["diffusers"])
+    assert default_sd_config(text_state) == SD_CONFIG
+    with pytest.raises(ConversionError, match="text-to-image model"):
+        check_channels_fit(text_state, 9, "configs/sd/v1-inpainting-inference.yaml")

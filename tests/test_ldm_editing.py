@@ -453,3 +453,65 @@ def test_inpaint_checkpoint_refused_for_txt2img_and_img2img(inpaint_reference):
                                              "with scripts/inpaint.py"):
             LDMPipeline.check_inputs(cfg, "红色", task=task)
     LDMPipeline.check_inputs(cfg, "红色", task="inpaint")
+
+
+# ------------------------------------------------------------- the released inpaint layout
+
+
+def _load_cfg(name):
+    from conftest import ROOT
+
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_config_defaults
+
+    return load_config(ROOT / name, (), ldm_config_defaults())
+
+
+def test_wukong_inpaint_config_is_the_release_with_nine_channels():
+    """wukong-huahua_inpaint_inference.yaml = the txt2img model with a 9-channel UNet input and
+    its schedule in fp32 (no model-level use_fp16); PLMS 30 steps as inpaint.py."""
+    from mind_diffusion.config import to_plain
+    from mind_diffusion.diffusion.schedule import schedule_from_config
+
+    inp = to_plain(_load_cfg("configs/wukong/inpaint-inference.yaml"))
+    t2i = to_plain(_load_cfg("configs/wukong/v1-inference-chinese.yaml"))
+    assert inp["model"]["unet"].pop("in_channels") == 9 and t2i["model"]["unet"].pop("in_channels") == 4
+    assert inp["model"]["schedule"].pop("coeff_dtype") == "float32"
+    t2i["model"]["schedule"].pop("coeff_dtype")
+    for m in (inp["model"], t2i["model"]):
+        m.pop("family")
+    assert inp["model"] == t2i["model"] and inp["tokenizer"] == t2i["tokenizer"]
+    assert inp["checkpoint"]["name"] == "wukong-huahua-inpaint-ms.ckpt"
+    s = inp["sampling"]
+    assert (s["sampler"], s["num_inference_steps"], s["guidance_scale"], s["seed"]) == ("plms", 30, 7.5, 42)
+    sch = schedule_from_config(_load_cfg("configs/wukong/inpaint-inference.yaml").model.schedule)
+    abar = np.asarray(sch.alphas_cumprod)
+    assert np.array_equal(abar, abar.astype(np.float32).astype(np.float64))  # fp32 tables
+    sd = to_plain(_load_cfg("configs/sd/v1-inpainting-inference.yaml"))["model"]["unet"]
+    assert sd["in_channels"] == 9 and sd["gelu"] == "exact"
+
+
+@pytest.mark.slow  # builds the full-size inpaint model (~1.1 G parameters, ~40 s, ~5 GB RSS)
+def test_wukong_inpaint_layout_loads_strictly(shared_dir):
+    """The released wukong-huahua-inpaint-ms.ckpt layout: the txt2img manifest with
+    input_blocks.0.0.conv.weight [320, 9, 3, 3] loads strictly into the inpaint config's model;
+    a txt2img file given to it names the configs that fit."""
+    import json
+
+    from mind_diffusion.checkpoint.io import CheckpointMismatchError
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
+    from mind_diffusion.ldm.model import build_ldm
+
+    manifest = json.loads((shared_dir / "reference" / "wukong_param_manifest.json").read_text())
+    net = build_ldm(_load_cfg("configs/wukong/inpaint-inference.yaml").model)
+    first = "model.diffusion_model.input_blocks.0.0.conv.weight"
+    ours = [(p.name, list(p.shape)) for p in net.get_parameters()]
+    expected = [(n, [320, 9, 3, 3] if n == first else s) for n, s, _ in manifest]
+    assert ours == expected
+    dtypes = {"Float32": np.float32, "Float16": np.float16}
+    state = {n: np.broadcast_to(np.zeros((), dtypes[d]), s) for n, s, d in manifest}
+    with pytest.raises(CheckpointMismatchError, match="a text-to-image checkpoint"):
+        load_ldm_checkpoint(net, "wukong-huahua-ms.ckpt", state=state, dry_run=True)
+    state[first] = np.broadcast_to(np.float32(0), (320, 9, 3, 3))
+    report = load_ldm_checkpoint(net, "wukong-huahua-inpaint-ms.ckpt", state=state, dry_run=True)
+    assert report.loaded == 1086

@@ -9,7 +9,10 @@ Sources (all read without executing pickled code):
 The result uses our parameter names (``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.transformer.*``), so it loads with the same strict loader as the released
 Wukong-Huahua checkpoint, and runs through the same pipeline with ``configs/sd/v1-inference.yaml``
-(exact GELU, CLIP text LayerNorm eps 1e-5, CLIP BPE tokenizer).
+(exact GELU, CLIP text LayerNorm eps 1e-5, CLIP BPE tokenizer). SD-1.x inpainting files
+(``sd-v1-5-inpainting.ckpt``, its safetensors or diffusers folder: the same names, a UNet
+taking 9 input channels) convert the same way and load with
+``configs/sd/v1-inpainting-inference.yaml`` (:func:`default_sd_config` picks it).
 """
 from __future__ import annotations
 
@@ -35,6 +38,11 @@ _DROP_PREFIXES = ("model_ema.", "betas", "alphas_cumprod", "alphas_cumprod_prev"
                   "sqrt_recipm1_alphas_cumprod", "posterior_variance",
                   "posterior_log_variance_clipped", "posterior_mean_coef1",
                   "posterior_mean_coef2", "logvar", "lvlb_weights", "first_stage_model.loss.")
+
+
+SD_CONFIG = "configs/sd/v1-inference.yaml"
+SD_INPAINT_CONFIG = "configs/sd/v1-inpainting-inference.yaml"
+_UNET_IN = SD_UNET + "input_blocks.0.0.conv.weight"
 
 
 class ConversionError(CheckpointError):
@@ -166,3 +174,31 @@ def convert_stable_diffusion(source: str | Path) -> tuple[dict, list]:
     if src.is_dir():
         return diffusers_to_ours(src)
     return compvis_to_ours(read_weights(src))
+
+
+def unet_in_channels(state: dict) -> int:
+    """The converted UNet's input channels: 4 (text-to-image) or 9 (inpainting)."""
+    if _UNET_IN not in state:
+        raise ConversionError(f"the converted state has no {_UNET_IN}")
+    return int(np.shape(state[_UNET_IN])[1])
+
+
+def default_sd_config(state: dict) -> str:
+    """The config a converted state loads with: the inpainting one for a 9-channel UNet."""
+    return SD_INPAINT_CONFIG if unet_in_channels(state) == 9 else SD_CONFIG
+
+
+def check_channels_fit(state: dict, config_in_channels: int, config_path) -> None:
+    """A clear error when the source's UNet input channels do not fit the config's."""
+    have = unet_in_channels(state)
+    if have == int(config_in_channels):
+        return
+    if have == 9:
+        raise ConversionError(
+            f"the source is a Stable Diffusion inpainting model (UNet with 9 input channels) but "
+            f"{config_path} describes a {config_in_channels}-channel UNet: use --config "
+            f"{SD_INPAINT_CONFIG} (or leave --config out), then scripts/inpaint.py")
+    raise ConversionError(
+        f"the source is a text-to-image model (UNet with {have} input channels) but "
+        f"{config_path} describes a {config_in_channels}-channel (inpainting) UNet: use --config "
+        f"{SD_CONFIG} (or leave --config out)")
