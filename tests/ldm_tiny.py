@@ -21,8 +21,8 @@ TINY_MODEL = {
 }
 
 
-def write_tiny_config(folder: Path, **sampling) -> Path:
-    cfg = {"model": TINY_MODEL,
+def write_tiny_config(folder: Path, model: dict | None = None, **sampling) -> Path:
+    cfg = {"model": model or TINY_MODEL,
            "tokenizer": {"kind": "wordpiece", "vocab_file": "vocab_zh.txt", "pad_id": 0},
            "checkpoint": {"name": "tiny.ckpt", "url": ""},
            "sampling": {"sampler": "dpm_solver", "steps": 3, "scale": 7.5, "H": 64, "W": 64,
@@ -47,8 +47,9 @@ def randomize(net, seed: int = 0, std: float = 0.2):
     return net
 
 
-def make_tiny_model_dir(folder: Path, shared: Path, seed: int = 0) -> tuple[Path, Path]:
-    """tiny.yaml + tiny.ckpt (random weights) + vocab_zh.txt in ``folder``."""
+def make_tiny_model_dir(folder: Path, shared: Path, seed: int = 0, model: dict | None = None) -> tuple[Path, Path]:
+    """tiny.yaml + tiny.ckpt (random weights) + vocab_zh.txt in ``folder`` (``model``: another
+    model section than ``TINY_MODEL``)."""
     from mind_diffusion.checkpoint.io import save_atomic
     from mind_diffusion.config import load_config
     from mind_diffusion.ldm.config import ldm_config_defaults
@@ -56,7 +57,7 @@ def make_tiny_model_dir(folder: Path, shared: Path, seed: int = 0) -> tuple[Path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg_path = write_tiny_config(folder)
+    cfg_path = write_tiny_config(folder, model)
     cfg = load_config(cfg_path, (), ldm_config_defaults())
     net = randomize(build_ldm(cfg.model), seed)
     ckpt = save_atomic({p.name: p.asnumpy() for p in net.get_parameters()}, folder / "tiny.ckpt")

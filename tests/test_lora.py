@@ -182,3 +182,9 @@ def test_wrapped_dense_keeps_parameter_objects():
     assert layer.weight is dense.weight and layer.bias is dense.bias
     back = layer.to_base()
     assert back.weight is dense.weight and isinstance(back, nn.Dense) and not isinstance(back, LoRADense)
+    # the compute dtype set by the precision policy (to_float) carries over both ways
+    holder = nn.SequentialCell([nn.Dense(6, 5).to_float(ms.float16)])
+    inject_lora(holder, 2, 2, targets=("0",))
+    assert isinstance(holder[0], LoRADense) and holder[0].get_flags().get("fp16")
+    remove_lora(holder)
+    assert not isinstance(holder[0], LoRADense) and holder[0].get_flags().get("fp16")

@@ -207,8 +207,13 @@ def _set_child(parent: nn.Cell, key: str, child: nn.Cell):
 
 
 def _replace(network: nn.Cell, path: str, new: nn.Cell, old: nn.Cell):
-    """Put ``new`` at ``path`` and give its parameters their full names (setattr would prefix
-    them relative to the parent only)."""
+    """Put ``new`` at ``path`` with ``old``'s compute dtype, and give its parameters their full
+    names (setattr would prefix them relative to the parent only)."""
+    flags = old.get_flags()
+    for key, dtype in (("fp16", ms.float16), ("bf16", ms.bfloat16), ("fp32", ms.float32)):
+        if flags.get(key):  # the precision policy's compute dtype (apply_compute_dtype) carries over
+            new.to_float(dtype)
+            break
     names = {attr: p.name for attr, p in old.parameters_and_names(expand=False)}
     prefix = old.weight.name[: -len("weight")]
     parent_path, _, key = path.rpartition(".")
