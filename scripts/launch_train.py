@@ -8,7 +8,11 @@
 
 Everything is checked before a process starts (one line, exit 2); the shell launchers
 (scripts/run_train_*_msrun.sh, run_train_*_ranktable.sh, run_train_parallel.sh) call this.
-A trainer joins with one line in TRAINERS.
+A trainer joins with one line in TRAINERS (its script, its config schema, whether train.batch_size
+is the global batch or each worker's) and two three-line wrappers, run_train_<name>_msrun.sh and
+run_train_<name>_ranktable.sh (copies of the DDPM ones); an original script name such as Taichu-GLIDE's
+run_gen_finetune_dist.sh [DEVICE_NUM] [DEVICES] [RANK_TABLE_FILE] maps onto `ranktable <name>
+--device_num --devices --rank_table` as scripts/run_train_parallel.sh does for Wukong-Huahua.
 """
 import sys
 from pathlib import Path

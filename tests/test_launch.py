@@ -112,6 +112,15 @@ def test_per_worker_batch_fits_any_count_and_accumulation_counts():
         L.global_batch(TRAINERS["ddpm"], cfg, 4)
 
 
+def test_vae_config_is_optional_and_every_trainer_script_exists():
+    cfg = L.preflight(TRAINERS["vae"], ["train.batch_size=2"], 3, ROOT)
+    assert L.global_batch(TRAINERS["vae"], cfg, 3) == 6
+    for name, spec in TRAINERS.items():
+        assert (ROOT / spec.script).is_file(), name
+        assert (ROOT / "scripts" / f"run_train_{name}_msrun.sh").is_file()
+        assert (ROOT / "scripts" / f"run_train_{name}_ranktable.sh").is_file()
+
+
 def test_trainer_args_split():
     cfg, ov = L.split_trainer_args(["--config", "a.yaml", "--resume", "auto", "x.y=1", "--no_progress", "z=2",
                                     "--init_from", "w=3.ckpt", "--device_target", "CPU"])
