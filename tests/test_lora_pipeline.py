@@ -147,6 +147,11 @@ def test_bad_lora_input_in_the_pipeline(tiny):
         pipe.load_lora(tiny["folder"] / "sd15.safetensors")
     with pytest.raises(ValueError, match="finite number"):
         pipe.load_lora(tiny["lora"], weight=float("nan"))
+    from mind_diffusion.checkpoint.io import CheckpointError
+    from mind_diffusion.ldm.pipeline import LDMPipeline
+
+    with pytest.raises(CheckpointError, match="is a LoRA file .* not a model checkpoint: .* --lora lora.ckpt"):
+        LDMPipeline.from_pretrained(tiny["cfg"], tiny["lora"])  # a LoRA passed as the base model
     assert not pipe.loras
     assert all(np.array_equal(p.asnumpy(), base[p.name]) for p in pipe.model.get_parameters())
 

@@ -34,6 +34,11 @@ def _is_training_state(name: str) -> bool:
     return any(m in low for m in TRAINING_STATE_MARKERS)
 
 
+def _is_lora_tensor(name: str) -> bool:
+    low = name.lower()
+    return "_delta_lora_" in low or ".lora_" in low or low.startswith("lora_")
+
+
 def split_checkpoint_state(state: dict) -> tuple[dict, list]:
     """Model tensors and the names of training-state tensors that a training checkpoint carries
     (optimizer moments, loss scale, step counters, EMA copies). Anything else stays with the
@@ -71,6 +76,10 @@ def load_ldm_checkpoint(net, path: str | Path, *, state: dict | None = None,
             f"{len(state)} tensors starts with model.diffusion_model. / first_stage_model. / "
             f"cond_stage_model. (first names: {sample}). For a Stable Diffusion file run "
             f"scripts/convert_sd_to_ms.py first.")
+    if model_state and all(_is_lora_tensor(k) for k in model_state):
+        raise CheckpointError(
+            f"{path} is a LoRA file ({len(model_state)} LoRA tensors), not a model checkpoint: keep the "
+            f"base model in --ckpt_path/--ckpt_name and pass this file with --lora {Path(path).name}")
     try:
         lora = [p.name for p in lora_parameters(net)] if hasattr(net, "cells_and_names") else []
         report = load_strict(net, model_state, allow_missing=UNUSED_VAE_PARAMS + tuple(lora), path=path,
