@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
 from mind_diffusion.runtime import RuntimeConfigError, check_rank_env
 from mind_diffusion.train import launch as L
@@ -89,7 +88,9 @@ def test_busy_master_port_is_refused_before_anything_starts(tmp_path, capsys):
 
 @pytest.mark.parametrize("trainer_args, needle", [
     (["--config", DIGITS, "train.batch_size=10"],
-     "train.batch_size=10 (the global batch) is not divisible by 4 workers: use a worker count in [1, 2, 5, 10]"),
+     "train.batch_size=10 (the global batch) must be divisible by 4 worker(s) x train.grad_accum_steps=1 = 4: use "
+     "train.batch_size=8 or 12, or change train.grad_accum_steps; or launch a worker count that divides it: "
+     "[1, 2, 5, 10]"),
     (["--config", DIGITS, "train.btch_size=8"], "unknown config key 'train.btch_size'"),
     (["--config", DIGITS, "train.lr=-1"], "train.lr must be > 0, got -1"),
     (["--config", "nope.yaml"], "config file not found: nope.yaml"),
@@ -106,9 +107,8 @@ def test_per_worker_batch_fits_any_count_and_accumulation_counts():
     assert L.global_batch(TRAINERS["ldm"], cfg, 5) == 15
     cfg = L.preflight(TRAINERS["ddpm"], ["--config", DIGITS, "--resume", "auto", "train.batch_size=12"], 4, ROOT)
     assert L.global_batch(TRAINERS["ddpm"], cfg, 4) == 12
-    with open_dict(cfg):  # train.grad_accum_steps: the batch splits over workers x micro-batches
-        cfg.train.grad_accum_steps = 2
-    with pytest.raises(L.LaunchError, match=r"not divisible by 4 workers x train.grad_accum_steps=2"):
+    cfg.train.grad_accum_steps = 2  # the batch splits over workers x micro-batches
+    with pytest.raises(L.LaunchError, match=r"divisible by 4 worker\(s\) x train.grad_accum_steps=2 = 8"):
         L.global_batch(TRAINERS["ddpm"], cfg, 4)
 
 

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 from .. import _env
 from ..config import ConfigError, load_config
+from .data import DataError, check_global_batch
 from .validate import check_train_section
 
 
@@ -152,11 +153,11 @@ def global_batch(spec: TrainerSpec, cfg, world: int) -> int:
     accum = int(t.get("grad_accum_steps", 1) or 1)
     if spec.batch == "per_worker":
         return batch * world * accum
-    if batch % (world * accum):
+    try:
+        check_global_batch(batch, world, accum)  # the trainers' own rule
+    except DataError as exc:
         fits = [n for n in range(1, min(batch, 64) + 1) if batch % (n * accum) == 0]
-        what = f"{world} workers" + (f" x train.grad_accum_steps={accum}" if accum > 1 else "")
-        raise LaunchError(f"train.batch_size={batch} (the global batch) is not divisible by {what}: use a "
-                          f"worker count in {fits} or a batch size that is a multiple of {world * accum}")
+        raise LaunchError(f"{exc}; or launch a worker count that divides it: {fits}") from None
     return batch
 
 
