@@ -237,9 +237,10 @@ class LDMEditing:
         ``"sample"``), noised with the seed's start noise to the level of the step
         ``strength`` in (0, 1] picks (as diffusers' img2img for the same steps and strength:
         about ``strength x steps`` steps run) and denoised by any sampler, with guidance and
-        negative prompt as text-to-image. ``.settings`` add ``mode`` ("img2img"),
+        negative prompt as text-to-image (``strength=None``: 0.8, diffusers' default).
+        ``.settings`` add ``mode`` ("img2img"),
         ``strength``, ``start_step``, ``encode`` and ``init_image_sha256``."""
-        strength = check_strength(self._default_strength() if strength is None else strength)
+        strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
         if encode not in ENCODE_MODES:
             raise ValueError(f"encode must be 'mean' or 'sample', got {encode!r}")
         a, images = self._edit_inputs(
@@ -258,10 +259,6 @@ class LDMEditing:
         extra = {"mode": "img2img", "strength": strength, "start_step": k, "encode": encode,
                  "init_image_sha256": image_sha256(image)}
         return self._result(latents, a, prompts, output_type, extra)
-
-    def _default_strength(self) -> float:
-        value = self.cfg.sampling.get("strength") if hasattr(self.cfg.sampling, "get") else None
-        return DEFAULT_STRENGTH if value is None else float(value)
 
     # ------------------------------------------------------------- inpaint
     def inpaint_mode(self, mode: str = "auto") -> str:
