@@ -134,10 +134,12 @@ def make_grid(images: np.ndarray, nrow: int, pad: int = 2, value: int = 255) -> 
     return grid
 
 
-def check_output_dir(path: str | Path, subfolders=()) -> Path:
+def check_output_dir(path: str | Path, subfolders=(), create: bool = True) -> Path:
     """Create the output folder (parents included) or say clearly why it can't be used.
     ``subfolders``: the folders inside it the run will write to (e.g. samples, grids), checked
-    too, so that one of them being a file stops the run before its work, not after."""
+    too, so that one of them being a file stops the run before its work, not after.
+    ``create=False``: the same checks without creating anything (the nearest existing folder
+    must be writable), for a run that has more to check before it writes."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"output path {p} exists and is not a folder: choose another output folder")
@@ -146,6 +148,12 @@ def check_output_dir(path: str | Path, subfolders=()) -> Path:
         if sub.exists() and not sub.is_dir():
             raise OutputPathError(f"{sub} exists and is not a folder: images go there; move it away or "
                                   f"choose another output folder")
+    if not create:
+        base = next((q for q in (p, *p.parents) if q.exists()), None)
+        if base is not None and not (base.is_dir() and os.access(base, os.W_OK)):
+            raise OutputPathError(f"cannot create output folder {p}: {base} is not a writable folder; "
+                                  f"choose another output folder")
+        return p
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -13,10 +13,10 @@ import threading
 
 
 def user_error_types():
-    from .checkpoint.io import CheckpointError
-    from .config import ConfigError
-    from .runtime import RuntimeConfigError
-    from .train.data import DataError
+    from ..checkpoint.io import CheckpointError
+    from ..config import ConfigError
+    from ..runtime import RuntimeConfigError
+    from ..train.data import DataError
 
     return (ConfigError, DataError, CheckpointError, RuntimeConfigError, ValueError, FileNotFoundError,
             FileExistsError, PermissionError, FloatingPointError)
@@ -35,7 +35,7 @@ def run_cli(job) -> int:
     try:
         job()
     except KeyboardInterrupt:
-        from .utils.images import written_summary
+        from ..utils.images import written_summary
 
         print(f"\ninterrupted: {written_summary()}; every file written is complete and kept",
               file=sys.stderr, flush=True)
