@@ -63,7 +63,8 @@ def main(argv=None):
     args = parse_args(argv)
 
     def job():
-        from mind_diffusion.cli.ldm import check_run, generate, start_run, unet_in_channels
+        from mind_diffusion.cli.ldm import check_run, generate, start_run
+        from mind_diffusion.ldm.model import is_inpaint_unet
         from mind_diffusion.utils.edit_inputs import load_edit_inputs, strength_error
 
         run = check_run(args, "inpaint", INPAINT_CONFIG, INPAINT_CKPT, INPAINT_URL, inpaint_mode=args.inpaint_mode,
@@ -77,8 +78,8 @@ def main(argv=None):
                                   mask_ratio=args.mask_ratio, init_flag="--img")
         for note in inputs.notes:
             print(note)
-        if args.inpaint_mode != "model" and unet_in_channels(run.cfg) == int(run.cfg.model.vae.embed_dim):
-            print(f"note: the UNet of {run.ckpt.name} takes {unet_in_channels(run.cfg)} input channels (a "
+        if args.inpaint_mode == "auto" and not is_inpaint_unet(run.cfg.model):
+            print(f"note: the UNet of {run.ckpt.name} takes {run.cfg.model.unet.in_channels} input channels (a "
                   f"text-to-image model), so this inpaints by blended latent diffusion")
         pipe = start_run(run, "inpaint")
         eta = {"eta": args.ddim_eta} if a["sampler"] == "ddim" else {}

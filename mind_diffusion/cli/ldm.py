@@ -114,23 +114,21 @@ def warn_outside_world(prompts):
                   f"shapes", file=sys.stderr)
 
 
-def unet_in_channels(cfg) -> int:
-    return int(cfg.model.unet.in_channels)
+def check_inpaint_mode(cfg, cfg_path, inpaint_mode: str = "auto"):
+    """Before loading: ``--inpaint_mode model`` needs an inpainting model (UNet with 9 input
+    channels), ``blend`` a text-to-image one (4); the message says which fits. (txt2img.py and
+    img2img.py refuse an inpainting model in ``LDMPipeline.check_inputs``.)"""
+    from ..ldm.model import is_inpaint_unet
 
-
-def check_task_fits(cfg, cfg_path, task: str, inpaint_mode: str = "auto"):
-    """A text-to-image script refuses an inpainting model (UNet with 9 input channels), and
-    ``--inpaint_mode model`` refuses a text-to-image one (4), saying which script fits."""
-    c = unet_in_channels(cfg)
-    latent = int(cfg.model.vae.embed_dim)
-    if task in ("txt2img", "img2img") and c != latent:
-        raise ValueError(f"{cfg_path} describes an inpainting model (its UNet takes {c} input channels: latents, "
-                         f"mask, masked image): run it with scripts/inpaint.py; scripts/{task}.py needs a "
-                         f"text-to-image model ({latent} channels, e.g. {DEFAULT_CONFIG})")
-    if task == "inpaint" and inpaint_mode == "model" and c == latent:
-        raise ValueError(f"--inpaint_mode model needs an inpainting model (a UNet with {2 * latent + 1} input "
-                         f"channels, e.g. wukong-huahua-inpaint-ms.ckpt with its config); {cfg_path} describes a "
-                         f"text-to-image model ({c} channels): use --inpaint_mode blend (or auto) with it")
+    c = int(cfg.model.unet.in_channels)
+    if inpaint_mode == "model" and not is_inpaint_unet(cfg.model):
+        raise ValueError(f"--inpaint_mode model needs an inpainting model (a UNet with 9 input channels, e.g. "
+                         f"wukong-huahua-inpaint-ms.ckpt with configs/wukong/inpaint-inference.yaml); {cfg_path} "
+                         f"describes a text-to-image model ({c} channels): use --inpaint_mode blend (or auto) with it")
+    if inpaint_mode == "blend" and is_inpaint_unet(cfg.model):
+        raise ValueError(f"--inpaint_mode blend needs a text-to-image model (a UNet with 4 input channels); "
+                         f"{cfg_path} describes an inpainting model ({c} channels): use --inpaint_mode model "
+                         f"(or auto) with it")
 
 
 @dataclass
@@ -169,7 +167,8 @@ def check_run(args, task: str, default_config: str = DEFAULT_CONFIG, official: s
     cfg = load_config(cfg_path, args.set, ldm_config_defaults())
     if ckpt is None:
         ckpt = Path(args.ckpt_path).expanduser() / (args.ckpt_name or str(cfg.checkpoint.name))
-    check_task_fits(cfg, cfg_path, task, inpaint_mode)
+    if task == "inpaint":
+        check_inpaint_mode(cfg, cfg_path, inpaint_mode)
     sampler = args.sampler or ("dpm_solver" if args.dpm_solver else None)
     if args.sampler and args.dpm_solver and args.sampler != "dpm_solver":
         raise ValueError(f"--dpm_solver conflicts with --sampler {args.sampler}: pass one of them")
@@ -185,7 +184,7 @@ def check_run(args, task: str, default_config: str = DEFAULT_CONFIG, official: s
     a = LDMPipeline.check_inputs(
         cfg, prompts, negative_prompt=args.negative_prompt, height=args.H, width=args.W,
         num_inference_steps=args.ddim_steps, guidance_scale=args.scale, sampler=sampler,
-        seed=args.seed, flags={"num_inference_steps": "--ddim_steps", "guidance_scale": "--scale"})
+        seed=args.seed, flags={"num_inference_steps": "--ddim_steps", "guidance_scale": "--scale"}, task=task)
     if args.ddim_eta != 0.0 and a["sampler"] != "ddim":
         raise ValueError(f"--ddim_eta applies to --sampler ddim only (got sampler {a['sampler']})")
     LDMPipeline.check_checkpoint(cfg, ckpt)
