@@ -84,7 +84,8 @@ def main(argv=None):
         inp_rows, inp_imgs = ev.run_inpaint(pipe, inp, args.per_case, args.seed, args.inpaint_mode,
                                             args.mask_blur, args.batch, **kw)
         s = pipe.cfg.sampling
-        settings = {"model": str(model), "checkpoint_sha256": pipe.ckpt_hash, "sampler": args.sampler or str(s.sampler),
+        shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+        settings = {"model": str(shown), "checkpoint_sha256": pipe.ckpt_hash, "sampler": args.sampler or str(s.sampler),
                     "steps": args.steps or int(s.num_inference_steps), "scale": args.scale or float(s.guidance_scale),
                     "seed": args.seed, "per_case": args.per_case, "inpaint_mode": args.inpaint_mode,
                     "mask_blur": args.mask_blur, "size": f"{size}x{size}"}
