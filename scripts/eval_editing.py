@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--inpaint_mode", default="blend", choices=["auto", "model", "blend"])
     p.add_argument("--mask_blur", type=int, default=0)
+    p.add_argument("--inpaint_prompt", default="pair", choices=["pair", "single"],
+                   help="inpainting prompt: the caption of the two-shape scene, or one naming only the new shape")
     p.add_argument("--n_picture", type=int, default=6, help="cases shown in each picture")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
     add_runtime_args(p)
@@ -79,7 +81,7 @@ def main(argv=None):
                                 ("guidance_scale", args.scale)) if v is not None}
         size = int(pipe.cfg.sampling.height)
         i2i = img2img_cases(args.n_img2img, image_size=size)
-        inp = inpaint_cases(args.n_inpaint, image_size=size)
+        inp = inpaint_cases(args.n_inpaint, image_size=size, prompt=args.inpaint_prompt)
         i2i_rows, i2i_imgs = ev.run_img2img(pipe, i2i, args.strengths, args.per_case, args.seed, args.batch, **kw)
         inp_rows, inp_imgs = ev.run_inpaint(pipe, inp, args.per_case, args.seed, args.inpaint_mode,
                                             args.mask_blur, args.batch, **kw)
@@ -88,7 +90,7 @@ def main(argv=None):
         settings = {"model": str(shown), "checkpoint_sha256": pipe.ckpt_hash, "sampler": args.sampler or str(s.sampler),
                     "steps": args.steps or int(s.num_inference_steps), "scale": args.scale or float(s.guidance_scale),
                     "seed": args.seed, "per_case": args.per_case, "inpaint_mode": args.inpaint_mode,
-                    "mask_blur": args.mask_blur, "size": f"{size}x{size}"}
+                    "mask_blur": args.mask_blur, "inpaint_prompt": args.inpaint_prompt, "size": f"{size}x{size}"}
         check_output_dir(out)
         (out / "editing.md").write_text(ev.tables(i2i_rows, inp_rows, settings), encoding="utf-8")
         k = args.n_picture

@@ -186,7 +186,7 @@ def test_editing_cases_read_right_on_ground_truth():
     """The scorer reads the rendered target of every case as asked and the untouched init image
     as not yet edited: the readings the demonstration relies on."""
     from mind_diffusion.shapes.editing import img2img_cases, inpaint_cases, read_img2img, read_inpaint
-    from mind_diffusion.shapes.world import render_scene
+    from mind_diffusion.shapes.world import parse_prompt, render_scene
 
     for c in img2img_cases(24):
         assert c.target.objects[0].colour != c.source.objects[0].colour
@@ -199,6 +199,9 @@ def test_editing_cases_read_right_on_ground_truth():
         assert np.isfinite(r["psnr_inside"]) and r["psnr_inside"] < 40
         r = read_inpaint(c, c.image)
         assert not r["all"] and r["kept"] and r["psnr_inside"] == float("inf")
+    for c in inpaint_cases(8, prompt="single"):  # the model gets the new shape alone, read on the pair
+        assert len(parse_prompt(c.prompt).objects) == 1 and len(parse_prompt(c.target_caption).objects) == 2
+        assert read_inpaint(c, render_scene(c.target, 64))["all"]
 
 
 # ----------------------------------------------------------------------------- a small sample of each path

@@ -109,7 +109,7 @@ def tables(i2i_rows, inp_rows, settings: dict) -> str:
         lines.append("")
     if inp_rows:
         lines += ["inpainting (a second shape into the empty half; the scorer reads the asked shape, and the kept "
-                  "one, against the two-shape prompt; PSNR to the init image):", "",
+                  "one, against the two-shape caption; PSNR to the init image):", "",
                   "| mode | images | asked colour | asked shape | asked place | colour and place | all three | "
                   "first shape kept | outside the mask unchanged | PSNR inside | PSNR outside |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -45,6 +45,11 @@ class EditCase:
     asked: tuple  # (colour, shape, place) the edit must produce
     mask: np.ndarray | None = None
     source: Scene | None = None
+    reads: str | None = None  # the caption the result is read against (default: the prompt)
+
+    @property
+    def target_caption(self) -> str:
+        return self.reads or self.prompt
 
 
 def _caption(scene: Scene, plain: int, with_bg: int) -> str:
@@ -83,8 +88,12 @@ def half_mask(place: str, image_size: int) -> np.ndarray:
     return m
 
 
-def inpaint_cases(n: int, seed: int = 0, image_size: int = 64) -> list[EditCase]:
-    """``n`` cases of adding a second shape in the empty half opposite a single shape."""
+def inpaint_cases(n: int, seed: int = 0, image_size: int = 64, prompt: str = "pair") -> list[EditCase]:
+    """``n`` cases of adding a second shape in the empty half opposite a single shape. ``prompt``:
+    "pair" gives the model the caption of the two-shape scene, "single" one naming only the new
+    shape at its place; the result is read against the two-shape caption either way."""
+    if prompt not in ("pair", "single"):
+        raise ValueError(f"prompt must be 'pair' or 'single', got {prompt!r}")
     world = ShapesWorld(image_size=image_size, seed=seed, split="train")
     scenes = [s for s, _ in world.eval_scenes(4 * n + 8) if s.objects[0].place in OPPOSITE][:n]
     out = []
@@ -98,8 +107,10 @@ def inpaint_cases(n: int, seed: int = 0, image_size: int = 64) -> list[EditCase]
         rot = 0.0 if shape == "圆形" else float(rng.uniform(-world.max_rotation, world.max_rotation))
         new = ShapeObject(colour, shape, place, size, 0.0, 0.0, rot)
         target = Scene((old, new), scene.background)
-        out.append(EditCase(i, world.render(scene), _caption(target, _PAIR, _PAIR_BG), target,
-                            (colour, shape, place), half_mask(place, image_size), scene))
+        pair = _caption(target, _PAIR, _PAIR_BG)
+        given = pair if prompt == "pair" else _caption(Scene((new,), scene.background), _SINGLE, _SINGLE_BG)
+        out.append(EditCase(i, world.render(scene), given, target, (colour, shape, place),
+                            half_mask(place, image_size), scene, reads=pair))
     return out
 
 
@@ -124,7 +135,7 @@ def read_img2img(case: EditCase, image: np.ndarray) -> dict:
 def read_inpaint(case: EditCase, image: np.ndarray) -> dict:
     """The scorer's reading of an inpainting result (the second object is the asked one; the
     first the kept one) and the PSNR to the init image inside and outside the mask."""
-    r = score(image, case.prompt)
+    r = score(image, case.target_caption)
     new, kept = r["details"][1], r["details"][0]
     inside = case.mask > 0
     return {"colour": new["colour"], "shape": new["shape"], "place": new["position"],
