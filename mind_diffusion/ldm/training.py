@@ -390,22 +390,17 @@ def compute_latent_cache(vae, data: CSVImageText, batch: int = 8) -> tuple[np.nd
     return np.concatenate(means), np.concatenate(logvars)
 
 
-def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False,
-                      strict: bool = False):
-    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
-    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``). Every image is read
-    once before step 1: unreadable ones are skipped and counted, or refused with ``strict``."""
+def check_ldm_train_config(cfg, runtime, resume: str | None = None, overwrite: bool = False) -> int:
+    """The cheap checks of an LDM training config, before any data is read or network built: every
+    numeric ``train:`` key in range, the run folder (``--resume`` / ``--overwrite``), the text-encoder
+    schedule, the initial checkpoints exist. Returns ``train.text_encoder_start_step``."""
     from ..train.run_dir import check_run_dir
     from ..train.validate import ZERO_MEANS_DEFAULT, check_number, check_train_section
-    from ..text.factory import build_tokenizer
 
     t, d = cfg.train, cfg.data
     check_train_section(t, zero_ok=ZERO_MEANS_DEFAULT)  # every numeric key in its range, first
     check_number(d.caption_dropout, "data.caption_dropout", 0, 1)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)  # before any work
-    if d.kind != "csv":
-        raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
-                        f"'{TEXT_COLUMN}' columns), got {d.kind!r}")
     if not 0.0 <= float(t.unet_dropout) < 1.0:
         raise ValueError(f"train.unet_dropout must be in [0, 1), got {t.unet_dropout}")
     te_start = int(t.text_encoder_start_step)
@@ -415,13 +410,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     if te_start > 0 and not t.train_text_encoder:
         raise ValueError(f"train.text_encoder_start_step={te_start} needs train.train_text_encoder=true "
                          f"(or set it to 0 to keep the encoder frozen throughout)")
-
-    def check_te_start(total: int, what: str):
-        if 0 < total <= te_start:
-            raise ValueError(f"train.text_encoder_start_step={te_start} is not below {what}: the encoder would "
-                             f"never train; lower it, or set train.train_text_encoder=false")
-
-    check_te_start(int(t.steps), f"train.steps={t.steps}")  # before the model build when steps are given
+    check_te_start(te_start, int(t.steps), f"train.steps={t.steps}")  # before the model build when steps are given
     # cheap checks first: a missing file should not cost a full model build
     for key in ("checkpoint", "vae_checkpoint"):
         path = cfg.init[key]
@@ -430,17 +419,30 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
                     if key == "checkpoint" else "")
             raise CheckpointError(f"init.{key} not found: {path}{hint}; set init.{key}=PATH or null to "
                                   f"start from random weights")
-    vocab = resolve_train_vocab(cfg)
-    ctx_len = int(cfg.model.text_encoder.context_length)
-    tokenizer = build_tokenizer(cfg.tokenizer, vocab, ctx_len)
     down = 2 ** (len(cfg.model.vae.ch_mult) - 1)
     unet_down = 2 ** (len(cfg.model.unet.channel_mult) - 1)
     if int(d.image_size) % (down * unet_down):
         raise DataError(f"data.image_size={d.image_size} must be divisible by {down * unet_down} (VAE "
                         f"downsampling {down} x UNet downsampling {unet_down})")
-    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size),
-                        verify="strict" if strict else "skip")
+    return te_start
 
+
+def check_te_start(te_start: int, total: int, what: str):
+    if 0 < total <= te_start:
+        raise ValueError(f"train.text_encoder_start_step={te_start} is not below {what}: the encoder would "
+                         f"never train; lower it, or set train.train_text_encoder=false")
+
+
+def latent_shape_of(cfg) -> tuple[int, int, int]:
+    down = 2 ** (len(cfg.model.vae.ch_mult) - 1)
+    return (int(cfg.model.vae.embed_dim), int(cfg.data.image_size) // down, int(cfg.data.image_size) // down)
+
+
+def build_train_model(cfg, runtime):
+    """The LatentDiffusion network to train: built (same initialisation on every rank), the
+    initial checkpoints loaded, compute dtype applied, the VAE frozen and the text encoder
+    trainable as ``train.train_text_encoder`` says."""
+    t = cfg.train
     ms.set_seed(int(t.seed))  # identical initialisation on every rank
     ldm = build_ldm(_model_dict(cfg, float(t.unet_dropout)))
     if cfg.init.checkpoint:
@@ -451,21 +453,18 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
     set_trainable(ldm.first_stage_model, False)   # the VAE is always frozen
     set_trainable(ldm.cond_stage_model, bool(t.train_text_encoder))
     ldm.first_stage_model.set_train(False)
+    return ldm
 
-    latents = None
-    if d.cache_latents:
-        if d.random_crop:
-            raise ValueError("data.cache_latents needs data.random_crop=false (a cache holds one crop per image)")
-        latents = compute_latent_cache(ldm.first_stage_model, data)
-    schedule = schedule_from_config(cfg.model.schedule)
-    latent_shape = (int(cfg.model.vae.embed_dim), int(d.image_size) // down, int(d.image_size) // down)
-    source = LDMBatches(data, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape,
-                        seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
-                        random_crop=bool(d.random_crop), caption_dropout=float(d.caption_dropout),
-                        shuffle=bool(d.shuffle), latents=latents, accum_steps=int(t.grad_accum_steps))
-    total = resolve_total_steps(t, source.steps_per_epoch)
+
+def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, steps_per_epoch: int,
+                       te_start: int, resume=None, overwrite: bool = False, progress: bool = True,
+                       what: str = "", export_name: str = "model"):
+    """Optimizer (over ``ldm.trainable_params()``), schedule, ModelTrainer with the exports
+    (``<export_name>.ckpt`` + model.yaml + vocabulary), run folder taken (``resume`` /
+    ``overwrite``), config saved and one summary line printed (``what`` describes the data)."""
+    t = cfg.train
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
-    check_te_start(total, f"the {total} training steps")
+    check_te_start(te_start, total, f"the {total} training steps")
 
     def schedule_cell():
         return WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
@@ -477,10 +476,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
         te_names = {p.name for p in ldm.cond_stage_model.trainable_params()}
         delayed = (te_names, DelayedLR(schedule_cell(), te_start))  # the same schedule, its own cell
     optimizer = build_optimizer(params, t, lr, delayed)
-    loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
-                                   bool(t.schedule_fp16), cached=latents is not None,
-                                   loss_weighting=str(t.loss_weighting))
-    opts = make_train_options(t, total, source.steps_per_epoch, progress)
+    opts = make_train_options(t, total, steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
 
     def on_export(trainer):
@@ -491,19 +487,56 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
 
     trainer = ModelTrainer(ldm, loss_net, optimizer, source, opts, out, runtime,
                            images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
-                           on_export=on_export)
+                           on_export=on_export, export_name=export_name)
     trainer.start(resume, overwrite)
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
         te_state = ("frozen" if not t.train_text_encoder else
                     f"trained from step {te_start}" if te_start else "trained")
         n_train = sum(int(np.prod(p.shape)) for p in params)
-        print(f"[mind_diffusion] LDM: {len(data)} image-text pairs"
-              + (f" ({data.dropped} dropped by the size filter)" if data.dropped else "")
-              + f", {len(params)} trainable tensors / {n_train:,} parameters"
+        print(f"[mind_diffusion] LDM: {what}, {len(params)} trainable tensors / {n_train:,} parameters"
               + f" (text encoder {te_state}, VAE frozen), "
               f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
               f"-> {out}", flush=True)
+    return trainer
+
+
+def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = True, overwrite: bool = False,
+                      strict: bool = False):
+    """(trainer, make_dataset) ready for ``trainer.fit(make_dataset)``. A ``train.output_dir`` that
+    holds another run needs ``resume`` or ``overwrite`` (``train.run_dir``). Every image is read
+    once before step 1: unreadable ones are skipped and counted, or refused with ``strict``."""
+    from ..text.factory import build_tokenizer
+
+    t, d = cfg.train, cfg.data
+    te_start = check_ldm_train_config(cfg, runtime, resume, overwrite)
+    if d.kind != "csv":
+        raise DataError(f"data.kind must be 'csv' (folder of *.csv files with '{IMAGE_COLUMN}' and "
+                        f"'{TEXT_COLUMN}' columns), got {d.kind!r}")
+    vocab = resolve_train_vocab(cfg)
+    tokenizer = build_tokenizer(cfg.tokenizer, vocab, int(cfg.model.text_encoder.context_length))
+    data = CSVImageText(d.path, int(d.image_size), bool(d.filter_small_size), int(d.image_filter_size),
+                        verify="strict" if strict else "skip")
+    ldm = build_train_model(cfg, runtime)
+
+    latents = None
+    if d.cache_latents:
+        if d.random_crop:
+            raise ValueError("data.cache_latents needs data.random_crop=false (a cache holds one crop per image)")
+        latents = compute_latent_cache(ldm.first_stage_model, data)
+    schedule = schedule_from_config(cfg.model.schedule)
+    source = LDMBatches(data, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape_of(cfg),
+                        seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
+                        random_crop=bool(d.random_crop), caption_dropout=float(d.caption_dropout),
+                        shuffle=bool(d.shuffle), latents=latents, accum_steps=int(t.grad_accum_steps))
+    total = resolve_total_steps(t, source.steps_per_epoch)
+    loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
+                                   bool(t.schedule_fp16), cached=latents is not None,
+                                   loss_weighting=str(t.loss_weighting))
+    what = (f"{len(data)} image-text pairs"
+            + (f" ({data.dropped} dropped by the size filter)" if data.dropped else ""))
+    trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, source.steps_per_epoch,
+                                 te_start, resume, overwrite, progress, what)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 
 

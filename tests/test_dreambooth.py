@@ -1,0 +1,234 @@
+"""DreamBooth (mind_diffusion/ldm/dreambooth.py, scripts/run_db_train.py): bad input is one line and
+writes nothing, the original's flags and JSON config map onto the config, the batch stream is a
+pure function of the step (and shards over workers), the loss is L(instance) + w * L(class), and
+(slow) a few steps on the tiny config generate and cache class images and resume exactly."""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_helpers import check_one_line_error  # noqa: E402
+
+from mind_diffusion.ldm.dreambooth import (DreamBoothBatches, FolderImageText, check_identifier_token,  # noqa: E402
+                                           load_dreambooth_config, read_image_folder_captions)
+from mind_diffusion.train.data import DataError  # noqa: E402
+
+SHARED = Path(os.environ.get("MIND_DIFFUSION_SHARED", ROOT.parent / "shared"))
+SHAPES = ROOT / "models" / "shapes_zh"
+SHAPES_DB = ROOT / "configs" / "shapes" / "dreambooth.yaml"
+TINY_CFG = ROOT / "configs" / "ldm" / "tiny-csv.yaml"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("run_db_train_under_test", ROOT / "scripts" / "run_db_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _instances(folder: Path, token="sks", n=3, captions=True):
+    from mind_diffusion.shapes.personalize import write_instances
+
+    write_instances(folder, token=token)
+    for p in sorted(folder.glob("*.png"))[n:]:
+        p.unlink()
+        p.with_suffix(".txt").unlink()
+    if not captions:
+        for p in folder.glob("*.txt"):
+            p.unlink()
+    return folder
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    run_db_train = _script()
+    good = _instances(tmp_path / "inst")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = _instances(tmp_path / "corrupt")
+    (corrupt / "cross_1.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    base = ["--pretrained_model_path", str(SHAPES), "--train_config", str(SHAPES_DB), "--output_path", str(out),
+            "--reg_data_path", str(tmp_path / "cls"), "--class_prompts_file", str(tmp_path / "p.txt"),
+            "--device_target", "CPU"]
+    (tmp_path / "p.txt").write_text("一个红色的圆形在左边\n", encoding="utf-8")
+    cases = [
+        (["--train_data_path", str(empty), "--token", "sks"], ("holds no images", "3-5 pictures")),
+        (["--train_data_path", str(tmp_path / "nowhere"), "--token", "sks"], ("instance folder not found",)),
+        (["--train_data_path", str(corrupt), "--token", "sks"], ("cannot be read", "cross_1.png")),
+        (["--train_data_path", str(good), "--token", "α"], ("[UNK]", "rare token that the vocabulary has")),
+        (["--train_data_path", str(good), "--token", "色"], ("training captions", "rare token that the vocabulary has")),
+        (["--train_data_path", str(good), "--token", "zq"], ("does not contain the identifier token",)),
+        (["--train_data_path", str(good), "--token", "sks", "--train_config", str(tmp_path / "no.yaml")],
+         ("--train_config not found",)),
+    ]
+    for extra, needles in cases:
+        rc = run_db_train.main(base + extra)
+        check_one_line_error(rc, capsys.readouterr().err, *needles)
+        assert not out.exists() and not (tmp_path / "cls").exists(), extra
+
+
+def test_instance_captions_and_token_checks(tmp_path):
+    from mind_diffusion.text.wordpiece import WordPieceTokenizer
+
+    folder = _instances(tmp_path / "inst", n=2)
+    pairs = read_image_folder_captions(folder, "unused", "instance")
+    assert [c for _, c in pairs] == ["一个红色的sks在中间", "左边有一个蓝色的sks"]
+    bare = _instances(tmp_path / "bare", n=2, captions=False)
+    assert [c for _, c in read_image_folder_captions(bare, "sks猫", "instance")] == ["sks猫", "sks猫"]
+    tok = WordPieceTokenizer(SHAPES / "vocab.txt")
+    assert check_identifier_token(tok, "sks", ["一个红色的圆形在左边"] * 50) == [tok.vocab["s"], tok.vocab["##k"],
+                                                                               tok.vocab["##s"]]
+    with pytest.raises(DataError, match="occurs in 100%"):
+        check_identifier_token(tok, "圆形", ["一个红色的圆形在左边"] * 5)
+    with pytest.raises(DataError, match="empty"):
+        check_identifier_token(tok, " ", [])
+    data = FolderImageText(pairs, 64)
+    x = data.image(0)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32 and -1 <= x.min() < x.max() <= 1
+
+
+def test_original_flags_and_json_config(tmp_path):
+    cfg_json = tmp_path / "train_db_config.json"
+    cfg_json.write_text(json.dumps({
+        "model_config": "configs/v1-train-db-chinese.yaml", "pretrained_model_path": "models/",
+        "pretrained_model_file": "wukong-huahua-ms.ckpt", "train_data_path": "dataset/train_cat",
+        "reg_data_path": "dataset/reg_cat", "train_data_repeats": 100, "class_word": "猫", "token": "α",
+        "train_batch_size": 1, "epochs": 5, "betas": [0.9, 0.98], "dropout": 0.1, "weight_decay": 0.01,
+        "warmup_steps": 100, "seed": 3407, "image_size": 512, "start_learning_rate": 1e-6,
+        "end_learning_rate": 1e-7, "decay_steps": 0, "save_checkpoint_steps": 1000}), encoding="utf-8")
+    cfg = load_dreambooth_config(cfg_json, {"output_path": str(tmp_path / "o")})
+    assert cfg.dreambooth.instance_data == "dataset/train_cat" and cfg.dreambooth.class_data == "dataset/reg_cat"
+    assert cfg.dreambooth.token == "α" and cfg.dreambooth.class_word == "猫"
+    assert cfg.train.batch_size == 1 and cfg.train.epochs == 5 and cfg.train.ckpt_every == 1000
+    assert cfg.train.unet_dropout == 0.1 and cfg.train.weight_decay == 1e-6  # the original ignores the JSON's
+    assert cfg.init.checkpoint == str(Path("models") / "wukong-huahua-ms.ckpt")
+    assert cfg.train.output_dir == str(tmp_path / "o")
+    # flags win over the file; a model folder brings its own model / tokenizer / sampling
+    cfg = load_dreambooth_config(SHAPES_DB, {"token": "xq", "class_word": "形", "train_data_path": "a",
+                                             "reg_data_path": "b", "prior_loss_weight": 0.0},
+                                 ["train.steps=7"], str(SHAPES))
+    assert (cfg.dreambooth.token, cfg.dreambooth.class_word, cfg.dreambooth.instance_data,
+            cfg.dreambooth.class_data, cfg.dreambooth.prior_loss_weight) == ("xq", "形", "a", "b", 0.0)
+    assert cfg.train.steps == 7 and cfg.model.family == "shapes-zh" and cfg.model.text_encoder.vocab_size == 154
+    assert cfg.init.checkpoint == str(SHAPES / "model.ckpt") and cfg.init.vocab == str(SHAPES / "vocab.txt")
+
+
+class _Tok:
+    def __call__(self, texts):
+        return np.asarray([[len(t), sum(map(ord, t)) % 97] + [0] * 75 for t in texts], np.int64)
+
+
+class _Data:
+    def __init__(self, n, tag):
+        self.texts = [f"{tag}{i}" for i in range(n)]
+
+    def __len__(self):
+        return len(self.texts)
+
+    def image(self, i, crop=None, flip=False):
+        return np.full((3, 8, 8), float(i), np.float32)
+
+
+def test_batches_are_a_function_of_the_step_and_shard_over_workers():
+    kw = dict(tokenizer=_Tok(), num_timesteps=1000, latent_shape=(4, 2, 2), seed=3, caption_dropout=0.3)
+    one = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), **kw)
+    again = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), **kw)
+    assert one.column_names == [f"{p}_{n}" for p in ("instance", "class") for n in ("x", "ids", "t", "noise",
+                                                                                     "posterior_noise")]
+    for step in (7, 0, 7):
+        a, b = one[step], again[step]
+        assert len(a) == 10 and all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(one[1][2], one[2][2])
+    ranks = [DreamBoothBatches(_Data(5, "i"), batch_size=2, klass=_Data(9, "c"), rank=r, group_size=2, **kw)
+             for r in (0, 1)]
+    for step in (0, 11):
+        full = one[step]
+        parts = [r[step] for r in ranks]
+        for col in range(10):
+            np.testing.assert_array_equal(np.concatenate([p[col] for p in parts]), full[col])
+    lone = DreamBoothBatches(_Data(5, "i"), batch_size=4, **kw)
+    assert len(lone[0]) == 5 and all(np.array_equal(u, v) for u, v in zip(lone[4], one[4][:5]))
+
+
+def test_loss_is_instance_plus_weighted_prior():
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_train_config_defaults
+    from mind_diffusion.ldm.dreambooth import DreamBoothLoss
+    from mind_diffusion.ldm.model import build_ldm
+    from mind_diffusion.ldm.training import LatentDiffusionLoss
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cfg = load_config(TINY_CFG, [], ldm_train_config_defaults())
+    ms.set_seed(0)
+    ldm = build_ldm(cfg.model)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    base = LatentDiffusionLoss(ldm, abar, cached=True)
+    rng = np.random.default_rng(0)
+
+    def part():
+        return [Tensor(rng.standard_normal((2, 4, 4, 4)).astype(np.float32)),
+                Tensor(rng.standard_normal((2, 4, 4, 4)).astype(np.float32) - 2),
+                Tensor(rng.integers(1, 100, (2, 77)).astype(np.int32)),
+                Tensor(rng.integers(0, 1000, 2).astype(np.int32)),
+                Tensor(rng.standard_normal((2, 4, 4, 4)).astype(np.float32)),
+                Tensor(rng.standard_normal((2, 4, 4, 4)).astype(np.float32))]
+
+    inst, cls = part(), part()
+    li, lc = float(base(*inst).asnumpy()), float(base(*cls).asnumpy())
+    got = float(DreamBoothLoss(base, 0.5)(*inst, *cls).asnumpy())
+    assert got == pytest.approx(li + 0.5 * lc, rel=1e-6) and lc > 0
+    assert float(DreamBoothLoss(base, 0.5, with_prior=False)(*inst).asnumpy()) == pytest.approx(li, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_dreambooth_generates_class_images_and_resumes_exactly(tmp_path, capsys):
+    """Class images come from the base model (cached: a second run generates none), a few steps train,
+    and a run resumed from its step-2 checkpoint ends bit-identical to the uninterrupted one."""
+    if not (SHARED / "reference" / "vocab_zh.txt").is_file():
+        pytest.skip("reference vocabulary not found")
+    import mindspore as ms
+    from ldm_tiny import make_tiny_model_dir
+
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.ldm.dreambooth import build_dreambooth_trainer
+    from mind_diffusion.runtime import Precision, Runtime
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    make_tiny_model_dir(tmp_path / "base", SHARED)
+    inst = _instances(tmp_path / "inst", token="sks", n=3, captions=False)
+
+    def cfg(out, *extra):
+        return load_dreambooth_config(TINY_CFG, {"train_data_path": str(inst), "reg_data_path": str(tmp_path / "cls"),
+                                                 "class_word": "猫", "token": "sks", "output_path": str(out),
+                                                 "num_class_images": 3},
+                                      ["train.steps=4", "train.ckpt_every=2", "train.batch_size=2",
+                                       "dreambooth.generation_batch=3", "sampling.num_inference_steps=2",
+                                       "data.cache_latents=true", "train.log_every=1", *extra],
+                                      str(tmp_path / "base"), "tiny.ckpt")
+
+    rt = Runtime("CPU", "graph", 0, Precision())
+    trainer, make = build_dreambooth_trainer(cfg(tmp_path / "a"), rt, progress=False)
+    trainer.fit(make)
+    assert "generated 3 class images" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == [f"class_{k:05d}.{e}" for k in range(3)
+                                                                   for e in ("png", "txt")]
+    full = read_checkpoint(tmp_path / "a" / "checkpoints" / "step_0000004.ckpt")
+    ckpt2 = tmp_path / "a" / "checkpoints" / "step_0000002.ckpt"
+    trainer2, make2 = build_dreambooth_trainer(cfg(tmp_path / "b"), rt, resume=str(ckpt2), progress=False)
+    assert "generated" not in capsys.readouterr().out and trainer2.step == 2
+    trainer2.fit(make2)
+    resumed = read_checkpoint(tmp_path / "b" / "checkpoints" / "step_0000004.ckpt")
+    assert set(full) == set(resumed)
+    for k in full:
+        np.testing.assert_allclose(resumed[k], full[k], rtol=0, atol=1e-6, err_msg=k)
+    model = read_checkpoint(tmp_path / "a" / "model.ckpt")
+    assert any(k.startswith("model.diffusion_model.") for k in model)
