@@ -435,7 +435,9 @@ FLAG_KEYS = {
     "prior_loss_weight": "dreambooth.prior_loss_weight", "num_class_images": "dreambooth.num_class_images",
     "class_prompts_file": "dreambooth.class_prompts_file", "instance_prompt": "dreambooth.instance_prompt",
     "train_batch_size": "train.batch_size", "epochs": "train.epochs", "seed": "train.seed",
+    "enable_lora": "model.unet.enable_lora", "lora_rank": "model.unet.lora_rank", "lora_alpha": "model.unet.lora_alpha",
 }
+LORA_KEYS = ("enable_lora", "lora_rank", "lora_alpha", "lora_targets")
 
 
 def _set(tree: dict, dotted: str, value):
@@ -489,8 +491,10 @@ def load_dreambooth_config(train_config, flags: dict, overrides=(), pretrained_p
         model_cfg = next((folder / n for n in ("config.yaml", "model.yaml") if (folder / n).is_file()), None)
         if model_cfg is not None:
             base = load_config(model_cfg, [], ldm_config_defaults())
+            lora = {k: cfg["model"]["unet"][k] for k in LORA_KEYS}  # the training config's LoRA choice
             for sec in ("model", "tokenizer"):
                 cfg[sec] = to_plain(base[sec])
+            cfg["model"]["unet"].update(lora)
             cfg["sampling"] = {k: v for k, v in to_plain(base.sampling).items() if k in cfg["sampling"]}
             name = pretrained_file or str(base.checkpoint.name)
             cfg["init"]["vocab"] = str(folder / str(base.tokenizer.vocab_file))

@@ -275,11 +275,25 @@ class _NoEMA:
 class ModelTrainer(Trainer):
     """The shared Trainer, with EMA optional (``ema_decay <= 0``: none, no memory spent) and the
     exports (``<export_name>.ckpt``, ``<export_name>_ema.ckpt``) written as complete model files
-    under ``model``'s names (frozen parts included)."""
+    under ``model``'s names (frozen parts included).
+
+    ``lora_base`` (LoRA training: only the LoRA weights train): the exports are LoRA-only files
+    (``save_lora``: the LoRA tensors + rank / alpha / targets and the sha256 of the base checkpoint
+    ``lora_base``, "" when trained from random weights), and the training checkpoints hold the
+    trainable tensors and the optimizer state only (the frozen base comes from the base checkpoint
+    again on ``--resume``)."""
 
     def __init__(self, model: nn.Cell, loss_net, optimizer, source, opts: TrainOptions, out_dir, runtime=None,
-                 images_per_step=None, use_ema: bool = False, on_export=None, export_name: str = "model"):
+                 images_per_step=None, use_ema: bool = False, on_export=None, export_name: str = "model",
+                 lora_base: str | None = None):
         ema_params = [p for p in model.trainable_params()] if use_ema else []
+        self.model = model
+        self.lora_base = lora_base
+        self._frozen = set()
+        if lora_base is not None:
+            from ..nn.dropout import RNG_STEP_NAME
+
+            self._frozen = {p.name for p in model.get_parameters() if not p.requires_grad} - {RNG_STEP_NAME}
         super().__init__(_ParamView(ema_params), loss_net, optimizer, source, opts, out_dir, runtime,
                          images_per_step)
         self.model = model
@@ -288,6 +302,32 @@ class ModelTrainer(Trainer):
             self.ema = _NoEMA()
         self.on_export = on_export
         self.export_name = export_name
+        self._base_sha = None
+
+    def _state_params(self):
+        params = super()._state_params()
+        return [p for p in params if p.name not in self._frozen] if self._frozen else params
+
+    def _save_lora(self, path: Path, values: dict | None = None) -> Path:
+        """The LoRA-only file of the model (with ``values`` {name: array} in place of the current
+        LoRA weights, e.g. the EMA's, restored afterwards)."""
+        from ..checkpoint.io import file_sha256
+        from .lora import save_lora
+
+        if self._base_sha is None:
+            self._base_sha = file_sha256(self.lora_base, 64) if self.lora_base else ""
+        params = {p.name: p for p in self.model.get_parameters()}
+        saved = {}
+        try:
+            for name, v in (values or {}).items():
+                if name in params:
+                    saved[name] = params[name].asnumpy().copy()
+                    params[name].set_data(Tensor(np.asarray(v, dtype=saved[name].dtype)))
+            return save_lora(self.model, path, base_checkpoint=self.lora_base or None,
+                             base_sha256=self._base_sha or None)
+        finally:
+            for name, v in saved.items():
+                params[name].set_data(Tensor(v))
 
     def run_file_names(self) -> tuple:
         return (*super().run_file_names(), f"{self.export_name}.ckpt", f"{self.export_name}_ema.ckpt")
@@ -295,6 +335,14 @@ class ModelTrainer(Trainer):
     def export(self) -> dict:
         if self.rank != 0:
             return {}
+        if self.lora_base is not None:
+            paths = {"lora": self._save_lora(self.out_dir / f"{self.export_name}.ckpt")}
+            if self.use_ema:
+                paths["lora_ema"] = self._save_lora(self.out_dir / f"{self.export_name}_ema.ckpt",
+                                                    self.ema.model_state())
+            if self.on_export is not None:
+                self.on_export(self)
+            return paths
         full = model_state(self.model)
         extra = {"meta.step": int(self.step)}
         paths = {"model": save_atomic(full, self.out_dir / f"{self.export_name}.ckpt", extra=extra)}
@@ -364,8 +412,12 @@ def inference_config(cfg) -> dict:
 
     m = size_multiple(cfg.model)
     samp["H"] = samp["W"] = -(-int(cfg.data.image_size) // m) * m
-    return {"model": to_plain(cfg.model), "tokenizer": to_plain(cfg.tokenizer),
-            "checkpoint": {"name": "model.ckpt", "url": ""}, "sampling": samp}
+    model, name = to_plain(cfg.model), "model.ckpt"
+    if lora_enabled(cfg):  # a LoRA run's model.yaml describes its base model (apply lora.ckpt with --lora)
+        model["unet"]["enable_lora"] = False
+        name = Path(str(cfg.init.checkpoint)).name if cfg.init.checkpoint else name
+    return {"model": model, "tokenizer": to_plain(cfg.tokenizer),
+            "checkpoint": {"name": name, "url": ""}, "sampling": samp}
 
 
 class _VAEMoments(nn.Cell):
@@ -410,6 +462,14 @@ def check_ldm_train_config(cfg, runtime, resume: str | None = None, overwrite: b
     if te_start > 0 and not t.train_text_encoder:
         raise ValueError(f"train.text_encoder_start_step={te_start} needs train.train_text_encoder=true "
                          f"(or set it to 0 to keep the encoder frozen throughout)")
+    if lora_enabled(cfg):
+        from ..nn.lora import check_rank_alpha
+
+        u = cfg.model.unet
+        check_rank_alpha(u.lora_rank, u.lora_alpha, "model.unet.lora_rank / lora_alpha: LoRA")
+        if te_start > 0:
+            raise ValueError(f"train.text_encoder_start_step={te_start} with model.unet.enable_lora: LoRA trains only "
+                             f"the LoRA weights (the text encoder stays frozen); set it to 0")
     check_te_start(te_start, int(t.steps), f"train.steps={t.steps}")  # before the model build when steps are given
     # cheap checks first: a missing file should not cost a full model build
     for key in ("checkpoint", "vae_checkpoint"):
@@ -427,6 +487,15 @@ def check_ldm_train_config(cfg, runtime, resume: str | None = None, overwrite: b
     return te_start
 
 
+def lora_enabled(cfg) -> bool:
+    """LoRA training (``model.unet.enable_lora``, the original's key): only the LoRA weights train."""
+    return bool(cfg.model.unet.get("enable_lora", False))
+
+
+def trains_text_encoder(cfg) -> bool:
+    return bool(cfg.train.train_text_encoder) and not lora_enabled(cfg)
+
+
 def check_te_start(te_start: int, total: int, what: str):
     if 0 < total <= te_start:
         raise ValueError(f"train.text_encoder_start_step={te_start} is not below {what}: the encoder would "
@@ -441,7 +510,8 @@ def latent_shape_of(cfg) -> tuple[int, int, int]:
 def build_train_model(cfg, runtime):
     """The LatentDiffusion network to train: built (same initialisation on every rank), the
     initial checkpoints loaded, compute dtype applied, the VAE frozen and the text encoder
-    trainable as ``train.train_text_encoder`` says."""
+    trainable as ``train.train_text_encoder`` says; with ``model.unet.enable_lora`` (LoRA injected by
+    the UNet build, the base checkpoint loads around it) only the LoRA weights are trainable."""
     t = cfg.train
     ms.set_seed(int(t.seed))  # identical initialisation on every rank
     ldm = build_ldm(_model_dict(cfg, float(t.unet_dropout)))
@@ -453,6 +523,10 @@ def build_train_model(cfg, runtime):
     set_trainable(ldm.first_stage_model, False)   # the VAE is always frozen
     set_trainable(ldm.cond_stage_model, bool(t.train_text_encoder))
     ldm.first_stage_model.set_train(False)
+    if lora_enabled(cfg):
+        from ..nn.lora import mark_only_lora_trainable
+
+        mark_only_lora_trainable(ldm)  # the original's freeze_delta(model, 'lora')
     return ldm
 
 
@@ -479,6 +553,8 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
     opts = make_train_options(t, total, steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
 
+    lora = lora_enabled(cfg)
+
     def on_export(trainer):
         save_config(inference_config(cfg), out / "model.yaml")
         dst = out / str(cfg.tokenizer.vocab_file)
@@ -487,16 +563,18 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
 
     trainer = ModelTrainer(ldm, loss_net, optimizer, source, opts, out, runtime,
                            images_per_step=source.global_batch, use_ema=float(t.ema_decay) > 0,
-                           on_export=on_export, export_name=export_name)
+                           on_export=on_export, export_name="lora" if lora else export_name,
+                           lora_base=(str(cfg.init.checkpoint or "") if lora else None))
     trainer.start(resume, overwrite)
     if runtime.rank == 0:
         save_config(cfg, out / "config.yaml")
-        te_state = ("frozen" if not t.train_text_encoder else
+        te_state = ("frozen" if not trains_text_encoder(cfg) else
                     f"trained from step {te_start}" if te_start else "trained")
         n_train = sum(int(np.prod(p.shape)) for p in params)
         print(f"[mind_diffusion] LDM: {what}, {len(params)} trainable tensors / {n_train:,} parameters"
-              + f" (text encoder {te_state}, VAE frozen), "
-              f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
+              + (" (LoRA only: UNet, text encoder and VAE frozen), " if lora else
+                 f" (text encoder {te_state}, VAE frozen), ")
+              + f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
               f"-> {out}", flush=True)
     return trainer
 
@@ -530,7 +608,7 @@ def build_ldm_trainer(cfg, runtime, resume: str | None = None, progress: bool = 
                         random_crop=bool(d.random_crop), caption_dropout=float(d.caption_dropout),
                         shuffle=bool(d.shuffle), latents=latents, accum_steps=int(t.grad_accum_steps))
     total = resolve_total_steps(t, source.steps_per_epoch)
-    loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder),
+    loss_net = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, trains_text_encoder(cfg),
                                    bool(t.schedule_fp16), cached=latents is not None,
                                    loss_weighting=str(t.loss_weighting))
     what = (f"{len(data)} image-text pairs"
