@@ -11,10 +11,6 @@
 # Extra arguments go to scripts/run_db_train.py (--enable_lora True, overrides, --resume auto, ...).
 # With WORKERS=N (N > 1) the run is data parallel over N msrun workers.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
-if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
-"$PYTHON" -c "import mindspore" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
 
 export GLOG_v=3
 export HCCL_CONNECT_TIMEOUT=600
@@ -32,6 +28,10 @@ TOKEN=${TOKEN:-α}
 WORKERS=${WORKERS:-1}
 [ -f "$TRAIN_CONFIG" ] || { echo "error: train config not found: $TRAIN_CONFIG" >&2; exit 2; }
 [ -d "$TRAIN_DATA_PATH" ] || { echo "error: instance image folder not found: $TRAIN_DATA_PATH (TRAIN_DATA_PATH)" >&2; exit 2; }
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
+"$PYTHON" -c "import mindspore" 2>/dev/null || { echo "error: $PYTHON cannot import mindspore: set PYTHON=/path/to/venv/bin/python (pip install -r requirements.txt)" >&2; exit 2; }
 OUT="$OUTPUT_PATH/$TASK_NAME"
 mkdir -p "$OUT"
 export RANK_SIZE=$WORKERS MS_COMPILER_CACHE_PATH=$OUT

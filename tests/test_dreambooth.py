@@ -66,6 +66,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--train_data_path", str(good), "--token", "zq"], ("does not contain the identifier token",)),
         (["--train_data_path", str(good), "--token", "sks", "--train_config", str(tmp_path / "no.yaml")],
          ("--train_config not found",)),
+        (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "--lora_rank", "0"],
+         ("rank must be a positive integer",)),
+        (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "--lora_rank", "-2"],
+         ("rank must be a positive integer",)),
     ]
     for extra, needles in cases:
         rc = run_db_train.main(base + extra)

@@ -363,11 +363,12 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     tokenizer = build_tokenizer(cfg.tokenizer, vocab, int(cfg.model.text_encoder.context_length))
     inst_pairs = read_image_folder_captions(db.instance_data, _format(db.instance_prompt, db), "instance")
     with_prior = bool(db.class_data) and float(db.prior_loss_weight) > 0
-    prompts = class_prompts(db) if with_prior else []
     class_folder = Path(str(db.class_data)).expanduser() if with_prior else None
     cached_pairs = []
     if with_prior and _class_image_names(class_folder):
         cached_pairs = read_image_folder_captions(class_folder, _format(db.class_prompt, db), "class")
+    # prompts are needed only to generate the class images still missing
+    prompts = class_prompts(db) if with_prior and len(cached_pairs) < int(db.num_class_images) else []
     ids = check_identifier_token(tokenizer, db.token, base_training_captions(cfg) + prompts
                                  + [c for _, c in cached_pairs], float(db.max_token_rate))
     for p, caption in inst_pairs:
