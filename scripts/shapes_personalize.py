@@ -22,8 +22,14 @@ def data(args):
     from mind_diffusion.shapes.personalize import write_class_images, write_class_prompts, write_instances
     from mind_diffusion.utils.images import check_output_dir
 
+    import numpy as np
+    from PIL import Image
+    from mind_diffusion_scripts.eval_shapes_model import label_grid
+
     out = check_output_dir(args.out)
     paths = write_instances(out / "instances", token=args.token)
+    label_grid([np.asarray(Image.open(p)) for p in paths], [p.with_suffix(".txt").read_text(encoding="utf-8").strip()
+                                                          for p in paths], ncol=len(paths)).save(out / "instances.png")
     write_class_images(out / "world", n=args.n_class)
     write_class_prompts(out / "class_prompts.txt")
     print(f"wrote {len(paths)} instance images to {out / 'instances'}, {args.n_class} class images to "
