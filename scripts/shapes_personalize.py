@@ -82,7 +82,8 @@ def evaluate(args):
     if args.heldout:
         from mind_diffusion.shapes.world import eval_prompts
 
-        for split, name in (("heldout", "held-out combinations"), ("train", "seen combinations")):
+        splits = (("heldout", "held-out combinations"), ("train", "seen combinations"))
+        for split, name in splits[:1 if args.no_seen else 2]:
             r, _ = eval_adherence(generate, eval_prompts(split, 16), 4, 1000)
             table[name] = rates(r)
     for name, r in table.items():
@@ -113,6 +114,7 @@ def main(argv=None):
     e.add_argument("--per_prompt", type=int, default=4)
     e.add_argument("--seed", type=int, default=2000)
     e.add_argument("--heldout", action="store_true", help="also the original held-out / seen adherence table")
+    e.add_argument("--no_seen", action="store_true", help="with --heldout: the held-out row only")
     from mind_diffusion.runtime import add_runtime_args
 
     add_runtime_args(e)
