@@ -78,11 +78,25 @@ def run(model: str, mode: str, steps: int, data: Path) -> dict:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def table(results: list[dict], steps: int) -> str:
+    lines = [f"CPU: {cpu_name()}, {os.cpu_count()} cores; {steps} steps each (the first compiles); "
+             f"1-minute load average during the runs {min(r['load'] for r in results):.1f}-"
+             f"{max(r['load'] for r in results):.1f}", "",
+             "| model | mode | trainable params | share | batch | step (median) | first step | peak RSS | exported file |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {'LoRA rank 4 (attention)' if r['mode'] == 'lora' else 'full fine-tune'} | "
+                     f"{r['trainable']:,} | {r['trainable'] / r['params']:.2%} | {r['batch']} | {r['step_s']:.2f} s | "
+                     f"{r['first_step_s']:.0f} s | {r['peak_rss_mb']:.0f} MB | {r['export_mb']:.2f} MB |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     if args.child:
@@ -91,7 +105,7 @@ def main(argv=None):
         return 0
     from mind_diffusion.shapes.world import export_csv
 
-    models = ["tiny"] if args.quick else ["tiny", "shapes_zh"]
+    models = ["tiny"] if args.quick else args.models
     steps = 4 if args.quick else args.steps
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,21 +117,12 @@ def main(argv=None):
                 res["load"] = os.getloadavg()[0]
                 results.append(res)
                 print(json.dumps(res), flush=True)
-    lines = [f"CPU: {cpu_name()}, {os.cpu_count()} cores; {steps} steps each (the first compiles); "
-             f"1-minute load average during the runs {min(r['load'] for r in results):.1f}-"
-             f"{max(r['load'] for r in results):.1f}", "",
-             "| model | mode | trainable params | share | batch | step (median) | first step | peak RSS | exported file |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['model']} | {'LoRA rank 4 (attention)' if r['mode'] == 'lora' else 'full fine-tune'} | "
-                     f"{r['trainable']:,} | {r['trainable'] / r['params']:.2%} | {r['batch']} | {r['step_s']:.2f} s | "
-                     f"{r['first_step_s']:.0f} s | {r['peak_rss_mb']:.0f} MB | {r['export_mb']:.2f} MB |")
-    text = "\n".join(lines) + "\n"
+                text = table(results, steps)  # rewritten after every row: a long run keeps what it measured
+                if not args.quick:
+                    out = Path(args.out)
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / "lora_train.md").write_text(text, encoding="utf-8")
     print(text)
-    if not args.quick:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "lora_train.md").write_text(text, encoding="utf-8")
     return 0
 
 
