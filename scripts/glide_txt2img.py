@@ -16,15 +16,14 @@ regenerated alone with --seed <its seed> --pics_generated 1.
 import argparse
 import json
 import os
-import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 from mind_diffusion.cli import run_cli  # noqa: E402
+from mind_diffusion.utils.prompts import slug  # noqa: E402
 
 DEFAULT_CONFIG = "configs/glide/infer.yaml"
 
@@ -91,16 +90,6 @@ def read_prompts(path) -> list:
     return read_prompts_file(path, "pass --prompts_file PATH or --prompt TEXT")
 
 
-_UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
-
-
-def slug(prompt: str, limit: int = 40) -> str:
-    """A file-name-safe version of the prompt: letters, digits (any script), '_' and '-'."""
-    text = unicodedata.normalize("NFC", prompt)
-    s = _UNSAFE.sub("_", text).strip("_-.")[:limit].strip("_-.")
-    return s or "prompt"
-
-
 def resolve(path_arg, default_name, base: Path) -> Path:
     return (base / (path_arg if path_arg is not None else default_name)).expanduser()
 
@@ -114,7 +103,7 @@ def main(argv=None):
         from mind_diffusion.glide.pipeline import GlidePipeline, STAGE_FILES
         from mind_diffusion.text.factory import build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
-        from mind_diffusion.utils.images import check_output_dir, next_index, save_png
+        from mind_diffusion.utils.images import check_output_dir, free_path, next_index, save_png
         from mind_diffusion.utils.resources import IMAGES_PER_CALL, chunks
 
         warnings.simplefilter("always", TokenTruncationWarning)
@@ -197,15 +186,10 @@ def main(argv=None):
                     uncond=a["uncond"])
                 settings.update(run_info)
                 for k, img in enumerate(images, off):
-                    path = samples / f"{first + k:05d}-{name}-{size}.png"
-                    while path.exists():  # another run wrote meanwhile: never overwrite
-                        path = samples / f"{next_index(samples):05d}-{name}-{size}.png"
-                    written.append(save_png(path, img, {**settings, "seed": seed + k, "image": k}))
+                    written.append(save_png(free_path(samples, first + k, f"-{name}-{size}"), img,
+                                            {**settings, "seed": seed + k, "image": k}))
                 if not args.skip_strip:
-                    path = strips / f"{strip_idx:05d}-{name}-{size}.png"
-                    if path.exists():
-                        path = strips / f"{next_index(strips):05d}-{name}-{size}.png"
-                    save_png(path, np.concatenate(list(images), axis=1),
+                    save_png(free_path(strips, strip_idx, f"-{name}-{size}"), np.concatenate(list(images), axis=1),
                              {**settings, "seeds": f"{seed + off}..{seed + off + len(images) - 1}"})
                 print(f"stage {stage}: wrote {len(images)} images of {size}x{size} for {prompt[:30]!r}",
                       flush=True)

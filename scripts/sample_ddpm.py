@@ -59,7 +59,7 @@ def main(argv=None):
 
         from mind_diffusion.ddpm.pipeline import DDPMPipeline
         from mind_diffusion.runtime import init_runtime
-        from mind_diffusion.utils.images import check_output_dir, make_grid, next_index, save_png
+        from mind_diffusion.utils.images import check_output_dir, make_grid, next_index, save_class_images, save_png
 
         if args.num_per_class < 1:
             raise ValueError(f"--num_per_class must be >= 1, got {args.num_per_class}")
@@ -76,13 +76,7 @@ def main(argv=None):
         written = []
 
         def write(start, batch):  # each batch as it finishes (atomic rename: no half files)
-            for k, img in enumerate(batch):
-                i = start + k
-                label = int(labels[i]) if labels is not None else None
-                folder = out / (str(label) if label is not None else "samples")
-                idx = next_index(folder)
-                written.append(save_png(folder / f"{idx:05d}.png", img,
-                                        {**settings, "class_label": label, "index_in_run": i}))
+            written.extend(save_class_images(out, start, batch, labels, settings))
 
         images = pipe(classes, num_images_per_prompt=args.num_per_class,
                       num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed,

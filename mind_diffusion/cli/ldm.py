@@ -261,9 +261,7 @@ def generate(run: Run, pipe, call: Callable, inputs=None):
     DiffusionOutput; every image to ``samples/NNNNN.png`` (its own seed, the run's settings, the
     editing settings of the result and of ``inputs`` (:class:`~mind_diffusion.utils.edit_inputs.EditInputs`)),
     one grid per call to ``grids/NNNNN.png`` (init | mask | results for an edit)."""
-    import numpy as np
-
-    from ..utils.images import make_grid, next_index, save_png
+    from ..utils.images import save_batch
 
     args, a, out = run.args, run.a, run.out
     samples_dir = out / "samples"
@@ -281,15 +279,7 @@ def generate(run: Run, pipe, call: Callable, inputs=None):
             settings.update({k: result.settings[k] for k in EDIT_SETTINGS if k in result.settings})
             if inputs is not None:
                 settings.update(inputs.settings())
-            if not args.skip_save:
-                for k, img in enumerate(images):
-                    idx = next_index(samples_dir)
-                    run.written.append(save_png(samples_dir / f"{idx:05d}.png", img, {**settings, "seed": seed + k}))
-            if not args.skip_grid:
-                g = next_index(out / "grids")
-                grid = make_grid(np.stack(head + list(images)), len(head) + len(images)) if head \
-                    else make_grid(images, min(run.n_samples, 4))
-                save_png(out / "grids" / f"{g:05d}.png", grid,
-                         {**settings, "seeds": f"{seed}..{seed + run.n_samples - 1}"})
+            run.written += save_batch(out, images, settings, seed, min(run.n_samples, 4),
+                                      samples=not args.skip_save, grid=not args.skip_grid, head=head)
     print(f"wrote {len(run.written)} images to {samples_dir}"
           + ("" if args.skip_grid else f" and grids to {out / 'grids'}"))

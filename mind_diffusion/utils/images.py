@@ -122,6 +122,16 @@ def next_index(folder: str | Path) -> int:
     return max(used) + 1 if used else 0
 
 
+def free_path(folder: str | Path, index: int, tail: str = "") -> Path:
+    """``<folder>/<index:05d><tail>.png``, or the next free index's name when another run wrote
+    that file meanwhile (never overwrite)."""
+    folder = Path(folder)
+    path = folder / f"{index:05d}{tail}.png"
+    while path.exists():
+        path = folder / f"{next_index(folder):05d}{tail}.png"
+    return path
+
+
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2, value: int = 255) -> np.ndarray:
     """(N,H,W,C) uint8 -> one grid image with ``nrow`` images per row."""
     n, h, w, c = images.shape
@@ -161,3 +171,41 @@ def check_output_dir(path: str | Path, subfolders=(), create: bool = True) -> Pa
     if not os.access(p, os.W_OK):
         raise OutputPathError(f"output folder {p} is not writable: choose another output folder")
     return p
+
+
+def save_batch(out: str | Path, images: np.ndarray, settings: Mapping, seed: int, nrow: int, *,
+               samples: bool = True, grid: bool = True, head=()) -> list:
+    """The text-to-image files of one batch (``scripts/txt2img.py``, the editing scripts and the
+    web page): image ``k`` to ``<out>/samples/NNNNN.png`` with its own seed (``seed + k``), and
+    the batch's grid (``nrow`` images a row; with ``head`` images, e.g. an edit's init | mask,
+    one row of head then results) to ``<out>/grids/NNNNN.png`` with the seed range; nothing is
+    overwritten. Returns the sample paths written."""
+    out = Path(out)
+    written = []
+    if samples:
+        for k, img in enumerate(images):
+            idx = next_index(out / "samples")
+            written.append(save_png(out / "samples" / f"{idx:05d}.png", img, {**settings, "seed": seed + k}))
+    if grid:
+        g = next_index(out / "grids")
+        rows = make_grid(np.stack(list(head) + list(images)), len(head) + len(images)) if len(head) \
+            else make_grid(images, nrow)
+        save_png(out / "grids" / f"{g:05d}.png", rows, {**settings, "seeds": f"{seed}..{seed + len(images) - 1}"})
+    return written
+
+
+def save_class_images(out: str | Path, start: int, images: np.ndarray, labels, settings: Mapping) -> list:
+    """The class-conditional files of one batch (``scripts/sample_ddpm.py`` and the web page):
+    image ``start + k`` to ``<out>/<class>/NNNNN.png`` (``<out>/samples/`` for an unconditional
+    model, ``labels=None``) with its label and run index in the metadata; nothing is
+    overwritten. Returns the paths written."""
+    out = Path(out)
+    written = []
+    for k, img in enumerate(images):
+        i = start + k
+        label = int(labels[i]) if labels is not None else None
+        folder = out / (str(label) if label is not None else "samples")
+        idx = next_index(folder)
+        written.append(save_png(folder / f"{idx:05d}.png", img,
+                                {**settings, "class_label": label, "index_in_run": i}))
+    return written

@@ -1,6 +1,8 @@
 """Prompts files: UTF-8 text, one prompt per line (blank lines skipped, a BOM tolerated)."""
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,3 +37,13 @@ def read_prompts_file(path: str | Path, how_to_pass: str) -> list[str]:
     if not prompts:
         raise ValueError(f"prompts file {p} has no prompts (one prompt per line)")
     return prompts
+
+
+_UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
+
+
+def slug(prompt: str, limit: int = 40) -> str:
+    """A file-name-safe version of the prompt: letters, digits (any script), '_' and '-'."""
+    text = unicodedata.normalize("NFC", prompt)
+    s = _UNSAFE.sub("_", text).strip("_-.")[:limit].strip("_-.")
+    return s or "prompt"

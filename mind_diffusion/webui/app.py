@@ -1,0 +1,269 @@
+"""The page (gradio Blocks): Text to image, GLIDE, DDPM and PNG info tabs over an
+:class:`~mind_diffusion.webui.engine.Engine`. Every generation runs through one queue slot
+(``concurrency_id="generate"``, limit 1), so a second tab waits and sees its place; Cancel and
+Refresh bypass the queue."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from ..cli import user_error_types  # noqa: E402
+from .engine import Engine, page_message  # noqa: E402
+from .models import GLIDE_FILES, GLIDE_TOKENIZER  # noqa: E402
+from .pnginfo import form_values  # noqa: E402
+
+SAMPLERS = ["dpm_solver", "plms", "ddim", "ddpm"]
+GLIDE_URL = "https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/"
+CSS = """
+#t2i_command textarea, #ddpm_command textarea, #glide_command textarea { font-family: monospace; }
+"""
+
+
+def page_error(exc: BaseException) -> gr.Error:
+    return gr.Error(page_message(exc), duration=None, print_exception=False)
+
+
+def _defaults(engine: Engine, label):
+    """The model's sampling defaults (sampler, steps, scale, width, height, seed)."""
+    from ..config import load_config
+    from ..ldm.config import ldm_config_defaults
+
+    try:
+        s = load_config(engine.entry("ldm", label).config, (), ldm_config_defaults()).sampling
+    except user_error_types():
+        return None
+    return (str(s.sampler), int(s.num_inference_steps), float(s.guidance_scale), int(s.width),
+            int(s.height), int(s.seed))
+
+
+def build_app(engine: Engine) -> gr.Blocks:
+    ldm = engine.labels("ldm")
+    first = next((m.label for m in engine.models["ldm"] if "wukong-huahua" in m.label), ldm[0] if ldm else None)
+    d = _defaults(engine, first) if first else None
+    d = d or ("dpm_solver", 15, 7.5, 512, 512, 42)
+
+    with gr.Blocks(title="Mind-Diffusion", analytics_enabled=False) as demo:
+        gr.Markdown("## Mind-Diffusion\nText to image with the models under `models/`; images and "
+                    "their settings go to `output/` as with `infer.sh` and the scripts.")
+        with gr.Tabs(selected="txt2img") as tabs:
+            # ------------------------------------------------------------ txt2img
+            with gr.Tab("Text to image", id="txt2img"):
+                with gr.Row():
+                    model = gr.Dropdown(ldm, value=first, label="Model", elem_id="t2i_model", scale=4)
+                    refresh = gr.Button("Refresh models", scale=1)
+                if not ldm:
+                    gr.Markdown(f"No text-to-image model under `{engine.models_dir}`: put "
+                                "`wukong-huahua-ms.ckpt` there, or restore the built-in model with "
+                                "`git checkout -- models/shapes_zh`.")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2i_prompt",
+                                            placeholder="一个红色的圆形在左边")
+                        negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="t2i_negative")
+                        with gr.Row():
+                            sampler = gr.Dropdown(SAMPLERS, value=d[0], label="Sampler", elem_id="t2i_sampler")
+                            steps = gr.Number(d[1], precision=0, label="Sampling steps", elem_id="t2i_steps")
+                            scale = gr.Number(d[2], label="CFG scale", step=0.5, elem_id="t2i_scale")
+                        with gr.Row():
+                            width = gr.Number(d[3], precision=0, label="Width", elem_id="t2i_width")
+                            height = gr.Number(d[4], precision=0, label="Height", elem_id="t2i_height")
+                            count = gr.Number(1, precision=0, label="Batch count", elem_id="t2i_count")
+                            size = gr.Number(1, precision=0, label="Batch size", elem_id="t2i_size")
+                        with gr.Row():
+                            seed = gr.Number(d[5], precision=0, label="Seed (-1: random)", elem_id="t2i_seed")
+                            dice = gr.Button("Random seed", elem_id="t2i_random")
+                        with gr.Row():
+                            go = gr.Button("Generate", variant="primary", elem_id="t2i_generate")
+                            stop = gr.Button("Cancel", variant="stop", elem_id="t2i_cancel")
+                    with gr.Column(scale=3):
+                        gallery = gr.Gallery(label="Images", elem_id="t2i_gallery", columns=2,
+                                             format="png", buttons=["download", "fullscreen"])
+                        status = gr.Markdown(elem_id="t2i_status")
+                        command = gr.Textbox(label="Command line that reproduces these images",
+                                             elem_id="t2i_command", interactive=False, lines=2,
+                                             buttons=["copy"])
+
+                def run_txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, progress=gr.Progress()):
+                    try:
+                        for u in engine.txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, progress=progress):
+                            for note in u.warnings:
+                                gr.Warning(note)
+                            yield [str(x) for x in u.paths], u.status, u.command
+                    except user_error_types() as exc:
+                        raise page_error(exc) from None
+
+                inputs = [model, prompt, negative, sampler, steps, scale, seed, width, height, count, size]
+                go.click(run_txt2img, inputs, [gallery, status, command], concurrency_id="generate",
+                         concurrency_limit=1, api_name="txt2img")
+                prompt.submit(run_txt2img, inputs, [gallery, status, command], concurrency_id="generate",
+                              concurrency_limit=1, api_visibility="private")
+                stop.click(engine.cancel, None, None, queue=False, api_visibility="private")
+                dice.click(lambda: -1, None, seed, queue=False, api_visibility="private")
+
+                def pick_model(label):
+                    v = _defaults(engine, label)
+                    if v is None:
+                        return [gr.update()] * 6
+                    return list(v)
+
+                model.input(pick_model, model, [sampler, steps, scale, width, height, seed],
+                             queue=False, api_visibility="private")
+
+            # ------------------------------------------------------------ GLIDE
+            with gr.Tab("GLIDE", id="glide"):
+                gl = engine.labels("glide")
+                have = bool(gl)
+                if not have:
+                    gr.Markdown(
+                        f"**GLIDE is off: no checkpoints.** Put `{GLIDE_FILES[64]}` and "
+                        f"`{GLIDE_TOKENIZER}` into `{engine.models_dir / 'glide'}/` (and "
+                        f"`{GLIDE_FILES[256]}` for 256 px, `{GLIDE_FILES[1024]}` for 1024 px; download: "
+                        f"{GLIDE_URL}), then restart the page.", elem_id="glide_missing")
+                stages_have = [str(s) for s in engine.models["glide"][0].stages] if have else ["64"]
+                with gr.Row():
+                    g_model = gr.Dropdown(gl, value=gl[0] if have else None, label="Model", interactive=have)
+                    g_stages = gr.Radio(stages_have, value=stages_have[-1], label="Last stage (px)",
+                                        interactive=have)
+                g_prompt = gr.Textbox(label="Prompt", lines=2, interactive=have, elem_id="glide_prompt")
+                g_negative = gr.Textbox(label="Negative prompt", interactive=have)
+                with gr.Row():
+                    g_steps = gr.Number(60, precision=0, label="Base steps", interactive=have)
+                    g_scale = gr.Number(5.0, label="CFG scale", interactive=have)
+                    g_seed = gr.Number(0, precision=0, label="Seed (-1: random)", interactive=have)
+                    g_n = gr.Number(1, precision=0, label="Images", interactive=have)
+                with gr.Row():
+                    g_go = gr.Button("Generate", variant="primary", interactive=have)
+                    g_stop = gr.Button("Cancel", variant="stop", interactive=have)
+                with gr.Row():
+                    g64 = gr.Gallery(label="64 px", format="png", columns=2)
+                    g256 = gr.Gallery(label="256 px", format="png", columns=2)
+                    g1024 = gr.Gallery(label="1024 px", format="png", columns=2)
+                g_status = gr.Markdown()
+                g_command = gr.Textbox(label="Command line", elem_id="glide_command", interactive=False)
+
+                def run_glide(label, p, n, st, sc, sd, k, stg, progress=gr.Progress()):
+                    shown = {64: [], 256: [], 1024: []}
+                    try:
+                        for u in engine.glide(label, p, n, st, sc, sd, k, stg, progress=progress):
+                            if u.stage is not None:
+                                shown[u.stage] = [str(x) for x in u.paths if x.stem.endswith(f"-{u.stage}")]
+                            yield shown[64], shown[256], shown[1024], u.status, u.command
+                    except user_error_types() as exc:
+                        raise page_error(exc) from None
+
+                g_go.click(run_glide, [g_model, g_prompt, g_negative, g_steps, g_scale, g_seed, g_n, g_stages],
+                           [g64, g256, g1024, g_status, g_command], concurrency_id="generate",
+                           concurrency_limit=1, api_name="glide")
+                g_stop.click(engine.cancel, None, None, queue=False, api_visibility="private")
+
+            # ------------------------------------------------------------ DDPM
+            with gr.Tab("DDPM", id="ddpm"):
+                dd = engine.models["ddpm"]
+                d0 = dd[0] if dd else None
+                if not dd:
+                    gr.Markdown(f"No DDPM model folder under `{engine.models_dir}` (e.g. "
+                                "`models/ddpm_digits16`: `git checkout -- models/ddpm_digits16`).")
+                with gr.Row():
+                    d_model = gr.Dropdown([m.label for m in dd], value=d0.label if d0 else None, label="Model")
+                    d_classes = gr.CheckboxGroup(list(d0.classes) if d0 else [],
+                                                 value=list(d0.classes[:1]) if d0 else [], label="Classes",
+                                                 elem_id="ddpm_classes")
+                with gr.Row():
+                    d_n = gr.Number(4, precision=0, label="Images per class")
+                    d_sampler = gr.Dropdown([""] + SAMPLERS, value="", label="Sampler (empty: the model's)")
+                    d_steps = gr.Number(None, precision=0, label="Steps (empty: the model's)")
+                    d_seed = gr.Number(0, precision=0, label="Seed (-1: random)")
+                with gr.Row():
+                    d_go = gr.Button("Generate", variant="primary", interactive=bool(dd))
+                    d_stop = gr.Button("Cancel", variant="stop")
+                d_gallery = gr.Gallery(label="Images", format="png", columns=8)
+                d_status = gr.Markdown()
+                d_command = gr.Textbox(label="Command line", elem_id="ddpm_command", interactive=False)
+
+                def run_ddpm(label, classes, n, smp, st, sd, progress=gr.Progress()):
+                    try:
+                        for u in engine.ddpm(label, classes, n, smp, st, sd, progress=progress):
+                            yield [str(x) for x in u.paths], u.status, u.command
+                    except user_error_types() as exc:
+                        raise page_error(exc) from None
+
+                def pick_ddpm(label):
+                    m = next((m for m in engine.models["ddpm"] if m.label == label), None)
+                    names = list(m.classes) if m else []
+                    return gr.update(choices=names, value=names[:1])
+
+                d_model.change(pick_ddpm, d_model, d_classes, queue=False, api_visibility="private")
+                d_go.click(run_ddpm, [d_model, d_classes, d_n, d_sampler, d_steps, d_seed],
+                           [d_gallery, d_status, d_command], concurrency_id="generate",
+                           concurrency_limit=1, api_name="ddpm")
+                d_stop.click(engine.cancel, None, None, queue=False, api_visibility="private")
+
+            # ------------------------------------------------------------ PNG info
+            with gr.Tab("PNG info", id="pnginfo"):
+                gr.Markdown("Drop a PNG written by this suite or by AUTOMATIC1111; **Send to text to "
+                            "image** puts its settings into the form.")
+                with gr.Row():
+                    png = gr.File(label="PNG", file_types=[".png"], type="filepath", elem_id="png_file")
+                    with gr.Column():
+                        info = gr.JSON(label="Settings found", elem_id="png_settings")
+                        info_text = gr.Markdown(elem_id="png_status")
+                        send = gr.Button("Send to text to image", variant="primary", elem_id="png_send")
+                found = gr.State(None)
+
+                def read_png(path):
+                    if not path:
+                        return None, None, ""
+                    try:
+                        v = form_values(path)
+                    except (ValueError, OSError) as exc:
+                        raise page_error(exc) from None
+                    shown = {k: x for k, x in v.items() if x not in (None, []) and k != "notes"}
+                    note = "; ".join(v["notes"])
+                    return v, shown, f"from {v['source']} metadata" + (f". {note}" if note else "")
+
+                png.change(read_png, png, [found, info, info_text], queue=False, api_visibility="private")
+
+                def send_settings(v, cur_model):
+                    if not v:
+                        raise gr.Error("drop a PNG first", duration=None, print_exception=False)
+                    keep = gr.update()
+                    target = cur_model
+                    name = v.get("checkpoint")
+                    if name:
+                        for m in engine.models["ldm"]:
+                            if m.ckpt.name == name or m.ckpt.stem == name:
+                                target = m.label
+                                break
+                        else:
+                            gr.Warning(f"the PNG was made with {name}, which is not under "
+                                       f"{engine.models_dir}; the form keeps {cur_model}")
+
+                    def val(k):
+                        return keep if v.get(k) is None else v[k]
+                    return (gr.Tabs(selected="txt2img"), target, val("prompt"), val("negative_prompt"),
+                            val("sampler"), val("steps"), val("scale"), val("seed"), val("width"),
+                            val("height"))
+
+                # the model picker's defaults follow user input only (model.input), so they do
+                # not overwrite the PNG's values
+                send.click(send_settings, [found, model],
+                           [tabs, model, prompt, negative, sampler, steps, scale, seed, width, height],
+                           queue=False, api_visibility="private")
+
+        def refresh_models():
+            engine.refresh()
+            labels = engine.labels("ldm")
+            return gr.update(choices=labels, value=labels[0] if labels else None)
+
+        refresh.click(refresh_models, None, model, queue=False, api_visibility="private")
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def theme():
+    """System fonts only: the page loads nothing from the internet."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
