@@ -41,7 +41,10 @@ def _defaults(engine: Engine, label):
 
 def build_app(engine: Engine) -> gr.Blocks:
     ldm = engine.labels("ldm")
-    first = next((m.label for m in engine.models["ldm"] if "wukong-huahua" in m.label), ldm[0] if ldm else None)
+    # the official model first, else the built-in one (what infer.sh runs), else the first found
+    first = next((m.label for m in engine.models["ldm"] if m.ckpt.name == "wukong-huahua-ms.ckpt"), None) \
+        or next((m.label for m in engine.models["ldm"] if m.ckpt.parent.name == "shapes_zh"), None) \
+        or (ldm[0] if ldm else None)
     d = _defaults(engine, first) if first else None
     d = d or ("dpm_solver", 15, 7.5, 512, 512, 42)
 
@@ -70,10 +73,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                         with gr.Row():
                             width = gr.Number(d[3], precision=0, label="Width", elem_id="t2i_width")
                             height = gr.Number(d[4], precision=0, label="Height", elem_id="t2i_height")
+                            seed = gr.Number(d[5], precision=0, label="Seed (-1: random)", elem_id="t2i_seed")
+                        with gr.Row():
                             count = gr.Number(1, precision=0, label="Batch count", elem_id="t2i_count")
                             size = gr.Number(1, precision=0, label="Batch size", elem_id="t2i_size")
-                        with gr.Row():
-                            seed = gr.Number(d[5], precision=0, label="Seed (-1: random)", elem_id="t2i_seed")
                             dice = gr.Button("Random seed", elem_id="t2i_random")
                         with gr.Row():
                             go = gr.Button("Generate", variant="primary", elem_id="t2i_generate")
@@ -224,7 +227,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                     note = "; ".join(v["notes"])
                     return v, shown, f"from {v['source']} metadata" + (f". {note}" if note else "")
 
-                png.change(read_png, png, [found, info, info_text], queue=False, api_visibility="private")
+                png.change(read_png, png, [found, info, info_text], api_visibility="private")
 
                 def send_settings(v, cur_model):
                     if not v:
@@ -251,7 +254,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                 # not overwrite the PNG's values
                 send.click(send_settings, [found, model],
                            [tabs, model, prompt, negative, sampler, steps, scale, seed, width, height],
-                           queue=False, api_visibility="private")
+                           api_visibility="private")  # queued: its warning reaches the page
 
         def refresh_models():
             engine.refresh()
