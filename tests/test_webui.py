@@ -163,3 +163,52 @@ def test_png_info_reads_suite_and_a1111_pngs(tmp_path):
     (tmp_path / "t.png").write_text("hello")
     with pytest.raises(ValueError, match="not an image"):
         form_values(tmp_path / "t.png")
+
+
+class FakePipe:
+    """Stands in for the loaded LDMPipeline: runs the callback per step, images of one grey
+    level per seed."""
+
+    def __init__(self, cfg):
+        self.cfg, self.seeds = cfg, []
+
+    def __call__(self, prompt, *, seed, num_images, height, width, num_inference_steps, callback, **kw):
+        self.seeds.append(seed)
+        for i in range(num_inference_steps):
+            callback(i, 999 - i, None, None)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(images=np.full((num_images, height, width, 3), seed, np.uint8))
+
+    def settings(self, **kw):
+        return dict(kw)
+
+
+def test_batches_written_as_they_finish_progress_and_cancel(models_dir, tmp_path):
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.utils.images import read_png_parameters
+
+    eng = Engine(ROOT, models_dir, tmp_path / "out", device_target="CPU")
+    entry = eng.entry("ldm", "shapes_zh (shapes-zh)")
+    fake = FakePipe(load_config(entry.config, (), ldm_config_defaults()))
+    eng._pipe, eng._key = fake, entry.key  # the model is loaded: the engine keeps it
+    seen = []
+    runs = eng.txt2img(entry.label, PROMPT, "", "ddim", 4, 2.0, 10, 32, 16, 3, 2,
+                       progress=lambda frac, text: seen.append((round(frac, 3), text)))
+    first = next(runs)
+    assert [p.name for p in first.paths] == ["00000.png", "00001.png"] and not first.done
+    assert seen[-4:] == [(0.083, "sampling: step 1/12"), (0.167, "sampling: step 2/12"), (0.25, "sampling: step 3/12"),
+                         (0.333, "sampling: step 4/12")]
+    assert "--seed 10" in first.command and "--n_iter 3" in first.command
+    eng.cancel()
+    last = next(runs)
+    assert last.done and last.status.startswith("cancelled: 2 image(s) written")
+    assert fake.seeds == [10, 12] and eng.loaded == entry.key
+    out = tmp_path / "out"
+    assert [read_png_parameters(out / "samples" / n)["seed"] for n in ("00000.png", "00001.png")] == [10, 11]
+    assert read_png_parameters(out / "grids" / "00000.png")["seeds"] == "10..11"
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["00000.png", "00001.png"]
+    # the next request runs (the cancel is cleared) and numbers on: nothing is overwritten
+    done = list(eng.txt2img(entry.label, PROMPT, "", "ddim", 2, 2.0, 20, 32, 16, 1, 1))
+    assert done[-1].done and [p.name for p in done[-1].paths] == ["00002.png"]

@@ -296,7 +296,9 @@ def test_page_image_equals_infer_sh_pixel_for_pixel(server, browser, tmp_path):
                                  "checkpoint")} == {
         "prompt": PROMPT, "negative_prompt": "", "sampler": "dpm_solver", "steps": 20, "scale": 4.0, "seed": 7,
         "size": "64x64", "checkpoint": "model.ckpt"}
-    assert len(meta["checkpoint_sha256"]) >= 12
+    from mind_diffusion.checkpoint.io import file_sha256
+
+    assert meta["checkpoint_sha256"] == file_sha256(ROOT / "models" / "shapes_zh" / "model.ckpt")
     # the page wrote the scripts' layout: samples/00000.png (seed 7), 00001.png (seed 8), grids
     samples = sorted(p.name for p in (server["out"] / "samples").glob("*.png"))
     assert samples == ["00000.png", "00001.png"]

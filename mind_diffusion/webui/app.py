@@ -177,10 +177,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                 with gr.Row():
                     d_n = gr.Number(4, precision=0, label="Images per class")
                     d_sampler = gr.Dropdown([""] + SAMPLERS, value="", label="Sampler (empty: the model's)")
-                    d_steps = gr.Number(None, precision=0, label="Steps (empty: the model's)")
+                    d_steps = gr.Number(None, precision=0, label="Steps (empty: the model's)", elem_id="ddpm_steps")
                     d_seed = gr.Number(0, precision=0, label="Seed (-1: random)")
                 with gr.Row():
-                    d_go = gr.Button("Generate", variant="primary", interactive=bool(dd))
+                    d_go = gr.Button("Generate", variant="primary", interactive=bool(dd), elem_id="ddpm_generate")
                     d_stop = gr.Button("Cancel", variant="stop")
                 d_gallery = gr.Gallery(label="Images", format="png", columns=8)
                 d_status = gr.Markdown()

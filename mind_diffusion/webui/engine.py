@@ -210,55 +210,57 @@ class Engine:
         from ..utils.images import check_output_dir, save_batch
         from ..utils.resources import ldm_memory_check
 
-        with self.lock:
-            self._cancel.clear()
-            entry, cfg, a, n_iter, n_samples = self.check_txt2img(
-                label, prompt, negative_prompt, sampler, steps, scale, seed, width, height,
-                batch_count, batch_size)
-            command = self.txt2img_command(entry, a, n_iter, n_samples)
-            notes = []
-            if str(cfg.model.get("family", "")) == "shapes-zh":
-                from ..shapes.world import is_world_prompt
+        self._cancel.clear()
+        entry, cfg, a, n_iter, n_samples = self.check_txt2img(
+            label, prompt, negative_prompt, sampler, steps, scale, seed, width, height,
+            batch_count, batch_size)
+        command = self.txt2img_command(entry, a, n_iter, n_samples)
+        notes = []
+        if str(cfg.model.get("family", "")) == "shapes-zh":
+            from ..shapes.world import is_world_prompt
 
-                if not is_world_prompt(a["prompts"][0]):
-                    notes.append("the built-in model only knows the shapes world (shapes, colours, places, "
-                                 "e.g. 一个红色的圆形在左边); expect shapes")
-            out = check_output_dir(self.output_dir, subfolders=("samples", "grids"))
-            rt = self.runtime()
-            ldm_memory_check(cfg.model, n_samples, a["height"], a["width"], rt.device_target,
-                             size_multiple(cfg.model), Path(entry.ckpt).stat().st_size)
-            if progress is not None:
-                progress(0.0, f"loading {entry.label}" if self._key != entry.key else "starting")
+            if not is_world_prompt(a["prompts"][0]):
+                notes.append("the built-in model only knows the shapes world (shapes, colours, places, "
+                             "e.g. 一个红色的圆形在左边); expect shapes")
+        out = check_output_dir(self.output_dir, subfolders=("samples", "grids"))
+        rt = self.runtime()
+        ldm_memory_check(cfg.model, n_samples, a["height"], a["width"], rt.device_target,
+                         size_multiple(cfg.model), Path(entry.ckpt).stat().st_size,
+                         force_flag="--force_memory to infer.sh (the page always checks)")
+        if progress is not None:
+            progress(0.0, f"loading {entry.label}" if self._key != entry.key else "starting")
+        with self.lock:
             pipe = self.pipeline(entry)
-            steps_total = n_iter * a["num_inference_steps"]
-            done = [0]
-            cb = self._callback(progress, steps_total, lambda: done[0], "sampling")
-            paths: List[Path] = []
-            for it in range(n_iter):
-                s = a["seed"] + it * n_samples
-                try:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always", PromptWarning)
-                        images = pipe(a["prompts"][0], negative_prompt=a["negative_prompt"],
-                                      num_images=n_samples, height=a["height"], width=a["width"],
-                                      num_inference_steps=a["num_inference_steps"],
-                                      guidance_scale=a["guidance_scale"], sampler=a["sampler"],
-                                      seed=s, callback=cb, progress=False).images
-                except Cancelled:
-                    yield Update(paths, f"cancelled: {len(paths)} image(s) written before Cancel", command,
-                                 notes, done=True)
-                    return
-                notes += [str(w.message) for w in caught if str(w.message) not in notes]
-                settings = pipe.settings(prompt=a["prompts"][0], negative_prompt=a["negative_prompt"],
-                                         sampler=a["sampler"], steps=a["num_inference_steps"],
-                                         scale=a["guidance_scale"], seed=s, height=a["height"],
-                                         width=a["width"])
+        steps_total = n_iter * a["num_inference_steps"]
+        done = [0]
+        cb = self._callback(progress, steps_total, lambda: done[0], "sampling")
+        paths: List[Path] = []
+        for it in range(n_iter):
+            s = a["seed"] + it * n_samples
+            try:
+                with self.lock, warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", PromptWarning)
+                    images = pipe(a["prompts"][0], negative_prompt=a["negative_prompt"],
+                                  num_images=n_samples, height=a["height"], width=a["width"],
+                                  num_inference_steps=a["num_inference_steps"],
+                                  guidance_scale=a["guidance_scale"], sampler=a["sampler"],
+                                  seed=s, callback=cb, progress=False).images
+            except Cancelled:
+                yield Update(paths, f"cancelled: {len(paths)} image(s) written before Cancel", command,
+                             notes, done=True)
+                return
+            notes += [str(w.message) for w in caught if str(w.message) not in notes]
+            settings = pipe.settings(prompt=a["prompts"][0], negative_prompt=a["negative_prompt"],
+                                     sampler=a["sampler"], steps=a["num_inference_steps"],
+                                     scale=a["guidance_scale"], seed=s, height=a["height"],
+                                     width=a["width"])
+            with self.lock:
                 paths += save_batch(out, images, settings, s, min(n_samples, 4))
-                done[0] += a["num_inference_steps"]
-                last = it == n_iter - 1
-                yield Update(list(paths), f"{'done' if last else 'batch'} {it + 1}/{n_iter}: "
-                             f"{len(paths)} image(s) in {_rel(out / 'samples', self.root)}/ (seed "
-                             f"{a['seed']}..{a['seed'] + n_iter * n_samples - 1})", command, notes, done=last)
+            done[0] += a["num_inference_steps"]
+            last = it == n_iter - 1
+            yield Update(list(paths), f"{'done' if last else 'batch'} {it + 1}/{n_iter}: "
+                         f"{len(paths)} image(s) in {_rel(out / 'samples', self.root)}/ (seed "
+                         f"{a['seed']}..{a['seed'] + n_iter * n_samples - 1})", command, notes, done=last)
 
     # ------------------------------------------------------------------ DDPM
     def ddpm(self, label, classes: List[str], num_per_class, sampler, steps, seed,
@@ -270,56 +272,62 @@ class Engine:
         from ..ddpm.pipeline import DDPMPipeline
         from ..utils.images import check_output_dir, make_grid, next_index, save_class_images, save_png
 
+        self._cancel.clear()
+        entry = self.entry("ddpm", label)
+        if not entry.ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {entry.ckpt}; press Refresh")
+        if not classes:
+            raise ValueError("pick at least one class")
+        ids = [entry.classes.index(c) if c in entry.classes else c for c in classes]
+        n = as_int(num_per_class, "")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"images per class must be an integer >= 1, got {n!r}")
+        seed = as_int(seed, "")
+        if isinstance(seed, int) and seed < 0:
+            seed = random.randint(0, MAX_SEED)
+        steps = as_int(steps, "")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
+        from ..config import load_config
+        from ..ddpm.config import ddpm_config_defaults
+
+        # checked before the model loads, against its config
+        a = DDPMPipeline.check_inputs(load_config(entry.config, (), ddpm_config_defaults()), ids,
+                                      num_images_per_prompt=n, num_inference_steps=steps,
+                                      sampler=sampler or None, seed=seed)
         with self.lock:
-            self._cancel.clear()
-            entry = self.entry("ddpm", label)
-            if not entry.ckpt.is_file():
-                raise FileNotFoundError(f"checkpoint not found: {entry.ckpt}; press Refresh")
-            if not classes:
-                raise ValueError("pick at least one class")
-            ids = [entry.classes.index(c) if c in entry.classes else c for c in classes]
-            n = as_int(num_per_class, "")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"images per class must be an integer >= 1, got {n!r}")
-            seed = as_int(seed, "")
-            if isinstance(seed, int) and seed < 0:
-                seed = random.randint(0, MAX_SEED)
-            steps = as_int(steps, "")
-            if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-                raise ValueError(f"sampling steps must be an integer >= 1, got {steps!r}")
             pipe = self.pipeline(entry)
-            a = DDPMPipeline.check_inputs(pipe.cfg, ids, num_images_per_prompt=n,
-                                          num_inference_steps=steps, sampler=sampler or None, seed=seed)
-            out = check_output_dir(self.output_dir / "ddpm_samples")
-            labels = np.repeat(ids, n)
-            settings = pipe.settings(a["sampler"], a["num_inference_steps"], a["seed"])
-            written: List[Path] = []
-            done = [0]
-            total = a["num_inference_steps"] * int(np.ceil(len(labels) / 64))
-            cb = self._callback(progress, total, lambda: done[0], "sampling")
+        out = check_output_dir(self.output_dir / "ddpm_samples")
+        labels = np.repeat(ids, n)
+        settings = pipe.settings(a["sampler"], a["num_inference_steps"], a["seed"])
+        written: List[Path] = []
+        done = [0]
+        total = a["num_inference_steps"] * int(np.ceil(len(labels) / 64))
+        cb = self._callback(progress, total, lambda: done[0], "sampling")
 
-            def write(start, batch):
-                written.extend(save_class_images(out, start, batch, labels, settings))
-                done[0] += a["num_inference_steps"]
+        def write(start, batch):
+            written.extend(save_class_images(out, start, batch, labels, settings))
+            done[0] += a["num_inference_steps"]
 
-            cmd = ["python", "scripts/sample_ddpm.py", "--model", _rel(entry.ckpt.parent, self.root),
-                   "--classes", ",".join(str(i) for i in ids), "--num_per_class", str(n),
-                   "--sampler", a["sampler"], "--steps", str(a["num_inference_steps"]),
-                   "--seed", str(a["seed"]), "--batch_size", "64",
-                   "--output_dir", _rel(out, self.root)]
-            command = " ".join(shlex.quote(c) for c in cmd)
-            try:
+        cmd = ["python", "scripts/sample_ddpm.py", "--model", _rel(entry.ckpt.parent, self.root),
+               "--classes", ",".join(str(i) for i in ids), "--num_per_class", str(n),
+               "--sampler", a["sampler"], "--steps", str(a["num_inference_steps"]),
+               "--seed", str(a["seed"]), "--batch_size", "64",
+               "--output_dir", _rel(out, self.root)]
+        command = " ".join(shlex.quote(c) for c in cmd)
+        try:
+            with self.lock:
                 images = pipe(ids, num_images_per_prompt=n, num_inference_steps=a["num_inference_steps"],
                               sampler=a["sampler"], seed=a["seed"], batch_size=64, on_batch=write,
                               callback=cb, progress=False).images
-            except Cancelled:
-                yield Update(written, f"cancelled: {len(written)} image(s) written before Cancel", command,
-                             done=True)
-                return
-            g = next_index(out / "grids")
-            save_png(out / "grids" / f"{g:05d}.png", make_grid(images, n), {**settings, "classes": ids})
-            yield Update(written, f"done: {len(written)} image(s) in {_rel(out, self.root)}/<class>/ "
-                         f"and grid {g:05d}.png", command, done=True)
+        except Cancelled:
+            yield Update(written, f"cancelled: {len(written)} image(s) written before Cancel", command,
+                         done=True)
+            return
+        g = next_index(out / "grids")
+        save_png(out / "grids" / f"{g:05d}.png", make_grid(images, n), {**settings, "classes": ids})
+        yield Update(written, f"done: {len(written)} image(s) in {_rel(out, self.root)}/<class>/ "
+                     f"and grid {g:05d}.png", command, done=True)
 
     # ------------------------------------------------------------------ GLIDE
     def glide(self, label, prompt, negative_prompt, steps, scale, seed, num_images, stages,
@@ -330,74 +338,75 @@ class Engine:
         from ..utils.images import check_output_dir, free_path, next_index, save_png
         from ..utils.prompts import slug
 
+        self._cancel.clear()
+        entry = self.entry("glide", label)
+        stages = int(as_int(stages, ""))
+        if stages not in entry.stages:
+            raise FileNotFoundError(
+                f"the {stages} px stage needs "
+                f"{', '.join(GLIDE_FILES[s] for s in GLIDE_FILES if s <= stages)} in {entry.ckpt}; "
+                f"found the stages {', '.join(map(str, entry.stages))}")
+        cfg = GlidePipeline.load_config(entry.config)
+        seed = as_int(seed, "")
+        if isinstance(seed, int) and seed < 0:
+            seed = random.randint(0, MAX_SEED)
+        a = GlidePipeline.check_inputs(
+            cfg, prompt, negative_prompt=negative_prompt or None,
+            num_images_per_prompt=as_int(num_images, ""), num_inference_steps=as_int(steps, ""),
+            guidance_scale=scale, seed=seed, stages=stages)
+        out = check_output_dir(self.output_dir / "glide", subfolders=("samples",))
         with self.lock:
-            self._cancel.clear()
-            entry = self.entry("glide", label)
-            stages = int(as_int(stages, ""))
-            if stages not in entry.stages:
-                raise FileNotFoundError(
-                    f"the {stages} px stage needs "
-                    f"{', '.join(GLIDE_FILES[s] for s in GLIDE_FILES if s <= stages)} in {entry.ckpt}; "
-                    f"found the stages {', '.join(map(str, entry.stages))}")
-            cfg = GlidePipeline.load_config(entry.config)
-            seed = as_int(seed, "")
-            if isinstance(seed, int) and seed < 0:
-                seed = random.randint(0, MAX_SEED)
-            a = GlidePipeline.check_inputs(
-                cfg, prompt, negative_prompt=negative_prompt or None,
-                num_images_per_prompt=as_int(num_images, ""), num_inference_steps=as_int(steps, ""),
-                guidance_scale=scale, seed=seed, stages=stages)
-            out = check_output_dir(self.output_dir / "glide", subfolders=("samples",))
             pipe = self.pipeline(entry, stages)
-            text = a["prompts"][0]
-            cmd = ["python", "scripts/glide_txt2img.py", "--ckpt_path", _rel(entry.ckpt, self.root),
-                   "--prompt", text, "--num_inference_steps", str(a["num_inference_steps"]),
-                   "--guidance_scale", f"{a['guidance_scale']:g}", "--seed", str(a["seed"]),
-                   "--num_images_per_prompt", str(a["num_images_per_prompt"]), "--stages", str(stages),
-                   "--output_path", _rel(out, self.root)]
-            if a["negative_prompt"]:
-                cmd += ["--negative_prompt", a["negative_prompt"]]
-            command = " ".join(shlex.quote(c) for c in cmd)
-            name, first = slug(text), next_index(out / "samples")
-            q: queue.Queue = queue.Queue()
-            paths: List[Path] = []
-            cb = self._callback(progress, a["num_inference_steps"], lambda: 0, "64 px stage")
+        text = a["prompts"][0]
+        cmd = ["python", "scripts/glide_txt2img.py", "--ckpt_path", _rel(entry.ckpt, self.root),
+               "--prompt", text, "--num_inference_steps", str(a["num_inference_steps"]),
+               "--guidance_scale", f"{a['guidance_scale']:g}", "--seed", str(a["seed"]),
+               "--num_images_per_prompt", str(a["num_images_per_prompt"]), "--stages", str(stages),
+               "--output_path", _rel(out, self.root)]
+        if a["negative_prompt"]:
+            cmd += ["--negative_prompt", a["negative_prompt"]]
+        command = " ".join(shlex.quote(c) for c in cmd)
+        name, first = slug(text), next_index(out / "samples")
+        q: queue.Queue = queue.Queue()
+        paths: List[Path] = []
+        cb = self._callback(progress, a["num_inference_steps"], lambda: 0, "64 px stage")
 
-            def on_stage(stage, images):
-                settings = pipe.settings(
-                    prompt=text, seed=a["seed"], stage=stage, size=images.shape[1], sampler=a["sampler"],
-                    num_inference_steps=a["num_inference_steps"], negative_prompt=a["negative_prompt"],
-                    super_res_steps=a["super_res_steps"], guidance_scale=a["guidance_scale"],
-                    uncond=a["uncond"])
-                got = [save_png(free_path(out / "samples", first + k, f"-{name}-{images.shape[1]}"), img,
-                                {**settings, "seed": a["seed"] + k, "image": k})
-                       for k, img in enumerate(images)]
-                q.put(("stage", stage, got))
-                if self._cancel.is_set():
-                    raise Cancelled()
+        def on_stage(stage, images):
+            settings = pipe.settings(
+                prompt=text, seed=a["seed"], stage=stage, size=images.shape[1], sampler=a["sampler"],
+                num_inference_steps=a["num_inference_steps"], negative_prompt=a["negative_prompt"],
+                super_res_steps=a["super_res_steps"], guidance_scale=a["guidance_scale"],
+                uncond=a["uncond"])
+            got = [save_png(free_path(out / "samples", first + k, f"-{name}-{images.shape[1]}"), img,
+                            {**settings, "seed": a["seed"] + k, "image": k})
+                   for k, img in enumerate(images)]
+            q.put(("stage", stage, got))
+            if self._cancel.is_set():
+                raise Cancelled()
 
-            def work():
-                try:
+        def work():
+            try:
+                with self.lock:  # held by this worker: the request's thread only yields
                     pipe(text, negative_prompt=a["negative_prompt"] or None,
-                         num_images_per_prompt=a["num_images_per_prompt"],
-                         num_inference_steps=a["num_inference_steps"], guidance_scale=a["guidance_scale"],
-                         seed=a["seed"], stages=stages, callback=cb, progress=False, on_stage=on_stage)
-                    q.put(("end", None, None))
-                except BaseException as exc:  # handed to the request's thread
-                    q.put(("error", exc, None))
+                     num_images_per_prompt=a["num_images_per_prompt"],
+                     num_inference_steps=a["num_inference_steps"], guidance_scale=a["guidance_scale"],
+                     seed=a["seed"], stages=stages, callback=cb, progress=False, on_stage=on_stage)
+                q.put(("end", None, None))
+            except BaseException as exc:  # handed to the request's thread
+                q.put(("error", exc, None))
 
-            threading.Thread(target=work, daemon=True).start()
-            while True:
-                kind, value, got = q.get()
-                if kind == "stage":
-                    paths += got
-                    yield Update(list(paths), f"{value} px stage written ({len(got)} image(s))", command,
-                                 stage=value, done=value == stages)
-                elif kind == "end":
-                    return
-                elif isinstance(value, Cancelled):
-                    yield Update(list(paths), f"cancelled: {len(paths)} image(s) written before Cancel",
-                                 command, done=True)
-                    return
-                else:
-                    raise value
+        threading.Thread(target=work, daemon=True).start()
+        while True:
+            kind, value, got = q.get()
+            if kind == "stage":
+                paths += got
+                yield Update(list(paths), f"{value} px stage written ({len(got)} image(s))", command,
+                             stage=value, done=value == stages)
+            elif kind == "end":
+                return
+            elif isinstance(value, Cancelled):
+                yield Update(list(paths), f"cancelled: {len(paths)} image(s) written before Cancel",
+                             command, done=True)
+                return
+            else:
+                raise value
