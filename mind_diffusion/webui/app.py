@@ -82,8 +82,9 @@ def build_app(engine: Engine) -> gr.Blocks:
                             go = gr.Button("Generate", variant="primary", elem_id="t2i_generate")
                             stop = gr.Button("Cancel", variant="stop", elem_id="t2i_cancel")
                     with gr.Column(scale=3):
-                        gallery = gr.Gallery(label="Images", elem_id="t2i_gallery", columns=2,
-                                             format="png", buttons=["download", "fullscreen"])
+                        gallery = gr.Gallery(label="Images", elem_id="t2i_gallery", columns=4, height=360,
+                                             object_fit="contain", format="png",
+                                             buttons=["download", "fullscreen"])
                         status = gr.Markdown(elem_id="t2i_status")
                         command = gr.Textbox(label="Command line that reproduces these images",
                                              elem_id="t2i_command", interactive=False, lines=2,
@@ -176,8 +177,9 @@ def build_app(engine: Engine) -> gr.Blocks:
                                                  elem_id="ddpm_classes")
                 with gr.Row():
                     d_n = gr.Number(4, precision=0, label="Images per class")
-                    d_sampler = gr.Dropdown([""] + SAMPLERS, value="", label="Sampler (empty: the model's)")
-                    d_steps = gr.Number(None, precision=0, label="Steps (empty: the model's)", elem_id="ddpm_steps")
+                    # DDIM 50 as the README's example (the digits model's own default is 1000 DDPM steps)
+                    d_sampler = gr.Dropdown([""] + SAMPLERS, value="ddim", label="Sampler (empty: the model's)")
+                    d_steps = gr.Number(50, precision=0, label="Steps (empty: the model's)", elem_id="ddpm_steps")
                     d_seed = gr.Number(0, precision=0, label="Seed (-1: random)")
                 with gr.Row():
                     d_go = gr.Button("Generate", variant="primary", interactive=bool(dd), elem_id="ddpm_generate")
