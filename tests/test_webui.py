@@ -212,3 +212,26 @@ def test_batches_written_as_they_finish_progress_and_cancel(models_dir, tmp_path
     # the next request runs (the cancel is cleared) and numbers on: nothing is overwritten
     done = list(eng.txt2img(entry.label, PROMPT, "", "ddim", 2, 2.0, 20, 32, 16, 1, 1))
     assert done[-1].done and [p.name for p in done[-1].paths] == ["00002.png"]
+
+
+def test_lora_files_listed_checked_and_in_the_command(models_dir, tmp_path):
+    from mind_diffusion.webui.engine import page_message
+    from mind_diffusion.webui.models import find_loras
+
+    lora = models_dir / "lora"
+    lora.mkdir()
+    (lora / "broken.safetensors").write_text("not tensors")
+    (lora / "readme.txt").write_text("")
+    assert [p.name for p in find_loras(models_dir)] == ["broken.safetensors"]
+    assert "lora (" not in " ".join(m.label for m in find_models(models_dir, ROOT)["ldm"])
+    eng = Engine(ROOT, models_dir, tmp_path / "out", device_target="CPU")
+    args = ("shapes_zh (shapes-zh)", PROMPT, "", "dpm_solver", 20, 4.0, 42, 64, 64, 1, 1)
+    for loras, weight, needle in ((["broken.safetensors"], 1.0, "broken.safetensors"),
+                                  (["gone.ckpt"], 1.0, "no LoRA file 'gone.ckpt'"),
+                                  (["broken.safetensors"], float("nan"), "LoRA weight must be a finite number")):
+        err = first_error(eng.txt2img(*args, loras=loras, lora_weight=weight))
+        assert needle in page_message(err), page_message(err)
+    assert eng.loaded is None
+    entry, _cfg, a, n_iter, n_samples = eng.check_txt2img(*args)
+    cmd = shlex.split(eng.txt2img_command(entry, a, n_iter, n_samples, [(lora / "style.ckpt", 0.8)]))
+    assert cmd[cmd.index("--lora") + 1] == f"{lora / 'style.ckpt'}:0.8"

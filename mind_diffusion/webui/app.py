@@ -67,6 +67,11 @@ def build_app(engine: Engine) -> gr.Blocks:
                                             placeholder="一个红色的圆形在左边")
                         negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="t2i_negative")
                         with gr.Row():
+                            lora = gr.Dropdown([p.name for p in engine.loras], value=[], multiselect=True,
+                                               label=f"LoRA ({engine.models_dir / 'lora'}/)", elem_id="t2i_lora",
+                                               scale=3)
+                            lora_w = gr.Number(1.0, label="LoRA weight", elem_id="t2i_lora_weight", scale=1)
+                        with gr.Row():
                             sampler = gr.Dropdown(SAMPLERS, value=d[0], label="Sampler", elem_id="t2i_sampler")
                             steps = gr.Number(d[1], precision=0, label="Sampling steps", elem_id="t2i_steps")
                             scale = gr.Number(d[2], label="CFG scale", step=0.5, elem_id="t2i_scale")
@@ -90,16 +95,18 @@ def build_app(engine: Engine) -> gr.Blocks:
                                              elem_id="t2i_command", interactive=False, lines=2,
                                              buttons=["copy"])
 
-                def run_txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, progress=gr.Progress()):
+                def run_txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, lo, lw, progress=gr.Progress()):
                     try:
-                        for u in engine.txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, progress=progress):
+                        for u in engine.txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, progress=progress,
+                                                loras=lo, lora_weight=lw):
                             for note in u.warnings:
                                 gr.Warning(note)
                             yield [str(x) for x in u.paths], u.status, u.command
                     except user_error_types() as exc:
                         raise page_error(exc) from None
 
-                inputs = [model, prompt, negative, sampler, steps, scale, seed, width, height, count, size]
+                inputs = [model, prompt, negative, sampler, steps, scale, seed, width, height, count, size, lora,
+                          lora_w]
                 go.click(run_txt2img, inputs, [gallery, status, command], concurrency_id="generate",
                          concurrency_limit=1, api_name="txt2img")
                 prompt.submit(run_txt2img, inputs, [gallery, status, command], concurrency_id="generate",
@@ -263,7 +270,9 @@ def build_app(engine: Engine) -> gr.Blocks:
             labels = engine.labels("ldm")
             return gr.update(choices=labels, value=labels[0] if labels else None)
 
-        refresh.click(refresh_models, None, model, queue=False, api_visibility="private")
+        refresh.click(refresh_models, None, model, queue=False, api_visibility="private").then(
+            lambda: gr.update(choices=[p.name for p in engine.loras]), None, lora, queue=False,
+            api_visibility="private")
     demo.queue(default_concurrency_limit=1)
     return demo
 

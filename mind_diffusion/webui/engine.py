@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from .models import GLIDE_FILES, GLIDE_TOKENIZER, WUKONG_CONFIG, ModelEntry, find_models
+from .models import GLIDE_FILES, GLIDE_TOKENIZER, WUKONG_CONFIG, ModelEntry, find_loras, find_models
 
 MAX_SEED = 2 ** 32 - 1
 # the pipelines name the scripts' flags in their messages; the page names its fields too
@@ -74,11 +74,34 @@ class Engine:
         self._key = None
         self._pipe = None
         self.models = find_models(self.models_dir, self.root)
+        self.loras = find_loras(self.models_dir)
 
     # ------------------------------------------------------------------ models
     def refresh(self) -> dict:
         self.models = find_models(self.models_dir, self.root)
+        self.loras = find_loras(self.models_dir)
         return self.models
+
+    def lora_specs(self, names, weight) -> list:
+        """[(path, weight)] of the LoRA files picked by name, each checked to exist and to hold
+        LoRA tensors of a known format (the script's --lora checks) before anything loads."""
+        from types import SimpleNamespace
+
+        from ..ldm.lora import check_lora_weight, lora_specs_from_args
+
+        names = [n for n in (names or []) if n]
+        if not names:
+            return []
+        weight = check_lora_weight(weight)
+        paths = []
+        for n in names:
+            p = next((q for q in self.loras if q.name == n), None)
+            if p is None:
+                have = ", ".join(q.name for q in self.loras) or "none"
+                raise FileNotFoundError(f"no LoRA file {n!r} in {self.models_dir / 'lora'} (found: {have}); "
+                                        f"press Refresh after adding files")
+            paths.append(f"{p}:{weight:g}")
+        return lora_specs_from_args(SimpleNamespace(lora=paths, enable_lora="False", lora_ckpt_filepath=None))
 
     def labels(self, kind: str) -> List[str]:
         return [m.label for m in self.models[kind]]
@@ -107,8 +130,12 @@ class Engine:
         self._pipe, self._key = None, None
         gc.collect()
 
-    def pipeline(self, entry: ModelEntry, stages: int = 1024):
-        key = entry.key + ((stages,) if entry.kind == "glide" else ())
+    def pipeline(self, entry: ModelEntry, stages: int = 1024, loras=()):
+        """The loaded pipeline of ``entry`` (loaded now, after freeing the previous one, when
+        another is loaded). Another LoRA set reloads the base model, so that its weights are
+        exactly those of a fresh ``infer.sh --lora`` run (unmerging is exact only to ~1e-6)."""
+        key = entry.key + ((stages,) if entry.kind == "glide" else ()) \
+            + ((tuple((str(p), float(w)) for p, w in loras),) if loras else ())
         if self._key == key:
             return self._pipe
         self.free()
@@ -118,6 +145,10 @@ class Engine:
             from ..ldm.pipeline import LDMPipeline
 
             pipe = LDMPipeline.from_pretrained(entry.config, entry.ckpt, compute_dtype=dtype)
+            if loras:
+                from ..ldm.lora import apply_lora_specs
+
+                apply_lora_specs(pipe, loras, "merge")
         elif entry.kind == "ddpm":
             from ..ddpm.pipeline import DDPMPipeline
 
@@ -155,7 +186,7 @@ class Engine:
         from ..ldm.pipeline import LDMPipeline
 
         entry = self.entry("ldm", label)
-        if self._key is not None and self._key == entry.key:
+        if self._key is not None and self._key[:3] == entry.key:
             cfg = self._pipe.cfg
         else:
             cfg = load_config(entry.config, (), ldm_config_defaults())
@@ -176,7 +207,7 @@ class Engine:
             flags={"num_inference_steps": "sampling steps", "guidance_scale": "CFG scale"})
         return entry, cfg, a, int(as_int(batch_count, "")), int(as_int(batch_size, ""))
 
-    def txt2img_command(self, entry: ModelEntry, a: dict, n_iter: int, n_samples: int) -> str:
+    def txt2img_command(self, entry: ModelEntry, a: dict, n_iter: int, n_samples: int, loras=()) -> str:
         """The ``infer.sh`` line that writes the same images (same seeds, same files' pixels and
         metadata) into its own output folder."""
         prompt = a["prompts"][0]
@@ -188,6 +219,8 @@ class Engine:
                     "--ckpt_name", entry.ckpt.name]
         if a["negative_prompt"]:
             cmd += ["--negative_prompt", a["negative_prompt"]]
+        for path, weight in loras:
+            cmd += ["--lora", f"{_rel(path, self.root)}:{weight:g}"]
         cmd += ["--sampler", a["sampler"], "--ddim_steps", str(a["num_inference_steps"]),
                 "--scale", f"{a['guidance_scale']:g}", "--seed", str(a["seed"]),
                 "--H", str(a["height"]), "--W", str(a["width"]),
@@ -201,7 +234,8 @@ class Engine:
         return " ".join(shlex.quote(c) for c in cmd)
 
     def txt2img(self, label, prompt, negative_prompt, sampler, steps, scale, seed, width, height,
-                batch_count, batch_size, progress: Optional[Callable] = None) -> Iterator[Update]:
+                batch_count, batch_size, progress: Optional[Callable] = None, loras=(),
+                lora_weight=1.0) -> Iterator[Update]:
         """Yields an :class:`Update` after each batch is written (``output/samples`` and
         ``output/grids``, as ``infer.sh``), the last one with ``done``. Errors in the inputs
         raise before anything loads."""
@@ -214,7 +248,8 @@ class Engine:
         entry, cfg, a, n_iter, n_samples = self.check_txt2img(
             label, prompt, negative_prompt, sampler, steps, scale, seed, width, height,
             batch_count, batch_size)
-        command = self.txt2img_command(entry, a, n_iter, n_samples)
+        specs = self.lora_specs(loras, lora_weight)
+        command = self.txt2img_command(entry, a, n_iter, n_samples, specs)
         notes = []
         if str(cfg.model.get("family", "")) == "shapes-zh":
             from ..shapes.world import is_world_prompt
@@ -228,9 +263,10 @@ class Engine:
                          size_multiple(cfg.model), Path(entry.ckpt).stat().st_size,
                          force_flag="--force_memory to infer.sh (the page always checks)")
         if progress is not None:
-            progress(0.0, f"loading {entry.label}" if self._key != entry.key else "starting")
+            same = self._key is not None and self._key[:3] == entry.key
+            progress(0.0, "starting" if same else f"loading {entry.label}")
         with self.lock:
-            pipe = self.pipeline(entry)
+            pipe = self.pipeline(entry, loras=specs)
         steps_total = n_iter * a["num_inference_steps"]
         done = [0]
         cb = self._callback(progress, steps_total, lambda: done[0], "sampling")

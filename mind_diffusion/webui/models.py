@@ -8,6 +8,7 @@
   ``model.family`` (the built-in ``models/shapes_zh``);
 * GLIDE: ``models/glide/`` holding ``glide_gen.ckpt`` and ``cog-pretrain.model`` (the super-
   resolution and SRGAN files add the 256 and 1024 px stages);
+* LoRA files: ``models/lora/*`` (:func:`find_loras`), added to a latent-diffusion model;
 * DDPM: every model folder whose ``config.yaml`` has no ``model.family`` (``models/ddpm_digits16``),
   its class names from ``classes.txt`` when there is one.
 """
@@ -22,6 +23,8 @@ SD_CONFIG = "configs/sd/v1-inference.yaml"
 GLIDE_CONFIG = "configs/glide/infer.yaml"
 GLIDE_FILES = {64: "glide_gen.ckpt", 256: "glide_super_res.ckpt", 1024: "srgan.ckpt"}
 GLIDE_TOKENIZER = "cog-pretrain.model"
+LORA_DIR = "lora"
+LORA_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth")  # those mind_diffusion.ldm.lora reads
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ def read_classes(folder: Path, num_classes: Optional[int]) -> tuple:
     return tuple(names)
 
 
+def find_loras(models_dir: str | Path) -> List[Path]:
+    """The LoRA files in ``models/lora/`` (ours, the original's MindPet ``.ckpt``, kohya / A1111
+    and diffusers files), for the Text to image tab."""
+    d = Path(models_dir) / LORA_DIR
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in LORA_SUFFIXES) \
+        if d.is_dir() else []
+
+
 def find_models(models_dir: str | Path, root: str | Path) -> Dict[str, List[ModelEntry]]:
     """{"ldm": [...], "glide": [...], "ddpm": [...]} of what is in ``models_dir``; the config
     paths of the official files are under ``root`` (the repository)."""
@@ -84,7 +95,7 @@ def find_models(models_dir: str | Path, root: str | Path) -> Dict[str, List[Mode
                                          root / GLIDE_CONFIG, glide, stages=stages))
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         cfg = folder / "config.yaml"
-        if not cfg.is_file():
+        if folder.name == LORA_DIR or not cfg.is_file():
             continue
         fam = _family(cfg)
         if fam == "?" or (fam is not None and "glide" in fam):
