@@ -4,7 +4,8 @@
 is missing (``bash scripts/setup.sh webui``; ``apt-get install chromium chromium-driver``).
 
 * bad input (empty prompt, a size off the model's multiple, 0 steps, a checkpoint removed after
-  the page listed it): the pipeline's message on the page, the server stays up;
+  the page listed it): the pipeline's message on the page, the server stays up; GLIDE without
+  its checkpoints says which files it needs;
 * PNG info: a suite PNG and an AUTOMATIC1111 PNG put their settings into the form;
 * (slow) a shapes-world prompt generated on the page, the gallery image downloaded: pixel for
   pixel and metadata for metadata the image of the command line the page shows (``infer.sh``),
@@ -202,8 +203,10 @@ def test_bad_input_is_a_message_on_the_page_and_the_server_stays_up(server, brow
 
     assert server["proc"].poll() is None, server["log"].read_text()[-3000:]
     assert not list(server["out"].glob("**/*.png")), "nothing is written for a refused request"
-    open_page(browser, server)  # the server still answers
-    assert value(browser, "#t2i_model input") == "shapes_zh (shapes-zh)"
+    open_page(browser, server, tab="GLIDE")  # the server still answers; GLIDE says what it needs
+    wait_for_text(browser, "GLIDE is off: no checkpoints")
+    assert "glide_gen.ckpt" in browser.find_element("tag name", "body").text
+    assert not css(browser, "#glide_prompt textarea").is_enabled()
 
 
 def send_png(driver, server, path):
