@@ -2,13 +2,16 @@
 
 ``init_runtime`` picks the device (Ascend -> GPU -> CPU unless ``device_target`` overrides it),
 the execution mode (graph or pynative), seeds numpy / Python / MindSpore, decides the precision
-policy and, when asked, initialises data-parallel communication (msrun or rank-table launch).
+policy, points MindSpore's graph compile cache at the folder of this run's key (see
+:mod:`mind_diffusion.compile_cache`: on by default, ``--no_compile_cache`` turns it off) and,
+when asked, initialises data-parallel communication (msrun or rank-table launch).
 It prints one line saying what it chose (rank 0 only). Scripts never hard-code a device.
 """
 from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass, field
 
 from . import _env  # noqa: F401  (env defaults before mindspore is imported)
@@ -167,11 +170,25 @@ def init_runtime(
     precision: str | None = "auto",
     distributed: bool | str = "auto",
     verbose: bool = True,
+    compile_cache=None,
+    cache_key: dict | None = None,
+    timings: bool = False,
 ) -> Runtime:
     """Initialise MindSpore once for this process and return what was chosen.
 
     distributed: True (require), False (never) or "auto" (when launched by msrun / rank table).
+    compile_cache: None (on: ``$MIND_DIFFUSION_COMPILE_CACHE`` or the per-user folder), a
+    folder, or False (off). cache_key: what decides this job's graphs besides device, mode,
+    precision and code (e.g. ``{"config": cfg, "shapes": ...}``); default: the command line
+    and the files it names. timings: print a phase breakdown at exit (as
+    ``MIND_DIFFUSION_TIMINGS=1``).
     """
+    from . import compile_cache as cc
+    from . import timings as tm
+
+    if timings:
+        tm.enable()
+    t_start = time.time()
     import mindspore as ms
 
     check_seed(seed)
@@ -212,9 +229,14 @@ def init_runtime(
         )
     if seed is not None:
         seed_everything(seed)
+    cache = cc.setup(compile_cache, device_target=target, mode=mode, precision=prec.compute,
+                     rank=rank if want_dist else 0, script_key=cache_key)
+    if cache is not None:
+        notes.append(cache.describe())
     if _env.APPLIED:
         notes.append("set " + ", ".join(f"{k}={v}" for k, v in _env.APPLIED.items()))
     rt = Runtime(target, mode, seed, prec, rank, group, want_dist, device_id, notes)
+    tm.add("runtime", time.time() - t_start)
     if verbose and rt.is_main:
         print(rt.describe(), flush=True)
     return rt
@@ -228,4 +250,23 @@ def add_runtime_args(parser, default_mode: str = "graph"):
                         help="MindSpore execution mode")
     parser.add_argument("--precision", default="auto",
                         help="auto (fp32 on CPU, fp16 with fp32 norms on Ascend/GPU), fp32, fp16, bf16")
+    return add_cache_args(parser)
+
+
+def add_cache_args(parser):
+    """--compile_cache_dir, --no_compile_cache, --timings (part of :func:`add_runtime_args`)."""
+    parser.add_argument("--compile_cache_dir", default=None,
+                        help="graph compile cache folder (default: $MIND_DIFFUSION_COMPILE_CACHE, "
+                             "else ~/.cache/mind_diffusion/compile)")
+    parser.add_argument("--no_compile_cache", action="store_true",
+                        help="compile every graph afresh (no reading or writing of the cache)")
+    parser.add_argument("--timings", action="store_true",
+                        help="print where the time went (import, load, compile, sampling, ...)")
     return parser
+
+
+def cli_options(args) -> dict:
+    """init_runtime's keyword arguments from the flags of :func:`add_runtime_args`."""
+    off = getattr(args, "no_compile_cache", False)
+    return {"compile_cache": False if off else getattr(args, "compile_cache_dir", None),
+            "timings": bool(getattr(args, "timings", False))}

@@ -52,7 +52,7 @@ def main(argv=None):
     def job():
         from mind_diffusion.evaluation import editing as ev
         from mind_diffusion.ldm.pipeline import LDMPipeline
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
         from mind_diffusion.shapes.editing import img2img_cases, inpaint_cases
         from mind_diffusion.utils.edit_inputs import strength_error
         from mind_diffusion.utils.images import OutputPathError, check_output_dir, save_png
@@ -72,7 +72,8 @@ def main(argv=None):
             raise OutputPathError(f"{out} already holds an editing run ({', '.join(old)}); pass --overwrite to "
                                   f"replace it, or choose another --out")
         check_output_dir(out, create=False)
-        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision,
+                          **cli_options(args))
         from mind_diffusion.config import read_yaml
 
         ckpt = model / (args.ckpt or str(read_yaml(model / "config.yaml").checkpoint.name))

@@ -98,7 +98,7 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.ldm.pipeline import LDMPipeline
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
         from mind_diffusion.shapes.world import eval_prompts
         from mind_diffusion.utils.images import check_output_dir
 
@@ -119,7 +119,8 @@ def main(argv=None):
             have = ", ".join(sorted(q.name for q in model.glob("*.ckpt"))) or "none"
             raise FileNotFoundError(f"checkpoint not found: {ckpt} (--ckpt is a file name inside --model; "
                                     f"checkpoints there: {have})")
-        rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision,
+                          **cli_options(args))
         pipe = LDMPipeline.from_pretrained(cfg, ckpt, compute_dtype=rt.precision.ms_dtype())
         out = check_output_dir(args.out)
         kw = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.scale),

@@ -44,6 +44,9 @@ def main(argv=None):
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"],
                    help="MindSpore execution mode")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    from mind_diffusion.runtime import add_cache_args
+
+    add_cache_args(p)
     args = p.parse_args(argv)
 
     def job():
@@ -89,9 +92,10 @@ def main(argv=None):
         extractor = None
         if any(not _is_stats(x) for x in paths):
             from mind_diffusion.metrics.features import FeatureExtractor
-            from mind_diffusion.runtime import init_runtime
+            from mind_diffusion.runtime import cli_options, init_runtime
 
-            init_runtime(args.device_target, args.mode, seed=None, precision="fp32", distributed=False)
+            init_runtime(args.device_target, args.mode, seed=None, precision="fp32", distributed=False,
+                         **cli_options(args))
             extractor = FeatureExtractor(mode=args.preprocess, weights=args.weights, batch_size=args.batch_size,
                                          progress=not args.no_progress, verbose=True)
             for path in paths:

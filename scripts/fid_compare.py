@@ -37,7 +37,7 @@ def main(argv=None):
         from mind_diffusion.evaluation.compare_config import load_compare_config
         from mind_diffusion.evaluation.fid_compare import new_run_dir, preflight, run_comparison
         from mind_diffusion.metrics.weights import resolve_weights
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         if args.out:  # before any work: a run never writes into another run or onto a file
             out = Path(args.out).expanduser()
@@ -57,7 +57,8 @@ def main(argv=None):
             cfg.fid.strict = True
         preflight(cfg)  # reference folders first: nothing is generated for a run that cannot finish
         resolve_weights(cfg.fid.weights)  # missing FID weights: say how to install them, before any work
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.seed), precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.seed), precision=args.precision,
+                          **cli_options(args))
         run_dir = new_run_dir(cfg.output_dir, str(cfg.name), args.out)
         print(f"[fid_compare] run folder: {run_dir}", flush=True)
         dtype = None if rt.precision.is_fp32 else rt.precision.ms_dtype()

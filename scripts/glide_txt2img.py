@@ -152,9 +152,10 @@ def main(argv=None):
         tokenizer = build_glide_tokenizer(tok_path, is_chinese)
         out = check_output_dir(args.output_path, subfolders=("samples", "strips"))
 
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
-        rt = init_runtime(args.device_target, args.mode, seed=seed, precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=seed, precision=args.precision,
+                          **cli_options(args))
         t0 = time.time()
         pipe = GlidePipeline.from_pretrained(cfg, ckpts.get(64), ckpts.get(256), ckpts.get(1024),
                                              tokenizer=tokenizer, stages=stages,

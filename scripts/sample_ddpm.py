@@ -58,7 +58,7 @@ def main(argv=None):
         import numpy as np
 
         from mind_diffusion.ddpm.pipeline import DDPMPipeline
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
         from mind_diffusion.utils.images import check_output_dir, make_grid, next_index, save_class_images, save_png
 
         if args.num_per_class < 1:
@@ -66,7 +66,8 @@ def main(argv=None):
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         out = check_output_dir(args.output_dir)
-        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=args.seed, precision=args.precision,
+                          **cli_options(args))
         pipe = DDPMPipeline.from_pretrained(args.model, args.config, compute_dtype=rt.precision.ms_dtype())
         classes = parse_classes(args.classes, pipe.num_classes or 0) if pipe.num_classes else None
         labels = np.repeat(classes, args.num_per_class) if classes is not None else None

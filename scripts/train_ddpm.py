@@ -28,10 +28,11 @@ def main(argv=None):
         from mind_diffusion.config import load_config
         from mind_diffusion.ddpm.config import ddpm_config_defaults
         from mind_diffusion.ddpm.training import train_ddpm
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         cfg = load_config(args.config, args.overrides, ddpm_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
+                          **cli_options(args))
         result = train_ddpm(cfg, rt, resume=args.resume, init_from=args.init_from,
                             progress=not args.no_progress, overwrite=args.overwrite)
         if rt.rank == 0:

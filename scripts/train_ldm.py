@@ -37,10 +37,11 @@ def main(argv=None):
         from mind_diffusion.config import load_config
         from mind_diffusion.ldm.config import ldm_train_config_defaults
         from mind_diffusion.ldm.training import train_ldm
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         cfg = load_config(args.config, args.overrides, ldm_train_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
+                          **cli_options(args))
         result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
                            strict=args.strict)
         if rt.rank == 0:

@@ -30,10 +30,11 @@ def main(argv=None):
         from mind_diffusion.config import load_config
         from mind_diffusion.ldm.config import vae_train_config_defaults
         from mind_diffusion.ldm.vae_training import train_vae
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         cfg = load_config(args.config, args.overrides, vae_train_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
+                          **cli_options(args))
         result = train_vae(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")

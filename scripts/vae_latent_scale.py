@@ -45,12 +45,12 @@ def main(argv=None):
         from mind_diffusion.train.data import CSVImageText
         from mind_diffusion.ldm.config import vae_train_config_defaults
         from mind_diffusion.ldm.vae_training import build_vae, latent_statistics
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         if args.write and not Path(args.write).is_file():
             raise FileNotFoundError(f"--write {args.write}: no such config file")
         cfg = load_config(args.config, args.overrides, vae_train_config_defaults())
-        init_runtime(args.device_target, args.mode, seed=0, precision=args.precision)
+        init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
         if not Path(args.vae).is_file():
             raise FileNotFoundError(f"--vae {args.vae}: no such file (train it with scripts/train_vae.py "
                                     f"--config {args.config})")

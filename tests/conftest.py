@@ -3,13 +3,20 @@ from pathlib import Path
 
 import pytest
 
+# tests never read or write the user's compile cache (subprocesses inherit this); the cache
+# tests pass their own --compile_cache_dir
+os.environ["MIND_DIFFUSION_COMPILE_CACHE"] = "off"
+
 import mind_diffusion  # noqa: F401  (sets ONEDNN/GLOG defaults before mindspore loads)
 import mindspore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Pin the device once, before any kernel runs: set_device raises after the runtime started.
-mindspore.set_device("CPU")
+# MD_TEST_DEVICE=GPU (or Ascend) runs the suite's network tests on that device
+# (bench/device_check.sh); tests that pin CPU themselves are CPU-only by design.
+TEST_DEVICE = os.environ.get("MD_TEST_DEVICE", "CPU")
+mindspore.set_device(TEST_DEVICE)
 
 SHARED = Path(os.environ.get("MIND_DIFFUSION_SHARED", ROOT.parent / "shared"))
 

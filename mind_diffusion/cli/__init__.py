@@ -28,12 +28,17 @@ def _raise_interrupt(signum, frame):
 
 def run_cli(job) -> int:
     """SIGINT and SIGTERM end the job with one line saying what was written and where (every
-    image is written whole, by atomic rename, so what is there is complete), exit 130."""
+    image is written whole, by atomic rename, so what is there is complete), exit 130.
+    The graphs this run compiled join the compile cache only when the job succeeded."""
+    from .. import compile_cache
+
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    ok = False
     try:
         job()
+        ok = True
     except KeyboardInterrupt:
         from ..utils.images import written_summary
 
@@ -47,6 +52,7 @@ def run_cli(job) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     finally:
+        compile_cache.finish(success=ok)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     return 0

@@ -24,6 +24,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from .. import timings
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint
 from ..config import load_config
 from ..diffusion.guidance import GuidedModel, UnguidedModel
@@ -129,14 +130,18 @@ class LDMPipeline(LDMEditing):
             ckpt_path = str(cls.check_checkpoint(cfg, ckpt))
         vocab_path = resolve_vocab(cfg, ckpt_path, vocab)
         tokenizer = build_tokenizer(cfg.tokenizer, vocab_path, int(cfg.model.text_encoder.context_length))
-        model = build_ldm(cfg.model)
-        if compute_dtype is not None:
-            apply_compute_dtype(model, compute_dtype)
-        if ckpt_path is not None:
-            state = read_checkpoint(ckpt_path, "LDM checkpoint")
-        if state is not None:
-            report = load_ldm_checkpoint(model, ckpt_path or "<state>", state=state)
-            del state
+        with timings.phase("build"):
+            model = build_ldm(cfg.model)
+            if compute_dtype is not None:
+                apply_compute_dtype(model, compute_dtype)
+        with timings.phase("checkpoint load"):
+            if ckpt_path is not None:
+                state = read_checkpoint(ckpt_path, "LDM checkpoint")
+            report = None
+            if state is not None:
+                report = load_ldm_checkpoint(model, ckpt_path or "<state>", state=state)
+                del state
+        if report is not None:
             ignored = getattr(report, "ignored", [])
             if ignored:
                 print(f"note: ignored {len(ignored)} training-state tensors in the checkpoint "
@@ -227,7 +232,8 @@ class LDMPipeline(LDMEditing):
 
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         ids = self.tokenize(prompts)
-        return self._text(Tensor(ids)).asnumpy()
+        with timings.phase("text encode"):
+            return timings.call(self._text, Tensor(ids)).asnumpy()
 
     # --------------------------------------------------------------- checks
     @staticmethod
@@ -267,20 +273,22 @@ class LDMPipeline(LDMEditing):
         if scale == 1.0:
             def fn(x, t):
                 tt = Tensor(np.asarray(t, dtype=np.float32))
-                return plain(Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx, *extra).asnumpy()
+                return timings.call(plain, Tensor(np.ascontiguousarray(x, np.float32)), tt, ctx,
+                                    *extra).asnumpy()
             return fn
         s = Tensor(np.float32(scale))
 
         def fn(x, t):
             tt = Tensor(np.asarray(t, dtype=np.float32))
-            return guided(Tensor(np.ascontiguousarray(x, np.float32)), tt, s, ctx,
-                          *extra).asnumpy()
+            return timings.call(guided, Tensor(np.ascontiguousarray(x, np.float32)), tt, s, ctx,
+                                *extra).asnumpy()
         return fn
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """(B,4,h,w) latents -> (B,3,8h,8w) floats (about [-1, 1])."""
-        return np.concatenate([self._decode(Tensor(z[None].astype(np.float32))).asnumpy()
-                               for z in latents])
+        with timings.phase("decode"):
+            return np.concatenate([timings.call(self._decode, Tensor(z[None].astype(np.float32))).asnumpy()
+                                   for z in latents])
 
     def initial_noise(self, n: int, height: int, width: int, seed: int) -> np.ndarray:
         shape = (self.latent_channels, height // self.vae_factor, width // self.vae_factor)
@@ -396,9 +404,10 @@ class LDMPipeline(LDMEditing):
         scale = a["guidance_scale"]
         fn = self.model_fn(context, scale) if c_concat is None else \
             self.model_fn(context, scale, c_concat=c_concat)
-        return get_sampler(a["sampler"])(
-            fn, x_T, self.schedule, a["num_inference_steps"], rng=np.random.default_rng(a["seed"]),
-            progress=progress, callback=callback, **opts)
+        with timings.phase("sampling"):
+            return get_sampler(a["sampler"])(
+                fn, x_T, self.schedule, a["num_inference_steps"], rng=np.random.default_rng(a["seed"]),
+                progress=progress, callback=callback, **opts)
 
     def _result(self, latents: np.ndarray, a: dict, prompts: list, output_type: str,
                 extra: dict | None = None, keep=None) -> DiffusionOutput:

@@ -61,6 +61,13 @@ def format_parameters(params: Mapping) -> str:
 def save_png(path: str | Path, image: np.ndarray, params: Mapping | None = None) -> Path:
     """Write one HxWxC (or HxW) uint8 image; ``params`` go to the 'parameters' text chunk
     (human readable) and a 'mind_diffusion' chunk (JSON)."""
+    from ..timings import phase
+
+    with phase("write"):
+        return _save_png(path, image, params)
+
+
+def _save_png(path, image, params) -> Path:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 

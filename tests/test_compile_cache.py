@@ -1,0 +1,188 @@
+"""The graph compile cache (mind_diffusion/compile_cache.py): where it lives, what its key holds,
+atomic publication when two runs race, and end to end on the tiny model: a second run loads the
+graphs the first one wrote (files untouched) and writes bit-identical images; two runs at once
+leave one complete key folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mind_diffusion import compile_cache as cc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_root_from_flag_env_and_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(cc.ENV, "")
+    assert cc.resolve_root(None) == tmp_path / "xdg" / "mind_diffusion" / "compile"
+    monkeypatch.setenv(cc.ENV, str(tmp_path / "env"))
+    assert cc.resolve_root(None) == tmp_path / "env"
+    assert cc.resolve_root(str(tmp_path / "flag")) == tmp_path / "flag"  # the flag beats the env
+    assert cc.resolve_root(False) is None
+    for off in ("off", "0", "false", "OFF"):
+        monkeypatch.setenv(cc.ENV, off)
+        assert cc.resolve_root(None) is None
+
+
+def test_key_changes_with_everything_that_changes_a_graph(tmp_path):
+    base = dict(device_target="CPU", mode="graph", precision="float32",
+                script_key={"config": {"unet": {"ch": 32}}, "H": 64})
+    k = cc.key_hash(cc.key_parts(**base))
+    assert k == cc.key_hash(cc.key_parts(**base))
+    for change in ({"mode": "pynative"}, {"precision": "float16"}, {"device_target": "GPU"},
+                   {"rank": 1}, {"script_key": {"config": {"unet": {"ch": 64}}, "H": 64}},
+                   {"script_key": {"config": {"unet": {"ch": 32}}, "H": 128}}):
+        assert cc.key_hash(cc.key_parts(**{**base, **change})) != k, change
+    parts = cc.key_parts(**base)
+    assert parts["mindspore"] and parts["code"] == cc.code_version()
+    # the code version is a hash over names and contents: any edit of a library file changes it
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    h = cc._hash_files([a, b], tmp_path)
+    a.write_text("x = 2\n")
+    assert cc._hash_files([a, b], tmp_path) != h
+    # the default key: the command line and the content of the files it names
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("a: 1\n")
+    k1 = cc.default_script_key(["--config", str(cfg)])
+    cfg.write_text("a: 2\n")
+    assert cc.default_script_key(["--config", str(cfg)]) != k1
+
+
+def _fake_run(root: Path, key: str, content: bytes) -> cc.CompileCache:
+    private = root / ".tmp" / f"{key}-{os.getpid()}-{content.hex()[:8]}"
+    (private / "rank_0" / "graph_cache").mkdir(parents=True)
+    (private / "rank_0" / "graph_cache" / "compile_cache_0.mindir").write_bytes(content)
+    return cc.CompileCache(root, key, {"k": key}, private, hit=False)
+
+
+def test_publication_is_atomic_and_the_first_run_wins(tmp_path):
+    a, b = _fake_run(tmp_path, "k1", b"first"), _fake_run(tmp_path, "k1", b"second")
+    a.publish()
+    b.publish()  # the key folder exists: b's copy is dropped, a's stays whole
+    assert cc.graph_files(tmp_path / "k1")[0].read_bytes() == b"first"
+    assert (tmp_path / "k1" / "key.json").is_file()
+    assert list((tmp_path / ".tmp").iterdir()) == []
+    c = _fake_run(tmp_path, "k2", b"failed")
+    c.discard()  # a failed run leaves nothing
+    assert not (tmp_path / "k2").exists() and list((tmp_path / ".tmp").iterdir()) == []
+    # a run that compiled nothing (pynative) publishes nothing
+    empty = tmp_path / ".tmp" / f"k3-{os.getpid()}-0"
+    empty.mkdir()
+    cc.CompileCache(tmp_path, "k3", {}, empty, hit=False).publish()
+    assert not (tmp_path / "k3").exists() and not empty.exists()
+
+
+def test_prune_drops_old_keys_and_dead_runs(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d in (old, new):
+        d.mkdir()
+        (d / cc.STAMP).touch()
+    os.utime(old / cc.STAMP, (1, 1))
+    dead = tmp_path / ".tmp" / "k-999999999-abc"  # no such pid
+    live = tmp_path / ".tmp" / f"k-{os.getpid()}-abc"
+    dead.mkdir(parents=True)
+    live.mkdir()
+    cc.prune(tmp_path)
+    assert not old.exists() and new.exists() and not dead.exists() and live.exists()
+
+
+def test_setup_sets_mindspore_env_and_turns_off(monkeypatch, tmp_path):
+    monkeypatch.setattr(cc, "_setups", 0)
+    monkeypatch.setattr(cc, "_active", None)
+    for var in ("MS_COMPILER_CACHE_ENABLE", "MS_COMPILER_CACHE_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    kw = dict(device_target="CPU", mode="graph", precision="float32", script_key={"t": 1})
+    cache = cc.setup(str(tmp_path), **kw)
+    assert not cache.hit and cache.path.parent == tmp_path / ".tmp"
+    assert os.environ["MS_COMPILER_CACHE_ENABLE"] == "1"
+    assert os.environ["MS_COMPILER_CACHE_PATH"] == str(cache.path)
+    # a second runtime init in one process: MindSpore numbers graphs per process, so the cache
+    # is turned off rather than mixing two keys' numbering
+    assert cc.setup(str(tmp_path), **kw) is None
+    assert os.environ["MS_COMPILER_CACHE_ENABLE"] == "0" and not cache.path.exists()
+    monkeypatch.setattr(cc, "_setups", 0)
+    assert cc.setup(False, **kw) is None and os.environ["MS_COMPILER_CACHE_ENABLE"] == "0"
+    from mind_diffusion.runtime import add_runtime_args, cli_options
+    import argparse
+
+    p = add_runtime_args(argparse.ArgumentParser())
+    assert cli_options(p.parse_args(["--no_compile_cache"]))["compile_cache"] is False
+    assert cli_options(p.parse_args(["--compile_cache_dir", "/x"]))["compile_cache"] == "/x"
+    assert cli_options(p.parse_args([]))["compile_cache"] is None
+
+
+# ------------------------------------------------------------------ end to end, tiny model
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from conftest import SHARED
+    from ldm_tiny import make_tiny_model_dir
+
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not found at {SHARED} (the vocab lives there in CI)")
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_cc"), SHARED)
+
+
+def _start(tiny_dir, out: Path, *extra) -> subprocess.Popen:
+    cfg, ckpt = tiny_dir
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name,
+            "--output_path", out, "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph",
+            "--prompt", "狗 绘画", "--ddim_steps", 2, "--skip_grid", *extra]
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "txt2img.py")] + [str(a) for a in args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs) -> list:
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+        outs.append(out)
+    return outs
+
+
+def test_second_run_hits_the_cache_and_two_runs_can_share_it(tiny_dir, tmp_path):
+    cache = tmp_path / "cache"
+    # two runs at once on an empty cache: both compile, one key folder is published whole
+    outs = _finish([_start(tiny_dir, tmp_path / o, "--compile_cache_dir", cache) for o in ("a", "b")])
+    assert all("compile cache new" in o for o in outs)
+    keys = [d for d in cache.iterdir() if not d.name.startswith(".")]
+    assert len(keys) == 1 and list((cache / ".tmp").iterdir()) == []
+    files = cc.graph_files(keys[0])
+    assert len(files) == 3  # text encoder, guided UNet, VAE decoder
+    stamps = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
+    # a third run loads those graphs and leaves them untouched; its image is bit-identical to
+    # the ones from freshly compiled graphs
+    out = _finish([_start(tiny_dir, tmp_path / "c", "--compile_cache_dir", cache, "--timings")])[0]
+    assert "compile cache hit" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("[mind_diffusion] timings:"))
+    for phase in ("import", "checkpoint load", "compile", "text encode", "sampling", "decode", "write",
+                  "total"):
+        assert f" {phase} " in line, line
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in cc.graph_files(keys[0])} == stamps
+    assert sorted(d.name for d in cache.iterdir() if not d.name.startswith(".")) == [keys[0].name]
+    images = {(tmp_path / o / "samples" / "00000.png").read_bytes() for o in "abc"}
+    assert len(images) == 1
+
+
+def test_sampling_imports_nothing_it_does_not_use():
+    """The library adds no heavy package to what MindSpore itself imports on infer.sh's path."""
+    code = ("import sys, mindspore; before = set(sys.modules)\n"
+            "import scripts.txt2img, mind_diffusion.ldm.pipeline, mind_diffusion.utils.images, "
+            "mind_diffusion.runtime, mind_diffusion.config, mind_diffusion.ldm.config\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    added = set(p.stdout.split())
+    banned = {"torch", "torchvision", "diffusers", "transformers", "matplotlib", "scipy", "pandas",
+              "sklearn", "cv2", "jieba"}
+    assert not added & banned, sorted(added & banned)
