@@ -15,6 +15,7 @@ Usage (from the repository root)::
     python bench/ldm_unet_step.py                  # 64x64 latent, batch 2, context (2, 77, 768)
     python bench/ldm_unet_step.py --quick          # tiny config, smoke test (~1 min)
     python bench/ldm_unet_step.py --size 32 --repeats 5 --threads 2
+    python bench/ldm_unet_step.py --device GPU --fp16  # both sides on the GPU in fp16 (fp32 norms)
 
 Writes ``<out>/ldm_unet_step.md`` (default out: bench/results; ``--quick`` only prints).
 """
@@ -98,14 +99,19 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
     )
     from mind_diffusion.ldm.unet import LDMUNet
 
+    from mind_diffusion.nn.layers import apply_compute_dtype
+
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    try:
-        ms.device_context.cpu.op_tuning.threads_num(args.threads)
-    except (AttributeError, RuntimeError) as exc:
-        print(f"warning: could not set MindSpore CPU threads: {exc}", file=sys.stderr)
+    ms.set_device(args.device)
+    if args.device == "CPU":
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(args.threads)
+        except (AttributeError, RuntimeError) as exc:
+            print(f"warning: could not set MindSpore CPU threads: {exc}", file=sys.stderr)
     t0 = time.perf_counter()
     net = LDMUNet(gelu="exact", attn_slice=args.attn_slice, **cfg)
+    if args.fp16:
+        apply_compute_dtype(net, ms.float16)
     net.set_train(False)
     params = {p.name: p for p in net.get_parameters()}
     names = ours_to_compvis_unet({n: None for n in params})
@@ -117,9 +123,12 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
     rss_weights = peak_rss_mb()
     x, t, ctx = make_inputs(args.size, args.batch, net_context_dim(cfg), args.seed)
     xs, ts, cs = Tensor(x), Tensor(t.astype(np.int32)), Tensor(ctx)
-    out, first, times = _time_calls(lambda: net(xs, ts, cs).asnumpy(), args.warmup, args.repeats)
+    out, first, times = _time_calls(lambda: net(xs, ts, cs).asnumpy().astype(np.float32), args.warmup,
+                                    args.repeats)
     np.save(out_dir / "ours.npy", out)
-    return {"framework": f"MindSpore {ms.__version__} (graph)", "build_s": build_s, "first_s": first,
+    dev_mb = ms.runtime.max_memory_allocated() / 2**20 if args.device != "CPU" else None
+    return {"framework": f"MindSpore {ms.__version__} (graph, {args.device}{', fp16' if args.fp16 else ''})",
+            "build_s": build_s, "first_s": first, "device_peak_mb": dev_mb,
             "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
             "params": int(sum(int(np.prod(p.shape)) for p in params.values()))}
 
@@ -134,6 +143,9 @@ def worker_diffusers(cfg, args, out_dir: Path) -> dict:
     )
 
     torch.set_num_threads(args.threads)
+    dev = "cuda" if args.device == "GPU" else "cpu"
+    if args.device not in ("CPU", "GPU"):
+        raise SystemExit(f"diffusers side: no PyTorch device for {args.device}")
     t0 = time.perf_counter()
     dcfg = compvis_unet_config_to_diffusers(cfg)
     unet = diffusers.UNet2DConditionModel(**dcfg).eval()
@@ -143,18 +155,23 @@ def worker_diffusers(cfg, args, out_dir: Path) -> dict:
         for cv_name, d_name in to_cv.items():
             p = state[d_name]
             p.copy_(torch.from_numpy(compvis_weight(cv_name, p.shape, args.seed)))
+    dtype = torch.float16 if args.fp16 else torch.float32
+    unet = unet.to(dev, dtype)
     build_s = time.perf_counter() - t0
     rss_weights = peak_rss_mb()
     x, t, ctx = make_inputs(args.size, args.batch, net_context_dim(cfg), args.seed)
-    xs, ts, cs = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)
+    xs, ts = torch.from_numpy(x).to(dev, dtype), torch.from_numpy(t).to(dev)
+    cs = torch.from_numpy(ctx).to(dev, dtype)
 
     def step():
         with torch.no_grad():
-            return unet(xs, ts, encoder_hidden_states=cs).sample.numpy()
+            return unet(xs, ts, encoder_hidden_states=cs).sample.float().cpu().numpy()
 
     out, first, times = _time_calls(step, args.warmup, args.repeats)
     np.save(out_dir / "diffusers.npy", out)
-    return {"framework": f"diffusers {diffusers.__version__} / PyTorch {torch.__version__} (eager)",
+    dev_mb = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None
+    return {"framework": f"diffusers {diffusers.__version__} / PyTorch {torch.__version__} "
+                         f"(eager, {dev}{', fp16' if args.fp16 else ''})", "device_peak_mb": dev_mb,
             "build_s": build_s, "first_s": first, "times": times, "rss_weights_mb": rss_weights,
             "peak_rss_mb": peak_rss_mb(), "params": int(sum(p.numel() for p in state.values()))}
 
@@ -166,7 +183,8 @@ def net_context_dim(cfg) -> int:
 def run_worker(side: str, args, out_dir: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--out-dir", str(out_dir),
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed)]
+           "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed),
+           "--device", args.device] + (["--fp16"] if args.fp16 else [])
     if args.quick:
         cmd.append("--quick")
     if args.attn_slice:
@@ -190,6 +208,9 @@ def main(argv=None):
     ap.add_argument("--attn-slice", type=int, default=None,
                     help="LDMUNet attn_slice for our side (query rows per chunk; default: unsliced)")
     ap.add_argument("--quick", action="store_true", help="tiny UNet config for a smoke test")
+    ap.add_argument("--device", default="CPU", choices=["CPU", "GPU"],
+                    help="where both sides run (GPU: MindSpore GPU vs PyTorch CUDA)")
+    ap.add_argument("--fp16", action="store_true", help="fp16 compute on both sides (ours: fp32 norms)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--worker", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
@@ -222,12 +243,14 @@ def main(argv=None):
 
     cfg_name = "tiny (--quick)" if args.quick else "SD-v1 / Wukong (320, [1,2,4,4], 8 heads, ctx 768)"
     header = ("| implementation | params | build + load s | first call s | s/step (median) | steps | "
-              "peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
+              "peak RSS MB | device peak MB |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['framework']} | {r['params']:,} | {r['build_s']:.1f} | {r['first_s']:.1f} | "
-             f"{r['median_s']:.2f} | {len(r['times'])} (+{args.warmup} warm-up) | {r['peak_rss_mb']:,.0f} |"
+             f"{r['median_s']:.3f} | {len(r['times'])} (+{args.warmup} warm-up) | {r['peak_rss_mb']:,.0f} | "
+             f"{'-' if r.get('device_peak_mb') is None else format(r['device_peak_mb'], ',.0f')} |"
              for r in rows]
     notes = [f"- UNet: {cfg_name}; latent {args.size}x{args.size}, batch {args.batch}, context "
-             f"({args.batch}, 77, {net_context_dim(cfg)}), fp32, random weights (same on both sides)"
+             f"({args.batch}, 77, {net_context_dim(cfg)}), {'fp16' if args.fp16 else 'fp32'} on {args.device}, "
+             "random weights (same on both sides)"
              + (f"; ours with attn_slice={args.attn_slice}" if args.attn_slice else "") + ".",
              f"- Speed: diffusers s/step / ours s/step = **{ratio:.2f}x** (>1: ours faster).",
              f"- Outputs on the same input: max abs difference **{diff:.2e}** (output max abs {scale:.2f}).",
@@ -246,8 +269,10 @@ def main(argv=None):
         return rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ldm_unet_step.md").write_text(md)
-    print(f"wrote {out / 'ldm_unet_step.md'}")
+    name = "ldm_unet_step.md" if args.device == "CPU" and not args.fp16 else \
+        f"ldm_unet_step_{args.device.lower()}{'_fp16' if args.fp16 else ''}.md"
+    (out / name).write_text(md)
+    print(f"wrote {out / name}")
     return rows
 
 

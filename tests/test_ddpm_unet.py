@@ -1,5 +1,7 @@
 """DDPM UNet: parameter counts, graph/pynative agreement, and parity with an independent PyTorch
 implementation (bench/torch_ddpm_unet.py) for the forward pass and one Adam step."""
+import os
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ B1, B2, EPS, LR = 0.9, 0.999, 1e-8, 1e-3
 # runtime is initialised, which would make conftest's ``ms_mode`` fixture (it calls set_device)
 # error in every later test. A repeated call with the same target is a no-op.
 try:
-    ms.set_device("CPU")
+    ms.set_device(os.environ.get("MD_TEST_DEVICE", "CPU"))
 except RuntimeError:   # runtime already started by an earlier module without set_device
     pass
 
