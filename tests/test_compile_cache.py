@@ -126,11 +126,13 @@ def tiny_dir(tmp_path_factory):
 
     if not SHARED.is_dir():
         pytest.skip(f"../shared not found at {SHARED} (the vocab lives there in CI)")
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_cc"), SHARED)
+    # two checkpoints of one config: the same graphs (one cache key), different weights
+    return [make_tiny_model_dir(tmp_path_factory.mktemp(f"tiny_cc{seed}"), SHARED, seed=seed)
+            for seed in (0, 1)]
 
 
-def _start(tiny_dir, out: Path, *extra) -> subprocess.Popen:
-    cfg, ckpt = tiny_dir
+def _start(model, out: Path, *extra) -> subprocess.Popen:
+    cfg, ckpt = model
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name,
             "--output_path", out, "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph",
@@ -150,17 +152,20 @@ def _finish(procs) -> list:
 
 def test_second_run_hits_the_cache_and_two_runs_can_share_it(tiny_dir, tmp_path):
     cache = tmp_path / "cache"
-    # two runs at once on an empty cache: both compile, one key folder is published whole
-    outs = _finish([_start(tiny_dir, tmp_path / o, "--compile_cache_dir", cache) for o in ("a", "b")])
+    (cfg0, ckpt0), (cfg1, ckpt1) = tiny_dir
+    # two runs at once on an empty cache, same config (so the same key), different checkpoints:
+    # both compile, one key folder is published whole
+    outs = _finish([_start((cfg0, ckpt0), tmp_path / "a", "--compile_cache_dir", cache),
+                    _start((cfg1, ckpt1), tmp_path / "b", "--compile_cache_dir", cache)])
     assert all("compile cache new" in o for o in outs)
     keys = [d for d in cache.iterdir() if not d.name.startswith(".")]
     assert len(keys) == 1 and list((cache / ".tmp").iterdir()) == []
     files = cc.graph_files(keys[0])
     assert len(files) == 3  # text encoder, guided UNet, VAE decoder
     stamps = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
-    # a third run loads those graphs and leaves them untouched; its image is bit-identical to
-    # the ones from freshly compiled graphs
-    out = _finish([_start(tiny_dir, tmp_path / "c", "--compile_cache_dir", cache, "--timings")])[0]
+    # a third run loads those graphs and leaves them untouched; the graphs hold no weights: with
+    # the second checkpoint its image is bit-identical to the one from freshly compiled graphs
+    out = _finish([_start((cfg1, ckpt1), tmp_path / "c", "--compile_cache_dir", cache, "--timings")])[0]
     assert "compile cache hit" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("[mind_diffusion] timings:"))
     for phase in ("import", "checkpoint load", "compile", "text encode", "sampling", "decode", "write",
@@ -168,8 +173,8 @@ def test_second_run_hits_the_cache_and_two_runs_can_share_it(tiny_dir, tmp_path)
         assert f" {phase} " in line, line
     assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in cc.graph_files(keys[0])} == stamps
     assert sorted(d.name for d in cache.iterdir() if not d.name.startswith(".")) == [keys[0].name]
-    images = {(tmp_path / o / "samples" / "00000.png").read_bytes() for o in "abc"}
-    assert len(images) == 1
+    a, b, c = ((tmp_path / o / "samples" / "00000.png").read_bytes() for o in "abc")
+    assert c == b and a != b
 
 
 def test_sampling_imports_nothing_it_does_not_use():
