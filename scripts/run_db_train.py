@@ -61,7 +61,7 @@ def main(argv=None):
 
     def job():
         from mind_diffusion.ldm.dreambooth import build_dreambooth_trainer, load_dreambooth_config
-        from mind_diffusion.runtime import init_runtime
+        from mind_diffusion.runtime import cli_options, init_runtime
 
         flags = {k: getattr(args, k) for k in ("train_data_path", "reg_data_path", "class_word", "token",
                                                "output_path", "instance_prompt", "class_prompts_file",
@@ -69,7 +69,8 @@ def main(argv=None):
                                                "epochs", "seed", "enable_lora", "lora_rank", "lora_alpha")}
         cfg = load_dreambooth_config(args.train_config, flags, args.overrides, args.pretrained_model_path,
                                      args.pretrained_model_file)
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision)
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
+                          **cli_options(args))
         trainer, make = build_dreambooth_trainer(cfg, rt, args.resume, progress=not args.no_progress,
                                                  overwrite=args.overwrite)
         result = trainer.fit(make)

@@ -61,13 +61,13 @@ def load_pipe(args, rt):
 def evaluate(args):
     from mind_diffusion_scripts.eval_shapes_model import KEYS, evaluate as eval_adherence, label_grid, markdown, rates
 
-    from mind_diffusion.runtime import init_runtime
+    from mind_diffusion.runtime import cli_options, init_runtime
     from mind_diffusion.shapes.personalize import evaluate_new_shape
     from mind_diffusion.utils.images import check_output_dir
 
     if args.per_prompt < 1:
         raise ValueError(f"--per_prompt must be >= 1, got {args.per_prompt}")
-    rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision)
+    rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
     pipe, ckpt = load_pipe(args, rt)
     out = check_output_dir(args.out)
 
