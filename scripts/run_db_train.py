@@ -1,5 +1,5 @@
 """DreamBooth: teach a latent-diffusion model a subject from 3-5 images bound to a rare token, with
-prior preservation (Wukong-Huahua's run_db_train.py flags; see mind_diffusion/ldm/dreambooth.py).
+prior preservation (Wukong-Huahua's run_db_train.py flags; see mind_diffusion/ldm/dreambooth_training.py).
 
     python scripts/run_db_train.py --train_data_path=dataset/train_cat --reg_data_path=dataset/reg_cat \\
         --class_word=猫 --token=α --train_config=configs/wukong/train-db.yaml --output_path=output/α猫 \\
@@ -60,7 +60,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def job():
-        from mind_diffusion.ldm.dreambooth import build_dreambooth_trainer, load_dreambooth_config
+        from mind_diffusion.cli.dreambooth import class_image_pipeline
+        from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer, load_dreambooth_config
         from mind_diffusion.runtime import cli_options, init_runtime
 
         flags = {k: getattr(args, k) for k in ("train_data_path", "reg_data_path", "class_word", "token",
@@ -72,7 +73,7 @@ def main(argv=None):
         rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
                           **cli_options(args))
         trainer, make = build_dreambooth_trainer(cfg, rt, args.resume, progress=not args.no_progress,
-                                                 overwrite=args.overwrite)
+                                                 overwrite=args.overwrite, class_pipeline=class_image_pipeline)
         result = trainer.fit(make)
         if rt.rank == 0:
             print(f"[mind_diffusion] done: {result}")

@@ -1,4 +1,4 @@
-"""DreamBooth (mind_diffusion/ldm/dreambooth.py, scripts/run_db_train.py): bad input is one line and
+"""DreamBooth (mind_diffusion/ldm/dreambooth_training.py, scripts/run_db_train.py): bad input is one line and
 writes nothing, the original's flags and JSON config map onto the config, the batch stream is a
 pure function of the step (and shards over workers), the loss is L(instance) + w * L(class), and
 (slow) a few steps on the tiny config generate and cache class images and resume exactly."""
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import check_one_line_error  # noqa: E402
 
-from mind_diffusion.ldm.dreambooth import (DreamBoothBatches, FolderImageText, check_identifier_token,  # noqa: E402
+from mind_diffusion.ldm.dreambooth_training import (DreamBoothBatches, FolderImageText, check_identifier_token,  # noqa: E402
                                            load_dreambooth_config, read_image_folder_captions)
 from mind_diffusion.train.data import DataError  # noqa: E402
 
@@ -166,7 +166,7 @@ def test_loss_is_instance_plus_weighted_prior():
 
     from mind_diffusion.config import load_config
     from mind_diffusion.ldm.config import ldm_train_config_defaults
-    from mind_diffusion.ldm.dreambooth import DreamBoothLoss
+    from mind_diffusion.ldm.dreambooth_training import DreamBoothLoss
     from mind_diffusion.ldm.model import build_ldm
     from mind_diffusion.ldm.training import LatentDiffusionLoss
 
@@ -203,7 +203,8 @@ def test_tiny_dreambooth_generates_class_images_and_resumes_exactly(tmp_path, ca
     from ldm_tiny import make_tiny_model_dir
 
     from mind_diffusion.checkpoint.io import read_checkpoint
-    from mind_diffusion.ldm.dreambooth import build_dreambooth_trainer
+    from mind_diffusion.cli.dreambooth import class_image_pipeline
+    from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer
     from mind_diffusion.runtime import Precision, Runtime
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -220,14 +221,16 @@ def test_tiny_dreambooth_generates_class_images_and_resumes_exactly(tmp_path, ca
                                       str(tmp_path / "base"), "tiny.ckpt")
 
     rt = Runtime("CPU", "graph", 0, Precision())
-    trainer, make = build_dreambooth_trainer(cfg(tmp_path / "a"), rt, progress=False)
+    trainer, make = build_dreambooth_trainer(cfg(tmp_path / "a"), rt, progress=False,
+                                            class_pipeline=class_image_pipeline)
     trainer.fit(make)
     assert "generated 3 class images" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == [f"class_{k:05d}.{e}" for k in range(3)
                                                                    for e in ("png", "txt")]
     full = read_checkpoint(tmp_path / "a" / "checkpoints" / "step_0000004.ckpt")
     ckpt2 = tmp_path / "a" / "checkpoints" / "step_0000002.ckpt"
-    trainer2, make2 = build_dreambooth_trainer(cfg(tmp_path / "b"), rt, resume=str(ckpt2), progress=False)
+    trainer2, make2 = build_dreambooth_trainer(cfg(tmp_path / "b"), rt, resume=str(ckpt2), progress=False,
+                                              class_pipeline=class_image_pipeline)
     assert "generated" not in capsys.readouterr().out and trainer2.step == 2
     trainer2.fit(make2)
     resumed = read_checkpoint(tmp_path / "b" / "checkpoints" / "step_0000004.ckpt")

@@ -120,7 +120,7 @@ def test_dreambooth_with_lora(tiny_base, tmp_path):
     from test_dreambooth import _instances
 
     from mind_diffusion.checkpoint.io import read_checkpoint
-    from mind_diffusion.ldm.dreambooth import build_dreambooth_trainer, load_dreambooth_config
+    from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer, load_dreambooth_config
 
     ms.set_context(mode=ms.GRAPH_MODE)
     inst = _instances(tmp_path / "inst", token="sks", n=3, captions=False)

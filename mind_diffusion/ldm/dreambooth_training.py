@@ -321,26 +321,15 @@ class DreamBoothLoss(nn.Cell):
 
 
 # ------------------------------------------------------------------------------------ trainer
-def _class_pipeline(cfg, ldm, tokenizer):
-    from omegaconf import OmegaConf
-
-    from ..config import to_plain
-    from .pipeline import LDMPipeline
-
-    samp = to_plain(cfg.sampling)
-    samp["height"] = samp["width"] = int(cfg.data.image_size)
-    pcfg = OmegaConf.create({"model": to_plain(cfg.model), "tokenizer": to_plain(cfg.tokenizer),
-                             "checkpoint": {"name": "model.ckpt", "url": ""}, "sampling": samp})
-    ckpt = cfg.init.checkpoint
-    from ..checkpoint.io import file_sha256
-
-    return LDMPipeline(ldm, tokenizer, pcfg, str(ckpt) if ckpt else None, file_sha256(ckpt) if ckpt else None)
-
-
 def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: bool = True,
-                             overwrite: bool = False):
+                             overwrite: bool = False, class_pipeline=None):
     """(trainer, make_dataset) for DreamBooth on ``cfg`` (``dreambooth_config_defaults`` schema).
-    Every check (folders, images, token, prompts) runs before anything is written."""
+    Every check (folders, images, token, prompts) runs before anything is written.
+
+    ``class_pipeline(cfg, ldm, tokenizer) -> pipeline`` draws the class images still missing with
+    the base model (training code does not import pipelines: the scripts pass
+    :func:`mind_diffusion.cli.dreambooth.class_image_pipeline`); without it, the class folder must
+    already hold ``num_class_images`` images."""
     from ..diffusion.schedule import schedule_from_config
     from ..text.factory import build_tokenizer
     from ..train.validate import check_number
@@ -369,6 +358,11 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         cached_pairs = read_image_folder_captions(class_folder, _format(db.class_prompt, db), "class")
     # prompts are needed only to generate the class images still missing
     prompts = class_prompts(db) if with_prior and len(cached_pairs) < int(db.num_class_images) else []
+    if prompts and class_pipeline is None:
+        raise DataError(f"{class_folder} holds {len(cached_pairs)} of dreambooth.num_class_images="
+                        f"{int(db.num_class_images)} class images and no class_pipeline was given to draw the "
+                        f"rest: pass class_pipeline=mind_diffusion.cli.dreambooth.class_image_pipeline, or fill "
+                        f"the folder")
     ids = check_identifier_token(tokenizer, db.token, base_training_captions(cfg) + prompts
                                  + [c for _, c in cached_pairs], float(db.max_token_rate))
     for p, caption in inst_pairs:
@@ -380,7 +374,7 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     klass = None
     if with_prior:
         if runtime.rank == 0:
-            made = ensure_class_images(lambda: _class_pipeline(cfg, ldm, tokenizer), class_folder, prompts,
+            made = ensure_class_images(lambda: class_pipeline(cfg, ldm, tokenizer), class_folder, prompts,
                                        int(db.num_class_images), int(db.generation_batch), int(t.seed), progress)
             if made:
                 print(f"[mind_diffusion] DreamBooth: generated {made} class images with the base model into "
