@@ -63,8 +63,7 @@ def main(argv=None):
     args = parse_args(argv)
 
     def job():
-        from mind_diffusion.cli.ldm import check_run, generate, start_run
-        from mind_diffusion.ldm.model import is_inpaint_unet
+        from mind_diffusion.cli.ldm import blend_note, check_run, generate, start_run
         from mind_diffusion.utils.edit_inputs import load_edit_inputs, strength_error
 
         run = check_run(args, "inpaint", INPAINT_CONFIG, INPAINT_CKPT, INPAINT_URL, inpaint_mode=args.inpaint_mode,
@@ -78,9 +77,9 @@ def main(argv=None):
                                   mask_ratio=args.mask_ratio, init_flag="--img")
         for note in inputs.notes:
             print(note)
-        if args.inpaint_mode == "auto" and not is_inpaint_unet(run.cfg.model):
-            print(f"note: the UNet of {run.ckpt.name} takes {run.cfg.model.unet.in_channels} input channels (a "
-                  f"text-to-image model), so this inpaints by blended latent diffusion")
+        note = blend_note(run.cfg, run.ckpt, args.inpaint_mode)
+        if note:
+            print(note)
         pipe = start_run(run, "inpaint")
         eta = {"eta": args.ddim_eta} if a["sampler"] == "ddim" else {}
         generate(run, pipe, lambda prompt, n, seed: pipe.inpaint(

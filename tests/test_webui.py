@@ -235,3 +235,193 @@ def test_lora_files_listed_checked_and_in_the_command(models_dir, tmp_path):
     entry, _cfg, a, n_iter, n_samples = eng.check_txt2img(*args)
     cmd = shlex.split(eng.txt2img_command(entry, a, n_iter, n_samples, [(lora / "style.ckpt", 0.8)]))
     assert cmd[cmd.index("--lora") + 1] == f"{lora / 'style.ckpt'}:0.8"
+
+
+# ---------------------------------------------------------------------------- image editing
+def scene(tmp_path, size=(48, 64)):
+    """A shapes-world scene (a red disc on the left, grey ground) and a mask of its right half."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), 235, np.uint8)
+    img[(yy - h // 2) ** 2 + (xx - w // 4) ** 2 < (h // 4) ** 2] = (220, 30, 30)
+    img[h - 6:] = 128
+    Image.fromarray(img).save(tmp_path / "scene.png")
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, w // 2:] = 255
+    return tmp_path / "scene.png", mask
+
+
+@pytest.mark.slow  # about 100 s on 2 busy cores (the built-in model, 4 runs)
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_edit_equals_the_script_of_its_command_line(models_dir, tmp_path, task):
+    """img2img and inpainting (drawn mask, blended: the note says so) through the engine, then the
+    command line it shows run by the script: the same pixels, the same metadata."""
+    from mind_diffusion.utils.images import read_png_parameters
+
+    init, mask = scene(tmp_path)
+    out = tmp_path / "out"
+    eng = Engine(ROOT, models_dir, out, device_target="CPU", mode="pynative")
+    ups = list(eng.edit("shapes_zh (shapes-zh)", task, str(init), None, mask if task == "inpaint" else None,
+                        "一个蓝色的正方形在右边", "", "ddim", 4, 3.0, 5, 64, 64, 1, 2,
+                        0.7 if task == "img2img" else 1.0, "auto", 2 if task == "inpaint" else 0, "resize"))
+    u = ups[-1]
+    assert u.done and [p.name for p in u.paths] == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in (out / "inputs").iterdir()) == \
+        (["00000-init.png"] if task == "img2img" else ["00000-init.png", "00000-mask.png"])
+    assert any("stretched to 64x64" in n for n in u.warnings)
+    assert any("blended latent diffusion" in n for n in u.warnings) == (task == "inpaint")
+    cmd = shlex.split(u.command)
+    assert cmd[:2] == ["python", f"scripts/{task}.py"]
+    flags = dict(zip(cmd[2::2], cmd[3::2]))
+    if task == "inpaint":
+        assert flags["--img"] == str(out / "inputs" / "00000-init.png")
+        assert flags["--mask"] == str(out / "inputs" / "00000-mask.png")
+        assert (flags["--inpaint_mode"], flags["--mask_blur"], flags["--strength"]) == ("auto", "2", "1")
+        assert np.array_equal(np.asarray(Image.open(out / "inputs" / "00000-mask.png")), mask)
+    else:
+        assert (flags["--init_img"], flags["--strength"]) == (str(out / "inputs" / "00000-init.png"), "0.7")
+    ref = tmp_path / "ref"
+    script = __import__(f"scripts.{task}", fromlist=["main"])
+    assert script.main(cmd[2:] + ["--output_path", str(ref)]) in (0, None)
+    for folder in ("samples", "grids"):
+        mine, theirs = sorted((out / folder).glob("*.png")), sorted((ref / folder).glob("*.png"))
+        assert [p.name for p in mine] == [p.name for p in theirs] and mine
+        for a, b in zip(mine, theirs):
+            assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a
+            assert read_png_parameters(a) == read_png_parameters(b)
+    meta = read_png_parameters(out / "samples" / "00001.png")
+    assert meta["seed"] == 6 and meta["strength"] == (0.7 if task == "img2img" else 1.0)
+    assert meta["init_image_file"] == "00000-init.png" and len(meta["init_image_sha256"]) == 64
+    if task == "inpaint":
+        assert meta["mode"] == "blend" and meta["mask_blur"] == 2 and len(meta["mask_file_sha256"]) == 64
+    grid = np.asarray(Image.open(out / "grids" / "00000.png"))
+    assert grid.shape[1] == (4 if task == "inpaint" else 3) * 66 + 2  # init | mask | 2 results
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"init": None}, ["no init image"]),
+    ({"drawn": np.zeros((48, 64), np.uint8)}, ["the mask is empty"]),
+    ({"drawn": None}, ["the mask is empty"]),
+    ({"drawn": np.full((48, 64), 255, np.uint8)}, ["white everywhere"]),
+    ({"strength": 0.0}, ["Strength must be in (0, 1]"]),
+    ({"strength": 1.5}, ["Strength must be in (0, 1]"]),
+    ({"w": 70}, ["Width (--W) must be a positive multiple of 16"]),
+    ({"mode": "model"}, ["--inpaint_mode model needs an inpainting model"]),
+    ({"blur": -1}, ["mask blur must be an integer >= 0"]),
+    ({"task": "img2img", "aug": "crop"}, ["--aug crop places its window around the mask"]),
+    ({"mask": "MASK64"}, ["is 64x64 but the init image", "same size"]),
+    ({"init": "TEXT"}, ["is not an image PIL can read", "the Init image field"]),
+])
+def test_edit_bad_input_is_one_readable_message_before_anything_is_written(models_dir, tmp_path, change, needles):
+    from mind_diffusion.cli import user_error_types
+    from mind_diffusion.webui.engine import page_message
+
+    init, _ = scene(tmp_path)
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(tmp_path / "m64.png")
+    (tmp_path / "t.png").write_text("hello")
+    drawn = np.zeros((48, 64), np.uint8)
+    drawn[10:20, 40:60] = 255
+    args = {"task": "inpaint", "init": str(init), "mask": None, "drawn": drawn, "strength": 1.0, "mode": "auto",
+            "blur": 0, "aug": "resize", "w": 64, **change}
+    args["mask"] = {"MASK64": str(tmp_path / "m64.png")}.get(args["mask"], args["mask"])
+    args["init"] = {"TEXT": str(tmp_path / "t.png")}.get(args["init"], args["init"])
+    eng = Engine(ROOT, models_dir, tmp_path / "out")
+    err = first_error(eng.edit("shapes_zh (shapes-zh)", args["task"], args["init"], args["mask"], args["drawn"],
+                               PROMPT, "", "ddim", 4, 3.0, 5, args["w"], 64, 1, 1, args["strength"], args["mode"],
+                               args["blur"], args["aug"]))
+    assert isinstance(err, user_error_types()), err
+    msg = page_message(err)
+    for n in needles:
+        assert n in msg, msg
+    assert eng.loaded is None and not (tmp_path / "out").exists()
+
+
+class FakeEditPipe(FakePipe):
+    """Stands in for the loaded LDMPipeline in editing: records each call's arguments, images
+    from them (seed, strength, the image's and mask's pixels), the editing settings."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.calls = []
+
+    def _edit(self, task, prompt, image, mask=None, **kw):
+        from types import SimpleNamespace
+
+        cb = kw.pop("callback", None)
+        kw.pop("progress", None)
+        self.calls.append((task, prompt, image.copy(), None if mask is None else mask.copy(), kw))
+        for i in range(kw["num_inference_steps"]):
+            if cb is not None:
+                cb(i, 999 - i, None, None)
+        level = (kw["seed"] * 7 + int(kw["strength"] * 100) + int(image.sum()) + int(0 if mask is None else mask.sum()))
+        imgs = np.stack([(image.astype(np.int64) + level + k) % 256 for k in range(kw["num_images_per_prompt"])])
+        settings = {"mode": kw.get("mode", "img2img"), "strength": kw["strength"], "start_step": 1,
+                    "init_image_sha256": str(int(image.sum()))}
+        if mask is not None:
+            settings.update(mask_blur=kw["mask_blur"], mask_sha256=str(int(mask.sum())))
+        return SimpleNamespace(images=imgs.astype(np.uint8), settings=settings)
+
+    def img2img(self, prompt, image, **kw):
+        return self._edit("img2img", prompt, image, **kw)
+
+    def inpaint(self, prompt, image, mask, **kw):
+        return self._edit("inpaint", prompt, image, mask, **kw)
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_edit_makes_the_scripts_pipeline_call_and_files(models_dir, tmp_path, monkeypatch, task):
+    """With a stand-in pipeline (fast): the engine's edit and the script run with the command line
+    it shows make the same pipeline call (image, mask, every setting) and write the same files
+    (pixels, metadata, grid with init | mask); progress per step; the drawn mask is kept as a file."""
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.pipeline import LDMPipeline
+    from mind_diffusion.utils.images import read_png_parameters
+
+    init, mask = scene(tmp_path)
+    out = tmp_path / "out"
+    eng = Engine(ROOT, models_dir, out, device_target="CPU")
+    entry = eng.entry("ldm", "shapes_zh (shapes-zh)")
+    fake = FakeEditPipe(load_config(entry.config, (), ldm_config_defaults()))
+    eng._pipe, eng._key = fake, entry.key
+    seen = []
+    ups = list(eng.edit(entry.label, task, str(init), None, mask if task == "inpaint" else None, PROMPT, "模糊",
+                        "plms", 3, 2.5, 11, 64, 32, 2, 2, 0.6, "blend", 3 if task == "inpaint" else 0, "cover",
+                        progress=lambda frac, text: seen.append(text)))
+    assert [u.done for u in ups] == [False, True] and len(ups[-1].paths) == 4
+    assert seen[-1] == "sampling: step 6/6"
+    cmd = shlex.split(ups[-1].command)
+    flags = dict(zip(cmd[4::2], cmd[5::2]))
+    assert cmd[:4] == ["python", f"scripts/{task}.py", "--prompt", PROMPT]
+    want = {"--config": "models/shapes_zh/config.yaml", "--ckpt_path": "models/shapes_zh", "--ckpt_name": "model.ckpt",
+            "--negative_prompt": "模糊", "--sampler": "plms", "--ddim_steps": "3", "--scale": "2.5", "--seed": "11",
+            "--H": "32", "--W": "64", "--n_samples": "2", "--n_iter": "2", "--strength": "0.6", "--aug": "cover",
+            "--output_path": str(out), "--device_target": "CPU"}
+    if task == "inpaint":
+        want.update({"--img": str(out / "inputs/00000-init.png"), "--mask": str(out / "inputs/00000-mask.png"),
+                     "--inpaint_mode": "blend", "--mask_blur": "3"})
+    else:
+        want["--init_img"] = str(out / "inputs/00000-init.png")
+    assert flags == want
+    ref = tmp_path / "ref"
+    script = __import__(f"scripts.{task}", fromlist=["main"])
+    monkeypatch.setattr(LDMPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: theirs))
+    theirs = FakeEditPipe(fake.cfg)
+    assert script.main(cmd[2:] + ["--output_path", str(ref)]) in (0, None)
+    assert len(fake.calls) == len(theirs.calls) == 2
+    for (t1, p1, i1, m1, k1), (t2, p2, i2, m2, k2) in zip(fake.calls, theirs.calls):
+        assert (t1, p1) == (t2, p2) == (task, PROMPT) and np.array_equal(i1, i2) and i1.shape == (32, 64, 3)
+        assert (m1 is None and m2 is None) or np.array_equal(m1, m2)
+        assert k1 == {k: v for k, v in k2.items() if k != "encode"} and k2.get("encode", "mean") == "mean", (k1, k2)
+    for folder in ("samples", "grids"):
+        mine, refs = sorted((out / folder).glob("*.png")), sorted((ref / folder).glob("*.png"))
+        assert [p.name for p in mine] == [p.name for p in refs] and mine
+        for a, b in zip(mine, refs):
+            assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a
+            assert read_png_parameters(a) == read_png_parameters(b)
+    meta = read_png_parameters(out / "samples" / "00003.png")
+    assert (meta["seed"], meta["strength"], meta["aug"], meta["init_image_file"]) == (14, 0.6, "cover", "00000-init.png")
+    assert meta["init_image_file_size"] == "64x48" and len(meta["init_image_file_sha256"]) == 64
+    if task == "inpaint":
+        assert (meta["mode"], meta["mask_blur"], meta["mask_file"]) == ("blend", 3, "00000-mask.png")
+    assert np.asarray(Image.open(out / "grids/00000.png")).shape[1] == (4 if task == "inpaint" else 3) * 66 + 2

@@ -265,6 +265,31 @@ def _explain_channel_mismatch(exc, ckpt, task: str):
                           f"(scripts/inpaint.py --inpaint_mode blend, img2img.py or txt2img.py)") from None
 
 
+def batch_settings(pipe, a: dict, prompt: str, seed: int, result=None, inputs=None) -> dict:
+    """What every PNG of a batch records (the scripts and the web page): the run's settings
+    (``a``: the pipeline's checked inputs), the editing settings of ``result`` and the input
+    files' (:class:`~mind_diffusion.utils.edit_inputs.EditInputs`)."""
+    settings = pipe.settings(prompt=prompt, negative_prompt=a["negative_prompt"], sampler=a["sampler"],
+                             steps=a["num_inference_steps"], scale=a["guidance_scale"], seed=seed,
+                             height=a["height"], width=a["width"])
+    extra = getattr(result, "settings", None) or {}
+    settings.update({k: extra[k] for k in EDIT_SETTINGS if k in extra})
+    if inputs is not None:
+        settings.update(inputs.settings())
+    return settings
+
+
+def blend_note(cfg, ckpt, inpaint_mode: str) -> str | None:
+    """The one line that says inpainting runs by blended latent diffusion (``auto`` with a
+    text-to-image model), else None."""
+    from ..ldm.model import is_inpaint_unet
+
+    if inpaint_mode != "auto" or is_inpaint_unet(cfg.model):
+        return None
+    return (f"note: the UNet of {Path(ckpt).name} takes {cfg.model.unet.in_channels} input channels (a "
+            f"text-to-image model), so this inpaints by blended latent diffusion")
+
+
 def generate(run: Run, pipe, call: Callable, inputs=None):
     """The output loop: for each prompt and iteration, ``call(prompt, n, seed)`` ->
     DiffusionOutput; every image to ``samples/NNNNN.png`` (its own seed, the run's settings, the
@@ -282,12 +307,7 @@ def generate(run: Run, pipe, call: Callable, inputs=None):
             result = call(prompt, run.n_samples, seed)
             images = result.images
             print(f"the infer time of a batch is {time.time() - t0:.2f} s")
-            settings = pipe.settings(prompt=prompt, negative_prompt=a["negative_prompt"], sampler=a["sampler"],
-                                     steps=a["num_inference_steps"], scale=a["guidance_scale"], seed=seed,
-                                     height=a["height"], width=a["width"])
-            settings.update({k: result.settings[k] for k in EDIT_SETTINGS if k in result.settings})
-            if inputs is not None:
-                settings.update(inputs.settings())
+            settings = batch_settings(pipe, a, prompt, seed, result, inputs)
             run.written += save_batch(out, images, settings, seed, min(run.n_samples, 4),
                                       samples=not args.skip_save, grid=not args.skip_grid, head=head)
     print(f"wrote {len(run.written)} images to {samples_dir}"

@@ -179,8 +179,9 @@ class Engine:
 
     # ------------------------------------------------------------------ txt2img
     def check_txt2img(self, label, prompt, negative_prompt, sampler, steps, scale, seed, width,
-                      height, batch_count, batch_size):
-        """The checks and resolved settings of a text-to-image request, before any model loads."""
+                      height, batch_count, batch_size, task: str = "txt2img"):
+        """The checks and resolved settings of a text-to-image (or ``task``: "img2img",
+        "inpaint") request, before any model loads."""
         from ..config import load_config
         from ..ldm.config import ldm_config_defaults
         from ..ldm.pipeline import LDMPipeline
@@ -204,7 +205,7 @@ class Engine:
             cfg, prompt, negative_prompt=negative_prompt, height=as_int(height, "height"),
             width=as_int(width, "width"), num_inference_steps=as_int(steps, "steps"),
             guidance_scale=scale, sampler=sampler, seed=seed,
-            flags={"num_inference_steps": "sampling steps", "guidance_scale": "CFG scale"})
+            flags={"num_inference_steps": "sampling steps", "guidance_scale": "CFG scale"}, task=task)
         return entry, cfg, a, int(as_int(batch_count, "")), int(as_int(batch_size, ""))
 
     def txt2img_command(self, entry: ModelEntry, a: dict, n_iter: int, n_samples: int, loras=()) -> str:
@@ -213,8 +214,14 @@ class Engine:
         prompt = a["prompts"][0]
         cmd = ["bash", "infer.sh"] + (["--prompt", prompt] if prompt.startswith("-") else [prompt])
         official = self.models_dir / "wukong-huahua-ms.ckpt"
-        if not (entry.config == self.root / WUKONG_CONFIG and entry.ckpt == official
-                and self.models_dir.resolve() == (self.root / "models").resolve()):
+        default = entry.config == self.root / WUKONG_CONFIG and entry.ckpt == official \
+            and self.models_dir.resolve() == (self.root / "models").resolve()
+        return self._command(cmd, entry, a, n_iter, n_samples, loras, name_model=not default)
+
+    def _command(self, cmd: list, entry: ModelEntry, a: dict, n_iter: int, n_samples: int, loras=(),
+                 name_model: bool = True, extra=()) -> str:
+        """``cmd`` with the flags every latent-diffusion script shares, quoted for a shell."""
+        if name_model:
             cmd += ["--config", _rel(entry.config, self.root), "--ckpt_path", _rel(entry.ckpt.parent, self.root),
                     "--ckpt_name", entry.ckpt.name]
         if a["negative_prompt"]:
@@ -224,7 +231,7 @@ class Engine:
         cmd += ["--sampler", a["sampler"], "--ddim_steps", str(a["num_inference_steps"]),
                 "--scale", f"{a['guidance_scale']:g}", "--seed", str(a["seed"]),
                 "--H", str(a["height"]), "--W", str(a["width"]),
-                "--n_samples", str(n_samples), "--n_iter", str(n_iter)]
+                "--n_samples", str(n_samples), "--n_iter", str(n_iter)] + list(extra)
         if self.output_dir.resolve() != (self.root / "output").resolve():
             cmd += ["--output_path", _rel(self.output_dir, self.root)]
         for flag, value, default in (("--device_target", self.device_target, "auto"),
@@ -239,64 +246,191 @@ class Engine:
         """Yields an :class:`Update` after each batch is written (``output/samples`` and
         ``output/grids``, as ``infer.sh``), the last one with ``done``. Errors in the inputs
         raise before anything loads."""
-        from ..ldm.model import size_multiple
-        from ..ldm.pipeline import PromptWarning
-        from ..utils.images import check_output_dir, save_batch
-        from ..utils.resources import ldm_memory_check
-
         self._cancel.clear()
         entry, cfg, a, n_iter, n_samples = self.check_txt2img(
             label, prompt, negative_prompt, sampler, steps, scale, seed, width, height,
             batch_count, batch_size)
         specs = self.lora_specs(loras, lora_weight)
         command = self.txt2img_command(entry, a, n_iter, n_samples, specs)
-        notes = []
+        out = self._start_output(entry, cfg, a, n_samples, progress, "infer.sh")
+
+        def call(pipe, seed, cb):
+            return pipe(a["prompts"][0], negative_prompt=a["negative_prompt"], num_images=n_samples,
+                        height=a["height"], width=a["width"], num_inference_steps=a["num_inference_steps"],
+                        guidance_scale=a["guidance_scale"], sampler=a["sampler"], seed=seed, callback=cb,
+                        progress=False)
+        yield from self._batches(entry, a, n_iter, n_samples, out, call, progress, command,
+                                 self._world_notes(cfg, a), loras=specs)
+
+    def _world_notes(self, cfg, a: dict) -> List[str]:
         if str(cfg.model.get("family", "")) == "shapes-zh":
             from ..shapes.world import is_world_prompt
 
             if not is_world_prompt(a["prompts"][0]):
-                notes.append("the built-in model only knows the shapes world (shapes, colours, places, "
-                             "e.g. 一个红色的圆形在左边); expect shapes")
-        out = check_output_dir(self.output_dir, subfolders=("samples", "grids"))
+                return ["the built-in model only knows the shapes world (shapes, colours, places, "
+                        "e.g. 一个红色的圆形在左边); expect shapes"]
+        return []
+
+    def _start_output(self, entry: ModelEntry, cfg, a: dict, n_samples: int, progress, script: str,
+                      subfolders=("samples", "grids")) -> Path:
+        """The output folder (created) after the memory check of one batch."""
+        from ..ldm.model import size_multiple
+        from ..utils.images import check_output_dir
+        from ..utils.resources import ldm_memory_check
+
+        out = check_output_dir(self.output_dir, subfolders=subfolders)
         rt = self.runtime()
         ldm_memory_check(cfg.model, n_samples, a["height"], a["width"], rt.device_target,
                          size_multiple(cfg.model), Path(entry.ckpt).stat().st_size,
-                         force_flag="--force_memory to infer.sh (the page always checks)")
+                         force_flag=f"--force_memory to {script} (the page always checks)")
+        return out
+
+    def _batches(self, entry: ModelEntry, a: dict, n_iter: int, n_samples: int, out: Path, call,
+                 progress, command: str, notes: List[str], loras=(), inputs=None) -> Iterator[Update]:
+        """Loads the model (kept for the next request), then runs ``call(pipe, seed, callback)``
+        per batch and writes each batch as the scripts do (``inputs``: an edit's files, whose
+        settings every PNG records and whose init | mask start each grid)."""
+        from ..cli.ldm import batch_settings
+        from ..ldm.pipeline import PromptWarning
+        from ..utils.images import save_batch
+
         if progress is not None:
             same = self._key is not None and self._key[:3] == entry.key
             progress(0.0, "starting" if same else f"loading {entry.label}")
         with self.lock:
-            pipe = self.pipeline(entry, loras=specs)
+            pipe = self.pipeline(entry, loras=loras)
         steps_total = n_iter * a["num_inference_steps"]
         done = [0]
         cb = self._callback(progress, steps_total, lambda: done[0], "sampling")
+        head = inputs.grid_head() if inputs is not None else []
         paths: List[Path] = []
         for it in range(n_iter):
             s = a["seed"] + it * n_samples
             try:
                 with self.lock, warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", PromptWarning)
-                    images = pipe(a["prompts"][0], negative_prompt=a["negative_prompt"],
-                                  num_images=n_samples, height=a["height"], width=a["width"],
-                                  num_inference_steps=a["num_inference_steps"],
-                                  guidance_scale=a["guidance_scale"], sampler=a["sampler"],
-                                  seed=s, callback=cb, progress=False).images
+                    result = call(pipe, s, cb)
             except Cancelled:
                 yield Update(paths, f"cancelled: {len(paths)} image(s) written before Cancel", command,
                              notes, done=True)
                 return
             notes += [str(w.message) for w in caught if str(w.message) not in notes]
-            settings = pipe.settings(prompt=a["prompts"][0], negative_prompt=a["negative_prompt"],
-                                     sampler=a["sampler"], steps=a["num_inference_steps"],
-                                     scale=a["guidance_scale"], seed=s, height=a["height"],
-                                     width=a["width"])
+            settings = batch_settings(pipe, a, a["prompts"][0], s, result, inputs)
             with self.lock:
-                paths += save_batch(out, images, settings, s, min(n_samples, 4))
+                paths += save_batch(out, result.images, settings, s, min(n_samples, 4), head=head)
             done[0] += a["num_inference_steps"]
             last = it == n_iter - 1
             yield Update(list(paths), f"{'done' if last else 'batch'} {it + 1}/{n_iter}: "
                          f"{len(paths)} image(s) in {_rel(out / 'samples', self.root)}/ (seed "
                          f"{a['seed']}..{a['seed'] + n_iter * n_samples - 1})", command, notes, done=last)
+
+    # ------------------------------------------------------------------ image editing
+    def edit(self, label, task, init_image, mask_file, drawn_mask, prompt, negative_prompt, sampler, steps,
+             scale, seed, width, height, batch_count, batch_size, strength, inpaint_mode="auto",
+             mask_blur=0, aug="resize", progress: Optional[Callable] = None) -> Iterator[Update]:
+        """img2img (``task`` "img2img") or inpainting ("inpaint") of the file ``init_image``, as
+        ``scripts/img2img.py`` / ``scripts/inpaint.py`` do with the same settings: the mask is
+        ``mask_file`` or, without one, ``drawn_mask`` (an (H, W) array of the init image's size,
+        > 0 = repaint). Init image and mask are copied to ``<output>/inputs/NNNNN-init.*`` and
+        ``NNNNN-mask.png`` (the command line names them); images and grids as the scripts write
+        them. Errors in the inputs raise before anything is written or loaded."""
+        self._cancel.clear()
+        entry, cfg, a, inputs, n_iter, n_samples, strength, mask_blur = self.check_edit(
+            label, task, init_image, mask_file, drawn_mask, prompt, negative_prompt, sampler, steps, scale,
+            seed, width, height, batch_count, batch_size, strength, inpaint_mode, mask_blur, aug)
+        script = f"scripts/{task}.py"
+        out = self._start_output(entry, cfg, a, n_samples, progress, script, ("samples", "grids", "inputs"))
+        inputs = self._keep_inputs(out, inputs, a, task, aug)
+        if task == "img2img":
+            files = ["--init_img", _rel(inputs.init.path, self.root)]
+            extra = ["--strength", f"{strength:g}", "--aug", aug]
+        else:
+            files = ["--img", _rel(inputs.init.path, self.root), "--mask", _rel(inputs.mask_file.path, self.root)]
+            extra = ["--strength", f"{strength:g}", "--inpaint_mode", inpaint_mode, "--mask_blur", str(mask_blur),
+                     "--aug", aug]
+        command = self._command(["python", script, "--prompt", a["prompts"][0]] + files, entry, a, n_iter,
+                                n_samples, extra=extra)
+        from ..cli.ldm import blend_note
+
+        notes = self._world_notes(cfg, a) + list(inputs.notes)
+        if task == "inpaint" and blend_note(cfg, entry.ckpt, inpaint_mode):
+            notes.append(blend_note(cfg, entry.ckpt, inpaint_mode))
+
+        def call(pipe, seed, cb):
+            common = dict(strength=strength, negative_prompt=a["negative_prompt"],
+                          num_inference_steps=a["num_inference_steps"], guidance_scale=a["guidance_scale"],
+                          sampler=a["sampler"], seed=seed, num_images_per_prompt=n_samples, callback=cb,
+                          progress=False)
+            if task == "img2img":
+                return pipe.img2img(a["prompts"][0], inputs.image, **common)
+            return pipe.inpaint(a["prompts"][0], inputs.image, inputs.mask, mode=inpaint_mode,
+                                mask_blur=mask_blur, **common)
+        yield from self._batches(entry, a, n_iter, n_samples, out, call, progress, command, notes, inputs=inputs)
+
+    def check_edit(self, label, task, init_image, mask_file, drawn_mask, prompt, negative_prompt, sampler,
+                   steps, scale, seed, width, height, batch_count, batch_size, strength, inpaint_mode, mask_blur,
+                   aug):
+        """Every check of an editing request (the scripts' checks and messages, with the page's
+        field names); nothing loaded, nothing written. Returns (entry, cfg, a, EditInputs,
+        batch count, batch size, strength, mask blur)."""
+        import tempfile
+
+        import numpy as np
+
+        from ..cli.ldm import check_inpaint_mode
+        from ..ldm.model import is_inpaint_unet
+        from ..utils.edit_inputs import EditInputError, load_edit_inputs, strength_error
+
+        if task not in ("img2img", "inpaint"):
+            raise ValueError(f"choose img2img or inpaint, got {task!r}")
+        if not init_image:
+            raise EditInputError("no init image: upload a PNG or JPG in the Init image field")
+        entry, cfg, a, n_iter, n_samples = self.check_txt2img(
+            label, prompt, negative_prompt, sampler, steps, scale, seed, width, height, batch_count,
+            batch_size, task=task)
+        strength = float(strength) if isinstance(strength, int) and not isinstance(strength, bool) else strength
+        if strength_error(strength):
+            raise ValueError(strength_error(strength, "Strength"))
+        mask_blur = as_int(mask_blur, "mask blur")
+        if task == "inpaint":
+            check_inpaint_mode(cfg, entry.config, inpaint_mode)
+            if inpaint_mode not in ("auto", "model", "blend"):
+                raise ValueError(f"inpaint mode must be auto, model or blend, got {inpaint_mode!r}")
+            if isinstance(mask_blur, bool) or not isinstance(mask_blur, int) or mask_blur < 0:
+                raise ValueError(f"mask blur must be an integer >= 0 pixels, got {mask_blur!r}")
+            if mask_blur and (inpaint_mode == "model" or inpaint_mode == "auto" and is_inpaint_unet(cfg.model)):
+                raise ValueError("mask blur applies to blended inpainting; the inpainting model takes the "
+                                 "binary mask: set mask blur to 0")
+        else:
+            mask_file, drawn_mask, mask_blur = None, None, 0
+        with tempfile.TemporaryDirectory() as tmp:
+            if task == "inpaint" and not mask_file:
+                drawn = None if drawn_mask is None else np.asarray(drawn_mask)
+                if drawn is None or drawn.ndim != 2 or not (drawn > 0).any():
+                    raise EditInputError("the mask is empty: paint the part to repaint with the white brush "
+                                         "on the init image, or upload a mask file (white = repaint)")
+                mask_file = Path(tmp) / "mask.png"
+                from PIL import Image
+
+                Image.fromarray(np.where(drawn > 0, 255, 0).astype(np.uint8)).save(mask_file)
+            inputs = load_edit_inputs(init_image, a["height"], a["width"], mask_file if task == "inpaint" else None,
+                                      aug=aug, init_flag="the Init image field",
+                                      mask_flag="the Mask file field (or draw the mask)")
+        return entry, cfg, a, inputs, n_iter, n_samples, strength, mask_blur
+
+    def _keep_inputs(self, out: Path, inputs, a: dict, task: str, aug: str):
+        """The init image and the mask, as read (RGB; grey 0..255), written as PNGs to
+        ``<out>/inputs/NNNNN-init.png`` and ``NNNNN-mask.png`` (never overwriting) and read back as
+        the script reads them, so the PNGs record the files the command line names."""
+        from ..utils.edit_inputs import load_edit_inputs
+        from ..utils.images import free_path, next_index, save_png
+
+        with self.lock:
+            idx = next_index(out / "inputs")
+            init = save_png(free_path(out / "inputs", idx, "-init"), inputs.init.array)
+            mask = save_png(free_path(out / "inputs", idx, "-mask"), inputs.mask_file.array) \
+                if task == "inpaint" else None
+        return load_edit_inputs(init, a["height"], a["width"], mask, aug=aug)
 
     # ------------------------------------------------------------------ DDPM
     def ddpm(self, label, classes: List[str], num_per_class, sampler, steps, seed,
