@@ -1,4 +1,4 @@
-"""The page (gradio Blocks): Text to image, GLIDE, DDPM and PNG info tabs over an
+"""The page (gradio Blocks): Text to image, Image editing, GLIDE, DDPM and PNG info tabs over an
 :class:`~mind_diffusion.webui.engine.Engine`. Every generation runs through one queue slot
 (``concurrency_id="generate"``, limit 1), so a second tab waits and sees its place; Cancel and
 Refresh bypass the queue."""
@@ -14,11 +14,13 @@ from ..cli import user_error_types  # noqa: E402
 from .engine import Engine, page_message  # noqa: E402
 from .models import GLIDE_FILES, GLIDE_TOKENIZER  # noqa: E402
 from .pnginfo import form_values  # noqa: E402
+from ..utils.edit_inputs import AUGS  # noqa: E402
 
 SAMPLERS = ["dpm_solver", "plms", "ddim", "ddpm"]
 GLIDE_URL = "https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/"
 CSS = """
-#t2i_command textarea, #ddpm_command textarea, #glide_command textarea { font-family: monospace; }
+#t2i_command textarea, #edit_command textarea, #ddpm_command textarea, #glide_command textarea {
+  font-family: monospace; }
 """
 
 
@@ -39,6 +41,70 @@ def _defaults(engine: Engine, label):
             int(s.height), int(s.seed))
 
 
+def blend_line(engine: Engine, label, mode: str) -> str:
+    """The one-line note that inpainting with this model runs by blended latent diffusion."""
+    from ..cli.ldm import blend_note
+    from ..config import load_config
+    from ..ldm.config import ldm_config_defaults
+
+    try:
+        entry = engine.entry("ldm", label)
+        note = blend_note(load_config(entry.config, (), ldm_config_defaults()), entry.ckpt, mode)
+    except user_error_types():
+        return ""
+    return (note or "").replace("note: ", "*Note:* ", 1)
+
+
+def sampling_fields(prefix: str, d) -> tuple:
+    """The sampling settings of the latent-diffusion tabs (elem ids ``<prefix>_steps`` ...):
+    sampler, steps, scale, width, height, seed, batch count, batch size, and the Random seed,
+    Generate and Cancel buttons."""
+    with gr.Row():
+        sampler = gr.Dropdown(SAMPLERS, value=d[0], label="Sampler", elem_id=f"{prefix}_sampler")
+        steps = gr.Number(d[1], precision=0, label="Sampling steps", elem_id=f"{prefix}_steps")
+        scale = gr.Number(d[2], label="CFG scale", step=0.5, elem_id=f"{prefix}_scale")
+    with gr.Row():
+        width = gr.Number(d[3], precision=0, label="Width", elem_id=f"{prefix}_width")
+        height = gr.Number(d[4], precision=0, label="Height", elem_id=f"{prefix}_height")
+        seed = gr.Number(d[5], precision=0, label="Seed (-1: random)", elem_id=f"{prefix}_seed")
+    with gr.Row():
+        count = gr.Number(1, precision=0, label="Batch count", elem_id=f"{prefix}_count")
+        size = gr.Number(1, precision=0, label="Batch size", elem_id=f"{prefix}_size")
+        dice = gr.Button("Random seed", elem_id=f"{prefix}_random")
+    with gr.Row():
+        go = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+        stop = gr.Button("Cancel", variant="stop", elem_id=f"{prefix}_cancel")
+    return sampler, steps, scale, width, height, seed, count, size, dice, go, stop
+
+
+def result_fields(prefix: str) -> tuple:
+    """Gallery, status line and the reproducing command line of a latent-diffusion tab."""
+    gallery = gr.Gallery(label="Images", elem_id=f"{prefix}_gallery", columns=4, height=360,
+                         object_fit="contain", format="png", buttons=["download", "fullscreen"])
+    status = gr.Markdown(elem_id=f"{prefix}_status")
+    command = gr.Textbox(label="Command line that reproduces these images", elem_id=f"{prefix}_command",
+                         interactive=False, lines=2, buttons=["copy"])
+    return gallery, status, command
+
+
+def drawn_mask(editor):
+    """The mask painted on the init image in the ImageEditor (its layers): 255 where a layer
+    has an opaque light (white brush) pixel, else 0; None when nothing is painted."""
+    import numpy as np
+
+    layers = [np.asarray(x) for x in ((editor or {}).get("layers") or []) if x is not None]
+    if not layers:
+        return None
+    painted = np.zeros(layers[0].shape[:2], bool)
+    for x in layers:
+        if x.shape[:2] != painted.shape:
+            continue
+        rgb = x[..., :3].astype(np.float32).mean(-1) if x.ndim == 3 else x.astype(np.float32)
+        opaque = x[..., 3] > 127 if x.ndim == 3 and x.shape[-1] == 4 else True
+        painted |= opaque & (rgb > 127.5)
+    return np.where(painted, 255, 0).astype(np.uint8)
+
+
 def build_app(engine: Engine) -> gr.Blocks:
     ldm = engine.labels("ldm")
     # the official model first, else the built-in one (what infer.sh runs), else the first found
@@ -49,7 +115,7 @@ def build_app(engine: Engine) -> gr.Blocks:
     d = d or ("dpm_solver", 15, 7.5, 512, 512, 42)
 
     with gr.Blocks(title="Mind-Diffusion", analytics_enabled=False) as demo:
-        gr.Markdown("## Mind-Diffusion\nText to image with the models under `models/`; images and "
+        gr.Markdown("## Mind-Diffusion\nText to image and image editing with the models under `models/`; images and "
                     "their settings go to `output/` as with `infer.sh` and the scripts.")
         with gr.Tabs(selected="txt2img") as tabs:
             # ------------------------------------------------------------ txt2img
@@ -71,29 +137,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                                                label=f"LoRA ({engine.models_dir / 'lora'}/)", elem_id="t2i_lora",
                                                scale=3)
                             lora_w = gr.Number(1.0, label="LoRA weight", elem_id="t2i_lora_weight", scale=1)
-                        with gr.Row():
-                            sampler = gr.Dropdown(SAMPLERS, value=d[0], label="Sampler", elem_id="t2i_sampler")
-                            steps = gr.Number(d[1], precision=0, label="Sampling steps", elem_id="t2i_steps")
-                            scale = gr.Number(d[2], label="CFG scale", step=0.5, elem_id="t2i_scale")
-                        with gr.Row():
-                            width = gr.Number(d[3], precision=0, label="Width", elem_id="t2i_width")
-                            height = gr.Number(d[4], precision=0, label="Height", elem_id="t2i_height")
-                            seed = gr.Number(d[5], precision=0, label="Seed (-1: random)", elem_id="t2i_seed")
-                        with gr.Row():
-                            count = gr.Number(1, precision=0, label="Batch count", elem_id="t2i_count")
-                            size = gr.Number(1, precision=0, label="Batch size", elem_id="t2i_size")
-                            dice = gr.Button("Random seed", elem_id="t2i_random")
-                        with gr.Row():
-                            go = gr.Button("Generate", variant="primary", elem_id="t2i_generate")
-                            stop = gr.Button("Cancel", variant="stop", elem_id="t2i_cancel")
+                        sampler, steps, scale, width, height, seed, count, size, dice, go, stop = \
+                            sampling_fields("t2i", d)
                     with gr.Column(scale=3):
-                        gallery = gr.Gallery(label="Images", elem_id="t2i_gallery", columns=4, height=360,
-                                             object_fit="contain", format="png",
-                                             buttons=["download", "fullscreen"])
-                        status = gr.Markdown(elem_id="t2i_status")
-                        command = gr.Textbox(label="Command line that reproduces these images",
-                                             elem_id="t2i_command", interactive=False, lines=2,
-                                             buttons=["copy"])
+                        gallery, status, command = result_fields("t2i")
 
                 def run_txt2img(label, p, n, smp, st, sc, sd, w, h, bc, bs, lo, lw, progress=gr.Progress()):
                     try:
@@ -122,6 +169,71 @@ def build_app(engine: Engine) -> gr.Blocks:
 
                 model.input(pick_model, model, [sampler, steps, scale, width, height, seed],
                              queue=False, api_visibility="private")
+
+            # ------------------------------------------------------------ image editing
+            with gr.Tab("Image editing", id="edit"):
+                gr.Markdown("**img2img** redoes the last *strength* of the schedule from the init image under "
+                            "the prompt; **inpaint** repaints the white part of the mask: paint it with the "
+                            "white brush on the init image, or upload a mask file (white = repaint, the init "
+                            "image's size). Both are fitted to Width x Height by *Fit* (as `--aug`).")
+                with gr.Row():
+                    e_model = gr.Dropdown(ldm, value=first, label="Model", elem_id="edit_model", scale=4)
+                    e_task = gr.Radio(["inpaint", "img2img"], value="inpaint", label="Task", elem_id="edit_task",
+                                      scale=2)
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            e_init = gr.File(label="Init image (PNG or JPG)", file_types=["image"],
+                                             type="filepath", elem_id="edit_init")
+                            e_mask = gr.File(label="Mask file (instead of drawing; white = repaint)",
+                                             file_types=["image"], type="filepath", elem_id="edit_mask")
+                        e_draw = gr.ImageEditor(
+                            label="Mask: paint the part to repaint (white brush)", type="numpy", format="png",
+                            image_mode="RGBA", sources=(), transforms=(), layers=False, elem_id="edit_draw",
+                            brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                            height=360)
+                        e_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="edit_prompt",
+                                              placeholder="一个蓝色的正方形在右边")
+                        e_negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="edit_negative")
+                        with gr.Row():
+                            e_strength = gr.Number(1.0, label="Strength (0, 1]", step=0.05, elem_id="edit_strength")
+                            e_mode = gr.Radio(["auto", "model", "blend"], value="auto", label="Inpaint mode",
+                                              elem_id="edit_mode")
+                            e_blur = gr.Number(0, precision=0, label="Mask blur (px, blend)", elem_id="edit_blur")
+                            e_aug = gr.Dropdown(list(AUGS), value="resize", label="Fit (--aug)", elem_id="edit_aug")
+                        e_note = gr.Markdown(blend_line(engine, first, "auto"), elem_id="edit_note")
+                        (e_sampler, e_steps, e_scale, e_width, e_height, e_seed, e_count, e_size, e_dice, e_go,
+                         e_stop) = sampling_fields("edit", d)
+                    with gr.Column(scale=3):
+                        e_gallery, e_status, e_command = result_fields("edit")
+
+                def run_edit(label, task, init, mask_file, editor, p, n, smp, st, sc, sd, w, h, bc, bs, strength,
+                             mode, blur, aug, progress=gr.Progress()):
+                    try:
+                        for u in engine.edit(label, task, init, mask_file, drawn_mask(editor), p, n, smp, st, sc, sd,
+                                             w, h, bc, bs, strength, mode, blur, aug, progress=progress):
+                            for note in u.warnings:
+                                gr.Warning(note)
+                            yield [str(x) for x in u.paths], u.status, u.command
+                    except user_error_types() as exc:
+                        raise page_error(exc) from None
+
+                e_inputs = [e_model, e_task, e_init, e_mask, e_draw, e_prompt, e_negative, e_sampler, e_steps,
+                            e_scale, e_seed, e_width, e_height, e_count, e_size, e_strength, e_mode, e_blur, e_aug]
+                e_go.click(run_edit, e_inputs, [e_gallery, e_status, e_command], concurrency_id="generate",
+                           concurrency_limit=1, api_name="edit")
+                e_stop.click(engine.cancel, None, None, queue=False, api_visibility="private")
+                e_dice.click(lambda: -1, None, e_seed, queue=False, api_visibility="private")
+                e_init.change(lambda path: {"background": path, "layers": [], "composite": path} if path else None,
+                              e_init, e_draw, queue=False, api_visibility="private")
+                # the scripts' defaults: img2img 0.8 (diffusers'), inpaint 1 (from noise)
+                e_task.input(lambda t: 0.8 if t == "img2img" else 1.0, e_task, e_strength, queue=False,
+                             api_visibility="private")
+                for trigger in (e_model.input, e_mode.input, e_task.input):
+                    trigger(lambda label, mode, task: blend_line(engine, label, mode) if task == "inpaint" else "",
+                            [e_model, e_mode, e_task], e_note, queue=False, api_visibility="private")
+                e_model.input(pick_model, e_model, [e_sampler, e_steps, e_scale, e_width, e_height, e_seed],
+                              queue=False, api_visibility="private")
 
             # ------------------------------------------------------------ GLIDE
             with gr.Tab("GLIDE", id="glide"):
@@ -268,9 +380,10 @@ def build_app(engine: Engine) -> gr.Blocks:
         def refresh_models():
             engine.refresh()
             labels = engine.labels("ldm")
-            return gr.update(choices=labels, value=labels[0] if labels else None)
+            up = gr.update(choices=labels, value=labels[0] if labels else None)
+            return up, up
 
-        refresh.click(refresh_models, None, model, queue=False, api_visibility="private").then(
+        refresh.click(refresh_models, None, [model, e_model], queue=False, api_visibility="private").then(
             lambda: gr.update(choices=[p.name for p in engine.loras]), None, lora, queue=False,
             api_visibility="private")
     demo.queue(default_concurrency_limit=1)
