@@ -308,3 +308,85 @@ def test_page_image_equals_infer_sh_pixel_for_pixel(server, browser, tmp_path):
     assert sorted(read_png_parameters(server["out"] / "samples" / n)["seed"] for n in samples) == [7, 8]
     assert len(list((server["out"] / "grids").glob("*.png"))) == 2
     assert Image.open(got).tobytes() == Image.open(server["out"] / "samples" / "00000.png").tobytes()
+
+
+# ---------------------------------------------------------------------------- image editing
+def edit_files(tmp_path):
+    """A 64x64 shapes-world scene (red disc on the left) and a mask of its right half."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    img = np.full((64, 64, 3), 235, np.uint8)
+    img[(yy - 32) ** 2 + (xx - 16) ** 2 < 144] = (220, 30, 30)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(img).save(tmp_path / "scene.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "black.png")
+    return tmp_path / "scene.png", tmp_path / "mask.png", tmp_path / "black.png"
+
+
+def test_edit_tab_bad_input_is_a_message_on_the_page(server, browser, tmp_path):
+    init, _mask, black = edit_files(tmp_path)
+    before = sorted(server["out"].glob("**/*.png"))
+    open_page(browser, server, tab="Image editing")
+    wait_for_text(browser, "blended latent diffusion")  # the built-in model inpaints by blending
+    type_into(browser, "#edit_prompt textarea", "一个蓝色的正方形在右边")
+    css(browser, "#edit_generate").click()
+    wait_for_text(browser, "no init image")
+    close_toasts(browser)
+    css(browser, "#edit_init input[type=file]").send_keys(str(init))
+    time.sleep(1)
+    css(browser, "#edit_generate").click()
+    wait_for_text(browser, "the mask is empty")  # nothing drawn, no mask file
+    close_toasts(browser)
+    css(browser, "#edit_mask input[type=file]").send_keys(str(black))
+    time.sleep(1)
+    css(browser, "#edit_generate").click()
+    wait_for_text(browser, "has no white pixel")
+    close_toasts(browser)
+    assert server["proc"].poll() is None, server["log"].read_text()[-3000:]
+    assert sorted(server["out"].glob("**/*.png")) == before, "nothing is written for a refused request"
+
+
+@pytest.mark.slow  # compiles the model's graphs on the page, then the script does again (minutes)
+def test_edit_tab_inpaints_as_its_command_line(server, browser, tmp_path):
+    from PIL import Image
+
+    from mind_diffusion.utils.images import read_png_parameters
+
+    init, mask, _black = edit_files(tmp_path)
+    open_page(browser, server, tab="Image editing")
+    css(browser, "#edit_init input[type=file]").send_keys(str(init))
+    css(browser, "#edit_mask input[type=file]").send_keys(str(mask))
+    time.sleep(1)
+    type_into(browser, "#edit_prompt textarea", "一个蓝色的正方形在右边")
+    type_into(browser, "#edit_steps input", 6)
+    type_into(browser, "#edit_seed input", 3)
+    css(browser, "#edit_generate").click()
+    t0 = time.time()
+    srcs = []
+    while not srcs:
+        assert time.time() - t0 < WAIT, browser.find_element("tag name", "body").text[-2000:]
+        time.sleep(1)
+        srcs = [e.get_attribute("src") for e in browser.find_elements("css selector", "#edit_gallery img")
+                if (e.get_attribute("src") or "").startswith("http")]
+    got = tmp_path / "downloaded.png"
+    got.write_bytes(urllib.request.urlopen(srcs[0], timeout=30).read())
+    command = value(browser, "#edit_command textarea")
+    cmd = shlex.split(command)
+    assert cmd[:2] == ["python", "scripts/inpaint.py"] and "--mask" in cmd, command
+    kept = Path(cmd[cmd.index("--mask") + 1])
+    assert kept.parent == server["out"] / "inputs"
+    assert np.array_equal(np.asarray(Image.open(kept)), np.asarray(Image.open(mask)))
+    ref = tmp_path / "ref"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable] + cmd[1:] + ["--output_path", str(ref)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=WAIT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    want = ref / "samples" / "00000.png"
+    assert np.array_equal(np.asarray(Image.open(got)), np.asarray(Image.open(want)))
+    meta = read_png_parameters(got)
+    assert meta == read_png_parameters(want)
+    assert (meta["mode"], meta["strength"], meta["seed"], meta["steps"]) == ("blend", 1.0, 3, 6)
+    assert meta["mask_file"] == kept.name and len(meta["mask_file_sha256"]) == 64
