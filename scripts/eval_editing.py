@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--inpaint_mode", default="blend", choices=["auto", "model", "blend"])
     p.add_argument("--mask_blur", type=int, default=0)
+    p.add_argument("--resample_steps", type=int, default=0, help="blend mode: RePaint resampling rounds per step")
+    p.add_argument("--jump", type=int, default=1, help="blend mode: levels each resampling round goes back")
     p.add_argument("--inpaint_prompt", default="pair", choices=["pair", "single"],
                    help="inpainting prompt: the caption of the two-shape scene, or one naming only the new shape")
     p.add_argument("--n_picture", type=int, default=6, help="cases shown in each picture")
@@ -80,18 +82,19 @@ def main(argv=None):
         pipe = LDMPipeline.from_pretrained(model / "config.yaml", ckpt, compute_dtype=rt.precision.ms_dtype())
         kw = {k: v for k, v in (("sampler", args.sampler), ("num_inference_steps", args.steps),
                                 ("guidance_scale", args.scale)) if v is not None}
+        rs = {"resample_steps": args.resample_steps, "jump": args.jump} if args.resample_steps else {}
         size = int(pipe.cfg.sampling.height)
         i2i = img2img_cases(args.n_img2img, image_size=size)
         inp = inpaint_cases(args.n_inpaint, image_size=size, prompt=args.inpaint_prompt)
         i2i_rows, i2i_imgs = ev.run_img2img(pipe, i2i, args.strengths, args.per_case, args.seed, args.batch, **kw)
         inp_rows, inp_imgs = ev.run_inpaint(pipe, inp, args.per_case, args.seed, args.inpaint_mode,
-                                            args.mask_blur, args.batch, **kw)
+                                            args.mask_blur, args.batch, **kw, **rs)
         s = pipe.cfg.sampling
         shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
         settings = {"model": str(shown), "checkpoint_sha256": pipe.ckpt_hash, "sampler": args.sampler or str(s.sampler),
                     "steps": args.steps or int(s.num_inference_steps), "scale": args.scale or float(s.guidance_scale),
                     "seed": args.seed, "per_case": args.per_case, "inpaint_mode": args.inpaint_mode,
-                    "mask_blur": args.mask_blur, "inpaint_prompt": args.inpaint_prompt, "size": f"{size}x{size}"}
+                    "mask_blur": args.mask_blur, "inpaint_prompt": args.inpaint_prompt, **rs, "size": f"{size}x{size}"}
         check_output_dir(out)
         (out / "editing.md").write_text(ev.tables(i2i_rows, inp_rows, settings), encoding="utf-8")
         k = args.n_picture

@@ -517,3 +517,69 @@ def test_wukong_inpaint_layout_loads_strictly(shared_dir):
     state[first] = np.broadcast_to(np.float32(0), (320, 9, 3, 3))
     report = load_ldm_checkpoint(net, "wukong-huahua-inpaint-ms.ckpt", state=state, dry_run=True)
     assert report.loaded == 1086
+
+
+def test_resample_hook_closed_form():
+    """RePaint resampling in the step hook, against a closed form: with the exact denoiser of a
+    single latent ``z`` (``eps(x, t) = (x - a z) / s``) every DDIM re-denoising lands on the
+    level's ``a' z + s' eps``, so a fully masked run ends at ``z`` itself; the known region is
+    the noised init latents; ``jump`` / ``resample_steps`` set how often and how many times the
+    model is called again."""
+    from mind_diffusion.ldm.editing import ResampleHook
+
+    rng = np.random.default_rng(0)
+    z, z0, noise = (rng.standard_normal((1, 4, 2, 2)) for _ in range(3))
+    a = np.array([0.2, 0.5, 0.8, 0.95])
+    s = np.sqrt(1 - a ** 2)
+    t = np.array([900.0, 600.0, 300.0, 100.0])
+    cur = {}
+
+    def eps_fn(x, tt):
+        k = int(np.flatnonzero(t == float(np.asarray(tt).ravel()[0]))[0])
+        cur["k"] = k
+        return ((x - a[k] * z) / s[k]).astype(np.float32)
+
+    mask = np.array([[1.0, 1.0], [0.0, 1.0]])
+    hook = ResampleHook(z0, noise, mask, model_fn=eps_fn, levels=(t, a, s), resample_steps=3,
+                        jump=2, rng=np.random.default_rng(1))
+    x = rng.standard_normal(z.shape)
+    out = hook(0, x, a[1], s[1])  # level 1: 1 is not a multiple of jump 2, plain blend
+    assert hook.model_calls == 0
+    np.testing.assert_allclose(out[..., 1, 0], (a[1] * z0 + s[1] * noise)[..., 1, 0])
+    np.testing.assert_array_equal(out[..., 0, :], x[..., 0, :])
+    out = hook(3, x, 1.0, 0.0)  # the final level, after grid levels 2 and 3: two DDIM steps x 3
+    assert hook.model_calls == 6 and cur["k"] == 3
+    np.testing.assert_allclose(out[..., 0, :], z[..., 0, :], atol=1e-6)
+    np.testing.assert_allclose(out[..., 1, 1], z[..., 1, 1], atol=1e-6)
+    np.testing.assert_allclose(out[..., 1, 0], z0[..., 1, 0], atol=1e-12)
+
+
+def test_blend_inpaint_with_resampling(tiny_pipe):
+    """resample_steps > 0: the model is called again each step, the outside pixels stay exact,
+    the settings record it; 0 is plain blending; bad values get one clear line."""
+    img = _scene(2)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:, :] = 255
+    calls = []
+    fn = tiny_pipe.model_fn
+
+    def counting(*a, **k):
+        inner = fn(*a, **k)
+        return lambda x, t: (calls.append(1), inner(x, t))[1]
+
+    run = dict(num_inference_steps=1, sampler="ddim", seed=4, progress=False)
+    plain = tiny_pipe.inpaint("蓝色 方形", img, mask, **run)
+    tiny_pipe.model_fn = counting
+    try:
+        out = tiny_pipe.inpaint("蓝色 方形", img, mask, resample_steps=2, **run)
+    finally:
+        del tiny_pipe.model_fn
+    assert len(calls) == 1 + 2  # one step, re-denoised twice
+    assert out.settings["resample_steps"] == 2 and out.settings["jump"] == 1
+    assert "resample_steps" not in plain.settings
+    np.testing.assert_array_equal(out.images[0][mask == 0], img[mask == 0])
+    assert (out.images[0][mask > 0] != plain.images[0][mask > 0]).any()
+    for kw, match in (({"resample_steps": -1}, "resample_steps must be"), ({"jump": 0}, "jump must be"),
+                      ({"resample_steps": 1, "mode": "model"}, "inpaint-inference.yaml")):
+        with pytest.raises(ValueError, match=match):
+            tiny_pipe.inpaint("红色", img, mask, **{**run, **kw})

@@ -168,6 +168,67 @@ class BlendHook:
         return self.m * x + (1.0 - self.m) * known
 
 
+class ResampleHook(BlendHook):
+    """Blended latent diffusion with RePaint's resampling (Lugmayr et al. 2022, "RePaint:
+    Inpainting using Denoising Diffusion Probabilistic Models", sec. 4.2): after the step that
+    ends at grid level ``i + 1`` (and after the blend), whenever ``i + 1`` is a multiple of
+    ``jump``, the harmonised latents are sent back ``jump`` levels by the forward process
+    ``q(x_s | x_t)`` (``x_s = (a_s / a_t) x_t + sqrt(s_s^2 - (a_s / a_t)^2 s_t^2) z``) and
+    denoised again to level ``i + 1`` with deterministic DDIM steps of the same guided model,
+    blending after each; ``resample_steps`` times. The generated region so sees the known one
+    through the model many times per level, instead of once.
+
+    ``levels``: ``(timesteps, alpha, sigma)`` of the run's steps from its start step, noisiest
+    first (:func:`~mind_diffusion.diffusion.samplers.sampler_levels` sliced at the start step);
+    ``model_fn(x, t)``: the guided model (epsilon prediction); ``rng``: the generator of the
+    re-noising draws."""
+
+    def __init__(self, z0, noise, mask_latent, *, model_fn, levels, resample_steps: int,
+                 jump: int = 1, rng: np.random.Generator, prediction_type: str = "epsilon"):
+        super().__init__(z0, noise, mask_latent)
+        self.model_fn, self.rng = model_fn, rng
+        self.t, self.a, self.s = (np.asarray(v, np.float64) for v in levels)
+        self.r, self.jump, self.prediction_type = int(resample_steps), int(jump), prediction_type
+        self.model_calls = 0
+
+    def _ddim(self, x, t, a, s, a_next, s_next):
+        from ..diffusion.gaussian import model_output_to_x0_eps_ab
+
+        out = np.asarray(self.model_fn(x.astype(np.float32), np.full((x.shape[0],), t)), np.float64)
+        self.model_calls += 1
+        x0, eps = model_output_to_x0_eps_ab(self.prediction_type, a * a, x, out)
+        return a_next * x0 + s_next * eps
+
+    def __call__(self, step_index, x, alpha, sigma):
+        x = super().__call__(step_index, x, alpha, sigma)
+        end = step_index + 1  # the grid level x is now at (len(levels): the final one)
+        if self.r <= 0 or end % self.jump or end < self.jump:
+            return x
+        # levels end - jump .. end - 1 of the grid, then the one x is at
+        lv_a = list(self.a[end - self.jump:end]) + [alpha]
+        lv_s = list(self.s[end - self.jump:end]) + [sigma]
+        lv_t = list(self.t[end - self.jump:end])
+        for _ in range(self.r):
+            ratio = lv_a[0] / alpha
+            var = max(lv_s[0] ** 2 - ratio ** 2 * sigma ** 2, 0.0)
+            x = ratio * x + np.sqrt(var) * self.rng.standard_normal(x.shape)
+            for j in range(self.jump):
+                x = self._ddim(x, lv_t[j], lv_a[j], lv_s[j], lv_a[j + 1], lv_s[j + 1])
+                x = BlendHook.__call__(self, step_index, x, lv_a[j + 1], lv_s[j + 1])
+        return x
+
+
+def check_resample(resample_steps, jump, mode: str) -> tuple[int, int]:
+    """``(resample_steps, jump)`` as ints (>= 0, >= 1); resampling only in mode blend."""
+    for name, v, lo in (("resample_steps", resample_steps, 0), ("jump", jump, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if resample_steps and mode != "blend":
+        raise ValueError("resample_steps applies to mode 'blend' (RePaint resampling of blended "
+                         "inpainting); the inpaint model path does not resample: use resample_steps=0")
+    return int(resample_steps), int(jump)
+
+
 # ------------------------------------------------------------------------------ pipeline
 
 
@@ -289,8 +350,8 @@ class LDMEditing:
                 strength=1.0, negative_prompt=None, num_inference_steps=None,
                 guidance_scale=None, sampler=None, seed=None, num_images_per_prompt=None,
                 callback=None, encode: str | None = None, x_T: np.ndarray | None = None,
-                progress: bool = True, output_type: str = "uint8",
-                **sampler_options) -> DiffusionOutput:
+                progress: bool = True, output_type: str = "uint8", resample_steps: int = 0,
+                jump: int = 1, **sampler_options) -> DiffusionOutput:
         """Repaint the white (``>= 128`` / True) region of ``mask`` (uint8 or bool (H, W), the
         image's size) in ``image`` (uint8 (H, W, 3) or one per prompt).
 
@@ -301,9 +362,14 @@ class LDMEditing:
         starts from the noised init latents (as diffusers' inpainting), 1 from pure noise
         (``x_T``, e.g. the original's ``RandomState(seed).randn`` start codes, or the seed's
         noise). ``encode``: VAE posterior ``"sample"`` (default in mode model, as the
-        original) or ``"mean"`` (default in mode blend). ``.settings`` add ``mode``,
-        ``strength``, ``mask_blur``, ``encode``, ``init_image_sha256`` and ``mask_sha256``."""
+        original) or ``"mean"`` (default in mode blend). ``resample_steps`` (mode blend):
+        RePaint's resampling (:class:`ResampleHook`): every ``jump`` steps the latents go back
+        ``jump`` levels and are denoised again, ``resample_steps`` times (about
+        ``1 + resample_steps`` times the model calls; 0 = plain blending). ``.settings`` add
+        ``mode``, ``strength``, ``mask_blur``, ``encode``, ``init_image_sha256`` and
+        ``mask_sha256`` (and ``resample_steps`` / ``jump`` when resampling)."""
         mode = self.inpaint_mode(mode)
+        resample_steps, jump = check_resample(resample_steps, jump, mode)
         strength = check_strength(strength)
         encode = ("sample" if mode == "model" else "mean") if encode is None else encode
         if encode not in ENCODE_MODES:
@@ -342,7 +408,17 @@ class LDMEditing:
                 z0 = self.encode_images(images, encode=encode, seed=a["seed"], n=n)
         else:
             z0 = self.encode_images(images, encode=encode, seed=a["seed"], n=n)
-            opts["step_hook"] = BlendHook(z0, noise, mask_any(soft, self.vae_factor))
+            m_lat = mask_any(soft, self.vae_factor)
+            if resample_steps:
+                levels = sampler_levels(a["sampler"], self.schedule, a["num_inference_steps"],
+                                        **sampler_options)
+                opts["step_hook"] = ResampleHook(
+                    z0, noise, m_lat, model_fn=self.model_fn(self._guidance_context(prompts, a),
+                                                             a["guidance_scale"]),
+                    levels=[v[k:] for v in levels], resample_steps=resample_steps, jump=jump,
+                    rng=np.random.default_rng([a["seed"], 2]))
+            else:
+                opts["step_hook"] = BlendHook(z0, noise, m_lat)
         x_start = noise if strength == 1.0 else \
             (alpha * z0.astype(np.float64) + sigma * noise).astype(np.float32)
         latents = self._sample(a, self._guidance_context(prompts, a), x_start, callback=callback,
@@ -350,6 +426,8 @@ class LDMEditing:
         extra = {"mode": mode, "strength": strength, "start_step": k, "mask_blur": mask_blur,
                  "encode": encode, "init_image_sha256": image_sha256(image),
                  "mask_sha256": image_sha256(mask)}
+        if resample_steps:
+            extra.update(resample_steps=resample_steps, jump=jump)
         keep = None
         if mode == "blend":
             keep = (soft, np.repeat(images, n, axis=0) if images.shape[0] == 1 else images)
