@@ -38,10 +38,13 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--inpaint_mode", default="blend", choices=["auto", "model", "blend"])
     p.add_argument("--mask_blur", type=int, default=0)
+    p.add_argument("--inpaint_strength", type=float, default=1.0, help="inpainting strength (< 1: start from the noised init)")
     p.add_argument("--resample_steps", type=int, default=0, help="blend mode: RePaint resampling rounds per step")
     p.add_argument("--jump", type=int, default=1, help="blend mode: levels each resampling round goes back")
     p.add_argument("--inpaint_prompt", default="pair", choices=["pair", "single"],
                    help="inpainting prompt: the caption of the two-shape scene, or one naming only the new shape")
+    p.add_argument("--txt2img_reference", action="store_true",
+                   help="add a row: the inpainting prompts drawn by text-to-image (no init image), read the same way")
     p.add_argument("--n_picture", type=int, default=6, help="cases shown in each picture")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
     add_runtime_args(p)
@@ -65,6 +68,8 @@ def main(argv=None):
         for s in args.strengths:
             if strength_error(s):
                 raise ValueError(strength_error(s))
+        if strength_error(args.inpaint_strength, "--inpaint_strength"):
+            raise ValueError(strength_error(args.inpaint_strength, "--inpaint_strength"))
         for name in ("n_img2img", "n_inpaint", "per_case", "batch", "n_picture"):
             if getattr(args, name) < (0 if name.startswith("n_i") else 1):
                 raise ValueError(f"--{name} must be >= {0 if name.startswith('n_i') else 1}, got {getattr(args, name)}")
@@ -83,12 +88,15 @@ def main(argv=None):
         kw = {k: v for k, v in (("sampler", args.sampler), ("num_inference_steps", args.steps),
                                 ("guidance_scale", args.scale)) if v is not None}
         rs = {"resample_steps": args.resample_steps, "jump": args.jump} if args.resample_steps else {}
+        rs.update({"strength": args.inpaint_strength} if args.inpaint_strength != 1.0 else {})
         size = int(pipe.cfg.sampling.height)
         i2i = img2img_cases(args.n_img2img, image_size=size)
         inp = inpaint_cases(args.n_inpaint, image_size=size, prompt=args.inpaint_prompt)
         i2i_rows, i2i_imgs = ev.run_img2img(pipe, i2i, args.strengths, args.per_case, args.seed, args.batch, **kw)
         inp_rows, inp_imgs = ev.run_inpaint(pipe, inp, args.per_case, args.seed, args.inpaint_mode,
                                             args.mask_blur, args.batch, **kw, **rs)
+        if args.txt2img_reference and inp:
+            inp_rows += ev.run_txt2img_reference(pipe, inp, args.seed, args.batch, **kw)
         s = pipe.cfg.sampling
         shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
         settings = {"model": str(shown), "checkpoint_sha256": pipe.ckpt_hash, "sampler": args.sampler or str(s.sampler),

@@ -256,3 +256,23 @@ def test_eval_editing_small_sample(tmp_path, capsys):
     assert len(rows) == 2 and all(r["outside_equal"] == "True" and r["psnr_outside"] == "inf" for r in rows)
     assert Image.open(out / "editing_inpaint.png").size == (3 * 128 + 4 * 4, 2 * 128 + 3 * 4)
     captured_error(capsys, script.main([str(a) for a in args]), "already holds an editing run", "--overwrite")
+
+
+@pytest.mark.slow
+@needs_builtin
+def test_eval_editing_resampling_and_reference(tmp_path):
+    """--resample_steps reaches the pipeline (recorded in the settings, outside pixels exact);
+    --txt2img_reference adds the rows of the prompts drawn without an init image."""
+    out = tmp_path / "eval"
+    args = ["--n_img2img", 0, "--n_inpaint", 2, "--steps", 2, "--resample_steps", 1, "--txt2img_reference",
+            "--out", out, "--device_target", "CPU", "--mode", "pynative"]
+    assert _script("eval_editing").main([str(a) for a in args]) == 0
+    table = (out / "editing.md").read_text(encoding="utf-8")
+    assert '"resample_steps": 1, "jump": 1' in table
+    assert "| blend | 2 |" in table and "| txt2img reference | 2 |" in table
+    import csv
+
+    with open(out / "editing_inpaint.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["mode"] for r in rows] == ["blend", "blend", "txt2img reference", "txt2img reference"]
+    assert all(r["outside_equal"] == "True" for r in rows[:2])

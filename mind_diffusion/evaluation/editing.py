@@ -73,6 +73,22 @@ def run_inpaint(pipe, cases, per_case: int = 1, seed: int = 0, mode: str = "blen
     return rows, images
 
 
+def run_txt2img_reference(pipe, cases, seed: int = 0, batch: int = 16, progress: bool = True, **kw):
+    """The model's own reading of the inpainting prompts without an init image: text-to-image
+    from each case's prompt (image ``i`` with seed ``seed + i``), read against the two-shape
+    caption as the inpainted results are. What the model draws for the asked object here bounds
+    what inpainting can expect of it (the "txt2img reference" row)."""
+    rows = []
+    for chunk in _progress(_chunks(cases, batch), "txt2img reference", progress):
+        out = pipe([c.prompt for c in chunk], seed=seed + chunk[0].index, progress=False, **kw)
+        for c, img, sd in zip(chunk, out.images, out.seeds):
+            r = read_inpaint(c, img)
+            rows.append({"mode": "txt2img reference", "case": c.index, "seed": sd, "prompt": c.prompt,
+                         **{key: bool(r[key]) for key in INP_KEYS}, "psnr_inside": round(r["psnr_inside"], 2),
+                         "psnr_outside": round(r["psnr_outside"], 2), "detected": _fmt(r["detected"])})
+    return rows
+
+
 def _progress(items, desc, on):
     if not on:
         return items
