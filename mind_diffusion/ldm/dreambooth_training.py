@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from mindspore import nn
 
-from ..train.data import IMAGE_EXTS, DataError, check_image_size, load_rgb, preprocess, unreadable_images
+from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, unreadable_images
 from .config import ldm_train_config_defaults
 
 __all__ = ["DreamBoothBatches", "DreamBoothLoss", "FolderImageText", "build_dreambooth_trainer",
@@ -92,21 +92,9 @@ def read_image_folder_captions(folder, default_caption: str, what: str) -> list[
     return out
 
 
-class FolderImageText:
-    """Images and captions in the interface of ``CSVImageText`` (``paths``, ``texts``, ``image(i)``),
-    center-cropped to ``image_size``."""
-
-    def __init__(self, pairs: list[tuple[Path, str]], image_size: int):
-        check_image_size(image_size)
-        self.paths = [p for p, _ in pairs]
-        self.texts = [t for _, t in pairs]
-        self.image_size = int(image_size)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
-        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
+class FolderImageText(ImageTextPairs):
+    """The images of an instance or class folder with their captions, in the interface of
+    ``CSVImageText`` (``paths``, ``texts``, ``image(i)``), center-cropped to ``image_size``."""
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

@@ -445,7 +445,24 @@ def unreadable_images(paths) -> list[tuple[Path, str]]:
 VERIFY_MODES = ("off", "skip", "strict")
 
 
-class CSVImageText:
+class ImageTextPairs:
+    """(image path, caption) pairs read on demand: ``paths``, ``texts`` and ``image(i)``, the
+    image center-cropped (or cropped at ``crop``, flipped) to ``image_size`` in [-1, 1]."""
+
+    def __init__(self, pairs, image_size: int):
+        check_image_size(image_size)
+        self.paths = [p for p, _ in pairs]
+        self.texts = [t for _, t in pairs]
+        self.image_size = int(image_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
+        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
+
+
+class CSVImageText(ImageTextPairs):
     """The image-text pairs of a ``data.path`` folder (after the optional small-image filter).
 
     ``verify="skip"``: every image is decoded once up front and the unreadable ones are left out
@@ -482,12 +499,4 @@ class CSVImageText:
                                 f"data.image_filter_size={image_filter_size} on their short side; lower it "
                                 f"or set data.filter_small_size=false")
             pairs = kept
-        self.paths = [p for p, _ in pairs]
-        self.texts = [t for _, t in pairs]
-        self.image_size = int(image_size)
-
-    def __len__(self):
-        return len(self.paths)
-
-    def image(self, i: int, crop=None, flip: bool = False) -> np.ndarray:
-        return preprocess(load_rgb(self.paths[i]), self.image_size, crop, flip)
+        super().__init__(pairs, image_size)
