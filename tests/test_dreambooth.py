@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import check_one_line_error  # noqa: E402
 
 from mind_diffusion.ldm.dreambooth_training import (DreamBoothBatches, FolderImageText, check_identifier_token,  # noqa: E402
