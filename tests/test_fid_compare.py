@@ -409,6 +409,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- end to end, real FID
+@pytest.mark.slow
 @needs_weights
 def test_quick_config_end_to_end(tmp_path, capsys, pynative_after):
     """The shipped quick config with N reduced (16 generated, 16 reference digits: one compiled

@@ -512,6 +512,7 @@ def test_frozen_text_encoder_and_latent_cache(run, frozen):
     assert load_ldm_checkpoint(ldm, tmp_path / "model_ema.ckpt").ok
 
 
+@pytest.mark.slow
 def test_text_encoder_start_step(frozen, csv_dir, tmp_path):
     """train.text_encoder_start_step=2: for the first two updates the text encoder stays
     bit-identical and the run is step for step the frozen-encoder run (same losses, same UNet);
