@@ -38,6 +38,15 @@ from ..utils.output import DiffusionOutput
 
 INPAINT_MODES = ("auto", "model", "blend")
 ENCODE_MODES = ("mean", "sample")
+
+
+def check_encode(encode) -> str:
+    """``encode`` must name how the init image becomes latents: the posterior mean or a sample."""
+    if encode not in ENCODE_MODES:
+        raise ValueError(f"encode must be 'mean' or 'sample', got {encode!r}")
+    return encode
+
+
 DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
 
 
@@ -242,8 +251,7 @@ class LDMEditing:
         """uint8 (M, H, W, 3) (M = 1 or ``n``) -> (n, 4, H/f, W/f) scaled latents:
         ``scale_factor * (mean | mean + std * z)``, ``z`` drawn for image ``j`` from
         ``np.random.default_rng([seed + j, 1])`` (a stream apart from the start noise's)."""
-        if encode not in ENCODE_MODES:
-            raise ValueError(f"encode must be 'mean' or 'sample', got {encode!r}")
+        check_encode(encode)
         return self.encode_model_range(to_model_range(images), encode=encode, seed=seed, n=n)
 
     def encode_model_range(self, x: np.ndarray, *, encode: str, seed: int,
@@ -302,8 +310,7 @@ class LDMEditing:
         ``.settings`` add ``mode`` ("img2img"),
         ``strength``, ``start_step``, ``encode`` and ``init_image_sha256``."""
         strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
-        if encode not in ENCODE_MODES:
-            raise ValueError(f"encode must be 'mean' or 'sample', got {encode!r}")
+        check_encode(encode)
         a, images = self._edit_inputs(
             prompt, image, task="img2img", negative_prompt=negative_prompt,
             num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
@@ -372,8 +379,7 @@ class LDMEditing:
         resample_steps, jump = check_resample(resample_steps, jump, mode)
         strength = check_strength(strength)
         encode = ("sample" if mode == "model" else "mean") if encode is None else encode
-        if encode not in ENCODE_MODES:
-            raise ValueError(f"encode must be 'mean' or 'sample', got {encode!r}")
+        check_encode(encode)
         a, images = self._edit_inputs(
             prompt, image, task="inpaint", negative_prompt=negative_prompt,
             num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
