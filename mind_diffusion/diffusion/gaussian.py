@@ -389,10 +389,15 @@ class MSLearnedRangeVLB(nn.Cell):
     the remaining ``(B,)`` tensors come from :func:`vlb_coefficients`. Returns ``(B,)``: the
     KL term where ``is_first == 0`` and the decoder NLL where ``is_first == 1``. Uses only
     classic ``mindspore.ops`` so it runs on CPU, GPU and Ascend in graph and pynative mode.
+
+    ``clip_denoised=True`` clips the predicted ``x0`` to ``[-1, 1]`` before the model mean (the
+    numpy ``vlb_terms(..., clip_denoised=True)``; Taichu-GLIDE's training loss, whose
+    ``PMeanVariance`` always clips).
     """
 
-    def __init__(self):
+    def __init__(self, clip_denoised: bool = False):
         super().__init__()
+        self.clip = bool(clip_denoised)
         self.inv_log2 = 1.0 / float(np.log(2.0))
         self.sqrt_2_over_pi = float(np.sqrt(2.0 / np.pi))
 
@@ -413,6 +418,8 @@ class MSLearnedRangeVLB(nn.Cell):
         min_log = self._bc(post_log_var, x0)
         max_log = self._bc(log_beta, x0)
         pred_x0 = self._bc(sqrt_recip_ac, x0) * x_t - self._bc(sqrt_recipm1_ac, x0) * eps
+        if self.clip:
+            pred_x0 = ops.clamp(pred_x0, -1.0, 1.0)
         model_mean = c1 * pred_x0 + c2 * x_t
         frac = (v + 1.0) * 0.5
         model_log_var = frac * max_log + (1.0 - frac) * min_log

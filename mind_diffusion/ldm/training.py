@@ -51,7 +51,7 @@ from ..nn.layers import apply_compute_dtype
 from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, GlobalOrder, shard_rows
 from ..train.optim import build_optimizer
 from ..train.schedules import DelayedLR, WarmupCosineLR
-from ..train.trainer import Trainer, TrainOptions, model_state
+from ..train.trainer import NoEMA, Trainer, TrainOptions, make_train_options, model_state, resolve_total_steps  # noqa: F401
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import build_ldm
@@ -259,19 +259,6 @@ class _ParamView:
         return self._params
 
 
-class _NoEMA:
-    ema = ()
-
-    def step(self, step):
-        return None
-
-    def state(self):
-        return {}
-
-    def model_state(self):
-        return {}
-
-
 class ModelTrainer(Trainer):
     """The shared Trainer, with EMA optional (``ema_decay <= 0``: none, no memory spent) and the
     exports (``<export_name>.ckpt``, ``<export_name>_ema.ckpt``) written as complete model files
@@ -299,7 +286,7 @@ class ModelTrainer(Trainer):
         self.model = model
         self.use_ema = bool(use_ema)
         if not use_ema:
-            self.ema = _NoEMA()
+            self.ema = NoEMA()
         self.on_export = on_export
         self.export_name = export_name
         self._base_sha = None
@@ -353,25 +340,6 @@ class ModelTrainer(Trainer):
         if self.on_export is not None:
             self.on_export(self)
         return paths
-
-
-def resolve_total_steps(tcfg, steps_per_epoch: int) -> int:
-    if int(tcfg.steps) > 0:
-        return int(tcfg.steps)
-    if int(tcfg.epochs) < 1:
-        raise ValueError("set train.steps >= 1 or train.epochs >= 1")
-    return int(tcfg.epochs) * steps_per_epoch
-
-
-def make_train_options(tcfg, total: int, steps_per_epoch: int, progress: bool) -> TrainOptions:
-    ckpt_every = int(tcfg.ckpt_every) if int(tcfg.ckpt_every) > 0 else steps_per_epoch
-    return TrainOptions(total_steps=total, log_every=int(tcfg.log_every), ckpt_every=ckpt_every,
-                        keep_checkpoints=int(tcfg.keep_checkpoints),
-                        ema_decay=float(tcfg.ema_decay), ema_start=int(tcfg.ema_start),
-                        ema_every=int(tcfg.ema_every), clip_grad_norm=float(tcfg.clip_grad_norm),
-                        loss_scale=str(tcfg.loss_scale), init_loss_scale=float(tcfg.init_loss_scale),
-                        loss_scale_window=int(tcfg.loss_scale_window), seed=int(tcfg.seed), progress=progress,
-                        grad_accum_steps=int(tcfg.grad_accum_steps))
 
 
 def _model_dict(cfg, unet_dropout: float = 0.0) -> dict:

@@ -371,3 +371,39 @@ class Trainer:
         self.save()
         paths = self.export()
         return {"step": self.step, "loss": loss_val, "loss_smooth": smooth, **{k: str(v) for k, v in paths.items()}}
+
+
+class NoEMA:
+    """Stands in for :class:`EMA` when a run keeps none (``train.ema_decay <= 0``): no copy of the
+    weights is made."""
+    ema = ()
+
+    def step(self, step):
+        return None
+
+    def state(self):
+        return {}
+
+    def model_state(self):
+        return {}
+
+
+def resolve_total_steps(tcfg, steps_per_epoch: int) -> int:
+    """``train.steps`` when > 0, else ``train.epochs`` x the steps of one epoch."""
+    if int(tcfg.steps) > 0:
+        return int(tcfg.steps)
+    if int(tcfg.epochs) < 1:
+        raise ValueError("set train.steps >= 1 or train.epochs >= 1")
+    return int(tcfg.epochs) * steps_per_epoch
+
+
+def make_train_options(tcfg, total: int, steps_per_epoch: int, progress: bool) -> TrainOptions:
+    """:class:`TrainOptions` from a ``train:`` section (``ckpt_every`` 0 = once per epoch)."""
+    ckpt_every = int(tcfg.ckpt_every) if int(tcfg.ckpt_every) > 0 else steps_per_epoch
+    return TrainOptions(total_steps=total, log_every=int(tcfg.log_every), ckpt_every=ckpt_every,
+                        keep_checkpoints=int(tcfg.keep_checkpoints),
+                        ema_decay=float(tcfg.ema_decay), ema_start=int(tcfg.ema_start),
+                        ema_every=int(tcfg.ema_every), clip_grad_norm=float(tcfg.clip_grad_norm),
+                        loss_scale=str(tcfg.loss_scale), init_loss_scale=float(tcfg.init_loss_scale),
+                        loss_scale_window=int(tcfg.loss_scale_window), seed=int(tcfg.seed), progress=progress,
+                        grad_accum_steps=int(tcfg.grad_accum_steps))
