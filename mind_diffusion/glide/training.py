@@ -127,6 +127,9 @@ def glide_train_config_defaults() -> dict:
             "image_caption_path_file": "image_caption_path_file.txt",
             "text_drop_p": 0.2,
             "low_res_size": 64,              # --resolution_ori: the SR stage's input size
+            # SR stage only: train on aligned random crops of this size (and the matching low-res
+            # crop) instead of whole images; 0 = whole images, as the original
+            "crop_size": 0,
             "random_flip": False,
             "shuffle": True,
         },
@@ -350,8 +353,9 @@ class GlideBatches:
     def __init__(self, data: GlideImageText, end_token: int, text_ctx: int, batch_size: int, image_size: int,
                  low_res_size: int | None, num_timesteps: int = 1000, text_drop_p: float = 0.2, seed: int = 0,
                  rank: int = 0, group_size: int = 1, accum_steps: int = 1, shuffle: bool = True,
-                 random_flip: bool = False):
+                 random_flip: bool = False, crop_size: int = 0):
         check_number(text_drop_p, "data.text_drop_p", 0, 1)
+        self.crop = check_crop_size(crop_size, image_size, low_res_size)
         self.accum_steps = int(accum_steps)
         self.global_batch = int(batch_size) * int(group_size) * self.accum_steps
         check_global_batch(self.global_batch, group_size, accum_steps)
@@ -389,8 +393,18 @@ class GlideBatches:
         drop = rng.random(g) < self.text_drop_p
         flips = rng.random(g) < 0.5
         t = rng.integers(0, self.num_timesteps, size=g).astype(np.int32)
-        noise = rng.standard_normal((g, 3, self.image_size, self.image_size)).astype(np.float32)
-        return {"pick": pick, "drop": drop, "flips": flips, "t": t, "noise": noise}
+        side = self.crop or self.image_size
+        noise = rng.standard_normal((g, 3, side, side)).astype(np.float32)
+        out = {"pick": pick, "drop": drop, "flips": flips, "t": t, "noise": noise}
+        if self.crop:  # crop offsets on the low-res grid, so both crops cover the same region
+            out["crop"] = rng.random((g, 2))
+        return out
+
+    def _crops(self, hi: np.ndarray, lo: np.ndarray, u) -> tuple[np.ndarray, np.ndarray]:
+        f = self.image_size // self.low_res_size
+        lc = self.crop // f
+        y, x = (int(v * (self.low_res_size - lc + 1)) for v in u)
+        return hi[y * f:y * f + self.crop, x * f:x * f + self.crop], lo[y:y + lc, x:x + lc]
 
     @staticmethod
     def _to_float(img: np.ndarray, flip: bool) -> np.ndarray:
@@ -407,9 +421,13 @@ class GlideBatches:
         for j in rows:
             i = int(idx[j])
             flip = self.random_flip and bool(r["flips"][j])
-            x0.append(self._to_float(self.data.image(i, self.image_size), flip))
+            hi = self.data.image(i, self.image_size)
             if self.low_res_size is not None:
-                lows.append(self._to_float(self.data.image(i, self.low_res_size), flip))
+                lo = self.data.image(i, self.low_res_size)
+                if self.crop:
+                    hi, lo = self._crops(hi, lo, r["crop"][j])
+                lows.append(self._to_float(lo, flip))
+            x0.append(self._to_float(hi, flip))
             choices = self.data.token_ids[i]
             ids = [] if r["drop"][j] else choices[min(int(r["pick"][j] * len(choices)), len(choices) - 1)]
             tok, mask = padded_tokens_and_mask(ids, self.text_ctx, self.end_token)
@@ -429,6 +447,23 @@ class GlideBatches:
 
     def __len__(self):
         return 2**62
+
+
+def check_crop_size(crop_size, image_size: int, low_res_size) -> int:
+    """``data.crop_size`` (0 = whole images): SR only, a multiple of the up-sampling factor, at
+    most the image size."""
+    check_number(crop_size, "data.crop_size", 0, None, integer=True)
+    crop = int(crop_size)
+    if not crop:
+        return 0
+    if low_res_size is None:
+        raise ConfigError("data.crop_size is for the SR stage (model.stage=sr); the base model trains on "
+                          "whole images: set data.crop_size=0")
+    f = int(image_size) // int(low_res_size)
+    if crop > int(image_size) or crop % f or int(image_size) % int(low_res_size):
+        raise ConfigError(f"data.crop_size={crop} must be a multiple of the up-sampling factor {f} "
+                          f"(image {image_size} / low-res {low_res_size}) and at most {image_size}")
+    return crop
 
 
 def make_batch_dataset(source: GlideBatches, start_step: int, end_step: int):
@@ -603,7 +638,7 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     source = GlideBatches(data, tokenizer.end_token, int(ncfg["text_ctx"]), int(t.batch_size), size, low,
                           schedule.num_timesteps, float(d.text_drop_p), seed=int(t.seed), rank=runtime.rank,
                           group_size=runtime.group_size, accum_steps=int(t.grad_accum_steps),
-                          shuffle=bool(d.shuffle), random_flip=bool(d.random_flip))
+                          shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size))
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised))
