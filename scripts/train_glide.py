@@ -67,7 +67,7 @@ def overrides_from_flags(args) -> list[str]:
     return out
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML training config (configs/glide/*.yaml)")
     p.add_argument("--is_super_res", type=str2bool, default=None, help="train the SR model (model.stage=sr)")
@@ -89,7 +89,11 @@ def main(argv=None):
     from mind_diffusion.runtime import add_runtime_args
 
     add_runtime_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     config = args.config or str(ROOT / "configs" / "glide" /
                                 ("train-super-res.yaml" if args.is_super_res else "train-gen.yaml"))
 

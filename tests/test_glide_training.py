@@ -1,0 +1,540 @@
+"""GLIDE training (mind_diffusion/glide/training.py, scripts/train_glide.py).
+
+- the hybrid loss (eps MSE + VLB in bits from a stop-gradient eps, learned-range variance, clipped
+  x0) against the float64 closed form of mind_diffusion/diffusion/gaussian.py and an independent
+  torch implementation on the same tensors, t = 0 and t = 999 included, for the base (cosine)
+  and SR (linear) chains; the stop-gradient seen in the gradients; GRAPH == PYNATIVE;
+- data: the original's list format, the CSV kind, center_crop_arr against PIL, caption dropout,
+  determinism, rank sharding;
+- the original's flags, the learning-rate schedule, fine-tune starts and bad input (exit 2, one
+  line, nothing written);
+- slow: exact resume, the released layout round trip (loads strictly, samples through
+  GlidePipeline), a fine-tune start that trains.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import captured_error, one_line_error, run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BASE = {"image_size": 16, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2],
+             "attention_resolutions": [2], "num_head_channels": 16, "dropout": 0.0, "text_ctx": 16,
+             "xf_width": 32, "xf_layers": 2, "xf_heads": 2}
+TINY_SR = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 1, 2],
+           "attention_resolutions": [4], "num_head_channels": 32, "dropout": 0.0, "text_ctx": 16,
+           "xf_width": 32, "xf_layers": 2, "xf_heads": 4}
+N_IMAGES = 12
+
+
+# ------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def shapes_sp(tmp_path_factory) -> Path:
+    """A small unigram SentencePiece model trained on shapes-world captions (about a second)."""
+    import sentencepiece as spm
+
+    from mind_diffusion.shapes.world import ShapesWorld
+
+    world = ShapesWorld(seed=3)
+    captions = [world.sample_scene(i)[1] for i in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, vocab_size=100,
+                                   model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1,
+                                   unk_id=0, hard_vocab_limit=False, minloglevel=2)
+    path = tmp_path_factory.mktemp("glide_sp") / "shapes-sp.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(shapes_sp):
+    from mind_diffusion.text.factory import build_glide_tokenizer
+
+    return build_glide_tokenizer(str(shapes_sp), True)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """A shapes-world export (data.csv + images/, 32 px) and the same pairs in the original's
+    list format: list.txt -> caps.txt ('<image>\\t<caption>') with images/ as the image root."""
+    from mind_diffusion.shapes.world import export_csv
+
+    folder = tmp_path_factory.mktemp("glide_data")
+    csv = export_csv(folder, N_IMAGES, image_size=32, progress=False)
+    rows = csv.read_text(encoding="utf-8").splitlines()[1:]
+    (folder / "caps.txt").write_text("".join(f"{r.split(',', 1)[0][len('images/'):]}\t{r.split(',', 1)[1]}\n"
+                                             for r in rows), encoding="utf-8")
+    (folder / "list.txt").write_text("# the original's image_caption_path_file\ncaps.txt images\n", encoding="utf-8")
+    return folder
+
+
+def tiny_cfg(tmp_path: Path, sp: Path, data: Path, stage: str = "base", n_vocab: int = 101, **train):
+    """A tiny training config (the trainer's schema), as a YAML file for the script."""
+    import yaml
+
+    net = dict(TINY_BASE if stage == "base" else TINY_SR, n_vocab=n_vocab)
+    t = {"steps": 4, "batch_size": 2, "loss_scale": "none", "log_every": 1, "ckpt_every": 2,
+         "output_dir": str(tmp_path / "run"), **train}
+    cfg = {"model": {"stage": stage, "net": net}, "tokenizer": {"sp_model": str(sp)},
+           "data": {"kind": "captions", "path": str(data), "image_caption_path_file": "list.txt",
+                    "low_res_size": 16},
+           "train": t, "init": {"checkpoint": None}}
+    path = tmp_path / f"tiny-{stage}.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- loss, closed form
+def _schedule(stage):
+    from mind_diffusion.glide import diffusion as gd
+
+    return gd.base_diffusion() if stage == "base" else gd.sr_diffusion()
+
+
+def _tensors(seed=0, b=6, s=8):
+    """x0 on the 8-bit grid, noise, a model output (eps near the noise, v in [-1, 1]) and t with
+    both ends of the chain."""
+    rng = np.random.default_rng(seed)
+    x0 = (rng.integers(0, 256, (b, 3, s, s)) / 127.5 - 1.0).astype(np.float32)
+    noise = rng.standard_normal((b, 3, s, s)).astype(np.float32)
+    eps = (noise + 0.3 * rng.standard_normal(noise.shape)).astype(np.float32)
+    v = rng.uniform(-1, 1, noise.shape).astype(np.float32)
+    t = np.array([0, 999, 1, 500, 0, 998][:b], np.int32)
+    return x0, noise, np.concatenate([eps, v], 1), t
+
+
+def _fixed_output_loss(stage, out, vb_weight=1.0):
+    """GlideHybridLoss around a 'net' whose output is a Parameter (the given array)."""
+    import mindspore as ms
+    from mindspore import Parameter, Tensor, nn
+
+    from mind_diffusion.glide.training import GlideHybridLoss
+
+    class Base(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.out = Parameter(Tensor(out, ms.float32), name="out")
+
+        def construct(self, x_t, t, tokens, mask):
+            return self.out * 1.0
+
+    class SR(Base):
+        def construct(self, x_t, t, low_res, tokens, mask):
+            return self.out * 1.0
+
+    net = Base() if stage == "base" else SR()
+    return GlideHybridLoss(net, _schedule(stage), stage == "sr", vb_weight=vb_weight, clip_denoised=True), net
+
+
+def _inputs(stage, x0, noise, t):
+    import mindspore as ms
+    from mindspore import Tensor
+
+    b, ctx = x0.shape[0], 4
+    args = [Tensor(x0), Tensor(np.zeros((b, ctx), np.int32)), Tensor(np.ones((b, ctx), np.int32)),
+            Tensor(t, ms.int32), Tensor(noise)]
+    if stage == "sr":
+        args.append(Tensor(np.zeros_like(x0)))
+    return args
+
+
+def _numpy_reference(stage, x0, noise, out, t):
+    from mind_diffusion.diffusion.gaussian import q_sample, simple_mse, vlb_terms
+
+    sched = _schedule(stage)
+    x_t = q_sample(sched, x0.astype(np.float64), t, noise.astype(np.float64))
+    vb = vlb_terms(sched, x0, x_t, t, out.astype(np.float64), variance_type="learned_range", clip_denoised=True)
+    return simple_mse(out[:, :3], noise), vb
+
+
+def torch_hybrid(betas, x0, noise, out, t, vb_weight=1.0):
+    """The hybrid loss written out in torch (float64) from the betas alone: per-sample (mse, vb)
+    and the batch loss, differentiable in ``out``."""
+    import torch
+
+    b = torch.tensor(np.asarray(betas, np.float64))
+    abar = torch.cumprod(1 - b, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=b.dtype), abar[:-1]])
+    post_var = b * (1 - abar_prev) / (1 - abar)
+    post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    c1 = b * torch.sqrt(abar_prev) / (1 - abar)
+    c2 = (1 - abar_prev) * torch.sqrt(1 - b) / (1 - abar)
+    ti = torch.as_tensor(t, dtype=torch.long)
+    g = lambda a: a[ti].reshape(-1, 1, 1, 1)  # noqa: E731
+    x0, noise = torch.as_tensor(x0, dtype=b.dtype), torch.as_tensor(noise, dtype=b.dtype)
+    x_t = torch.sqrt(g(abar)) * x0 + torch.sqrt(1 - g(abar)) * noise
+    eps, v = out[:, :3], out[:, 3:]
+    mse = ((noise - eps) ** 2).mean((1, 2, 3))
+    eps_sg = eps.detach()
+    px0 = (x_t - torch.sqrt(1 - g(abar)) * eps_sg) / torch.sqrt(g(abar))
+    px0 = px0.clamp(-1, 1)
+    mean = g(c1) * px0 + g(c2) * x_t
+    frac = (v + 1) / 2
+    logvar = frac * torch.log(g(b)) + (1 - frac) * g(post_logvar)
+    true_mean = g(c1) * x0 + g(c2) * x_t
+    tlv = g(post_logvar)
+    kl = 0.5 * (-1 + logvar - tlv + torch.exp(tlv - logvar) + (true_mean - mean) ** 2 * torch.exp(-logvar))
+    kl = kl.mean((1, 2, 3)) / math.log(2)
+
+    def cdf(z):
+        return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
+
+    inv_std = torch.exp(-0.5 * logvar)
+    cdf_plus = cdf(inv_std * (x0 - mean + 1 / 255))
+    cdf_min = cdf(inv_std * (x0 - mean - 1 / 255))
+    logp = torch.where(x0 < -0.999, torch.log(cdf_plus.clamp(min=1e-12)),
+                       torch.where(x0 > 0.999, torch.log((1 - cdf_min).clamp(min=1e-12)),
+                                   torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+    nll = -logp.mean((1, 2, 3)) / math.log(2)
+    vb = torch.where(ti == 0, nll, kl)
+    return mse, vb, (mse + vb_weight * vb).mean()
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_hybrid_loss_matches_closed_form_and_torch(stage):
+    x0, noise, out, t = _tensors(seed={"base": 1, "sr": 2}[stage])
+    loss_net, _ = _fixed_output_loss(stage, out)
+    mse, vb = (a.asnumpy() for a in loss_net.terms(*_inputs(stage, x0, noise, t)))
+    total = float(loss_net(*_inputs(stage, x0, noise, t)).asnumpy())
+    ref_mse, ref_vb = _numpy_reference(stage, x0, noise, out, t)
+    err = max(np.abs(mse - ref_mse).max(), np.abs(vb - ref_vb).max(), abs(total - np.mean(ref_mse + ref_vb)))
+    print(f"\n[glide-train] {stage} loss vs float64 closed form: max |error| {err:.1e} "
+          f"(vb at t=0 {vb[0]:.3f} bits, t=999 {vb[1]:.4f} bits)")
+    assert err <= 1e-5
+    assert vb[0] > 0 and vb[1] > 0 and np.all(np.isfinite(vb))
+    torch = pytest.importorskip("torch", reason="torch (requirements-dev.txt) gives the independent reference")
+    tm, tv, tl = torch_hybrid(_schedule(stage).betas, x0, noise, torch.as_tensor(out, dtype=torch.float64), t)
+    terr = max(np.abs(mse - tm.numpy()).max(), np.abs(vb - tv.numpy()).max(), abs(total - float(tl)))
+    print(f"[glide-train] {stage} loss vs torch: max |error| {terr:.1e}")
+    assert terr <= 1e-5
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_stop_gradient_eps_from_mse_only_variance_from_vb_only(stage):
+    import mindspore as ms
+
+    x0, noise, out, t = _tensors(seed=4)
+    grads = {}
+    for w in (1.0, 0.0):
+        loss_net, net = _fixed_output_loss(stage, out, vb_weight=w)
+        grads[w] = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs(stage, x0, noise, t))[0].asnumpy()
+    b, c, h, w_ = noise.shape
+    closed = 2.0 * (out[:, :3].astype(np.float64) - noise) / (b * c * h * w_)
+    assert np.abs(grads[1.0][:, :3] - closed).max() <= 1e-9 + 1e-6 * np.abs(closed).max()
+    assert np.abs(grads[0.0][:, :3] - closed).max() <= 1e-9 + 1e-6 * np.abs(closed).max()
+    assert not np.any(grads[0.0][:, 3:])                # no gradient of the MSE reaches v
+    gv = grads[1.0][:, 3:]
+    assert np.abs(gv).max() > 0
+    torch = pytest.importorskip("torch", reason="torch (requirements-dev.txt) gives the reference gradient")
+    o = torch.as_tensor(out, dtype=torch.float64).requires_grad_(True)
+    _, _, loss = torch_hybrid(_schedule(stage).betas, x0, noise, o, t)
+    loss.backward()
+    ref = o.grad.numpy()
+    assert np.abs(ref[:, :3] - closed).max() <= 1e-12  # the torch stop-gradient too
+    assert np.abs(gv - ref[:, 3:]).max() <= 1e-4 * np.abs(ref[:, 3:]).max()
+
+
+_MODES = {}
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_graph_and_pynative_give_the_same_loss(ms_mode, stage):
+    """The loss cell in this mode against the closed form, and against the other mode."""
+    x0, noise, out, t = _tensors(seed=5)
+    loss_net, _ = _fixed_output_loss(stage, out)
+    loss = float(loss_net(*_inputs(stage, x0, noise, t)).asnumpy())
+    ref_mse, ref_vb = _numpy_reference(stage, x0, noise, out, t)
+    assert abs(loss - float(np.mean(ref_mse + ref_vb))) <= 1e-5
+    _MODES[(stage, ms_mode)] = loss
+    if (stage, "graph") in _MODES and (stage, "pynative") in _MODES:
+        assert abs(_MODES[(stage, "graph")] - _MODES[(stage, "pynative")]) <= 1e-6, _MODES
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_original_list_format_comments_malformed_and_alternatives(tmp_path):
+    from mind_diffusion.glide.training import read_image_caption_path_file
+    from mind_diffusion.train.data import DataError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "caps.txt").write_text("x.png\t红色 圆形\n\nbroken line without a tab\ny.png\t蓝色\t绿色 方块\n"
+                                             "z.png\t\t\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("w.png\t星形\n", encoding="utf-8")
+    (tmp_path / "list.txt").write_text("# comment\n\na/caps.txt a/img\n  # another\nb.txt imgs\n", encoding="utf-8")
+    pairs, bad = read_image_caption_path_file("list.txt", tmp_path)
+    assert pairs == [(tmp_path / "a/img/x.png", ["红色 圆形"]), (tmp_path / "a/img/y.png", ["蓝色", "绿色 方块"]),
+                     (tmp_path / "imgs/w.png", ["星形"])]
+    assert bad == 2  # the line without a tab and the one whose captions are empty
+    with pytest.raises(DataError, match="data list not found: .*nope.txt"):
+        read_image_caption_path_file("nope.txt", tmp_path)
+    (tmp_path / "l2.txt").write_text("a/caps.txt\n", encoding="utf-8")
+    with pytest.raises(DataError, match="must be '<captions file> <image root>'"):
+        read_image_caption_path_file("l2.txt", tmp_path)
+
+
+def test_csv_kind_reads_the_ldm_format(shapes_data, tokenizer):
+    from omegaconf import OmegaConf
+
+    from mind_diffusion.glide.training import GlideImageText, glide_train_config_defaults, read_pairs
+
+    cfg = OmegaConf.merge(glide_train_config_defaults(), {"data": {"kind": "csv", "path": str(shapes_data)}})
+    pairs, bad = read_pairs(cfg)
+    rows = (shapes_data / "data.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert bad == 0 and len(pairs) == N_IMAGES
+    assert [(Path(p).name, c) for p, c in pairs] == [(Path(r.split(",", 1)[0]).name, [r.split(",", 1)[1]]) for r in rows]
+    data = GlideImageText(pairs, tokenizer, (16,))
+    assert len(data) == N_IMAGES and data.image(0, 16).shape == (16, 16, 3)
+    cap_pairs, _ = read_pairs(OmegaConf.merge(cfg, {"data": {"kind": "captions", "image_caption_path_file": "list.txt"}}))
+    assert [(Path(p).name, c) for p, c in cap_pairs] == [(Path(p).name, c) for p, c in pairs]
+
+
+def test_center_crop_matches_pil_on_a_non_square_image():
+    from PIL import Image
+
+    from mind_diffusion.glide.training import center_crop_arr
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (97, 150, 3)).astype(np.uint8)   # H 97, W 150
+    for size in (32, 16, 64):
+        im = Image.fromarray(img)
+        w, h = 150, 97
+        while min(w, h) >= 2 * size:                             # box-filter halvings
+            w, h = w // 2, h // 2
+            im = im.resize((w, h), Image.BOX)
+        s = size / min(w, h)
+        w, h = round(w * s), round(h * s)
+        im = im.resize((w, h), Image.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        want = np.asarray(im.crop((left, top, left + size, top + size)))
+        got = center_crop_arr(img, size)
+        assert got.shape == (size, size, 3) and np.array_equal(got, want), size
+
+
+def _source(tokenizer, shapes_data, **kw):
+    from mind_diffusion.glide.training import GlideBatches, GlideImageText, read_image_caption_path_file
+
+    pairs, _ = read_image_caption_path_file("list.txt", shapes_data)
+    data = GlideImageText(pairs, tokenizer, (16, 8))
+    args = dict(batch_size=4, image_size=16, low_res_size=8, seed=7)
+    args.update(kw)
+    return GlideBatches(data, tokenizer.end_token, 16, **args)
+
+
+def test_caption_dropout_gives_the_unconditional_tokens(tokenizer, shapes_data):
+    src = _source(tokenizer, shapes_data, text_drop_p=0.2)
+    dropped = total = 0
+    for step in range(150):
+        _, tokens, mask, t, noise, low = src[step]
+        drop = src.randomness(step)["drop"]
+        assert np.all(tokens[drop] == tokenizer.end_token) and not np.any(mask[drop])
+        assert np.all(mask[~drop].sum(1) > 0)
+        dropped += int(drop.sum())
+        total += len(drop)
+    frac = dropped / total
+    print(f"\n[glide-train] caption dropout: {frac:.3f} of {total} rows (text_drop_p 0.2)")
+    assert abs(frac - 0.2) < 0.06
+    assert 0 <= t.min() and t.max() < 1000 and low.shape == (4, 3, 8, 8)
+    none = _source(tokenizer, shapes_data, text_drop_p=0.0)
+    assert all(np.all(none[s][2].sum(1) > 0) for s in range(5))
+
+
+def test_batches_are_a_function_of_the_step_and_ranks_split_them(tokenizer, shapes_data):
+    one = _source(tokenizer, shapes_data)
+    again = _source(tokenizer, shapes_data)
+    for step in (0, 3, 11):
+        a, b = one[step], again[step]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        halves = [_source(tokenizer, shapes_data, batch_size=2, rank=r, group_size=2)[step] for r in (0, 1)]
+        for col, whole in enumerate(a):
+            assert np.array_equal(np.concatenate([h[col] for h in halves]), whole), (step, col)
+    assert not np.array_equal(one[0][0], one[1][0]) and not np.array_equal(one[0][4], one[1][4])
+
+
+# ------------------------------------------------------------------------ flags and learning rate
+def test_original_flags_map_onto_the_config(tmp_path):
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import glide_train_config_defaults
+    from scripts.train_glide import build_parser, overrides_from_flags
+
+    args = build_parser().parse_args(
+        ["--batch_size", "2", "--epochs", "1", "--image_caption_path_file", "list.txt", "--data_path", "D",
+         "--start_learning_rate", "1e-4", "--end_learning_rate", "1e-9", "--save_checkpoint_steps", "1",
+         "--output_path", "O", "--is_super_res", "false"])
+    ov = overrides_from_flags(args)
+    cfg = load_config(str(ROOT / "configs/glide/train-gen.yaml"), ov, glide_train_config_defaults())
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.ckpt_every, cfg.train.keep_checkpoints) == (2, 1, 1, 1)
+    assert (cfg.train.start_learning_rate, cfg.train.end_learning_rate) == (1e-4, 1e-9)
+    assert (cfg.data.image_caption_path_file, cfg.data.path, cfg.train.output_dir) == ("list.txt", "D", "O")
+    assert cfg.model.stage == "base"
+    sr = build_parser().parse_args(["--is_super_res", "true", "--pretrained_model_path", "/m", "--pretrained_model",
+                                    "glide_super_res.ckpt", "--cog_model", "cog-pretrain.model"])
+    cfg = load_config(str(ROOT / "configs/glide/train-super-res.yaml"), overrides_from_flags(sr),
+                      glide_train_config_defaults())
+    assert (cfg.model.stage, cfg.init.checkpoint, cfg.tokenizer.sp_model) == (
+        "sr", "/m/glide_super_res.ckpt", "/m/cog-pretrain.model")
+
+
+def test_learning_rate_is_the_originals_cosine(tmp_path, shapes_sp, shapes_data):
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+    from mind_diffusion.train.schedules import lr_at
+
+    cfg_path = tiny_cfg(tmp_path, shapes_sp, shapes_data, steps=0, epochs=1, start_learning_rate=1e-4,
+                        end_learning_rate=1e-9)
+    cfg = load_config(str(cfg_path), [], glide_train_config_defaults())
+    rt = init_runtime("CPU", "pynative", seed=0, verbose=False)
+    trainer, _ = build_glide_trainer(cfg, rt, progress=False)
+    decay = N_IMAGES // 2                                    # the original: batches per epoch x epochs
+    assert trainer.opts.total_steps == decay
+    sched = trainer.train_step.optimizer.learning_rate
+    for s in range(decay + 2):
+        want = 1e-9 + 0.5 * (1e-4 - 1e-9) * (1 + math.cos(math.pi * min(s, decay) / decay))
+        got = float(sched(Tensor(s, ms.int32)).asnumpy())
+        assert abs(got - want) <= 1e-6 * 1e-4 and abs(lr_at(s, 1e-4, 1e-9, 0, decay) - want) <= 1e-18
+
+
+# ------------------------------------------------------------------ bad input, fine-tune starts
+def _earlier_run(out: Path) -> dict:
+    """A run folder of an earlier run; returns its files' bytes."""
+    (out / "checkpoints").mkdir(parents=True)
+    for name, text in (("glide_gen.ckpt", "old model"), ("metrics.csv", "step,loss\n2,0.5\n"),
+                       ("config.yaml", "train: {}\n"), ("checkpoints/step_0000002.ckpt", "old state"),
+                       ("checkpoints/latest.txt", "step_0000002.ckpt\n")):
+        (out / name).write_text(text)
+    return _files(out)
+
+
+def _files(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _copy_data(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _train_main(capsys, cfg: Path, *args):
+    from scripts import train_glide
+
+    capsys.readouterr()
+    return train_glide.main(["--config", str(cfg), "--device_target", "CPU", "--mode", "pynative", "--no_progress",
+                             *map(str, args)])
+
+
+@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key"])
+def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, shapes_data, capsys):
+    data = _copy_data(shapes_data, tmp_path / "data")
+    cfg = tiny_cfg(tmp_path, shapes_sp, data)
+    before = _earlier_run(tmp_path / "run")
+    extra, strict = [], True
+    if case == "missing list":
+        extra, strict, needles = ["data.image_caption_path_file=nope.txt"], False, ("data list not found", "nope.txt")
+    elif case == "corrupt image":
+        (data / "images" / "00003.png").write_bytes(b"not a png at all")
+        needles = ("1 image(s) missing or unreadable", "00003.png", "of 12 rows")
+    elif case == "empty caption":
+        caps = (data / "caps.txt").read_text(encoding="utf-8").splitlines()
+        caps[5] = caps[5].split("\t")[0] + "\t\u200b"       # not whitespace, yet no token
+        (data / "caps.txt").write_text("\n".join(caps) + "\n", encoding="utf-8")
+        needles = ("1 row(s) whose captions tokenize to nothing", "of 12 rows")
+    elif case == "batch":
+        extra, strict, needles = ["train.batch_size=13"], False, ("12 image-text pairs", "global batch of 13",
+                                                                  "lower train.batch_size")
+    else:
+        extra, strict, needles = ["train.btch_size=2"], False, ("unknown config key 'train.btch_size'",)
+    rc = _train_main(capsys, cfg, "--overwrite", *(["--strict"] if strict else []), *extra)
+    captured_error(capsys, rc, *needles)
+    assert _files(tmp_path / "run") == before
+    if strict:  # without --strict the row is skipped, counted and training goes on with the rest
+        from mind_diffusion.config import load_config
+        from mind_diffusion.glide.training import build_glide_trainer, glide_train_config_defaults
+        from mind_diffusion.runtime import init_runtime
+
+        c = load_config(str(cfg), [f"train.output_dir={tmp_path / 'run2'}"], glide_train_config_defaults())
+        trainer, _ = build_glide_trainer(c, init_runtime("CPU", "pynative", seed=0, verbose=False), progress=False)
+        out = capsys.readouterr().out
+        assert len(trainer.source.data) == N_IMAGES - 1 and "skipped; training uses the other 11" in out
+        assert needles[0] in out and "11 image-text pairs (1 skipped)" in out
+
+
+def _tiny_checkpoint(stage: str, path: Path, seed: int, n_vocab: int = 101) -> dict:
+    import mindspore as ms
+
+    from mind_diffusion.glide.checkpoint import save_glide_checkpoint
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr
+
+    ms.set_seed(seed)
+    net = (build_glide_base if stage == "base" else build_glide_sr)(dict(TINY_BASE if stage == "base" else TINY_SR,
+                                                                          n_vocab=n_vocab))
+    from mind_diffusion.glide.checkpoint import FP16_PARAMS
+
+    save_glide_checkpoint(net, path)  # the released layout: the two embeddings stored in fp16
+    return {p.name: p.asnumpy().astype(np.float16 if p.name in FP16_PARAMS else np.float32)
+            for p in net.get_parameters()}
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_fine_tune_start_loads_strictly(stage, tmp_path, shapes_sp, shapes_data):
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+
+    name = {"base": "glide_gen.ckpt", "sr": "glide_super_res.ckpt"}[stage]
+    want = _tiny_checkpoint(stage, tmp_path / name, seed=11)
+    cfg = load_config(str(tiny_cfg(tmp_path, shapes_sp, shapes_data, stage)), [f"init.checkpoint={tmp_path / name}"],
+                      glide_train_config_defaults())
+    trainer, _ = build_glide_trainer(cfg, init_runtime("CPU", "pynative", seed=0, verbose=False), progress=False)
+    got = {p.name: p.asnumpy() for p in trainer.model.get_parameters()}
+    assert sorted(got) == sorted(want)
+    assert all(np.array_equal(got[k], want[k].astype(got[k].dtype)) for k in want)
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_the_other_stages_checkpoint_is_refused(stage, tmp_path, shapes_sp, shapes_data, capsys):
+    other = "sr" if stage == "base" else "base"
+    name = {"base": "glide_gen.ckpt", "sr": "glide_super_res.ckpt"}[other]
+    _tiny_checkpoint(other, tmp_path / name, seed=1)
+    before = _earlier_run(tmp_path / "run")
+    rc = _train_main(capsys, tiny_cfg(tmp_path, shapes_sp, shapes_data, stage), "--overwrite",
+                     f"init.checkpoint={tmp_path / name}")
+    captured_error(capsys, rc, str(tmp_path / name), f"not the {'GLIDE base' if stage == 'base' else 'GLIDE super'}",
+                   "give each file to its own stage")
+    assert _files(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_full_size_export_has_the_released_names_shapes_dtypes(stage, shared_dir, monkeypatch):
+    """What the trainer exports (glide_state of the stage) for the full-size nets, against the
+    released files' manifest: names, order, shapes, dtypes. The nets are built without their
+    random initialisation and their values read as zero views (the values are checked on the
+    tiny nets)."""
+    import json
+
+    import mindspore as ms
+
+    from mind_diffusion.glide.checkpoint import glide_state
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr
+
+    path = shared_dir / "reference" / "glide_param_manifest.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (reference data lives in ../shared beside the repo)")
+    entries = json.loads(path.read_text())["models"][{"base": "base_64", "sr": "sr_64_to_256"}[stage]][
+        "params_checkpoint_names"]
+    net = (build_glide_base if stage == "base" else build_glide_sr)(deferred_init=True)
+    np_dtype = {ms.float32: np.float32, ms.float16: np.float16}
+    monkeypatch.setattr(ms.Parameter, "asnumpy",
+                        lambda self: np.broadcast_to(np.zeros((), np_dtype[self.dtype]), tuple(self.shape)))
+    state = glide_state(net, stage)
+    got = [(n, list(v.shape), {np.dtype(np.float32): "Float32", np.dtype(np.float16): "Float16"}[v.dtype])
+           for n, v in state.items()]
+    assert got == [(n, list(s), d) for n, s, d in entries]
