@@ -23,10 +23,19 @@ from mind_diffusion.train.launch import TrainerSpec, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def glide_train_config_defaults() -> dict:
+    """The GLIDE trainer's schema, imported only when that trainer is launched (its module loads MindSpore)."""
+    from mind_diffusion.glide.training import glide_train_config_defaults as defaults
+
+    return defaults()
+
+
 TRAINERS = {
     "ddpm": TrainerSpec("scripts/train_ddpm.py", ddpm_config_defaults, batch="global"),
     "ldm": TrainerSpec("scripts/train_ldm.py", ldm_train_config_defaults, batch="per_worker"),
     "vae": TrainerSpec("scripts/train_vae.py", vae_train_config_defaults, batch="per_worker", config_required=False),
+    "glide": TrainerSpec("scripts/train_glide.py", glide_train_config_defaults, batch="per_worker"),
 }
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Helpers for the GLIDE tests: a tiny SentencePiece model trained on the spot, a tiny GPT-2
-BPE vocabulary learnt by a minimal BPE trainer, and tiny random GLIDE checkpoints."""
+BPE vocabulary learnt by a minimal BPE trainer, tiny random GLIDE checkpoints, and the shapes-world
+data, tokenizer and tiny configs of the training tests."""
 from __future__ import annotations
 
 import collections
@@ -156,3 +157,60 @@ def make_tiny_glide_dir(folder: Path, seed: int = 0, std: float = 0.05) -> Path:
         net = randomize(build(GLIDE_TINY[kind]), seed + i, std)
         save_glide_checkpoint(net, folder / name, kind)
     return folder
+
+
+# ------------------------------------------------------------------------------------- training
+TINY_TRAIN_BASE = {"image_size": 16, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2],
+                   "attention_resolutions": [2], "num_head_channels": 16, "dropout": 0.0, "text_ctx": 16,
+                   "xf_width": 32, "xf_layers": 2, "xf_heads": 2}
+TINY_TRAIN_SR = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 1, 2],
+                 "attention_resolutions": [4], "num_head_channels": 32, "dropout": 0.0, "text_ctx": 16,
+                 "xf_width": 32, "xf_layers": 2, "xf_heads": 4}
+
+
+def train_shapes_sp(folder: Path, vocab_size: int = 100) -> Path:
+    """A small unigram SentencePiece model (<= ``vocab_size`` pieces; the tokenizer adds the end
+    token) trained on 300 shapes-world captions, in about a second."""
+    import sentencepiece as spm
+
+    from mind_diffusion.shapes.world import ShapesWorld
+
+    world = ShapesWorld(seed=3)
+    captions = [world.sample_scene(i)[1] for i in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1,
+                                   unk_id=0, hard_vocab_limit=False, minloglevel=2)
+    path = Path(folder) / "shapes-sp.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def shapes_glide_data(folder: Path, n: int) -> Path:
+    """A shapes-world export (data.csv + images/, 32 px) and the same pairs in the original's
+    list format: list.txt -> caps.txt ('<image>\\t<caption>') with images/ as the image root."""
+    from mind_diffusion.shapes.world import export_csv
+
+    folder = Path(folder)
+    csv = export_csv(folder, n, image_size=32, progress=False)
+    rows = [r.split(",", 1) for r in csv.read_text(encoding="utf-8").splitlines()[1:]]
+    (folder / "caps.txt").write_text("".join(f"{Path(p).name}\t{c}\n" for p, c in rows), encoding="utf-8")
+    (folder / "list.txt").write_text("# the original's image_caption_path_file\ncaps.txt images\n", encoding="utf-8")
+    return folder
+
+
+def tiny_glide_train_config(folder: Path, sp: Path, data: Path, stage: str = "base", n_vocab: int = 101,
+                            **train) -> Path:
+    """A tiny GLIDE training config (the trainer's schema) written to folder/tiny-<stage>.yaml."""
+    import yaml
+
+    net = dict(TINY_TRAIN_BASE if stage == "base" else TINY_TRAIN_SR, n_vocab=n_vocab)
+    t = {"steps": 4, "batch_size": 2, "loss_scale": "none", "log_every": 1, "ckpt_every": 2,
+         "output_dir": str(Path(folder) / "run"), **train}
+    cfg = {"model": {"stage": stage, "net": net}, "tokenizer": {"sp_model": str(sp)},
+           "data": {"kind": "captions", "path": str(data), "image_caption_path_file": "list.txt",
+                    "low_res_size": 16},
+           "train": t, "init": {"checkpoint": None}}
+    path = Path(folder) / f"tiny-{stage}.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path

@@ -13,42 +13,26 @@
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cli_helpers import captured_error, one_line_error, run_script
+from cli_helpers import captured_error, run_script
+from glide_tiny import TINY_TRAIN_BASE as TINY_BASE
+from glide_tiny import TINY_TRAIN_SR as TINY_SR
+from glide_tiny import shapes_glide_data, train_shapes_sp
+from glide_tiny import tiny_glide_train_config as tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BASE = {"image_size": 16, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2],
-             "attention_resolutions": [2], "num_head_channels": 16, "dropout": 0.0, "text_ctx": 16,
-             "xf_width": 32, "xf_layers": 2, "xf_heads": 2}
-TINY_SR = {"image_size": 32, "model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 1, 2],
-           "attention_resolutions": [4], "num_head_channels": 32, "dropout": 0.0, "text_ctx": 16,
-           "xf_width": 32, "xf_layers": 2, "xf_heads": 4}
 N_IMAGES = 12
 
 
 # ------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def shapes_sp(tmp_path_factory) -> Path:
-    """A small unigram SentencePiece model trained on shapes-world captions (about a second)."""
-    import sentencepiece as spm
-
-    from mind_diffusion.shapes.world import ShapesWorld
-
-    world = ShapesWorld(seed=3)
-    captions = [world.sample_scene(i)[1] for i in range(300)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=buf, vocab_size=100,
-                                   model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1,
-                                   unk_id=0, hard_vocab_limit=False, minloglevel=2)
-    path = tmp_path_factory.mktemp("glide_sp") / "shapes-sp.model"
-    path.write_bytes(buf.getvalue())
-    return path
+    return train_shapes_sp(tmp_path_factory.mktemp("glide_sp"))
 
 
 @pytest.fixture(scope="session")
@@ -60,33 +44,7 @@ def tokenizer(shapes_sp):
 
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory) -> Path:
-    """A shapes-world export (data.csv + images/, 32 px) and the same pairs in the original's
-    list format: list.txt -> caps.txt ('<image>\\t<caption>') with images/ as the image root."""
-    from mind_diffusion.shapes.world import export_csv
-
-    folder = tmp_path_factory.mktemp("glide_data")
-    csv = export_csv(folder, N_IMAGES, image_size=32, progress=False)
-    rows = csv.read_text(encoding="utf-8").splitlines()[1:]
-    (folder / "caps.txt").write_text("".join(f"{r.split(',', 1)[0][len('images/'):]}\t{r.split(',', 1)[1]}\n"
-                                             for r in rows), encoding="utf-8")
-    (folder / "list.txt").write_text("# the original's image_caption_path_file\ncaps.txt images\n", encoding="utf-8")
-    return folder
-
-
-def tiny_cfg(tmp_path: Path, sp: Path, data: Path, stage: str = "base", n_vocab: int = 101, **train):
-    """A tiny training config (the trainer's schema), as a YAML file for the script."""
-    import yaml
-
-    net = dict(TINY_BASE if stage == "base" else TINY_SR, n_vocab=n_vocab)
-    t = {"steps": 4, "batch_size": 2, "loss_scale": "none", "log_every": 1, "ckpt_every": 2,
-         "output_dir": str(tmp_path / "run"), **train}
-    cfg = {"model": {"stage": stage, "net": net}, "tokenizer": {"sp_model": str(sp)},
-           "data": {"kind": "captions", "path": str(data), "image_caption_path_file": "list.txt",
-                    "low_res_size": 16},
-           "train": t, "init": {"checkpoint": None}}
-    path = tmp_path / f"tiny-{stage}.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    return path
+    return shapes_glide_data(tmp_path_factory.mktemp("glide_data"), N_IMAGES)
 
 
 # ----------------------------------------------------------------------------- loss, closed form
@@ -538,3 +496,91 @@ def test_full_size_export_has_the_released_names_shapes_dtypes(stage, shared_dir
     got = [(n, list(v.shape), {np.dtype(np.float32): "Float32", np.dtype(np.float16): "Float16"}[v.dtype])
            for n, v in state.items()]
     assert got == [(n, list(s), d) for n, s, d in entries]
+
+
+# --------------------------------------------------------------- slow: runs of the training script
+def _train(cfg: Path, *args):
+    p = run_script("train_glide.py", "--config", cfg, "--device_target", "CPU", "--no_progress", *args, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, shapes_sp, shapes_data):
+    """4 steps of the tiny base model in one run (decay over 4 steps, checkpoints at 2 and 4)."""
+    d = tmp_path_factory.mktemp("glide_straight")
+    cfg = tiny_cfg(d, shapes_sp, shapes_data, decay_steps=4)
+    _train(cfg)
+    return d / "run", cfg
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(straight_run, tmp_path):
+    from mind_diffusion.checkpoint.io import read_checkpoint
+
+    run, cfg = straight_run
+    out = tmp_path / "run"
+    _train(cfg, "train.steps=2", f"train.output_dir={out}")
+    p = _train(cfg, "--resume", "auto", f"train.output_dir={out}")
+    assert "step_0000002" in p.stdout + p.stderr
+    a, b = read_checkpoint(out / "checkpoints/step_0000004.ckpt"), read_checkpoint(run / "checkpoints/step_0000004.ckpt")
+    assert sorted(a) == sorted(b)
+    diff = max(float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).max()) for k in a)
+    print(f"\n[glide-train] 4 steps vs 2 + resume 2: {len(a)} tensors, max |difference| {diff:.1e}")
+    assert diff <= 1e-7
+    moved = read_checkpoint(run / "checkpoints/step_0000002.ckpt")
+    assert max(float(np.abs(moved[k] - b[k]).max()) for k in b if k.startswith("input_blocks")) > 1e-6
+
+
+def _check_released_layout(path: Path, stage: str, train_state: dict):
+    """The export: every name under the released prefix, fp16 embeddings, loads strictly into a
+    fresh net with the trained weights."""
+    import yaml
+
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.glide.checkpoint import FP16_PARAMS, TRAINING_PREFIX, load_glide_checkpoint
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr
+
+    state = read_checkpoint(path)
+    assert state and all(n.startswith("diffusion_with_p_sample.p_mean_variance.guider_net.") for n in state)
+    for n, v in state.items():
+        assert v.dtype == (np.float16 if n[len(TRAINING_PREFIX):] in FP16_PARAMS else np.float32), n
+    net_cfg = yaml.safe_load((path.parent / "model.yaml").read_text())["model"][stage]
+    net = (build_glide_base if stage == "base" else build_glide_sr)(net_cfg)
+    report = load_glide_checkpoint(net, path, stage)
+    params = {p.name: p.asnumpy() for p in net.get_parameters()}
+    assert report.loaded == len(params) == len(state)
+    for name, value in params.items():
+        want = train_state[name]
+        if name in FP16_PARAMS:
+            want = want.astype(np.float16)
+        np.testing.assert_array_equal(value, want.astype(np.float32), err_msg=name)
+
+
+@pytest.mark.slow
+def test_base_export_round_trip_and_sampling(straight_run, shapes_sp):
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.glide.pipeline import GlidePipeline
+
+    run, _ = straight_run
+    _check_released_layout(run / "glide_gen.ckpt", "base", read_checkpoint(run / "checkpoints/step_0000004.ckpt"))
+    pipe = GlidePipeline.from_pretrained(run / "model.yaml", run / "glide_gen.ckpt", tokenizer=shapes_sp, stages=64)
+    out = pipe("一个红色的圆形在左边", num_inference_steps=4, seed=1, progress=False)
+    img = out.images
+    assert img.shape[-3:] == (16, 16, 3) and img.dtype == np.uint8 and img.std() > 0
+
+
+@pytest.mark.slow
+def test_sr_fine_tune_trains_and_exports_the_released_layout(tmp_path, shapes_sp, shapes_data):
+    from mind_diffusion.checkpoint.io import read_checkpoint
+
+    start = _tiny_checkpoint("sr", tmp_path / "glide_super_res.ckpt", seed=5)
+    cfg = tiny_cfg(tmp_path, shapes_sp, shapes_data, "sr", steps=2, ckpt_every=1)
+    _train(cfg, f"init.checkpoint={tmp_path / 'glide_super_res.ckpt'}")
+    run = tmp_path / "run"
+    trained = read_checkpoint(run / "checkpoints/step_0000002.ckpt")
+    _check_released_layout(run / "glide_super_res.ckpt", "sr", trained)
+    first = read_checkpoint(run / "checkpoints/step_0000001.ckpt")
+    # it started from the given weights (one small AdamW step away) and kept training
+    k = "input_blocks.0.0.conv.weight"
+    assert 0 < np.abs(first[k] - start[k]).max() < 1e-3 and np.abs(trained[k] - first[k]).max() > 0

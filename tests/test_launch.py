@@ -278,3 +278,64 @@ def test_wukong_run_train_parallel_keeps_the_original_arguments(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: DEVICE_NUM=3 disagrees")
     p = _sh("run_train_parallel.sh", "2", "0,1")
     assert p.returncode == 2 and "Usage: bash scripts/run_train_parallel.sh [DEVICE_NUM]" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------ GLIDE
+GLIDE_GEN = str(ROOT / "configs" / "glide" / "train-gen.yaml")
+
+
+def test_glide_trainer_batch_is_per_worker_and_its_config_is_checked(capsys, tmp_path):
+    cfg = L.preflight(TRAINERS["glide"], ["--config", GLIDE_GEN, "--is_super_res", "false", "train.batch_size=10"], 8,
+                      ROOT)
+    assert L.global_batch(TRAINERS["glide"], cfg, 8) == 80 and cfg.model.stage == "base"
+    code, out, err = run_main(["msrun", "glide", "--worker_num", "2", "--dry_run", "--log_dir", str(tmp_path), "--",
+                               "--config", GLIDE_GEN, "train.btch_size=2"], capsys)
+    assert code == 2 and "unknown config key 'train.btch_size'" in err and len(err.strip().splitlines()) == 1
+    p = _sh("run_train_glide_msrun.sh", "2", GLIDE_GEN, "--device_target", "CPU", DRY_RUN="1",
+            LOG_DIR=str(tmp_path / "logs"), MASTER_PORT=str(L.free_port()))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].endswith(f"scripts/train_glide.py --config {GLIDE_GEN} --no_progress "
+                                              f"--device_target CPU")
+
+
+def _glide_files(tmp_path):
+    pre, data = tmp_path / "pre", tmp_path / "data"
+    pre.mkdir()
+    data.mkdir()
+    for name in ("glide_gen.ckpt", "glide_super_res.ckpt", "cog-pretrain.model"):
+        (pre / name).write_bytes(b"x")
+    return {"DATA_PATH": str(data), "PRETRAINED_MODEL_PATH": str(pre) + "/", "OUTPUT": str(tmp_path / "out")}
+
+
+@pytest.mark.parametrize("script, ckpt, config", [
+    ("run_gen_finetune_dist.sh", "glide_gen.ckpt", "train-gen.yaml"),
+    ("run_super_res_finetune_dist.sh", "glide_super_res.ckpt", "train-super-res.yaml"),
+])
+def test_glide_finetune_launchers_keep_the_original_arguments(tmp_path, script, ckpt, config):
+    t = table(tmp_path / "hccl_2p.json", [[0, 1]])
+    env = _glide_files(tmp_path)
+    p = _sh(script, "2", "0,1", str(t), "--device_target", "CPU", "train.batch_size=2", DRY_RUN="1", **env)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out"
+    assert f"DEVICE_ID=1 RANK_ID=1 RANK_SIZE=2 RANK_TABLE_FILE={t} DEVICE_NUM=2 SERVER_ID=0 -> " \
+           f"{out / 'rank_1' / 'log_train'}" in p.stdout
+    pre = tmp_path / "pre"
+    assert p.stdout.splitlines()[-1].endswith(
+        f"scripts/train_glide.py --config {ROOT / 'configs' / 'glide' / config} --no_progress train.output_dir={out} "
+        f"data.path={tmp_path / 'data'} init.checkpoint={pre / ckpt} tokenizer.sp_model={pre / 'cog-pretrain.model'} "
+        f"--device_target CPU train.batch_size=2")
+    assert not out.exists()  # a dry run writes nothing (and a real one never deletes OUTPUT)
+    for args, extra, needle in [
+        (["2", "0,1"], {}, f"Usage: bash scripts/{script} [DEVICE_NUM] [VISIABLE_DEVICES(0,1,2,3,4,5,6,7)] "
+                           f"[RANK_TABLE_FILE]"),
+        (["9", "0,1", str(t)], {}, "error: DEVICE_NUM=9 is not in [1,8]"),
+        (["2", "0", str(t)], {}, "error: DEVICE_NUM=2 is not matched with VISIABLE_DEVICES=0"),
+        (["2", "0,1", str(tmp_path / "none.json")], {}, "is not a file"),
+        (["2", "0,1", str(t)], {"PRETRAINED_MODEL_PATH": str(tmp_path)}, f"error: {tmp_path / ckpt} not found"),
+        (["2", "0,1", str(t)], {"DATA_PATH": str(tmp_path / "nope")}, "error: DATA_PATH="),
+        (["3", "0,1,2", str(t), "--device_target", "CPU"], {}, "error: DEVICE_NUM=3 disagrees with the rank table"),
+        (["2", "0,1", str(t), "--device_target", "CPU", "train.batch_size=0"], {}, "error: train.batch_size"),
+    ]:
+        p = _sh(script, *args, DRY_RUN="1", **{**env, **extra})
+        assert p.returncode == 2 and needle in p.stderr.strip().splitlines()[-1], (args, p.stderr)
+    assert not out.exists()

@@ -211,3 +211,18 @@ def test_two_nodes_ldm_match_one_process(tmp_path):
     assert max_diff(tmp_path / "dp/checkpoints/step_0000003.ckpt",
                     tmp_path / "single/checkpoints/step_0000003.ckpt") <= 2e-5
     assert max_diff(tmp_path / "dp/model.ckpt", tmp_path / "single/model.ckpt") <= 2e-5
+
+
+def test_two_nodes_glide_match_one_process(tmp_path):
+    from glide_tiny import shapes_glide_data, tiny_glide_train_config, train_shapes_sp
+
+    sp = train_shapes_sp(tmp_path)
+    data = shapes_glide_data(tmp_path / "data", 8)
+    cfg = tiny_glide_train_config(tmp_path, sp, data, steps=3, ckpt_every=100, decay_steps=3)
+    common = ["--config", str(cfg), "--device_target", "CPU", "--no_progress", "train.start_learning_rate=3e-3"]
+    # train.batch_size is per worker, as the original's --batch_size: 2 workers x 2 = one process x 4
+    single("train_glide.py", [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'single'}"])
+    two_nodes("glide", tmp_path / "logs", [*common, "train.batch_size=2", f"train.output_dir={tmp_path / 'dp'}"])
+    assert max_diff(tmp_path / "dp/checkpoints/step_0000003.ckpt",
+                    tmp_path / "single/checkpoints/step_0000003.ckpt") <= 2e-5
+    assert max_diff(tmp_path / "dp/glide_gen.ckpt", tmp_path / "single/glide_gen.ckpt") <= 2e-5

@@ -547,9 +547,10 @@ class GlideTrainer(Trainer):
     def export(self) -> dict:
         if self.rank != 0:
             return {}
+        # only the network's tensors, named as in the released files (no step counter beside them:
+        # the original loads them into its GaussianDiffusion cell; checkpoints/ holds the step)
         state = glide_state(self.model, self.stage)
-        extra = {"meta.step": int(self.step)}
-        paths = {"model": save_atomic(state, self.out_dir / self.export_names[0], extra=extra)}
+        paths = {"model": save_atomic(state, self.out_dir / self.export_names[0])}
         if not isinstance(self.ema, NoEMA):
             from .checkpoint import FP16_PARAMS, TRAINING_PREFIX
 
@@ -557,7 +558,7 @@ class GlideTrainer(Trainer):
             for name, value in self.ema.model_state().items():
                 value = np.asarray(value)
                 ema[TRAINING_PREFIX + name] = value.astype(np.float16) if name in FP16_PARAMS else value
-            paths["ema"] = save_atomic(ema, self.out_dir / self.export_names[1], extra=extra)
+            paths["ema"] = save_atomic(ema, self.out_dir / self.export_names[1])
         net = {k: list(v) if isinstance(v, tuple) else v for k, v in self.net_cfg.items()}
         save_config({"model": {self.stage: net}, "tokenizer": self.tokenizer_cfg,
                      "checkpoint": {"ckpt_path": ".", ("gen_ckpt" if self.stage == "base" else "super_ckpt"):
