@@ -11,72 +11,11 @@ row per image) and `grid_<split>.png` (samples with their prompts) into --out.
 """
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 from mind_diffusion.cli import run_cli
-
-KEYS = ("colour", "shape", "position", "all")
-
-
-def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progress: bool = True) -> tuple:
-    """(rows [{prompt, seed, colour, shape, position, all}], images) for ``per_prompt`` images
-    of every prompt;
-    image j of prompt i uses seed ``seed + i * per_prompt + j`` (regenerate any one alone)."""
-    from mind_diffusion.shapes.scorer import score
-
-    prompts = [p for p in prompts for _ in range(per_prompt)]  # image n has seed + n
-    rows, images = [], []
-    for s in range(0, len(prompts), batch):
-        # the pipeline gives image k of a call the seed seed + k
-        imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress)
-        for k, (p, img) in enumerate(zip(prompts[s:s + batch], imgs)):
-            r = score(img, p)
-            rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS}})
-            images.append(img)
-    return rows, images
-
-
-def rates(rows) -> dict:
-    n = len(rows)
-    return {"n": n, **{k: (sum(r[k] for r in rows) / n if n else float("nan")) for k in KEYS}}
-
-
-def markdown(table: dict, settings: dict) -> str:
-    lines = [f"Settings: {json.dumps(settings, ensure_ascii=False)}", "",
-             "| prompts | images | colour | shape | position | all three |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r in table.items():
-        lines.append(f"| {name} | {r['n']} | {r['colour']:.1%} | {r['shape']:.1%} | {r['position']:.1%} | "
-                     f"{r['all']:.1%} |")
-    return "\n".join(lines) + "\n"
-
-
-def label_grid(images, prompts, ncol: int = 8):
-    """Images in a grid with their prompts written under each (PIL default font has no CJK
-    glyphs, so the label is drawn with the first CJK-capable font found, else the index)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = None
-    for name in ("NotoSansCJK-Regular.ttc", "wqy-microhei.ttc", "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf"):
-        for root in ("/usr/share/fonts", "/usr/local/share/fonts"):
-            hits = list(Path(root).rglob(name)) if Path(root).is_dir() else []
-            if hits:
-                font = ImageFont.truetype(str(hits[0]), 11)
-                break
-        if font:
-            break
-    size = images[0].shape[0] * 2
-    cell_w, cell_h = size + 8, size + 22
-    rows = -(-len(images) // ncol)
-    canvas = Image.new("RGB", (ncol * cell_w, rows * cell_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (img, p) in enumerate(zip(images, prompts)):
-        x, y = (i % ncol) * cell_w + 4, (i // ncol) * cell_h + 2
-        canvas.paste(Image.fromarray(np.asarray(img)).resize((size, size), Image.NEAREST), (x, y))
-        draw.text((x, y + size + 2), p if font else f"#{i}", fill="black", font=font)
-    return canvas
+from mind_diffusion.evaluation.adherence import KEYS, evaluate, label_grid, markdown, rates
 
 
 def main(argv=None):

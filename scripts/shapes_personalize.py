@@ -24,7 +24,7 @@ def data(args):
 
     import numpy as np
     from PIL import Image
-    from mind_diffusion_scripts.eval_shapes_model import label_grid
+    from mind_diffusion.evaluation.adherence import label_grid
 
     out = check_output_dir(args.out)
     paths = write_instances(out / "instances", token=args.token)
@@ -59,7 +59,7 @@ def load_pipe(args, rt):
 
 
 def evaluate(args):
-    from mind_diffusion_scripts.eval_shapes_model import KEYS, evaluate as eval_adherence, label_grid, markdown, rates
+    from mind_diffusion.evaluation.adherence import KEYS, evaluate as eval_adherence, label_grid, markdown, rates
 
     from mind_diffusion.runtime import cli_options, init_runtime
     from mind_diffusion.shapes.personalize import evaluate_new_shape

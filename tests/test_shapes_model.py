@@ -37,7 +37,7 @@ def test_model_folder_is_small_and_complete():
 
 
 def test_heldout_prompt_adherence(pipe):
-    from mind_diffusion_scripts.eval_shapes_model import evaluate, rates
+    from mind_diffusion.evaluation.adherence import evaluate, rates
 
     from mind_diffusion.shapes.world import eval_prompts
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The built-in shapes-world GLIDE from nothing, in one command that resumes:
+#
+#   bash scripts/train_glide_shapes.sh                        # -> output/glide_shapes
+#   bash scripts/train_glide_shapes.sh models/glide_shapes    # replace the model run_glide_infer.sh falls back to
+#
+# Stages, each with its log in $RUNS/glide-shapes-<stage>.log:
+#   export     the world: N_IMAGES captioned 256 px renders (anti-aliased)         -> $DATA
+#   tokenizer  the world's SentencePiece model (if $OUT lacks it)                  -> $OUT/shapes-sp.model
+#   base       the 64 px base model (configs/glide/shapes-base.yaml)                -> $RUNS/glide-shapes-base
+#   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
+#   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
+#   package    fp16 checkpoints, tokenizer, config, logs and curves                 -> $OUT
+#   eval       adherence at 64 / 256 / 1024 px on held-out and seen prompts         -> $OUT/eval
+#
+# Run the same command again after an interruption: finished stages are skipped and a stopped
+# training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
+# Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), RUNS (runs), N_IMAGES
+# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides, e.g. BASE_ARGS="train.steps=2000"),
+# EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+fi
+"$PY" -c "import mindspore, mind_diffusion" 2>/dev/null || {
+  echo "error: $PY cannot import mindspore and mind_diffusion: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
+  exit 2; }
+[ $# -le 1 ] || { echo "error: one argument at most, the model folder to write (default output/glide_shapes)" >&2; exit 2; }
+OUT="${1:-output/glide_shapes}"
+DATA="${DATA:-data/shapes_glide256}"
+RUNS="${RUNS:-runs}"
+N_IMAGES="${N_IMAGES:-20000}"
+read -r -a BASE_X <<< "${BASE_ARGS:-}"
+read -r -a SR_X <<< "${SR_ARGS:-}"
+read -r -a SRGAN_X <<< "${SRGAN_ARGS:-}"
+read -r -a EVAL_X <<< "${EVAL_ARGS:-}"
+read -r -a RT_X <<< "${RUNTIME_ARGS:-}"
+export GLOG_v="${GLOG_v:-3}"
+mkdir -p "$RUNS" "$OUT"
+
+stage() {  # stage NAME COMMAND...: run COMMAND, its output also in $RUNS/glide-shapes-NAME.log
+  local name=$1; shift
+  echo "== $name: $*"
+  if ! "$@" 2>&1 | tee -a "$RUNS/glide-shapes-$name.log"; then
+    echo "error: stage '$name' failed (log: $RUNS/glide-shapes-$name.log); fix the cause and run the same" \
+         "command again: finished stages are kept" >&2
+    exit 1
+  fi
+}
+
+train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or skipped when finished
+  local name=$1 script=$2 cfg=$3 run=$4; shift 4
+  if [ -f "$run/.finished" ]; then
+    echo "== $name: finished before ($run), skipped"
+    return
+  fi
+  local resume=(--overwrite)
+  if compgen -G "$run/checkpoints/*.ckpt" >/dev/null; then resume=(--resume auto); fi
+  stage "$name" "$PY" "scripts/$script" --config "$cfg" ${resume[@]+"${resume[@]}"} \
+    ${RT_X[@]+"${RT_X[@]}"} "$@"
+  touch "$run/.finished"
+}
+
+if [ -f "$DATA/data.csv" ]; then
+  echo "== export: $DATA holds an export, kept"
+else
+  stage export "$PY" scripts/export_shapes_csv.py --out "$DATA" --n "$N_IMAGES" --image_size 256 --antialias --overwrite
+fi
+TOK="$OUT/shapes-sp.model"
+if [ -f "$TOK" ]; then
+  echo "== tokenizer: $TOK exists, kept"
+else
+  stage tokenizer "$PY" -c "import sys; from mind_diffusion.shapes.sentencepiece_vocab import build_sentencepiece; \
+print(build_sentencepiece(sys.argv[1]))" "$TOK"
+fi
+
+train base train_glide.py configs/glide/shapes-base.yaml "$RUNS/glide-shapes-base" --no_progress \
+  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" ${BASE_X[@]+"${BASE_X[@]}"}
+train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --no_progress \
+  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
+train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
+  --set "train.output_dir=$RUNS/glide-shapes-srgan" ${SRGAN_X[@]+"${SRGAN_X[@]}"}
+
+stage package "$PY" scripts/package_glide_shapes.py --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
+  --srgan "$RUNS/glide-shapes-srgan" --out "$OUT" --tokenizer "$TOK"
+rm -rf "$OUT/eval.tmp"
+stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \
+  ${RT_X[@]+"${RT_X[@]}"} ${EVAL_X[@]+"${EVAL_X[@]}"}
+rm -rf "$OUT/eval"
+mv "$OUT/eval.tmp" "$OUT/eval"
+echo "done: $OUT (tables: $OUT/eval/adherence.md). scripts/run_glide_infer.sh falls back to models/glide_shapes" \
+     "when the official Taichu-GLIDE checkpoints are absent."

@@ -1,0 +1,74 @@
+"""Packaging the built-in GLIDE (fp16 matrices, fp32 vectors, strict reload) and the per-stage
+adherence evaluation that its model card reports."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mind_diffusion.checkpoint.io import CheckpointError, read_checkpoint
+from mind_diffusion.evaluation.adherence import evaluate_stages, stage_markdown, stage_rates
+from mind_diffusion.glide.checkpoint import load_glide_checkpoint, save_glide_checkpoint
+from mind_diffusion.glide.config import GLIDE_TINY
+from mind_diffusion.glide.model import build_glide_base, build_srgan
+from mind_diffusion.glide.packaging import fp16_state, max_fp16_error, package_stage
+from mind_diffusion.shapes.world import ShapesWorld
+
+
+def test_fp16_state_keeps_vectors_and_rounds_matrices():
+    state = {"w": np.array([[1.0, 1e-3], [3.14159, -2.0]], np.float32), "b": np.array([1e-7, 2.5], np.float32),
+             "n": np.array([3], np.int32)}
+    half = fp16_state(state)
+    assert half["w"].dtype == np.float16 and half["b"].dtype == np.float32 and half["n"].dtype == np.int32
+    np.testing.assert_array_equal(half["b"], state["b"])  # 1e-7 would be a subnormal in fp16
+    x = state["w"].astype(np.float64)
+    want = np.linalg.norm(x - state["w"].astype(np.float16)) / np.linalg.norm(x)
+    assert max_fp16_error(state) == pytest.approx(want)
+    with pytest.raises(CheckpointError, match="beyond fp16's range"):
+        fp16_state({"big": np.full((2, 2), 7e4, np.float32)})
+
+
+def test_packaged_stage_reloads_strictly(tmp_path):
+    net = build_glide_base(GLIDE_TINY["base"])
+    src = save_glide_checkpoint(net, tmp_path / "glide_gen_ema.ckpt", "base")
+    info = package_stage(src, tmp_path / "pkg" / "glide_gen.ckpt", "base")
+    assert info["bytes"] < src.stat().st_size * 0.6
+    state = read_checkpoint(info["path"], "packaged")
+    assert all(k.startswith("diffusion_with_p_sample.p_mean_variance.guider_net.") for k in state)
+    fresh = build_glide_base(GLIDE_TINY["base"])
+    load_glide_checkpoint(fresh, info["path"], "base")  # strict
+    for p, q in zip(net.get_parameters(), fresh.get_parameters()):
+        a, b = p.asnumpy(), q.asnumpy()
+        want = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
+        np.testing.assert_array_equal(b, want, err_msg=p.name)
+    with pytest.raises(CheckpointError, match="not the srgan stage"):
+        package_stage(src, tmp_path / "pkg" / "srgan.ckpt", "srgan")
+    g = build_srgan(GLIDE_TINY["srgan"])
+    s = save_glide_checkpoint(g, tmp_path / "srgan.ckpt", "srgan")
+    package_stage(s, tmp_path / "pkg" / "srgan.ckpt", "srgan")
+    load_glide_checkpoint(build_srgan(GLIDE_TINY["srgan"]), tmp_path / "pkg" / "srgan.ckpt", "srgan")
+
+
+def test_evaluate_stages_scores_each_stage_and_their_agreement():
+    """A fake cascade that renders each prompt's scene: perfect at 64 and at 256 (the same scene
+    rendered larger); at 1024 the second image is blanked, so its verdicts change."""
+    world = ShapesWorld(seed=3, split="heldout")
+    scenes = world.eval_scenes(2)
+    by_prompt = {p: s for s, p in scenes}
+
+    def run(prompts, seed):
+        from mind_diffusion.shapes.world import render_scene
+
+        out = {size: np.stack([render_scene(by_prompt[p], size, antialias=True) for p in prompts])
+               for size in (64, 256)}
+        big = np.stack([render_scene(by_prompt[p], 256, antialias=True).repeat(4, 0).repeat(4, 1) for p in prompts])
+        big[1] = big[1, 0, 0]  # background only
+        out[1024] = big
+        return out
+
+    rows, images = evaluate_stages(run, [p for _, p in scenes], per_prompt=1, seed=10, batch=4)
+    assert [r["seed"] for r in rows] == [10, 11] and sorted(images) == [64, 256, 1024]
+    table = stage_rates(rows)
+    assert table[64]["all"] == 1.0 and table[256]["all"] == 1.0 and table[256]["same"] == 1.0
+    assert table[1024]["same"] == 0.5 and table[1024]["colour"] == 0.5
+    md = stage_markdown({"held-out": table}, {"seed": 10})
+    assert "| held-out | 1024 px | 2 |" in md and "50.0%" in md
