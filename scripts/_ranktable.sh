@@ -12,7 +12,9 @@ if [ $# -lt 2 ]; then
 fi
 TABLE=$1; CONFIG=$2; shift 2
 source "$(dirname "$0")/_launch_common.sh"
+# the config flag of the trainer script: DreamBooth keeps the original run_db_train.py's --train_config
+case "$TRAINER" in db) CONFIG_FLAG=--train_config ;; *) CONFIG_FLAG=--config ;; esac
 exec "$PYTHON" "$ROOT/scripts/launch_train.py" ranktable "$TRAINER" --rank_table "$TABLE" \
   ${DEVICE_NUM:+--device_num "$DEVICE_NUM"} ${DEVICES:+--devices "$DEVICES"} ${SERVER_ID:+--server_id "$SERVER_ID"} \
   --log_dir "${LOG_DIR:-runs/ranktable_${TRAINER}_logs}" --cluster_time_out "${CLUSTER_TIME_OUT:-600}" \
-  ${DRY_RUN:+--dry_run} -- --config "$CONFIG" --no_progress "$@"
+  ${DRY_RUN:+--dry_run} -- "$CONFIG_FLAG" "$CONFIG" --no_progress "$@"

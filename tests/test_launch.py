@@ -341,3 +341,83 @@ def test_glide_finetune_launchers_keep_the_original_arguments(tmp_path, script, 
         p = _sh(script, *args, DRY_RUN="1", **{**env, **extra})
         assert p.returncode == 2 and needle in p.stderr.strip().splitlines()[-1], (args, p.stderr)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- DreamBooth
+SHAPES_DB = str(ROOT / "configs" / "shapes" / "dreambooth.yaml")
+
+
+def _db_instances(folder: Path, n: int = 2) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / f"sks_{i}.png")
+    return folder
+
+
+def _db_args(tmp_path, *extra):
+    return ["--train_config", SHAPES_DB, "--pretrained_model_path", str(ROOT / "models" / "shapes_zh"),
+            "--train_data_path", str(_db_instances(tmp_path / "inst")), "--reg_data_path", str(tmp_path / "cls"),
+            "--token", "sks", "--output_path", str(tmp_path / "out"), *extra]
+
+
+def test_dreambooth_trainer_reads_the_original_flags_and_its_batch_is_per_worker(capsys, tmp_path):
+    spec = TRAINERS["db"]
+    cfg = L.preflight(spec, _db_args(tmp_path, "--train_batch_size", "3", "--device_target", "CPU", "train.steps=5"),
+                      4, ROOT)
+    assert (cfg.dreambooth.token, cfg.dreambooth.instance_data, cfg.train.output_dir) == (
+        "sks", str(tmp_path / "inst"), str(tmp_path / "out"))
+    assert cfg.train.steps == 5 and cfg.model.family == "shapes-zh"  # the model folder's model
+    assert L.global_batch(spec, cfg, 4) == 12  # 3 instance rows on each of 4 workers
+    args = _db_args(tmp_path, "--class_word=猫", "--use_parallel", "True", "--device_target", "CPU")
+    code, out, err = run_main(["msrun", "db", "--worker_num", "2", "--dry_run", "--log_dir", str(tmp_path / "l"),
+                               "--", *args], capsys)
+    assert code == 0 and err == ""
+    assert out.splitlines()[-1].endswith("scripts/run_db_train.py " + " ".join(args))  # passed through verbatim
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cls").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"--train_data_path": "{tmp}/nowhere"}, "instance folder not found: {tmp}/nowhere (--train_data_path)"),
+    ({"--train_data_path": "{tmp}/empty"}, "instance folder {tmp}/empty holds no images"),
+    ({"--train_config": "{tmp}/no.yaml"}, "--train_config not found: {tmp}/no.yaml"),
+    ({"--pretrained_model_path": "{tmp}"}, "init.checkpoint not found: {tmp}/wukong-huahua-ms.ckpt"),
+    ({"--epochs": "five"}, "run_db_train.py: argument --epochs: invalid int value: 'five'"),
+    ({"--use_parallel": "yes"}, "run_db_train.py: argument --use_parallel: expected True or False, got 'yes'"),
+    ({"--tokn": "sks"}, "run_db_train.py: unrecognized arguments: --tokn"),
+    ({"train.btch_size=2": None}, "unknown config key 'train.btch_size'"),
+    ({"train.start_learning_rate=-1": None}, "train.start_learning_rate"),
+])
+def test_launcher_refuses_bad_dreambooth_flags_with_one_line(tmp_path, capsys, change, needle):
+    (tmp_path / "empty").mkdir()
+    args = _db_args(tmp_path)
+    for flag, value in change.items():
+        if value is None:
+            args.append(flag)
+            continue
+        value = value.format(tmp=tmp_path)
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code, out, err = run_main(["msrun", "db", "--worker_num", "2", "--dry_run", "--", *args], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and needle.format(tmp=tmp_path) in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cls").exists()
+
+
+def test_dreambooth_shell_launchers_pass_train_config(tmp_path):
+    t = table(tmp_path / "hccl_2p.json", [[0, 1]])
+    args = _db_args(tmp_path, "--device_target", "CPU")
+    p = _sh("run_train_db_ranktable.sh", str(t), *args[1:], DRY_RUN="1", LOG_DIR=str(tmp_path / "logs"))
+    assert p.returncode == 0, p.stderr
+    assert f"DEVICE_ID=1 RANK_ID=1 RANK_SIZE=2 RANK_TABLE_FILE={t} DEVICE_NUM=2 SERVER_ID=0 -> " \
+           f"{tmp_path / 'logs' / 'rank_1' / 'log_train'}" in p.stdout
+    assert p.stdout.splitlines()[-1].endswith(f"scripts/run_db_train.py --train_config {SHAPES_DB} --no_progress "
+                                              + " ".join(args[2:]))
+    p = _sh("run_train_db_msrun.sh", "2", str(tmp_path / "none.yaml"), *args[2:], DRY_RUN="1")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == \
+        f"error: --train_config not found: {tmp_path / 'none.yaml'} (a YAML such as configs/shapes/dreambooth.yaml, " \
+        f"or the original's train_db_config.json)"
+    assert not (tmp_path / "out").exists()

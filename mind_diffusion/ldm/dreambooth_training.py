@@ -37,35 +37,13 @@ from pathlib import Path
 import numpy as np
 from mindspore import nn
 
-from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, unreadable_images
-from .config import ldm_train_config_defaults
+from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, shard_rows, unreadable_images
+from .dreambooth_config import (FLAG_KEYS, LORA_KEYS, ORIGINAL_JSON_KEYS, dreambooth_config_defaults,  # noqa: F401
+                                load_dreambooth_config, read_original_json)
 
 __all__ = ["DreamBoothBatches", "DreamBoothLoss", "FolderImageText", "build_dreambooth_trainer",
            "check_identifier_token", "dreambooth_config_defaults", "ensure_class_images", "read_image_folder_captions",
            "token_ids"]
-
-
-def dreambooth_config_defaults() -> dict:
-    """The LDM training schema plus the ``dreambooth:`` section (the original's
-    ``train_db_config.json`` + ``v1-train-db-chinese.yaml`` values where they exist)."""
-    cfg = ldm_train_config_defaults()
-    cfg["train"].update({"batch_size": 1, "epochs": 5, "warmup_steps": 100, "start_learning_rate": 1.0e-6,
-                         "end_learning_rate": 1.0e-7, "ckpt_every": 1000, "output_dir": "output/dreambooth"})
-    cfg["dreambooth"] = {
-        "instance_data": "",             # --train_data_path: folder of 3-5 images of the subject
-        "class_data": None,              # --reg_data_path: class images (cache); null = no prior preservation
-        "token": "α",                    # --token: the rare identifier
-        "class_word": "",                # --class_word
-        "instance_prompt": "{token}{class_word}",   # caption of instance images without a .txt
-        "class_prompt": "{class_word}",             # caption / generation prompt of class images
-        "class_prompts_file": None,      # one class prompt per line (cycled) for generated class images
-        "num_class_images": 200,
-        "prior_loss_weight": 0.5,        # reg_weight
-        "train_data_repeats": 100,       # steps per epoch = instances x (repeats + 1) / global batch
-        "max_token_rate": 0.01,          # the token may occur in at most this share of training captions
-        "generation_batch": 16,
-    }
-    return cfg
 
 
 # --------------------------------------------------------------------------------------- data
@@ -234,7 +212,7 @@ class DreamBoothBatches:
     """Random-access batch source: item ``step`` -> this rank's instance columns
     ``(x | mean, logvar, ids, t, noise, posterior_noise)`` followed, with prior preservation, by
     the same columns for class rows. Rows, t, noise and caption dropout are a pure function of
-    ``(seed, step)`` over the global batch; rank r takes rows ``[r*B, (r+1)*B)``."""
+    ``(seed, step)`` over the global batch; rank r takes rows ``[r*B, (r+1)*B)`` (``shard_rows``)."""
 
     def __init__(self, instance, tokenizer, batch_size: int, num_timesteps: int, latent_shape, seed: int = 0,
                  rank: int = 0, group_size: int = 1, caption_dropout: float = 0.0, klass=None,
@@ -242,6 +220,7 @@ class DreamBoothBatches:
         self.instance, self.klass, self.tokenizer = instance, klass, tokenizer
         self.local = int(batch_size)
         self.global_batch = self.local * int(group_size)
+        self.rows = range(*shard_rows(self.global_batch, int(group_size), 1, int(rank)))  # as the LDM trainer
         self.num_timesteps = int(num_timesteps)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.seed, self.rank = int(seed), int(rank)
@@ -267,11 +246,10 @@ class DreamBoothBatches:
                 np.ascontiguousarray(noise[rows.start:rows.stop]), np.ascontiguousarray(post[rows.start:rows.stop]))
 
     def __getitem__(self, step: int):
-        rows = range(self.rank * self.local, (self.rank + 1) * self.local)
-        out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), rows)
+        out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), self.rows)
         if self.klass is not None:
             out += self._part(self.klass, self.class_latents, np.random.default_rng([self.seed, int(step), 17, 1]),
-                              rows)
+                              self.rows)
         return out
 
     def describe_global_batch(self) -> str:
@@ -394,101 +372,3 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, steps_per_epoch, te_start,
                                  resume, overwrite, progress, what)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
-
-
-# ------------------------------------------------------------------------------ the original's CLI
-#: keys of the original's train_db_config.json -> config keys (model_config, data_path, patch_size,
-#: gradient_accumulation_steps and weight_decay are not read: the model comes from the pretrained
-#: folder, and the original hard-codes weight decay 1e-6)
-ORIGINAL_JSON_KEYS = {
-    "train_batch_size": "train.batch_size", "epochs": "train.epochs", "optim": "train.optim",
-    "betas": "train.betas", "dropout": "train.unet_dropout", "warmup_steps": "train.warmup_steps",
-    "seed": "train.seed", "start_learning_rate": "train.start_learning_rate",
-    "end_learning_rate": "train.end_learning_rate", "decay_steps": "train.decay_steps",
-    "save_checkpoint_steps": "train.ckpt_every", "image_size": "data.image_size",
-    "image_filter_size": "data.image_filter_size", "random_crop": "data.random_crop",
-    "filter_small_size": "data.filter_small_size", "train_data_path": "dreambooth.instance_data",
-    "reg_data_path": "dreambooth.class_data", "train_data_repeats": "dreambooth.train_data_repeats",
-    "class_word": "dreambooth.class_word", "token": "dreambooth.token",
-}
-#: the flags of run_db_train.py -> config keys
-FLAG_KEYS = {
-    "train_data_path": "dreambooth.instance_data", "reg_data_path": "dreambooth.class_data",
-    "class_word": "dreambooth.class_word", "token": "dreambooth.token", "output_path": "train.output_dir",
-    "prior_loss_weight": "dreambooth.prior_loss_weight", "num_class_images": "dreambooth.num_class_images",
-    "class_prompts_file": "dreambooth.class_prompts_file", "instance_prompt": "dreambooth.instance_prompt",
-    "train_batch_size": "train.batch_size", "epochs": "train.epochs", "seed": "train.seed",
-    "enable_lora": "model.unet.enable_lora", "lora_rank": "model.unet.lora_rank", "lora_alpha": "model.unet.lora_alpha",
-}
-LORA_KEYS = ("enable_lora", "lora_rank", "lora_alpha", "lora_targets")
-
-
-def _set(tree: dict, dotted: str, value):
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for k in parents:
-        node = node.setdefault(k, {})
-    node[leaf] = value
-
-
-def read_original_json(path) -> tuple[dict, dict]:
-    """(config tree, pretrained {path, file}) from the original's ``train_db_config.json``."""
-    import json
-
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"--train_config {path} is not a readable JSON file ({exc})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"--train_config {path} must hold a JSON object (the original's train_db_config.json)")
-    tree = {}
-    for key, dotted in ORIGINAL_JSON_KEYS.items():
-        if key in raw:
-            _set(tree, dotted, raw[key])
-    return tree, {"path": raw.get("pretrained_model_path"), "file": raw.get("pretrained_model_file")}
-
-
-def load_dreambooth_config(train_config, flags: dict, overrides=(), pretrained_path=None, pretrained_file=None):
-    """The DreamBooth config: schema <- ``train_config`` (this repo's YAML, or the original's
-    ``train_db_config.json``) <- the base model's own model / tokenizer / sampling sections when
-    ``pretrained_path`` is a model folder with ``config.yaml`` / ``model.yaml`` (else the checkpoint
-    ``pretrained_path/pretrained_file``, default wukong-huahua-ms.ckpt, for the config's model)
-    <- ``flags`` (run_db_train.py's, None = not given) <- ``overrides`` (key=value)."""
-    from ..config import load_config, merge_overrides, to_plain
-    from .config import ldm_config_defaults
-
-    schema = dreambooth_config_defaults()
-    path = Path(str(train_config)).expanduser()
-    if not path.is_file():
-        raise DataError(f"--train_config not found: {path} (a YAML such as configs/shapes/dreambooth.yaml, or "
-                        f"the original's train_db_config.json)")
-    if path.suffix.lower() == ".json":
-        tree, pre = read_original_json(path)
-        cfg = merge_overrides(schema, tree, f"--train_config {path}")
-        pretrained_path = pretrained_path or pre["path"]
-        pretrained_file = pretrained_file or pre["file"]
-    else:
-        cfg = to_plain(load_config(path, [], schema))
-    if pretrained_path:
-        folder = Path(str(pretrained_path)).expanduser()
-        model_cfg = next((folder / n for n in ("config.yaml", "model.yaml") if (folder / n).is_file()), None)
-        if model_cfg is not None:
-            base = load_config(model_cfg, [], ldm_config_defaults())
-            lora = {k: cfg["model"]["unet"][k] for k in LORA_KEYS}  # the training config's LoRA choice
-            for sec in ("model", "tokenizer"):
-                cfg[sec] = to_plain(base[sec])
-            cfg["model"]["unet"].update(lora)
-            cfg["sampling"] = {k: v for k, v in to_plain(base.sampling).items() if k in cfg["sampling"]}
-            name = pretrained_file or str(base.checkpoint.name)
-            cfg["init"]["vocab"] = str(folder / str(base.tokenizer.vocab_file))
-        else:
-            name = pretrained_file or "wukong-huahua-ms.ckpt"
-            if (folder / str(cfg["tokenizer"]["vocab_file"])).is_file():
-                cfg["init"]["vocab"] = str(folder / str(cfg["tokenizer"]["vocab_file"]))
-        cfg["init"]["checkpoint"] = str(folder / name)
-    tree = {}
-    for k, v in flags.items():
-        if v is not None and k in FLAG_KEYS:
-            _set(tree, FLAG_KEYS[k], v)
-    cfg = merge_overrides(cfg, tree, "command line")
-    return load_config(None, list(overrides), cfg)

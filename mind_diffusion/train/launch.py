@@ -57,12 +57,16 @@ class TrainerSpec:
     batch: ``"global"`` when ``train.batch_size`` is the global batch (split over the workers),
         ``"per_worker"`` when it is each worker's batch (global = batch x workers).
     config_required: whether the script needs ``--config``.
+    load: for a script whose command line is not ``--config CONFIG.yaml key=value ...`` (DreamBooth's
+        original flags), ``load(trainer_args) -> config``: reads and checks it as the script will,
+        raising ``ValueError`` (``ConfigError``, ``DataError``) with one line when it cannot work.
     """
 
     script: str
     defaults: Callable[[], dict]
     batch: str = "global"
     config_required: bool = True
+    load: Callable[[Sequence[str]], object] | None = None
 
 
 # --------------------------------------------------------------------------- small checks
@@ -164,15 +168,21 @@ def global_batch(spec: TrainerSpec, cfg, world: int) -> int:
 def preflight(spec: TrainerSpec, trainer_args: Sequence[str], world: int, root: Path):
     """Load and range-check the trainer's config as the trainer will, and check that ``world``
     workers split its batch. Returns the config."""
-    config, overrides = split_trainer_args(trainer_args)
-    if config is None and spec.config_required:
-        raise LaunchError(f"{spec.script} needs --config CONFIG.yaml")
-    if config is not None and not Path(config).is_file():
-        raise LaunchError(f"config file not found: {config}")
-    try:
-        cfg = load_config(config, overrides, spec.defaults())
-    except ConfigError as exc:
-        raise LaunchError(str(exc)) from None
+    if spec.load is not None:
+        try:
+            cfg = spec.load(list(trainer_args))
+        except ValueError as exc:  # ConfigError and DataError are ValueErrors
+            raise LaunchError(str(exc)) from None
+    else:
+        config, overrides = split_trainer_args(trainer_args)
+        if config is None and spec.config_required:
+            raise LaunchError(f"{spec.script} needs --config CONFIG.yaml")
+        if config is not None and not Path(config).is_file():
+            raise LaunchError(f"config file not found: {config}")
+        try:
+            cfg = load_config(config, overrides, spec.defaults())
+        except ConfigError as exc:
+            raise LaunchError(str(exc)) from None
     try:
         check_train_section(cfg.train, zero_ok=("steps", "ckpt_every") if spec.batch == "per_worker" else ())
     except ConfigError as exc:
