@@ -4,6 +4,8 @@ compiles the train step in every process, minutes on 2 busy cores).
 - two nodes x one worker (two msrun invocations, node ranks 0 and 1, one master) give the same
   training checkpoint as one process on the combined batch, for the DDPM and the LDM trainers;
 - a rank-table launch (--device_target CPU rehearsal) gives the same checkpoint too;
+- DreamBooth through scripts/run_train_db_msrun.sh (2 workers, the original's flags) ends where one
+  process on the combined batch ends;
 - a node that never joins: one line naming the missing rank, nothing written;
 - a worker killed mid-run: the other node stops by itself, the checkpoints left all read, and
   --resume auto on both nodes ends where an uninterrupted run ends.
@@ -226,3 +228,44 @@ def test_two_nodes_glide_match_one_process(tmp_path):
     assert max_diff(tmp_path / "dp/checkpoints/step_0000003.ckpt",
                     tmp_path / "single/checkpoints/step_0000003.ckpt") <= 2e-5
     assert max_diff(tmp_path / "dp/glide_gen.ckpt", tmp_path / "single/glide_gen.ckpt") <= 2e-5
+
+
+def test_dreambooth_msrun_two_workers_match_one_process(tmp_path):
+    """DreamBooth with prior preservation, 2 msrun workers x 1 instance row (+ 1 class row) through
+    run_train_db_msrun.sh = one process x 2: the rows, t and noise are drawn for the global batch and
+    each rank takes its shard."""
+    vocab = SHARED / "reference" / "vocab_zh.txt"
+    if not vocab.is_file():
+        pytest.skip(f"{vocab} not found (reference data lives beside the repo)")
+    from PIL import Image
+
+    from ldm_tiny import make_tiny_model_dir
+    from mind_diffusion.shapes.personalize import write_instances
+
+    make_tiny_model_dir(tmp_path / "base", SHARED)
+    write_instances(tmp_path / "inst", token="sks")
+    cls = tmp_path / "cls"  # a full class folder: nothing to generate
+    cls.mkdir()
+    for k in range(3):
+        Image.new("RGB", (64, 64), (60 * k, 120, 200 - 50 * k)).save(cls / f"cat_{k}.png")
+        (cls / f"cat_{k}.txt").write_text(["一只猫", "猫在左边", "白色的猫"][k], encoding="utf-8")
+    config = str(ROOT / "configs/ldm/tiny-csv.yaml")
+    flags = ["--pretrained_model_path", str(tmp_path / "base"), "--pretrained_model_file", "tiny.ckpt",
+             "--train_data_path", str(tmp_path / "inst"), "--reg_data_path", str(cls), "--class_word", "猫",
+             "--token", "sks", "--num_class_images", "3", "--device_target", "CPU"]
+    over = ["train.steps=3", "train.ckpt_every=100", "train.log_every=1", "train.warmup_steps=1",
+            "train.start_learning_rate=3e-3", "data.cache_latents=true"]
+    single("run_db_train.py", ["--train_config", config, "--no_progress", *flags, "--train_batch_size", "2",
+                               "--output_path", str(tmp_path / "single"), *over])
+    p = subprocess.run(["bash", str(ROOT / "scripts/run_train_db_msrun.sh"), "2", config, *flags,
+                        "--train_batch_size", "1", "--output_path", str(tmp_path / "dp"), *over], cwd=ROOT,
+                       env={**env(), "LOG_DIR": str(tmp_path / "logs"), "MASTER_PORT": str(free_port())},
+                       capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:] + "".join(
+        f.read_text()[-1500:] for f in sorted((tmp_path / "logs").glob("*.log")))
+    assert sorted(q.name for q in (tmp_path / "logs").glob("worker_*.log")) == ["worker_0.log", "worker_1.log"]
+    assert "prior preservation on 3 class images" in (tmp_path / "logs" / "worker_0.log").read_text()
+    assert max_diff(tmp_path / "dp/checkpoints/step_0000003.ckpt",
+                    tmp_path / "single/checkpoints/step_0000003.ckpt") <= 2e-5
+    assert max_diff(tmp_path / "dp/model.ckpt", tmp_path / "single/model.ckpt") <= 2e-5
+    assert sorted(q.name for q in cls.iterdir()) == sorted(f"cat_{k}.{e}" for k in range(3) for e in ("png", "txt"))
