@@ -9,7 +9,8 @@
 #     FOREGROUND=1 bash scripts/run_db_train.sh --device_target CPU
 #
 # Extra arguments go to scripts/run_db_train.py (--enable_lora True, overrides, --resume auto, ...).
-# With WORKERS=N (N > 1) the run is data parallel over N msrun workers.
+# With WORKERS=N (N > 1) the run is data parallel over N msrun workers on this node (several nodes or
+# rank tables: scripts/run_train_db_msrun.sh, run_train_db_ranktable.sh).
 set -euo pipefail
 
 export GLOG_v=3
@@ -39,10 +40,9 @@ ARGS=(--train_data_path="$TRAIN_DATA_PATH" --class_word="$CLASS_WORD" --token="$
       --train_config="$TRAIN_CONFIG" --output_path="$OUT" --pretrained_model_path="$PRETRAINED_MODEL_PATH" --no_progress)
 [ -n "$REG_DATA_PATH" ] && ARGS+=(--reg_data_path="$REG_DATA_PATH")
 ARGS+=("$@")
-if [ "$WORKERS" -gt 1 ]; then
-  export PATH="$(dirname "$PYTHON"):$PATH"
-  CMD=(msrun --worker_num="$WORKERS" --local_worker_num="$WORKERS" --master_port="${MASTER_PORT:-8130}"
-       --log_dir="$OUT/msrun_logs" --join=True --cluster_time_out=300 python "$ROOT/scripts/run_db_train.py" "${ARGS[@]}")
+if [ "$WORKERS" -gt 1 ]; then  # msrun through the cluster launcher (checks first; scripts/run_train_db_msrun.sh)
+  CMD=("$PYTHON" -u "$ROOT/scripts/launch_train.py" msrun db --worker_num="$WORKERS" --master_port="${MASTER_PORT:-8130}"
+       --log_dir="$OUT/msrun_logs" --cluster_time_out=300 -- "${ARGS[@]}")
 else
   CMD=("$PYTHON" -u "$ROOT/scripts/run_db_train.py" "${ARGS[@]}")
 fi
