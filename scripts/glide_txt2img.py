@@ -7,7 +7,10 @@ The original ``src/txt2img.py`` flags, plus --prompt, --seed, --stages, --uncond
 
 --ckpt_path holds glide_gen.ckpt, glide_super_res.ckpt, srgan.ckpt and cog-pretrain.model
 (https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/); only the checkpoints of
-the requested --stages are needed. For each prompt, image k (seed + k) is written per stage to
+the requested --stages are needed. Without --config, --ckpt_path and file flags, missing
+official files make the built-in shapes-world GLIDE (models/glide_shapes, or $GLIDE_BUILTIN)
+stand in, with its own config; one line says so (mind_diffusion/glide/builtin.py). For each
+prompt, image k (seed + k) is written per stage to
 <output_path>/samples/NNNNN-<prompt>-<size>.png (never overwriting; the prompt part of the name
 is sanitised), and the original's side-by-side strip per stage to <output_path>/strips/. Every
 PNG carries the prompt, every setting and the checkpoint hashes in its metadata. One image is
@@ -45,7 +48,8 @@ def parse_args(argv=None):
                    help="UTF-8 text file, one prompt per line (default: configs/glide/prompts.txt)")
     p.add_argument("--prompt", default=None, help="one prompt (instead of --prompts_file)")
     p.add_argument("--ckpt_path", default=None,
-                   help="folder of the checkpoints and tokenizer model (default: models/glide)")
+                   help="folder of the checkpoints and tokenizer model (default: models/glide; given, "
+                        "its files must be there: no built-in stand-in)")
     p.add_argument("--gen_ckpt", default=None, help="base model checkpoint in --ckpt_path (glide_gen.ckpt)")
     p.add_argument("--super_ckpt", default=None,
                    help="super-resolution checkpoint in --ckpt_path (glide_super_res.ckpt)")
@@ -75,8 +79,11 @@ def parse_args(argv=None):
                    help="last stage to run: 64, 256 or 1024 (default)")
     p.add_argument("--seed", type=int, default=None, help="base seed; image k uses seed + k (default 0)")
     p.add_argument("--output_path", default="output/glide", help="output folder (created if missing)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="GLIDE inference config YAML")
+    p.add_argument("--config", default=None, help=f"GLIDE inference config YAML (default {DEFAULT_CONFIG})")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--official_set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for a Taichu-GLIDE config only, not the built-in's "
+                        "(run_glide_infer.sh passes the original run_infer.sh settings this way)")
     p.add_argument("--skip_strip", action="store_true", help="do not write the side-by-side strips")
     p.add_argument("--model_config_path", default=None, help=argparse.SUPPRESS)  # unused in the original
     p.add_argument("--data_path", default=None, help=argparse.SUPPRESS)  # unused in the original
@@ -90,17 +97,14 @@ def read_prompts(path) -> list:
     return read_prompts_file(path, "pass --prompts_file PATH or --prompt TEXT")
 
 
-def resolve(path_arg, default_name, base: Path) -> Path:
-    return (base / (path_arg if path_arg is not None else default_name)).expanduser()
-
-
 def main(argv=None):
     args = parse_args(argv)
 
     def job():
         import warnings
 
-        from mind_diffusion.glide.pipeline import GlidePipeline, STAGE_FILES
+        from mind_diffusion.glide.builtin import FILE_KEYS, load_glide_source
+        from mind_diffusion.glide.pipeline import GlidePipeline
         from mind_diffusion.text.factory import build_glide_tokenizer
         from mind_diffusion.text.sentencepiece_tokenizer import TokenTruncationWarning
         from mind_diffusion.utils.images import check_output_dir, free_path, next_index, save_png
@@ -109,13 +113,13 @@ def main(argv=None):
         warnings.simplefilter("always", TokenTruncationWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
 
-        cfg_path = Path(args.config)
-        if not cfg_path.is_file() and (ROOT / cfg_path).is_file():
-            cfg_path = ROOT / cfg_path
-        cfg = GlidePipeline.load_config(cfg_path, args.set)
-        smp, ck, tk = cfg.sampling, cfg.checkpoint, cfg.tokenizer
-
-        is_chinese = bool(tk.is_chinese) if args.is_chinese is None else args.is_chinese
+        src = load_glide_source(args.config, args.set, ckpt_path=args.ckpt_path, stages=args.stages,
+                                names={k: getattr(args, k) for k in FILE_KEYS}, is_chinese=args.is_chinese,
+                                official_overrides=args.official_set)
+        if src.notice:
+            print(src.notice, flush=True)
+        cfg, is_chinese = src.cfg, src.is_chinese
+        smp = cfg.sampling
         call = {k: getattr(args, k) for k in (
             "negative_prompt", "num_images_per_prompt", "num_inference_steps", "guidance_scale",
             "seed", "sampler", "super_res_steps", "stages", "uncond")}
@@ -132,23 +136,7 @@ def main(argv=None):
                 pf = str(ROOT / pf)
             prompts = read_prompts(pf)
 
-        if args.ckpt_path is not None:
-            ckpt_dir = Path(args.ckpt_path).expanduser()
-        else:
-            ckpt_dir = Path(str(ck.ckpt_path)).expanduser()
-            if not ckpt_dir.is_absolute() and not ckpt_dir.is_dir():
-                ckpt_dir = ROOT / ckpt_dir
-        tok_default = str(tk.sp_model) if is_chinese else str(tk.bpe_dir)
-        tok_path = resolve(args.tokenizer_model, tok_default, ckpt_dir)
-        if is_chinese and not tok_path.is_file():
-            raise FileNotFoundError(
-                f"tokenizer model not found: {tok_path}. Put cog-pretrain.model (it ships with the "
-                f"Taichu-GLIDE checkpoints, {ck.url}) into {ckpt_dir} or pass --tokenizer_model PATH")
-        ckpts = {}
-        for stage, (key, _name, _what) in STAGE_FILES.items():
-            if stage <= stages:
-                ckpts[stage] = GlidePipeline.check_checkpoint(
-                    resolve(getattr(args, key), str(ck[key]), ckpt_dir), stage)
+        tok_path, ckpts = src.checked_files(stages)
         tokenizer = build_glide_tokenizer(tok_path, is_chinese)
         out = check_output_dir(args.output_path, subfolders=("samples", "strips"))
 

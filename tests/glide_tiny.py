@@ -214,3 +214,48 @@ def tiny_glide_train_config(folder: Path, sp: Path, data: Path, stage: str = "ba
     path = Path(folder) / f"tiny-{stage}.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return path
+
+
+BUILTIN_REAL = Path(__file__).resolve().parents[1] / "models" / "glide_shapes"
+#: tiny networks with the built-in's text side (the world's 129 ids, 32 tokens): base 16 px,
+#: SR 16 -> 32 px, SRGAN x4
+BUILTIN_TINY = {
+    "base": {"image_size": 16, "model_channels": 16, "num_res_blocks": 1, "channel_mult": [1, 2],
+             "attention_resolutions": [2], "num_head_channels": 16, "num_groups": 8, "dropout": 0.0,
+             "text_ctx": 32, "xf_width": 32, "xf_layers": 1, "xf_heads": 2, "n_vocab": 129},
+    "sr": {"image_size": 32, "model_channels": 16, "num_res_blocks": 1, "channel_mult": [1, 2],
+           "attention_resolutions": [2], "num_head_channels": 16, "num_groups": 8, "dropout": 0.0,
+           "text_ctx": 32, "xf_width": 32, "xf_layers": 1, "xf_heads": 2, "n_vocab": 129},
+    "srgan": {"upscale_factor": 4, "num_blocks": 1, "channels": 8},
+}
+
+
+def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 1024), seed: int = 0,
+                           std: float = 0.05) -> Path:
+    """A built-in GLIDE folder as models/glide_shapes is shipped: its config.yaml (the shipped
+    one; ``tiny``: with the :data:`BUILTIN_TINY` networks), the real shapes-sp.model and random
+    checkpoints of ``stages`` in the released layout (save_glide_checkpoint)."""
+    import shutil
+
+    import yaml
+
+    from mind_diffusion.glide.checkpoint import save_glide_checkpoint
+    from mind_diffusion.glide.config import glide_config_defaults
+    from mind_diffusion.config import load_config, to_plain
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr, build_srgan
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load((BUILTIN_REAL / "config.yaml").read_text(encoding="utf-8"))
+    if tiny:
+        raw["model"].update(BUILTIN_TINY)
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    shutil.copy(BUILTIN_REAL / "shapes-sp.model", folder / "shapes-sp.model")
+    cfg = load_config(folder / "config.yaml", (), glide_config_defaults())
+    specs = {64: (build_glide_base, "base", "gen_ckpt"), 256: (build_glide_sr, "sr", "super_ckpt"),
+             1024: (build_srgan, "srgan", "srgan_ckpt")}
+    for stage in stages:
+        build, kind, key = specs[stage]
+        net = randomize(build(to_plain(cfg.model[kind])), seed + stage, std)
+        save_glide_checkpoint(net, folder / str(cfg.checkpoint[key]), kind)
+    return folder

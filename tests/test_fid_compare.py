@@ -372,7 +372,7 @@ def test_run_folders_are_numbered_never_reused(tmp_path):
      "unknown reference kind 'cifar'"),
     ("fid: {preprocess: clean}\ngenerators:\n  g: {kind: ddpm, model: x}\n", "fid.preprocess"),
     ("generators:\n  g: {kind: glide, prompt: 马, stages: 128}\n", "stages must be 64, 256 or 1024"),
-    ("generators:\n  g: {kind: glide, prompt: 马, fallback: builtin}\n", "GLIDE has no built-in demo model"),
+    ("generators:\n  g: {kind: glide, prompt: 马, fallback: taichu}\n", "fallback must be 'skip' or 'builtin'"),
     ("generators:\n  bad name: {kind: ddpm, model: x}\n", "must be letters, digits"),
 ])
 def test_config_errors(tmp_path, text, needle):

@@ -21,8 +21,9 @@ one::
 A row's ``sampler`` / ``steps`` / ``guidance_scale`` / ``height`` / ``width`` left at ``null``
 take the model config's ``sampling:`` defaults, which the family's pipeline resolves
 (``check_inputs``). ``reference: auto`` means the ground truth of a built-in demo model's own
-world (see :mod:`mind_diffusion.evaluation.generators`); ``fallback: builtin`` lets a DDPM or
-LDM row whose files are missing fall back to a built-in demo model.
+world (see :mod:`mind_diffusion.evaluation.generators`); ``fallback: builtin`` lets a DDPM, LDM
+or GLIDE row whose files are missing fall back to a built-in demo model (``models/ddpm_digits16``,
+``models/shapes_zh``, ``models/glide_shapes``).
 """
 from __future__ import annotations
 
@@ -82,9 +83,10 @@ def generator_schema(kind: str) -> dict:
                 "sampler": None, "steps": None, "guidance_scale": None, "height": None, "width": None,
                 "fallback_prompt": None}
     if kind == "glide":
-        return {**common, "ckpt_path": "models", "gen_ckpt": "glide_gen.ckpt", "super_ckpt": "glide_super_res.ckpt",
-                "srgan_ckpt": "srgan.ckpt", "tokenizer_model": "cog-pretrain.model", "prompt": "", "stages": 64,
-                "guidance_scale": None}
+        # config null: Taichu-GLIDE's; ckpt_path / file names null: the config's checkpoint: section
+        return {**common, "config": None, "ckpt_path": None, "gen_ckpt": None, "super_ckpt": None,
+                "srgan_ckpt": None, "tokenizer_model": None, "prompt": "", "stages": 64, "guidance_scale": None,
+                "fallback_prompt": None}
     raise CompareConfigError(f"unknown generator kind {kind!r}; use one of {', '.join(GENERATOR_KINDS)}")
 
 
@@ -161,8 +163,6 @@ def validate_compare_config(cfg, source: str = "config"):
                 f"built-in demo model")
         if g.fallback not in ("skip", "builtin"):
             bad(f"{where}.fallback must be 'skip' or 'builtin', got {g.fallback!r}")
-        if g.kind == "glide" and g.fallback != "skip":
-            bad(f"{where}.fallback: GLIDE has no built-in demo model; use 'skip'")
         if g.num_images is not None and int(g.num_images) < 2:
             bad(f"{where}.num_images must be >= 2 (FID needs at least 2 images), got {g.num_images}")
         if g.batch_size is not None and int(g.batch_size) < 1:

@@ -212,7 +212,7 @@ def run_comparison(cfg, run_dir=None, compute_dtype=None, progress: bool = True,
             if gen.auto_reference is None:
                 raise CompareConfigError(
                     f"generators.{name}.reference is 'auto', which only works for the built-in demo models "
-                    f"(DDPM on digits, the shapes-world LDM); name a reference under 'references:'")
+                    f"(DDPM on digits, the shapes-world LDM and GLIDE); name a reference under 'references:'")
             ref_spec, ref_key = dict(gen.auto_reference), f"auto-{name}"
         else:
             ref_spec, ref_key = to_plain(cfg.references[g.reference]), str(g.reference)

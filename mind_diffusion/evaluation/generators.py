@@ -1,6 +1,6 @@
 """The generator adapters of an FID comparison row: a loaded pipeline and how to draw ``n``
-images with a fixed seed (DDPM, latent diffusion, GLIDE), and the built-in demo models a DDPM or
-LDM row falls back to when its files are missing.
+images with a fixed seed (DDPM, latent diffusion, GLIDE), and the built-in demo models a row
+falls back to when its files are missing.
 
 The pipelines own their inputs: an adapter passes the row's values (``None`` where the row leaves
 them unset) to the family's ``check_inputs``, which resolves every default from the model
@@ -8,10 +8,12 @@ config's ``sampling:`` section, and labels its report row with the settings it r
 
 A row whose checkpoint / config / vocabulary / pipeline code is missing raises :class:`SkipRow`
 (reported as ``skipped: <reason>``); with ``fallback: builtin`` a DDPM row falls back to
-``models/ddpm_digits16`` and an LDM row to ``models/shapes_zh``, each against its own world's
-reference (``reference: auto``: the real scikit-learn digits of the class for a DDPM trained with
-``data.kind: digits``, rendered shapes-world scenes matching the prompt for an LDM with
-``model.family: shapes-zh``), clearly labelled as a built-in demo. Library layering: the
+``models/ddpm_digits16``, an LDM row to ``models/shapes_zh`` and a GLIDE row to the built-in
+shapes-world GLIDE (``models/glide_shapes``, or ``$GLIDE_BUILTIN``; the row's stages, the built-in
+config's sampling), each against its own world's reference (``reference: auto``: the real
+scikit-learn digits of the class for a DDPM trained with ``data.kind: digits``, rendered
+shapes-world scenes matching the prompt for an LDM with ``model.family: shapes-zh`` or a GLIDE with
+``model.family: glide-shapes``), clearly labelled as a built-in demo. Library layering: the
 families' pipelines are imported lazily, inside the adapters; ``mind_diffusion.metrics`` never
 imports a family.
 """
@@ -22,7 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import read_yaml
+from ..glide import builtin as glide_builtin
 from .compare_config import BUILTIN_DDPM, BUILTIN_SHAPES, CompareConfigError, resolve_path
+
+DEFAULT_SHAPES_PROMPT = "一个红色的圆形在左边"
 
 class SkipRow(Exception):
     """A generator row that cannot run here (missing checkpoint / code); the message is the reason."""
@@ -129,28 +134,37 @@ class LDMGenerator(Generator):
 
 
 class GlideGenerator(Generator):
-    """GLIDE (Taichu) through ``mind_diffusion.glide.pipeline.GlidePipeline`` (imported here only):
-    ``from_pretrained(gen_ckpt=, super_ckpt=, srgan_ckpt=, tokenizer=, stages=, compute_dtype=)``,
-    ``GlidePipeline.check_inputs(pipe.cfg, prompt, stages=, guidance_scale=, max_stage=)`` for the
-    resolved settings, then ``pipe(prompt, num_images_per_prompt=, seed=, stages=, guidance_scale=,
-    output_type='uint8')``, whose result maps stage -> images; image j of a call uses seed + j, so
-    chunk seeds are seed + first index."""
+    """GLIDE through ``mind_diffusion.glide.pipeline.GlidePipeline`` (imported here only):
+    ``from_pretrained(config=, gen_ckpt=, super_ckpt=, srgan_ckpt=, tokenizer=, stages=,
+    compute_dtype=)``, ``GlidePipeline.check_inputs(pipe.cfg, prompt, stages=, guidance_scale=,
+    max_stage=)`` for the resolved settings, then ``pipe(prompt, num_images_per_prompt=, seed=,
+    stages=, guidance_scale=, output_type='uint8')``, whose result maps stage -> images; image j of
+    a call uses seed + j, so chunk seeds are seed + first index.
 
-    FILE_KEYS = ("gen_ckpt", "super_ckpt", "srgan_ckpt", "tokenizer_model")
+    The files: the row's names (``gen_ckpt`` ...; null: the config's ``checkpoint:`` names) in its
+    ``ckpt_path`` (null: the config's ``checkpoint.ckpt_path``); ``config`` null is Taichu-GLIDE's
+    (configs/glide/infer.yaml). A config of the built-in shapes-world GLIDE (``model.family:
+    glide-shapes``) makes a built-in demo row, against rendered shapes-world scenes."""
 
-    def __init__(self, g, compute_dtype):
+    FILE_KEYS = glide_builtin.FILE_KEYS
+
+    def __init__(self, g, compute_dtype, config=None, ckpt_path=None, names=None, prompt=None):
+        from ..config import load_config
+        from ..glide.config import glide_config_defaults
+
         stages = int(g.stages)
-        base = resolve_path(g.ckpt_path)
+        cfg_path = resolve_path(config) if config else None
+        if cfg_path is not None and not cfg_path.is_file():
+            raise SkipRow(f"GLIDE config not found: {config}")
+        cfg = load_config(cfg_path, (), glide_config_defaults())
+        base = resolve_path(ckpt_path) if ckpt_path else glide_builtin.resolve_ckpt_dir(cfg.checkpoint.ckpt_path,
+                                                                                      cfg_path)
+        files = glide_builtin.glide_files(cfg, base, 1024, {k: v for k, v in (names or {}).items() if v})
+        paths = dict(zip(self.FILE_KEYS, (files[64], files[256], files[1024], files["tokenizer"])))
         needed = {"gen_ckpt": True, "tokenizer_model": True, "super_ckpt": stages >= 256, "srgan_ckpt": stages >= 1024}
-        paths = {}
         for key in self.FILE_KEYS:
-            val = g[key]
-            p = Path(str(val)) if val else None
-            if p is not None and not p.is_absolute():
-                p = base / p
-            paths[key] = p
-            if needed[key] and (p is None or not p.is_file()):
-                raise SkipRow(f"GLIDE {key} not found: {p}")
+            if needed[key] and not paths[key].is_file():
+                raise SkipRow(f"GLIDE {key} not found: {paths[key]}")
         try:
             from ..glide.pipeline import GlidePipeline
         except ImportError as exc:
@@ -159,17 +173,20 @@ class GlideGenerator(Generator):
 
         def file(key):  # a stage's checkpoint is passed only when that stage runs or the file exists
             p = paths[key]
-            return str(p) if p is not None and (needed[key] or p.is_file()) else None
+            return str(p) if needed[key] or p.is_file() else None
 
-        self.pipe = GlidePipeline.from_pretrained(gen_ckpt=file("gen_ckpt"), super_ckpt=file("super_ckpt"),
+        self.pipe = GlidePipeline.from_pretrained(config=None if cfg_path is None else str(cfg_path),
+                                                  gen_ckpt=file("gen_ckpt"), super_ckpt=file("super_ckpt"),
                                                   srgan_ckpt=file("srgan_ckpt"), tokenizer=file("tokenizer_model"),
                                                   stages=stages, compute_dtype=compute_dtype)
-        self.prompt = str(g.prompt)
+        self.prompt = str(g.prompt if prompt is None else prompt)
         self.stages = stages
         self.call_args = {"stages": stages, "guidance_scale": g.guidance_scale}  # None: the config's scale
         self.resolved = a = GlidePipeline.check_inputs(self.pipe.cfg, self.prompt, max_stage=stages,
                                                        **self.call_args)
-        self.label = g.label or f"GLIDE (Taichu) {stages}px"
+        self.demo = str(cfg.model.family) == glide_builtin.BUILTIN_FAMILY
+        self.label = g.label or (f"GLIDE built-in (shapes world) {stages}px" if self.demo
+                                 else f"GLIDE (Taichu) {stages}px")
         self.condition = f"prompt {self.prompt!r}"
         self.sampler = str(a["sampler"])
         self.steps = f"{a['num_inference_steps']} (scale {a['guidance_scale']:g})"
@@ -180,6 +197,13 @@ class GlideGenerator(Generator):
         from ..checkpoint.io import file_sha256
 
         self.checkpoint_sha256 = file_sha256(paths["gen_ckpt"])
+        if self.demo:
+            m = cfg.model
+            size = int(m.base.image_size) if stages == 64 else int(m.sr.image_size) * (
+                int(m.srgan.upscale_factor) if stages == 1024 else 1)
+            self.auto_reference = {"kind": "shapes", "prompt": self.prompt, "image_size": size, "seed": 0,
+                                   "num_images": None,
+                                   "label": f"rendered shapes-world scenes for {self.prompt!r}, {size}px"}
 
     def generate(self, start, count, seed):
         out = self.pipe(self.prompt, num_images_per_prompt=count, seed=seed, output_type="uint8", progress=False,
@@ -191,9 +215,10 @@ def build_generator(name: str, g, compute_dtype) -> Generator:
     """The adapter for one config row; ``SkipRow`` when its files or code are missing (and, with
     ``fallback: builtin``, the family's built-in demo model is missing too)."""
     kind = g.kind
-    if kind == "glide":
-        return GlideGenerator(g, compute_dtype)
     try:
+        if kind == "glide":
+            return GlideGenerator(g, compute_dtype, g.config, g.ckpt_path,
+                                  {k: g[k] for k in GlideGenerator.FILE_KEYS})
         if kind == "ddpm":
             return DDPMGenerator(g, name, g.model, g.class_label, compute_dtype, demo=_is_builtin(g.model))
         return LDMGenerator(g, g.config, g.ckpt, g.vocab, str(g.prompt), compute_dtype,
@@ -207,13 +232,18 @@ def build_generator(name: str, g, compute_dtype) -> Generator:
             label = g.fallback_class_label if g.fallback_class_label is not None else g.class_label
             gen = DDPMGenerator(_FallbackView(g), name, BUILTIN_DDPM, label, compute_dtype, demo=True)
             gen.label = f"built-in demo DDPM digits16 (instead of {g.label or name})"
+        elif kind == "glide":
+            folder = glide_builtin.builtin_dir()
+            gen = GlideGenerator(_FallbackView(g), compute_dtype, folder / glide_builtin.BUILTIN_CONFIG, folder,
+                                 prompt=g.fallback_prompt or DEFAULT_SHAPES_PROMPT)
+            gen.label = f"GLIDE built-in (shapes world) {gen.stages}px (instead of {g.label or name})"
         else:
             cfg_path = f"{BUILTIN_SHAPES}/config.yaml"
             prompt = g.fallback_prompt
             if not prompt and resolve_path(cfg_path).is_file():
                 prompt = str(read_yaml(resolve_path(cfg_path)).get("sampling", {}).get("default_prompt", ""))
             gen = LDMGenerator(_FallbackView(g), cfg_path, f"{BUILTIN_SHAPES}/model.ckpt",
-                               f"{BUILTIN_SHAPES}/vocab.txt", prompt or "一个红色的圆形在左边", compute_dtype,
+                               f"{BUILTIN_SHAPES}/vocab.txt", prompt or DEFAULT_SHAPES_PROMPT, compute_dtype,
                                demo=True)
             gen.label = f"built-in demo LDM shapes_zh (instead of {g.label or name})"
     except SkipRow as second:

@@ -44,6 +44,7 @@ from ..utils.images import check_finite, to_uint8
 from ..utils.output import DiffusionOutput
 from ..utils.prompts import prompt_list
 from . import diffusion as gd
+from .builtin import STAGE_FILES, check_checkpoint
 from .config import GLIDE_URL, glide_config_defaults
 from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
 
@@ -51,9 +52,6 @@ __all__ = ["GlidePipeline", "SRGANStep", "STAGES", "PromptWarning"]
 
 #: Nominal output sizes of the three stages (the real sizes come from the model configs).
 STAGES = (64, 256, 1024)
-STAGE_FILES = {64: ("gen_ckpt", "glide_gen.ckpt", "base model"),
-               256: ("super_ckpt", "glide_super_res.ckpt", "super-resolution model"),
-               1024: ("srgan_ckpt", "srgan.ckpt", "SRGAN x4 model")}
 TOKENIZER_KINDS = ("sentencepiece", "gpt2_bpe")
 
 
@@ -168,13 +166,7 @@ class GlidePipeline:
 
     @staticmethod
     def check_checkpoint(path, stage: int) -> Path:
-        key, name, what = STAGE_FILES[stage]
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise CheckpointError(f"{what} checkpoint not found: {p}. Put {name} there "
-                                  f"(download: {GLIDE_URL}) or pass --ckpt_path / --{key}; it is "
-                                  f"needed for --stages {stage} and above")
-        return p
+        return check_checkpoint(path, stage)
 
     def check_tokenizer(self):
         """The tokenizer's ids and pad id must index the token embeddings used."""

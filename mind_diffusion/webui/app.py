@@ -41,6 +41,19 @@ def _defaults(engine: Engine, label):
             int(s.height), int(s.seed))
 
 
+def _glide_defaults(engine: Engine, label):
+    """A GLIDE model's stages and sampling defaults (base steps, scale), or None."""
+    from ..config import load_config
+    from ..glide.config import glide_config_defaults
+
+    try:
+        entry = engine.entry("glide", label)
+        s = load_config(entry.config, (), glide_config_defaults()).sampling
+    except user_error_types():
+        return None
+    return [str(st) for st in entry.stages], int(s.num_inference_steps), float(s.guidance_scale)
+
+
 def blend_line(engine: Engine, label, mode: str) -> str:
     """The one-line note that inpainting with this model runs by blended latent diffusion."""
     from ..cli.ldm import blend_note
@@ -244,8 +257,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                         f"**GLIDE is off: no checkpoints.** Put `{GLIDE_FILES[64]}` and "
                         f"`{GLIDE_TOKENIZER}` into `{engine.models_dir / 'glide'}/` (and "
                         f"`{GLIDE_FILES[256]}` for 256 px, `{GLIDE_FILES[1024]}` for 1024 px; download: "
-                        f"{GLIDE_URL}), then restart the page.", elem_id="glide_missing")
-                stages_have = [str(s) for s in engine.models["glide"][0].stages] if have else ["64"]
+                        f"{GLIDE_URL}), or the built-in shapes-world GLIDE's files into "
+                        f"`{engine.models_dir / 'glide_shapes'}/`, then restart the page.", elem_id="glide_missing")
+                stages_have, g_steps0, g_scale0 = (_glide_defaults(engine, gl[0]) if have else None) \
+                    or (["64"], 60, 5.0)
                 with gr.Row():
                     g_model = gr.Dropdown(gl, value=gl[0] if have else None, label="Model", interactive=have)
                     g_stages = gr.Radio(stages_have, value=stages_have[-1], label="Last stage (px)",
@@ -253,8 +268,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                 g_prompt = gr.Textbox(label="Prompt", lines=2, interactive=have, elem_id="glide_prompt")
                 g_negative = gr.Textbox(label="Negative prompt", interactive=have)
                 with gr.Row():
-                    g_steps = gr.Number(60, precision=0, label="Base steps", interactive=have)
-                    g_scale = gr.Number(5.0, label="CFG scale", interactive=have)
+                    g_steps = gr.Number(g_steps0, precision=0, label="Base steps", interactive=have)
+                    g_scale = gr.Number(g_scale0, label="CFG scale", interactive=have)
                     g_seed = gr.Number(0, precision=0, label="Seed (-1: random)", interactive=have)
                     g_n = gr.Number(1, precision=0, label="Images", interactive=have)
                 with gr.Row():
@@ -281,6 +296,15 @@ def build_app(engine: Engine) -> gr.Blocks:
                            [g64, g256, g1024, g_status, g_command], concurrency_id="generate",
                            concurrency_limit=1, api_name="glide")
                 g_stop.click(engine.cancel, None, None, queue=False, api_visibility="private")
+
+                def pick_glide(label):  # the model's own stages and sampling defaults
+                    v = _glide_defaults(engine, label)
+                    if v is None:
+                        return [gr.update()] * 3
+                    return gr.update(choices=v[0], value=v[0][-1]), v[1], v[2]
+
+                g_model.input(pick_glide, g_model, [g_stages, g_steps, g_scale], queue=False,
+                              api_visibility="private")
 
             # ------------------------------------------------------------ DDPM
             with gr.Tab("DDPM", id="ddpm"):

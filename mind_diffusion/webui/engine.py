@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from .models import GLIDE_FILES, GLIDE_TOKENIZER, WUKONG_CONFIG, ModelEntry, find_loras, find_models
+from .models import GLIDE_CONFIG, GLIDE_FILES, WUKONG_CONFIG, ModelEntry, find_loras, find_models
 
 MAX_SEED = 2 ** 32 - 1
 # the pipelines name the scripts' flags in their messages; the page names its fields too
@@ -154,13 +154,15 @@ class Engine:
 
             pipe = DDPMPipeline.from_pretrained(entry.ckpt.parent, entry.config, compute_dtype=dtype)
         else:
+            from ..glide.builtin import glide_files
             from ..glide.pipeline import GlidePipeline
             from ..text.factory import build_glide_tokenizer
 
-            files = [entry.ckpt / GLIDE_FILES[s] if s <= stages else None for s in (64, 256, 1024)]
-            tok = build_glide_tokenizer(entry.ckpt / GLIDE_TOKENIZER, True)
-            pipe = GlidePipeline.from_pretrained(entry.config, *files, tokenizer=tok, stages=stages,
-                                                 compute_dtype=dtype)
+            cfg = GlidePipeline.load_config(entry.config)  # the files its config names, in its folder
+            files = glide_files(cfg, entry.ckpt, stages)
+            tok = build_glide_tokenizer(files.pop("tokenizer"), bool(cfg.tokenizer.is_chinese))
+            pipe = GlidePipeline.from_pretrained(cfg, *(files.get(s) for s in (64, 256, 1024)), tokenizer=tok,
+                                                 stages=stages, compute_dtype=dtype)
         self._pipe, self._key = pipe, key
         return pipe
 
@@ -528,7 +530,8 @@ class Engine:
         with self.lock:
             pipe = self.pipeline(entry, stages)
         text = a["prompts"][0]
-        cmd = ["python", "scripts/glide_txt2img.py", "--ckpt_path", _rel(entry.ckpt, self.root),
+        cfg_arg = [] if entry.config == self.root / GLIDE_CONFIG else ["--config", _rel(entry.config, self.root)]
+        cmd = ["python", "scripts/glide_txt2img.py", *cfg_arg, "--ckpt_path", _rel(entry.ckpt, self.root),
                "--prompt", text, "--num_inference_steps", str(a["num_inference_steps"]),
                "--guidance_scale", f"{a['guidance_scale']:g}", "--seed", str(a["seed"]),
                "--num_images_per_prompt", str(a["num_images_per_prompt"]), "--stages", str(stages),

@@ -7,7 +7,9 @@
   config), and every model folder whose ``config.yaml`` declares a latent-diffusion
   ``model.family`` (the built-in ``models/shapes_zh``);
 * GLIDE: ``models/glide/`` holding ``glide_gen.ckpt`` and ``cog-pretrain.model`` (the super-
-  resolution and SRGAN files add the 256 and 1024 px stages);
+  resolution and SRGAN files add the 256 and 1024 px stages), and every model folder whose
+  ``config.yaml`` declares a GLIDE ``model.family`` with the files it names (the built-in
+  shapes-world GLIDE ``models/glide_shapes``, selectable with or without the official files);
 * LoRA files: ``models/lora/*`` (:func:`find_loras`), added to a latent-diffusion model;
 * DDPM: every model folder whose ``config.yaml`` has no ``model.family`` (``models/ddpm_digits16``),
   its class names from ``classes.txt`` when there is one.
@@ -73,6 +75,25 @@ def find_loras(models_dir: str | Path) -> List[Path]:
         if d.is_dir() else []
 
 
+def glide_folder_entry(folder: Path, cfg: Path, family: str) -> Optional[ModelEntry]:
+    """A GLIDE model folder (its config names the files, in the folder): offered with the stages
+    whose files are all there, when the base stage's are."""
+    from ..config import load_config
+    from ..glide.builtin import BUILTIN_FAMILY, glide_files, missing_files
+    from ..glide.config import glide_config_defaults
+
+    try:
+        conf = load_config(cfg, (), glide_config_defaults())
+    except Exception:  # an unreadable folder config is not offered (the scripts say why)
+        return None
+    chinese = bool(conf.tokenizer.is_chinese)
+    stages = tuple(s for s in (64, 256, 1024) if not missing_files(glide_files(conf, folder, s), chinese))
+    if not stages:
+        return None
+    what = "built-in shapes-world GLIDE" if family == BUILTIN_FAMILY else family
+    return ModelEntry("glide", f"{folder.name} ({what})", cfg, folder, stages=stages)
+
+
 def find_models(models_dir: str | Path, root: str | Path) -> Dict[str, List[ModelEntry]]:
     """{"ldm": [...], "glide": [...], "ddpm": [...]} of what is in ``models_dir``; the config
     paths of the official files are under ``root`` (the repository)."""
@@ -98,7 +119,12 @@ def find_models(models_dir: str | Path, root: str | Path) -> Dict[str, List[Mode
         if folder.name == LORA_DIR or not cfg.is_file():
             continue
         fam = _family(cfg)
-        if fam == "?" or (fam is not None and "glide" in fam):
+        if fam is not None and "glide" in fam:
+            entry = glide_folder_entry(folder, cfg, fam)
+            if entry is not None:
+                found["glide"].append(entry)
+            continue
+        if fam == "?":
             continue
         if fam is not None:
             from ..config import read_yaml
