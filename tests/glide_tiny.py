@@ -231,10 +231,11 @@ BUILTIN_TINY = {
 
 
 def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 1024), seed: int = 0,
-                           std: float = 0.05) -> Path:
+                           std: float = 0.05, **sampling) -> Path:
     """A built-in GLIDE folder as models/glide_shapes is shipped: its config.yaml (the shipped
-    one; ``tiny``: with the :data:`BUILTIN_TINY` networks), the real shapes-sp.model and random
-    checkpoints of ``stages`` in the released layout (save_glide_checkpoint)."""
+    one; ``tiny``: with the :data:`BUILTIN_TINY` networks; ``sampling``: keys of its sampling
+    section replaced), the real shapes-sp.model and random checkpoints of ``stages`` in the
+    released layout (save_glide_checkpoint)."""
     import shutil
 
     import yaml
@@ -249,6 +250,7 @@ def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 102
     raw = yaml.safe_load((BUILTIN_REAL / "config.yaml").read_text(encoding="utf-8"))
     if tiny:
         raw["model"].update(BUILTIN_TINY)
+    raw["sampling"].update(sampling)
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     shutil.copy(BUILTIN_REAL / "shapes-sp.model", folder / "shapes-sp.model")
     cfg = load_config(folder / "config.yaml", (), glide_config_defaults())

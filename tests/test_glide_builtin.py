@@ -215,22 +215,24 @@ def test_fid_quick_config_has_the_builtin_glide_row():
     assert report.generators.glide.fallback == "builtin"
 
 
-@pytest.mark.slow
-def test_fid_builtin_row_generates_real_images(tiny_builtin, tmp_path, monkeypatch):
-    """The fallback row's adapter on the tiny built-in: two images equal the pipeline's own."""
+def test_fid_builtin_row_generates_real_images(tmp_path, monkeypatch):
+    """The fallback row's adapter on a tiny built-in (2 base steps): two images equal those of the
+    pipeline called with the built-in config's settings."""
     from mind_diffusion.evaluation import compare_config as CC
     from mind_diffusion.evaluation import generators as G
     from mind_diffusion.glide.pipeline import GlidePipeline
 
+    tiny_builtin = make_builtin_glide_dir(tmp_path / "bi", stages=(64,), num_inference_steps=2)
     monkeypatch.setenv(B.BUILTIN_ENV, str(tiny_builtin))
     (tmp_path / "c.yaml").write_text(f"generators:\n  g: {{kind: glide, ckpt_path: {tmp_path}, prompt: 马, "
                                      f"fallback: builtin}}\n", encoding="utf-8")
     gen = G.build_generator("g", CC.load_compare_config(tmp_path / "c.yaml").generators.g, None)
     got = gen.generate(0, 2, 3)
-    assert got.shape == (2, 16, 16, 3) and got.dtype == np.uint8
-    pipe = GlidePipeline.from_pretrained(tiny_builtin / "config.yaml", tiny_builtin / "glide_gen.ckpt",
-                                         tokenizer=tiny_builtin / "shapes-sp.model", stages=64)
-    want = pipe(PROMPT, num_images_per_prompt=2, seed=3, stages=64, progress=False)[64]
+    assert got.shape == (2, 16, 16, 3) and got.dtype == np.uint8 and got.std() > 0
+    # the images of the built-in's own settings (its config's scale, steps and unconditional branch)
+    s = GlidePipeline.load_config(tiny_builtin / "config.yaml").sampling
+    want = gen.pipe(PROMPT, num_images_per_prompt=2, seed=3, stages=64, guidance_scale=float(s.guidance_scale),
+                    num_inference_steps=int(s.num_inference_steps), uncond=str(s.uncond), progress=False)[64]
     np.testing.assert_array_equal(got, want)
 
 
@@ -249,6 +251,29 @@ def test_webui_offers_the_builtin(tiny_builtin, tmp_path):
     _touch(models / "glide", "glide_gen.ckpt", "cog-pretrain.model")  # the official files first
     assert [m.label for m in find_models(models, ROOT)["glide"]] == [
         "glide (Taichu-GLIDE)", "glide_shapes (built-in shapes-world GLIDE)"]
+
+
+def test_webui_generates_with_the_builtin(tiny_builtin, tmp_path):
+    """The GLIDE tab's engine on the built-in: its own config's files and defaults, and a command
+    line that names its config."""
+    import shlex
+
+    from mind_diffusion.utils.images import read_png_parameters
+    from mind_diffusion.webui.engine import Engine
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "glide_shapes").symlink_to(tiny_builtin)
+    eng = Engine(ROOT, models, tmp_path / "out", device_target="CPU", mode="pynative")
+    (label,) = eng.labels("glide")
+    updates = list(eng.glide(label, PROMPT, "", 2, 3.0, 4, 1, 64))
+    assert updates[-1].done and [p.name for p in updates[-1].paths] == [f"00000-{PROMPT}-16.png"]
+    meta = read_png_parameters(updates[-1].paths[0])
+    assert (meta["model"], meta["uncond"], meta["seed"], meta["denoise_steps"]) == ("glide-shapes", "empty", 4, 2)
+    cmd = shlex.split(updates[-1].command)
+    flags = dict(zip(cmd[2::2], cmd[3::2]))
+    assert flags["--config"] == str(models / "glide_shapes" / "config.yaml")
+    assert flags["--ckpt_path"] == str(models / "glide_shapes") and flags["--stages"] == "64"
 
 
 @pytest.mark.slow

@@ -193,7 +193,8 @@ def load_glide_source(config=None, overrides: Sequence[str] = (), *, ckpt_path=N
     explicit = config is not None or ckpt_path is not None or bool(names) or is_chinese is False \
         or any(k.startswith(("checkpoint.", "tokenizer.")) for k in named)
     cfg_path = resolve_config_path(OFFICIAL_CONFIG if config is None else config)
-    family = read_yaml(cfg_path).get("model", {}).get("family", OFFICIAL_FAMILY)
+    model = read_yaml(cfg_path).get("model", None)  # a malformed one: load_config's error below
+    family = model.get("family", OFFICIAL_FAMILY) if hasattr(model, "get") else OFFICIAL_FAMILY
     layers = [*official_overrides, *overrides] if str(family) == OFFICIAL_FAMILY else list(overrides)
     cfg = load_config(cfg_path, layers, glide_config_defaults())
     folder = Path(str(ckpt_path)).expanduser() if ckpt_path is not None \
