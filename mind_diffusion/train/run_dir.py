@@ -15,6 +15,7 @@ Every trainer goes through here, so the rules hold for DDPM, LDM and VAE trainin
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -155,3 +156,57 @@ def prune_checkpoints(ckpt_dir: str | Path, keep: int):
     for _, p in ckpts[:-keep]:
         if p.name != protected:
             p.unlink(missing_ok=True)
+
+
+def trim_metrics(log_path: str | Path, step: int) -> int:
+    """Drop the rows of a ``metrics.csv`` (first column: step) past ``step``, the step a resumed
+    run restarts from: they belong to a segment that ran beyond the resumed checkpoint and was
+    lost (killed between checkpoints), and would otherwise appear twice in the log and its
+    curve. Returns how many rows went."""
+    log_path = Path(log_path)
+    lines = log_path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if not ln.split(",", 1)[0].isdigit()
+                        or int(ln.split(",", 1)[0]) <= step]
+    if len(keep) < len(lines):
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, log_path)
+        _say(f"{log_path}: dropped {len(lines) - len(keep)} row(s) past step {step}, "
+             f"logged after the checkpoint this run resumes from")
+    return len(lines) - len(keep)
+
+
+def read_resume_checkpoint(resume, out_dir: str | Path, what: str = "training checkpoint",
+                           rank: int = 0) -> tuple[Path, dict]:
+    """(path, {name: array}) of the checkpoint ``--resume`` names: ``'auto'`` walks back from the
+    newest checkpoint of ``out_dir/checkpoints`` to the newest one that reads (one warning line per
+    bad file, on rank 0); anything else is a path."""
+    from ..checkpoint.io import CheckpointError, read_checkpoint
+
+    if str(resume) != "auto":
+        return Path(resume), read_checkpoint(resume, what)
+    ckpt_dir = Path(out_dir) / CKPT_DIR
+    candidates = resume_candidates(ckpt_dir)
+    if not candidates:
+        raise CheckpointError(f"--resume auto: no checkpoint in {ckpt_dir} yet "
+                              f"(start without --resume, or pass a .ckpt path)")
+    for i, cand in enumerate(candidates):
+        try:
+            return cand, read_checkpoint(cand, what)
+        except CheckpointError as exc:
+            if i == len(candidates) - 1:
+                raise CheckpointError(f"--resume auto: no checkpoint in {cand.parent} reads (the "
+                                      f"oldest: {exc}); start over with --overwrite") from None
+            if rank == 0:
+                _say(f"warning: {exc}; trying the previous checkpoint")
+    raise AssertionError("unreachable")
+
+
+def mark_latest(ckpt_dir: str | Path, name: str, keep: int):
+    """Point ``latest.txt`` at the checkpoint ``name`` just written (atomically), then keep the
+    ``keep`` newest checkpoints (:func:`prune_checkpoints`)."""
+    d = Path(ckpt_dir)
+    tmp = d / ".latest.txt.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, d / LATEST)
+    prune_checkpoints(d, keep)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import threading
 import time
@@ -40,7 +39,7 @@ import numpy as np
 
 from mindspore import Tensor, nn
 
-from ..checkpoint.io import CheckpointError, load_strict, read_checkpoint, save_atomic
+from ..checkpoint.io import CheckpointError, load_strict, save_atomic
 from ..nn.dropout import RNG_MICRO_NAME, RNG_STEP_NAME, attach_dropout_keys, make_micro_counter
 from ..utils.images import check_output_dir
 from . import run_dir
@@ -147,14 +146,8 @@ class Trainer:
             extra.update({"meta.global_batch": int(self.global_batch),
                           "meta.samples_seen": int(self.step) * int(self.global_batch)})
         save_atomic({p.name: p.asnumpy() for p in self._state_params()}, path, extra=extra)
-        tmp = self.ckpt_dir / ".latest.txt.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, self.ckpt_dir / "latest.txt")
-        self._prune()
+        run_dir.mark_latest(self.ckpt_dir, name, self.opts.keep_checkpoints)
         return path
-
-    def _prune(self):
-        run_dir.prune_checkpoints(self.ckpt_dir, self.opts.keep_checkpoints)
 
     def export(self) -> dict:
         """model_ema.ckpt and model.ckpt under the model's own parameter names (rank 0)."""
@@ -189,22 +182,7 @@ class Trainer:
     def resume(self, path: str | Path):
         """Restore the full training state from ``path``; ``'auto'`` walks back from the newest
         checkpoint of the run folder to the newest one that reads (one warning line per bad file)."""
-        if str(path) == "auto":
-            candidates = self.resume_candidates("auto", self.out_dir)
-            for i, cand in enumerate(candidates):
-                try:
-                    state = read_checkpoint(cand, "training checkpoint")
-                except CheckpointError as exc:
-                    if i == len(candidates) - 1:
-                        raise CheckpointError(f"--resume auto: no checkpoint in {cand.parent} reads (the "
-                                              f"oldest: {exc}); start over with --overwrite") from None
-                    if self.rank == 0:
-                        print(f"[mind_diffusion] warning: {exc}; trying the previous checkpoint", flush=True)
-                    continue
-                path = cand
-                break
-        else:
-            state = read_checkpoint(path, "training checkpoint")
+        path, state = run_dir.read_resume_checkpoint(path, self.out_dir, "training checkpoint", self.rank)
         if "meta.train_step" not in state:
             raise CheckpointError(f"{path} is not a training checkpoint (no optimizer / EMA state); "
                                   f"to start from model weights use --init_from instead of --resume")
@@ -245,18 +223,7 @@ class Trainer:
         return f"{how}; resuming needs the same global batch: {fix}"
 
     def _trim_metrics(self, log_path: Path):
-        """Drop the log rows past the step this run (re)starts from: they belong to a segment that ran
-        beyond the resumed checkpoint and was lost (killed between checkpoints), and would otherwise
-        appear twice in the log and its curve."""
-        lines = log_path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [ln for ln in lines[1:] if not ln.split(",", 1)[0].isdigit()
-                            or int(ln.split(",", 1)[0]) <= self.step]
-        if len(keep) < len(lines):
-            tmp = log_path.with_name(log_path.name + ".tmp")
-            tmp.write_text("".join(keep))
-            os.replace(tmp, log_path)
-            print(f"[mind_diffusion] {log_path}: dropped {len(lines) - len(keep)} row(s) past step {self.step}, "
-                  f"logged after the checkpoint this run resumes from", flush=True)
+        run_dir.trim_metrics(log_path, self.step)
 
     # ---------------------------------------------------------------- signals
     def _catch_stop_signals(self) -> dict:
