@@ -106,7 +106,7 @@ def run_steps(cfg, state, steps):
 
 
 def test_graph_and_pynative_give_the_same_steps():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("train.steps=3", "train.lr_decay_start=1")  # learning-rate factors 1, 1, 0.5
     try:
         ms.set_context(mode=ms.GRAPH_MODE)
         init, loss_g, state_g = run_steps(cfg, None, 3)
@@ -123,13 +123,14 @@ def test_graph_and_pynative_give_the_same_steps():
 def test_resume_is_exact_and_the_export_loads_strictly(tmp_path, capsys):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
-    straight = train_srgan(tiny_cfg("train.steps=4", out=tmp_path / "a"), progress=False)
+    straight = train_srgan(tiny_cfg("train.steps=4", "train.lr_decay_start=1", out=tmp_path / "a"), progress=False)
     ms.set_seed(0)  # the same initial weights, then 2 steps, stop, resume to 4
-    train_srgan(tiny_cfg("train.steps=2", out=tmp_path / "b"), progress=False)
+    train_srgan(tiny_cfg("train.steps=2", out=tmp_path / "b"), progress=False)  # no decay before step 2 either
     with pytest.raises(ValueError, match="holds another run"):
         train_srgan(tiny_cfg("train.steps=4", out=tmp_path / "b"), progress=False)
     ms.set_seed(123)  # different init: every weight must come from the checkpoint
-    resumed = train_srgan(tiny_cfg("train.steps=4", out=tmp_path / "b"), resume="auto", progress=False)
+    resumed = train_srgan(tiny_cfg("train.steps=4", "train.lr_decay_start=1", out=tmp_path / "b"), resume="auto",
+                          progress=False)
     assert straight["step"] == resumed["step"] == 4
     for k in ("g_loss", "l1", "adv", "d_loss"):
         assert straight[k] == resumed[k], k
@@ -156,7 +157,7 @@ def test_resume_is_exact_and_the_export_loads_strictly(tmp_path, capsys):
     ("data.downsample=lanczos", "data.downsample"), ("data.hr_patch=30", "data.hr_patch"),
     ("data.hr_patch=128", "data.hr_patch"), ("model.upscale_factor=3", "model.upscale_factor"),
     ("discriminator.num_blocks=0", "discriminator.num_blocks"), ("data.edge_crop_prob=1.5", "data.edge_crop_prob"),
-    ("train.steps=0", "train.steps"), ("train.adv_wieght=1", "train.adv_wieght"),
+    ("train.steps=0", "train.steps"), ("train.lr_decay_start=-1", "train.lr_decay_start"), ("train.adv_wieght=1", "train.adv_wieght"),
     ("data.num_scenes=many", "data.num_scenes"),
 ])
 def test_bad_config_is_one_clear_line(override, key):
@@ -186,6 +187,13 @@ def test_patches_are_aligned_and_keyed_on_the_step():
         want_lr = downscale(full, 4, "bicubic")[y:y + 8, x:x + 8]
         assert np.array_equal(np.rint((hr[b].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8), want_hr)
         assert np.array_equal(np.rint((lr[b].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8), want_lr)
+
+
+def test_lr_factor():
+    from mind_diffusion.glide.srgan_training import lr_factor
+
+    assert [lr_factor(s, 6, 2) for s in range(6)] == [1, 1, 1, 0.75, 0.5, 0.25]
+    assert [lr_factor(s, 6, 0) for s in range(6)] == [1.0] * 6 == [lr_factor(s, 6, 6) for s in range(6)]
 
 
 def keys_cubic(t, a=-0.5):

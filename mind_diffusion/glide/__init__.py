@@ -18,6 +18,10 @@ Kept light on purpose (no MindSpore import here); import the sub-modules:
   mask 1 = real token. The SR net resizes low_res inside (legacy bilinear); quantising low_res
   is the sampler's job.
 * ``mind_diffusion.glide.srgan``: ``SRGANGenerator(upscale_factor=4, num_blocks=16, channels=64)``.
+* ``mind_diffusion.glide.srgan_training``: ``train_srgan(cfg, resume=, overwrite=)`` (L1 + adversarial
+  with ``SRGANDiscriminator``, schema ``srgan_train_config_defaults()``, export ``srgan.ckpt`` +
+  ``srgan.yaml``), ``evaluate_srgan(gen, ...)`` / ``write_eval(gen, out_dir, ...)`` (PSNR and
+  ``edge_sharpness`` against bicubic on held-out shapes scenes), ``load_exported_srgan(dir)``.
 * ``mind_diffusion.glide.checkpoint``: ``load_glide_checkpoint(net, path_or_state, kind=None)``
   (kind defaults to the network's), ``save_glide_checkpoint(net, path, kind=None,
   layout='training')`` (the released names, fp16 embeddings), ``openai_key(rel_name)``.

@@ -17,7 +17,9 @@ Networks and losses (SRGAN, Ledig et al. 2017, with L1 in place of the VGG conte
 One step (:class:`SRGANTrainStep`, one compiled cell, the same numbers in GRAPH_MODE and
 PYNATIVE_MODE): the generator update (Adam, ``train.lr``), then the discriminator update
 (Adam, ``train.lr_d``) on the generator output of that same forward pass (G before its update,
-detached), so G runs forward once per step.
+detached), so G runs forward once per step. Both learning rates are constant up to step
+``train.lr_decay_start`` and then fall linearly to 0 at ``train.steps`` (:func:`lr_factor`; 0 = no
+decay).
 
 Data (:class:`SRPatchSource`): ``data.num_scenes`` scenes of the world's train split rendered at
 ``data.hr_size`` (1024) with anti-aliasing; the LR image is the whole render downsampled by the
@@ -96,6 +98,7 @@ def srgan_train_config_defaults() -> dict:
                  "edge_crop_prob": 0.75, "downsample": "bicubic"},
         "train": {"output_dir": "runs/glide_srgan", "steps": 2000, "batch_size": 8, "lr": 1e-4,
                   "lr_d": 1e-4, "adam_betas": [0.9, 0.999], "adv_weight": 1e-3, "warmup_steps": 0,
+                  "lr_decay_start": 0,
                   "log_every": 10, "ckpt_every": 200, "keep_checkpoints": 3, "seed": 0},
         "eval": {"num_scenes": 32, "world_seed": 0},
     }
@@ -107,6 +110,8 @@ def check_srgan_train_config(cfg) -> None:
     t, d, m, disc = cfg["train"], cfg["data"], cfg["model"], cfg["discriminator"]
     check_train_section(t)
     check_number(t["lr_d"], "train.lr_d", 0, None, False)
+    check_number(t["lr_decay_start"], "train.lr_decay_start", 0, None, integer=True,
+                 hint=" (0 = constant learning rates)")
     check_number(t["adv_weight"], "train.adv_weight", 0, None)
     if not str(t["output_dir"]).strip():
         raise ConfigError("train.output_dir must name a folder, got an empty string")
@@ -361,17 +366,26 @@ def trained_generator_params(gen) -> list:
     return [p for p in gen.trainable_params() if not _BIAS_BEFORE_BN.match(p.name)]
 
 
+def lr_factor(step: int, total: int, decay_start: int) -> float:
+    """The learning-rate multiplier of (0-based) ``step``: 1 before ``decay_start``, then linear to 0
+    at ``total`` (``decay_start`` 0, or >= ``total``: always 1)."""
+    if decay_start <= 0 or decay_start >= total or step < decay_start:
+        return 1.0
+    return max(0.0, (total - step) / (total - decay_start))
+
+
 def _optimizer_state(opt: nn.Optimizer) -> list:
     """The optimizer's own parameters (moments, beta powers, step, learning rate)."""
     weights = {id(p) for p in opt.parameters}
     return [p for p in opt.get_parameters() if id(p) not in weights]
 
 
-def _adam(params, lr: float, betas, prefix: str) -> nn.Adam:
-    """Adam whose own parameters carry ``prefix``: the two optimizers of one step cell would
+def _adam(params, lrs: list, betas, prefix: str) -> nn.Adam:
+    """Adam with the per-step learning rates ``lrs`` (indexed by its own step counter, which the
+    checkpoints hold), whose own parameters carry ``prefix``: the two optimizers of one step cell would
     otherwise share names (beta1_power, global_step, ...), and MindSpore then renames every
     parameter of the cell (the generator's included) by its attribute path."""
-    opt = nn.Adam(params, learning_rate=float(lr), beta1=float(betas[0]), beta2=float(betas[1]))
+    opt = nn.Adam(params, learning_rate=[float(v) for v in lrs], beta1=float(betas[0]), beta2=float(betas[1]))
     for p in _optimizer_state(opt):
         p.name = prefix + p.name
     return opt
@@ -388,8 +402,11 @@ class SRGANTrainer:
         self.gen = build_srgan(to_plain(cfg["model"]))
         dc = cfg["discriminator"]
         self.disc = SRGANDiscriminator(int(dc["channels"]), int(dc["num_blocks"]), int(dc["hidden"]))
-        self.opt_g = _adam(trained_generator_params(self.gen), t["lr"], t["adam_betas"], "opt_g.")
-        self.opt_d = _adam(self.disc.trainable_params(), t["lr_d"], t["adam_betas"], "opt_d.")
+        factors = [lr_factor(s, int(t["steps"]), int(t["lr_decay_start"])) for s in range(int(t["steps"]))]
+        self.opt_g = _adam(trained_generator_params(self.gen), [t["lr"] * f for f in factors], t["adam_betas"],
+                           "opt_g.")
+        self.opt_d = _adam(self.disc.trainable_params(), [t["lr_d"] * f for f in factors], t["adam_betas"],
+                           "opt_d.")
         self.step_cell = SRGANTrainStep(self.gen, self.disc, self.opt_g, self.opt_d)
         self.step = 0
 
