@@ -41,28 +41,9 @@ read -r -a RT_X <<< "${RUNTIME_ARGS:-}"
 export GLOG_v="${GLOG_v:-3}"
 mkdir -p "$RUNS" "$OUT"
 
-stage() {  # stage NAME COMMAND...: run COMMAND, its output also in $RUNS/glide-shapes-NAME.log
-  local name=$1; shift
-  echo "== $name: $*"
-  if ! "$@" 2>&1 | tee -a "$RUNS/glide-shapes-$name.log"; then
-    echo "error: stage '$name' failed (log: $RUNS/glide-shapes-$name.log); fix the cause and run the same" \
-         "command again: finished stages are kept" >&2
-    exit 1
-  fi
-}
-
-train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or skipped when finished
-  local name=$1 script=$2 cfg=$3 run=$4; shift 4
-  if [ -f "$run/.finished" ]; then
-    echo "== $name: finished before ($run), skipped"
-    return
-  fi
-  local resume=(--overwrite)
-  if compgen -G "$run/checkpoints/*.ckpt" >/dev/null; then resume=(--resume auto); fi
-  stage "$name" "$PY" "scripts/$script" --config "$cfg" ${resume[@]+"${resume[@]}"} \
-    ${RT_X[@]+"${RT_X[@]}"} "$@"
-  touch "$run/.finished"
-}
+STAGE_LOG=glide-shapes
+# shellcheck source=scripts/_train_stages.sh
+source "$ROOT/scripts/_train_stages.sh"
 
 if [ -f "$DATA/data.csv" ]; then
   echo "== export: $DATA holds an export, kept"

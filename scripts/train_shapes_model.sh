@@ -49,30 +49,9 @@ read -r -a RT_X <<< "${RUNTIME_ARGS:-}"
 export GLOG_v="${GLOG_v:-3}"
 mkdir -p "$RUNS"
 
-stage() {  # stage NAME COMMAND...: run COMMAND, its output also in $RUNS/shapes-NAME.log
-  local name=$1; shift
-  echo "== $name: $*"
-  if ! "$@" 2>&1 | tee -a "$RUNS/shapes-$name.log"; then
-    echo "error: stage '$name' failed (log: $RUNS/shapes-$name.log); fix the cause and run the same command" \
-         "again: finished stages are kept" >&2
-    exit 1
-  fi
-}
-
-train() {  # train NAME SCRIPT CONFIG RUN_DIR OVERRIDES...: fresh, resumed, or skipped when finished
-  local name=$1 script=$2 cfg=$3 run=$4; shift 4
-  if [ -f "$run/.finished" ]; then
-    echo "== $name: finished before ($run), skipped"
-    return
-  fi
-  # a stopped training continues from its newest readable checkpoint; one stopped before its first
-  # checkpoint starts over (--overwrite removes only that run's own files)
-  local resume=(--overwrite)
-  if compgen -G "$run/checkpoints/step_*.ckpt" >/dev/null; then resume=(--resume auto); fi
-  stage "$name" "$PY" "scripts/$script" --config "$cfg" --no_progress ${resume[@]+"${resume[@]}"} \
-    ${RT_X[@]+"${RT_X[@]}"} "train.output_dir=$run" "$@"
-  touch "$run/.finished"
-}
+STAGE_LOG=shapes
+# shellcheck source=scripts/_train_stages.sh
+source "$ROOT/scripts/_train_stages.sh"
 
 if [ -f "$DATA/data.csv" ] && [ -f "$DATA/vocab.txt" ]; then
   echo "== export: $DATA holds an export, kept"
@@ -80,7 +59,7 @@ else
   stage export "$PY" scripts/export_shapes_csv.py --out "$DATA" --n "$N_IMAGES" --vocab "$DATA/vocab.txt" --overwrite
 fi
 
-train vae train_vae.py configs/shapes/vae.yaml "$VAE_RUN" "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
+train vae train_vae.py configs/shapes/vae.yaml "$VAE_RUN" --no_progress "train.output_dir=$VAE_RUN" "data.path=$DATA" ${VAE_X[@]+"${VAE_X[@]}"}
 
 if [ -f "$LDM_CFG" ]; then
   echo "== scale: $LDM_CFG exists, kept (its scale_factor belongs to the LDM run)"
@@ -91,7 +70,7 @@ else
   mv "$LDM_CFG.tmp" "$LDM_CFG"
 fi
 
-train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" "data.path=$DATA" "init.vae_checkpoint=$VAE_RUN/vae.ckpt" \
+train ldm train_ldm.py "$LDM_CFG" "$LDM_RUN" --no_progress "train.output_dir=$LDM_RUN" "data.path=$DATA" "init.vae_checkpoint=$VAE_RUN/vae.ckpt" \
   "init.vocab=$DATA/vocab.txt" ${LDM_X[@]+"${LDM_X[@]}"}
 
 # kept only when it evaluated this very checkpoint: the same content check package_shapes_model.py --eval makes
