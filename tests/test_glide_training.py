@@ -66,7 +66,7 @@ def _tensors(seed=0, b=6, s=8):
     return x0, noise, np.concatenate([eps, v], 1), t
 
 
-def _fixed_output_loss(stage, out, vb_weight=1.0):
+def _fixed_output_loss(stage, out, vb_weight=1.0, **loss_kw):
     """GlideHybridLoss around a 'net' whose output is a Parameter (the given array)."""
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn
@@ -86,7 +86,8 @@ def _fixed_output_loss(stage, out, vb_weight=1.0):
             return self.out * 1.0
 
     net = Base() if stage == "base" else SR()
-    return GlideHybridLoss(net, _schedule(stage), stage == "sr", vb_weight=vb_weight, clip_denoised=True), net
+    return GlideHybridLoss(net, _schedule(stage), stage == "sr", vb_weight=vb_weight, clip_denoised=True,
+                           **loss_kw), net
 
 
 def _inputs(stage, x0, noise, t):
@@ -195,6 +196,38 @@ def test_stop_gradient_eps_from_mse_only_variance_from_vb_only(stage):
     ref = o.grad.numpy()
     assert np.abs(ref[:, :3] - closed).max() <= 1e-12  # the torch stop-gradient too
     assert np.abs(gv - ref[:, 3:]).max() <= 1e-4 * np.abs(ref[:, 3:]).max()
+
+
+@pytest.mark.parametrize("stage", ["base", "sr"])
+def test_min_snr_weighting_against_closed_form(stage):
+    """``loss_weighting="min_snr"``: the eps term of each sample weighted by min(SNR_t, 5) / SNR_t,
+    computed here in float64 from the schedule; the VLB term and its gradient untouched."""
+    import mindspore as ms
+
+    x0, noise, out, t = _tensors(seed=6)
+    loss_net, net = _fixed_output_loss(stage, out, loss_weighting="min_snr", min_snr_gamma=5.0)
+    total = float(loss_net(*_inputs(stage, x0, noise, t)).asnumpy())
+    ref_mse, ref_vb = _numpy_reference(stage, x0, noise, out, t)
+    abar = np.cumprod(1.0 - np.asarray(_schedule(stage).betas, np.float64))
+    snr = abar[t] / (1.0 - abar[t])
+    w = np.minimum(snr, 5.0) / snr
+    assert w.min() < 0.01 and w.max() == 1.0      # t = 0 weighs ~nothing, t = 999 fully
+    assert abs(total - float(np.mean(w * ref_mse + ref_vb))) <= 1e-5 * max(1.0, abs(total))
+    g = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs(stage, x0, noise, t))[0].asnumpy()
+    b, c, h, w_ = noise.shape
+    closed = 2.0 * w[:, None, None, None] * (out[:, :3].astype(np.float64) - noise) / (b * c * h * w_)
+    assert np.abs(g[:, :3] - closed).max() <= 1e-9 + 1e-6 * np.abs(closed).max()
+    plain, pnet = _fixed_output_loss(stage, out)
+    gp = ms.grad(plain, grad_position=None, weights=[pnet.out])(*_inputs(stage, x0, noise, t))[0].asnumpy()
+    assert np.abs(g[:, 3:] - gp[:, 3:]).max() <= 1e-7 * np.abs(gp[:, 3:]).max()
+
+
+def test_unknown_loss_weighting_is_one_clear_line():
+    from mind_diffusion.config import ConfigError
+
+    x0, noise, out, t = _tensors(seed=6)
+    with pytest.raises(ConfigError, match="diffusion.loss_weighting must be one of none, min_snr"):
+        _fixed_output_loss("base", out, loss_weighting="snr")
 
 
 _MODES = {}

@@ -116,8 +116,10 @@ def glide_train_config_defaults() -> dict:
         "model": {"stage": "base", "net": {k: None for k in glide_base_defaults()}, "model_config": None},
         # the Chinese SentencePiece model (cog-pretrain.model) or, is_chinese=false, the GPT-2 BPE folder
         "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model", "bpe_dir": "gpt2-bpe"},
+        # loss_weighting: none (the original's plain mean of the eps error) or min_snr (each sample's
+        # eps error weighted by min(SNR_t, min_snr_gamma) / SNR_t: see GlideHybridLoss)
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
-                      "clip_denoised": True},
+                      "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
             # each captions file "<image path>\\t<caption>[\\t<caption> ...]"); csv: data.path/*.csv
@@ -476,14 +478,29 @@ def make_batch_dataset(source: GlideBatches, start_step: int, end_step: int):
 
 
 # ---------------------------------------------------------------------------------------- loss
+def min_snr_weights(alphas_cumprod, gamma: float) -> np.ndarray:
+    """``min(SNR_t, gamma) / SNR_t`` per timestep (float64), ``SNR_t = abar_t / (1 - abar_t)``."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    snr = abar / (1.0 - abar)
+    return np.minimum(snr, float(gamma)) / snr
+
+
 class GlideHybridLoss(nn.Cell):
     """The original's training loss (see the module docstring) for a base or SR UNet.
 
     ``construct(x0, tokens, mask, t, noise[, low_res]) -> scalar``. The UNet's six output channels
-    are ``eps_theta`` and the variance values ``v``; ``loss = mean(mse + vb_weight * vb)``."""
+    are ``eps_theta`` and the variance values ``v``; ``loss = mean(w_t * mse + vb_weight * vb)``.
+
+    ``loss_weighting="none"`` (the original): ``w_t = 1``. ``"min_snr"``: ``w_t = min(SNR_t, gamma)
+    / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)`` (the Min-SNR weighting of Hang et al., 2023,
+    for an eps network): the nearly clean steps, whose eps error says little about the picture,
+    weigh less, so the noisy steps where the text decides a scene's colour, shape and place get
+    most of the gradient. It changes only the eps term; the VLB term (the variance) is unchanged."""
+
+    WEIGHTINGS = ("none", "min_snr")
 
     def __init__(self, net: nn.Cell, schedule, super_res: bool, vb_weight: float = 1.0,
-                 clip_denoised: bool = True):
+                 clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
         super().__init__(auto_prefix=False)  # the model's parameter names stay unprefixed
         self.net = net
         self.super_res = bool(super_res)
@@ -499,6 +516,12 @@ class GlideHybridLoss(nn.Cell):
         self.sqrt_recip = f32(schedule.sqrt_recip_alphas_cumprod)
         self.sqrt_recipm1 = f32(schedule.sqrt_recipm1_alphas_cumprod)
         self.vlb = MSLearnedRangeVLB(clip_denoised=clip_denoised)
+        if loss_weighting not in self.WEIGHTINGS:
+            raise ConfigError(f"diffusion.loss_weighting must be one of {', '.join(self.WEIGHTINGS)}, "
+                              f"got {loss_weighting!r}")
+        self.weighted = loss_weighting == "min_snr"
+        if self.weighted:
+            self.mse_weights = f32(min_snr_weights(abar, float(min_snr_gamma)))
 
     def _g(self, table, t):
         return ops.gather(table, t, 0)
@@ -523,6 +546,8 @@ class GlideHybridLoss(nn.Cell):
 
     def construct(self, x0, tokens, mask, t, noise, low_res=None):
         mse, vb = self.terms(x0, tokens, mask, t, noise, low_res)
+        if self.weighted:
+            mse = self._g(self.mse_weights, t) * mse
         return ops.mean(mse + self.vb_weight * vb)
 
 
@@ -599,6 +624,10 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     stage = stage_of(cfg)
     check_number(cfg.data.text_drop_p, "data.text_drop_p", 0, 1)
     check_number(cfg.diffusion.vb_weight, "diffusion.vb_weight", 0, None)
+    if str(cfg.diffusion.loss_weighting) not in GlideHybridLoss.WEIGHTINGS:
+        raise ConfigError(f"diffusion.loss_weighting must be one of {', '.join(GlideHybridLoss.WEIGHTINGS)} "
+                          f"(none: the original's loss), got {cfg.diffusion.loss_weighting!r}")
+    check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
     init = cfg.init.checkpoint
@@ -642,7 +671,8 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
                           shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size))
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
-                               bool(cfg.diffusion.clip_denoised))
+                               bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
+                               float(cfg.diffusion.min_snr_gamma))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
     optimizer = build_optimizer(net.trainable_params(), t, lr)
