@@ -13,7 +13,7 @@ weights only (train.enable_lora) and writes a LoRA-only file. Extra key=value ar
 """
 import sys
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 
 def main(argv=None):
@@ -21,21 +21,20 @@ def main(argv=None):
 
     args = build_parser(__doc__).parse_args(argv)
 
-    def job():
-        from mind_diffusion.cli.dreambooth import class_image_pipeline, config_from_args
-        from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer
-        from mind_diffusion.runtime import cli_options, init_runtime
+    def config():
+        from mind_diffusion.cli.dreambooth import config_from_args
 
-        cfg = config_from_args(args)
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                          **cli_options(args))
+        return config_from_args(args)
+
+    def train(cfg, rt):
+        from mind_diffusion.cli.dreambooth import class_image_pipeline
+        from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer
+
         trainer, make = build_dreambooth_trainer(cfg, rt, args.resume, progress=not args.no_progress,
                                                  overwrite=args.overwrite, class_pipeline=class_image_pipeline)
-        result = trainer.fit(make)
-        if rt.rank == 0:
-            print(f"[mind_diffusion] done: {result}")
+        return trainer.fit(make)
 
-    return run_cli(job)
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

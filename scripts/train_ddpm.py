@@ -6,7 +6,7 @@
 import argparse
 import sys
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 
 def main(argv=None):
@@ -24,21 +24,19 @@ def main(argv=None):
     add_runtime_args(p)
     args = p.parse_args(argv)
 
-    def job():
+    def config():
         from mind_diffusion.config import load_config
         from mind_diffusion.ddpm.config import ddpm_config_defaults
+
+        return load_config(args.config, args.overrides, ddpm_config_defaults())
+
+    def train(cfg, rt):
         from mind_diffusion.ddpm.training import train_ddpm
-        from mind_diffusion.runtime import cli_options, init_runtime
 
-        cfg = load_config(args.config, args.overrides, ddpm_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                          **cli_options(args))
-        result = train_ddpm(cfg, rt, resume=args.resume, init_from=args.init_from,
-                            progress=not args.no_progress, overwrite=args.overwrite)
-        if rt.rank == 0:
-            print(f"[mind_diffusion] done: {result}")
+        return train_ddpm(cfg, rt, resume=args.resume, init_from=args.init_from,
+                          progress=not args.no_progress, overwrite=args.overwrite)
 
-    return run_cli(job)
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,23 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    config = args.config or str(ROOT / "configs" / "glide" /
-                                ("train-super-res.yaml" if args.is_super_res else "train-gen.yaml"))
+    config_path = args.config or str(ROOT / "configs" / "glide" /
+                                 ("train-super-res.yaml" if args.is_super_res else "train-gen.yaml"))
 
-    def job():
+    def config():
         from mind_diffusion.config import load_config
-        from mind_diffusion.glide.training import glide_train_config_defaults, train_glide
-        from mind_diffusion.runtime import cli_options, init_runtime
+        from mind_diffusion.glide.training import glide_train_config_defaults
 
-        cfg = load_config(config, overrides_from_flags(args) + list(args.overrides), glide_train_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                          **cli_options(args))
-        result = train_glide(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                             strict=args.strict)
-        if rt.rank == 0:
-            print(f"[mind_diffusion] done: {result}")
+        return load_config(config_path, overrides_from_flags(args) + list(args.overrides),
+                           glide_train_config_defaults())
 
-    return run_cli(job)
+    def train(cfg, rt):
+        from mind_diffusion.glide.training import train_glide
+
+        return train_glide(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                           strict=args.strict)
+
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

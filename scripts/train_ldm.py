@@ -12,7 +12,7 @@ LDMPipeline.from_pretrained), metrics.csv, checkpoints/ (for --resume).
 import argparse
 import sys
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 
 def main(argv=None):
@@ -33,21 +33,19 @@ def main(argv=None):
     add_runtime_args(p)
     args = p.parse_args(argv)
 
-    def job():
+    def config():
         from mind_diffusion.config import load_config
         from mind_diffusion.ldm.config import ldm_train_config_defaults
+
+        return load_config(args.config, args.overrides, ldm_train_config_defaults())
+
+    def train(cfg, rt):
         from mind_diffusion.ldm.training import train_ldm
-        from mind_diffusion.runtime import cli_options, init_runtime
 
-        cfg = load_config(args.config, args.overrides, ldm_train_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                          **cli_options(args))
-        result = train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                           strict=args.strict)
-        if rt.rank == 0:
-            print(f"[mind_diffusion] done: {result}")
+        return train_ldm(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                         strict=args.strict)
 
-    return run_cli(job)
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

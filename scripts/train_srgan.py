@@ -10,7 +10,7 @@ config), metrics.csv, loss.png and checkpoints/. Evaluate with scripts/eval_srga
 import argparse
 import sys
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 DEFAULT_CONFIG = "configs/glide/shapes-srgan.yaml"
 
@@ -30,20 +30,20 @@ def main(argv=None):
     add_runtime_args(p)
     args = p.parse_args(argv)
 
-    def job():
+    def config():
         from mind_diffusion.config import load_config
-        from mind_diffusion.glide.srgan_training import (check_srgan_train_config, srgan_train_config_defaults,
-                                                         train_srgan)
-        from mind_diffusion.runtime import cli_options, init_runtime
+        from mind_diffusion.glide.srgan_training import check_srgan_train_config, srgan_train_config_defaults
 
         cfg = load_config(args.config, args.set, srgan_train_config_defaults())
         check_srgan_train_config(cfg)
-        init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                     **cli_options(args))
-        result = train_srgan(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-        print(f"[mind_diffusion] done: {result}")
+        return cfg
 
-    return run_cli(job)
+    def train(cfg, rt):
+        from mind_diffusion.glide.srgan_training import train_srgan
+
+        return train_srgan(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ init.vae_checkpoint=.../vae.ckpt.
 import argparse
 import sys
 
-from mind_diffusion.cli import run_cli
+from mind_diffusion.cli import run_training
 
 
 def main(argv=None):
@@ -26,20 +26,18 @@ def main(argv=None):
     add_runtime_args(p)
     args = p.parse_args(argv)
 
-    def job():
+    def config():
         from mind_diffusion.config import load_config
         from mind_diffusion.ldm.config import vae_train_config_defaults
+
+        return load_config(args.config, args.overrides, vae_train_config_defaults())
+
+    def train(cfg, rt):
         from mind_diffusion.ldm.vae_training import train_vae
-        from mind_diffusion.runtime import cli_options, init_runtime
 
-        cfg = load_config(args.config, args.overrides, vae_train_config_defaults())
-        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
-                          **cli_options(args))
-        result = train_vae(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
-        if rt.rank == 0:
-            print(f"[mind_diffusion] done: {result}")
+        return train_vae(cfg, rt, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
 
-    return run_cli(job)
+    return run_training(args, config, train)
 
 
 if __name__ == "__main__":

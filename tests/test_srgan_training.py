@@ -152,6 +152,33 @@ def test_resume_is_exact_and_the_export_loads_strictly(tmp_path, capsys):
     assert np.array_equal(upscale_with_generator(gen, lr), upscale_with_generator(tr.gen, lr))
 
 
+def test_init_generator_fine_tunes_from_an_exported_srgan_ckpt(tmp_path):
+    """init.generator: the generator starts as the given srgan.ckpt (every tensor equal), the
+    discriminator fresh; a missing file, or a GLIDE UNet file given as one, is one clear line."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    train_srgan(tiny_cfg("train.steps=2", out=tmp_path / "a"), progress=False)
+    from mind_diffusion.checkpoint.io import read_checkpoint
+
+    exported = read_checkpoint(tmp_path / "a" / "srgan.ckpt")
+    ms.set_seed(7)
+    tr = SRGANTrainer(tiny_cfg(f"init.generator={tmp_path / 'a' / 'srgan.ckpt'}"), tmp_path / "b")
+    for p in tr.gen.get_parameters():
+        assert np.array_equal(p.asnumpy(), exported[p.name]), p.name
+    ms.set_seed(7)
+    fresh = SRGANTrainer(tiny_cfg(), tmp_path / "c")
+    assert not all(np.array_equal(p.asnumpy(), exported[p.name]) for p in fresh.gen.get_parameters())
+    from mind_diffusion.checkpoint.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="init.generator not found"):
+        tiny_cfg(f"init.generator={tmp_path / 'missing.ckpt'}")
+    ms.save_checkpoint([{"name": "input_blocks.0.0.weight", "data": Tensor(np.zeros((4, 3, 3, 3), np.float32))}],
+                       str(tmp_path / "unet.ckpt"))
+    with pytest.raises(CheckpointError) as exc:
+        SRGANTrainer(tiny_cfg(f"init.generator={tmp_path / 'unet.ckpt'}"), tmp_path / "d")
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize("override, key", [
     ("train.lr_d=0", "train.lr_d"), ("train.adv_weight=-1", "train.adv_weight"),
     ("data.downsample=lanczos", "data.downsample"), ("data.hr_patch=30", "data.hr_patch"),

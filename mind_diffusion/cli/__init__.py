@@ -56,3 +56,22 @@ def run_cli(job) -> int:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     return 0
+
+
+def run_training(args, make_config, train) -> int:
+    """The body of every training script: ``cfg = make_config()`` (loaded and checked), the runtime
+    from the script's runtime flags (``add_runtime_args``) seeded with ``cfg.train.seed``, then
+    ``result = train(cfg, runtime)``; rank 0 prints ``done: <result>``. All under :func:`run_cli`,
+    so bad input is one line and exit 2."""
+
+    def job():
+        from ..runtime import cli_options, init_runtime
+
+        cfg = make_config()
+        rt = init_runtime(args.device_target, args.mode, seed=int(cfg.train.seed), precision=args.precision,
+                          **cli_options(args))
+        result = train(cfg, rt)
+        if rt.rank == 0:
+            print(f"[mind_diffusion] done: {result}")
+
+    return run_cli(job)

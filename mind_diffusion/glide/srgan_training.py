@@ -108,6 +108,10 @@ def srgan_train_config_defaults() -> dict:
                   "lr_decay_start": 0,
                   "log_every": 10, "ckpt_every": 200, "keep_checkpoints": 3, "seed": 0},
         "eval": {"num_scenes": 32, "world_seed": 0},
+        # init.generator: start the generator from an srgan.ckpt (the released Taichu-GLIDE file or
+        # one this trainer exported; strict: every name and shape of model:), the discriminator and
+        # both optimizers fresh; null: random weights. A resumed run ignores it.
+        "init": {"generator": None},
     }
 
 
@@ -144,6 +148,10 @@ def check_srgan_train_config(cfg) -> None:
         raise ConfigError(f"data.hr_patch={d['hr_patch']} must be <= data.hr_size={d['hr_size']}")
     check_number(cfg["eval"]["num_scenes"], "eval.num_scenes", 1, None, integer=True)
     check_number(cfg["eval"]["world_seed"], "eval.world_seed", 0, None, integer=True)
+    init = cfg["init"]["generator"]
+    if init is not None and not Path(str(init)).expanduser().is_file():
+        raise CheckpointError(f"init.generator not found: {init} (an srgan.ckpt: the released Taichu-GLIDE "
+                              f"file or a finished run's export; null starts from random weights)")
 
 
 # --------------------------------------------------------------------------- images
@@ -407,6 +415,10 @@ class SRGANTrainer:
         self.out_dir = Path(out_dir if out_dir is not None else t["output_dir"]).expanduser()
         self.ckpt_dir = self.out_dir / run_dir.CKPT_DIR
         self.gen = build_srgan(to_plain(cfg["model"]))
+        if cfg["init"]["generator"] is not None:
+            from .checkpoint import load_glide_checkpoint
+
+            load_glide_checkpoint(self.gen, Path(str(cfg["init"]["generator"])).expanduser(), "srgan")
         dc = cfg["discriminator"]
         self.disc = SRGANDiscriminator(int(dc["channels"]), int(dc["num_blocks"]), int(dc["hidden"]))
         factors = [lr_factor(s, int(t["steps"]), int(t["lr_decay_start"])) for s in range(int(t["steps"]))]
