@@ -10,13 +10,15 @@
 #   base       the 64 px base model (configs/glide/shapes-base.yaml)                -> $RUNS/glide-shapes-base
 #   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
 #   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
+#   srgan-flat     its fine-tune for exact flat areas (shapes-srgan-flat.yaml)     -> $RUNS/glide-shapes-srgan-flat
+#   srgan-finetune L1-led on 256 scenes, the shipped SRGAN (shapes-srgan-finetune.yaml) -> $RUNS/glide-shapes-srgan-finetune
 #   package    fp16 checkpoints, tokenizer, config, logs and curves                 -> $OUT
 #   eval       adherence at 64 / 256 / 1024 px on held-out and seen prompts         -> $OUT/eval
 #
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), RUNS (runs), N_IMAGES
-# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides, e.g. BASE_ARGS="train.steps=2000"),
+# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides; SRGAN_ARGS: its first stage, e.g. BASE_ARGS="train.steps=2000"),
 # EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,9 +66,13 @@ train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --n
   "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
 train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
   --set "train.output_dir=$RUNS/glide-shapes-srgan" ${SRGAN_X[@]+"${SRGAN_X[@]}"}
+train srgan-flat train_srgan.py configs/glide/shapes-srgan-flat.yaml "$RUNS/glide-shapes-srgan-flat" \
+  --set "train.output_dir=$RUNS/glide-shapes-srgan-flat" "init.generator=$RUNS/glide-shapes-srgan/srgan.ckpt"
+train srgan-finetune train_srgan.py configs/glide/shapes-srgan-finetune.yaml "$RUNS/glide-shapes-srgan-finetune" \
+  --set "train.output_dir=$RUNS/glide-shapes-srgan-finetune" "init.generator=$RUNS/glide-shapes-srgan-flat/srgan.ckpt"
 
 stage package "$PY" scripts/package_glide_shapes.py --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
-  --srgan "$RUNS/glide-shapes-srgan" --out "$OUT" --tokenizer "$TOK"
+  --srgan "$RUNS/glide-shapes-srgan-finetune" --out "$OUT" --tokenizer "$TOK"
 rm -rf "$OUT/eval.tmp"
 stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \
   ${RT_X[@]+"${RT_X[@]}"} ${EVAL_X[@]+"${EVAL_X[@]}"}
