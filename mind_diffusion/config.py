@@ -62,6 +62,22 @@ def _check(schema: Any, value: Any, where: str, source: str):
         )
 
 
+def _floats_as_schema(schema: Any, cfg: Any):
+    """In place: every int of ``cfg`` whose schema default is a float becomes that float (a YAML
+    ``lora_alpha: 8`` under a default of 4.0), so a later layer checked against ``cfg`` (a flag,
+    an override) may give any number there, as the schema allows."""
+    if not isinstance(schema, (dict, DictConfig)) or not isinstance(cfg, (dict, DictConfig)):
+        return
+    for key in list(cfg.keys()):
+        if key not in schema:
+            continue
+        default, value = schema[key], cfg[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = float(value)
+        else:
+            _floats_as_schema(default, value)
+
+
 def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
     items = list(overrides or [])
     for item in items:
@@ -150,6 +166,8 @@ def load_config(
         cfg = OmegaConf.merge(base, *layers)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot merge config: {exc}") from None
+    if schema is not None:
+        _floats_as_schema(schema, cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
@@ -163,7 +181,9 @@ def merge_overrides(defaults: Mapping, overrides: Mapping | None, source: str) -
         return out
     over = to_plain(overrides)
     _check(out, over, "", source)
-    return _deep_update(out, over)
+    out = _deep_update(out, over)
+    _floats_as_schema(defaults, out)
+    return out
 
 
 def _deep_update(base: dict, over: Mapping) -> dict:

@@ -45,6 +45,23 @@ def test_wrong_type_and_malformed_override(tmp_path):
         load_config(tmp_path / "nope.yaml", [], ddpm_config_defaults())
 
 
+def test_an_int_in_the_yaml_keeps_a_float_key_open_to_any_number(tmp_path):
+    """A YAML int under a float default (lora_alpha: 8, default 4.0) is read as 8.0, so a later layer
+    checked against the loaded config (run_db_train.py's --lora_alpha 2.5, an override) is accepted;
+    an int key still refuses a float."""
+    from mind_diffusion.config import merge_overrides
+
+    schema = {"unet": {"lora_alpha": 4.0, "lora_rank": 4}}
+    f = tmp_path / "c.yaml"
+    f.write_text("unet: {lora_alpha: 8, lora_rank: 8}\n")
+    cfg = load_config(f, [], schema)
+    assert cfg.unet.lora_alpha == 8.0 and isinstance(cfg.unet.lora_alpha, float) and cfg.unet.lora_rank == 8
+    assert load_config(None, ["unet.lora_alpha=2.5"], cfg).unet.lora_alpha == 2.5
+    assert merge_overrides(cfg, {"unet": {"lora_alpha": 16.5}}, "command line")["unet"]["lora_alpha"] == 16.5
+    with pytest.raises(ConfigError, match="'unet.lora_rank' must be int"):
+        load_config(None, ["unet.lora_rank=2.5"], cfg)
+
+
 def test_shipped_configs_validate():
     for f in sorted((ROOT / "configs" / "ddpm").glob("*.yaml")):
         load_config(f, [], ddpm_config_defaults())
