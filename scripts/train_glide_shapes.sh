@@ -18,20 +18,16 @@
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), RUNS (runs), N_IMAGES
-# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides; SRGAN_ARGS: its first stage, e.g. BASE_ARGS="train.steps=2000"),
+# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides, e.g. BASE_ARGS="train.steps=2000"; SRGAN_ARGS
+# goes to the first SRGAN stage),
 # EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
-"$PY" -c "import mindspore, mind_diffusion" 2>/dev/null || {
-  echo "error: $PY cannot import mindspore and mind_diffusion: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
-  exit 2; }
-[ $# -le 1 ] || { echo "error: one argument at most, the model folder to write (default output/glide_shapes)" >&2; exit 2; }
-OUT="${1:-output/glide_shapes}"
+# shellcheck source=scripts/_train_stages.sh
+source "$ROOT/scripts/_train_stages.sh"
+find_python
+OUT="$(model_folder_arg output/glide_shapes "$@")" || exit 2
 DATA="${DATA:-data/shapes_glide256}"
 RUNS="${RUNS:-runs}"
 N_IMAGES="${N_IMAGES:-20000}"
@@ -44,8 +40,6 @@ export GLOG_v="${GLOG_v:-3}"
 mkdir -p "$RUNS" "$OUT"
 
 STAGE_LOG=glide-shapes
-# shellcheck source=scripts/_train_stages.sh
-source "$ROOT/scripts/_train_stages.sh"
 
 if [ -f "$DATA/data.csv" ]; then
   echo "== export: $DATA holds an export, kept"

@@ -23,15 +23,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
-"$PY" -c "import mindspore, mind_diffusion" 2>/dev/null || {
-  echo "error: $PY cannot import mindspore and mind_diffusion: run 'bash scripts/setup.sh' first, or set PYTHON=/path/to/venv/bin/python" >&2
-  exit 2; }
-[ $# -le 1 ] || { echo "error: one argument at most, the model folder to write (default output/shapes_zh)" >&2; exit 2; }
-OUT="${1:-output/shapes_zh}"
+# shellcheck source=scripts/_train_stages.sh
+source "$ROOT/scripts/_train_stages.sh"
+find_python
+OUT="$(model_folder_arg output/shapes_zh "$@")" || exit 2
 DATA="${DATA:-data/shapes_train}"
 RUNS="${RUNS:-runs}"
 N_IMAGES="${N_IMAGES:-20000}"
@@ -50,8 +45,6 @@ export GLOG_v="${GLOG_v:-3}"
 mkdir -p "$RUNS"
 
 STAGE_LOG=shapes
-# shellcheck source=scripts/_train_stages.sh
-source "$ROOT/scripts/_train_stages.sh"
 
 if [ -f "$DATA/data.csv" ] && [ -f "$DATA/vocab.txt" ]; then
   echo "== export: $DATA holds an export, kept"
