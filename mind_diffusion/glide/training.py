@@ -478,6 +478,17 @@ def make_batch_dataset(source: GlideBatches, start_step: int, end_step: int):
 
 
 # ---------------------------------------------------------------------------------------- loss
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def check_loss_weighting(value) -> str:
+    """``value`` if it names a weighting of :class:`GlideHybridLoss`, else one ``ConfigError`` line."""
+    if str(value) not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"diffusion.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)} "
+                          f"(none: the original's loss), got {value!r}")
+    return str(value)
+
+
 def min_snr_weights(alphas_cumprod, gamma: float) -> np.ndarray:
     """``min(SNR_t, gamma) / SNR_t`` per timestep (float64), ``SNR_t = abar_t / (1 - abar_t)``."""
     abar = np.asarray(alphas_cumprod, np.float64)
@@ -497,8 +508,6 @@ class GlideHybridLoss(nn.Cell):
     weigh less, so the noisy steps where the text decides a scene's colour, shape and place get
     most of the gradient. It changes only the eps term; the VLB term (the variance) is unchanged."""
 
-    WEIGHTINGS = ("none", "min_snr")
-
     def __init__(self, net: nn.Cell, schedule, super_res: bool, vb_weight: float = 1.0,
                  clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
         super().__init__(auto_prefix=False)  # the model's parameter names stay unprefixed
@@ -516,10 +525,7 @@ class GlideHybridLoss(nn.Cell):
         self.sqrt_recip = f32(schedule.sqrt_recip_alphas_cumprod)
         self.sqrt_recipm1 = f32(schedule.sqrt_recipm1_alphas_cumprod)
         self.vlb = MSLearnedRangeVLB(clip_denoised=clip_denoised)
-        if loss_weighting not in self.WEIGHTINGS:
-            raise ConfigError(f"diffusion.loss_weighting must be one of {', '.join(self.WEIGHTINGS)}, "
-                              f"got {loss_weighting!r}")
-        self.weighted = loss_weighting == "min_snr"
+        self.weighted = check_loss_weighting(loss_weighting) == "min_snr"
         if self.weighted:
             self.mse_weights = f32(min_snr_weights(abar, float(min_snr_gamma)))
 
@@ -624,9 +630,7 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     stage = stage_of(cfg)
     check_number(cfg.data.text_drop_p, "data.text_drop_p", 0, 1)
     check_number(cfg.diffusion.vb_weight, "diffusion.vb_weight", 0, None)
-    if str(cfg.diffusion.loss_weighting) not in GlideHybridLoss.WEIGHTINGS:
-        raise ConfigError(f"diffusion.loss_weighting must be one of {', '.join(GlideHybridLoss.WEIGHTINGS)} "
-                          f"(none: the original's loss), got {cfg.diffusion.loss_weighting!r}")
+    check_loss_weighting(cfg.diffusion.loss_weighting)
     check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
