@@ -132,14 +132,22 @@ def test_resume_is_exact_and_the_export_loads_strictly(tmp_path, capsys):
     resumed = train_srgan(tiny_cfg("train.steps=4", "train.lr_decay_start=1", out=tmp_path / "b"), resume="auto",
                           progress=False)
     assert straight["step"] == resumed["step"] == 4
+    # Equal up to float32 round-off: the CPU batch-norm and conv reductions may split their sums across
+    # threads differently from one process to the next (CI once saw 0.705926 vs 0.705927 at step 3).
+    # A lost optimizer moment, learning-rate factor or weight moves these by orders of magnitude more.
     for k in ("g_loss", "l1", "adv", "d_loss"):
-        assert straight[k] == resumed[k], k
+        np.testing.assert_allclose(straight[k], resumed[k], rtol=1e-5, atol=1e-6, err_msg=k)
     a, b = (tmp_path / "a" / "metrics.csv").read_text().splitlines(), (tmp_path / "b" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[:7] for r in a] == [r.split(",")[:7] for r in b] and len(a) == 5
+    assert len(a) == len(b) == 5 and a[0] == b[0]
+    rows_a, rows_b = (np.array([r.split(",")[:7] for r in rows[1:]], dtype=np.float64) for rows in (a, b))
+    np.testing.assert_array_equal(rows_a[:, 0], rows_b[:, 0])
+    np.testing.assert_allclose(rows_a, rows_b, rtol=0, atol=2.5e-6)  # 6 printed decimals, one last-digit flip
     from mind_diffusion.checkpoint.io import read_checkpoint
 
     ea, eb = read_checkpoint(tmp_path / "a" / "srgan.ckpt"), read_checkpoint(tmp_path / "b" / "srgan.ckpt")
-    assert set(ea) == set(eb) and all(np.array_equal(ea[k], eb[k]) for k in ea)
+    assert set(ea) == set(eb)
+    for k in ea:
+        np.testing.assert_allclose(ea[k], eb[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert "conv1.0.weight" in ea and "trunk.0.bn1.moving_mean" in ea  # the official bare names
     assert (tmp_path / "b" / "loss.png").stat().st_size > 0
     # the export: build_srgan(srgan.yaml) + load_glide_checkpoint, strictly, gives the trained net
