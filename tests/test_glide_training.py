@@ -230,6 +230,78 @@ def test_unknown_loss_weighting_is_one_clear_line():
         _fixed_output_loss("base", out, loss_weighting="snr")
 
 
+def _pooled_sq(err, k):
+    """mean over (C, H/k, W/k) of the squared k x k block means of ``err`` (B, C, H, W), float64."""
+    b, c, h, w = err.shape
+    return np.square(err.astype(np.float64).reshape(b, c, h // k, k, w // k, k).mean((3, 5))).mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+def test_multiscale_terms_against_closed_form(ms_mode, weighting):
+    """``multiscale_pools=(2, 8)`` on 8 x 8 images, weights (0.5, 0.25): the eps term gains
+    ``weight * k^2 * mean(avgpool_k(err)^2)`` per pool (k = 8: the mean colour), weighted by w_t like the per-pixel term; the gradient on eps
+    is the closed form; v's gradient (the VLB) is unchanged."""
+    import mindspore as ms
+
+    x0, noise, out, t = _tensors(seed=7)
+    out = out.copy()
+    out[:, :3] += 0.2 * np.arange(1, 4, dtype=np.float32)[None, :, None, None]  # an error with a mean colour
+    kw = dict(loss_weighting=weighting, min_snr_gamma=5.0)
+    loss_net, net = _fixed_output_loss("base", out, multiscale_pools=(2, 8), multiscale_weight=(0.5, 0.25), **kw)
+    total = float(loss_net(*_inputs("base", x0, noise, t)).asnumpy())
+    ref_mse, ref_vb = _numpy_reference("base", x0, noise, out, t)
+    err = noise.astype(np.float64) - out[:, :3]
+    extra = 0.5 * 4 * _pooled_sq(err, 2) + 0.25 * 64 * _pooled_sq(err, 8)
+    abar = np.cumprod(1.0 - np.asarray(_schedule("base").betas, np.float64))
+    snr = abar[t] / (1.0 - abar[t])
+    w = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else np.ones(len(t))
+    assert extra.min() > 0.5 * ref_mse.min()  # the mean colour's error is visible at last
+    want = float(np.mean(w * (ref_mse + extra) + ref_vb))
+    assert abs(total - want) <= 1e-5 * max(1.0, abs(want)), (total, want)
+    g = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs("base", x0, noise, t))[0].asnumpy()
+    b, c, h, w_ = noise.shape
+    bm = lambda k: np.repeat(np.repeat(err.reshape(b, c, h // k, k, w_ // k, k).mean((3, 5)), k, 2), k, 3)  # noqa: E731
+    # d/d eps of k^2 mean_blocks(block_mean^2) = -2 k^2 block_mean / (n_blocks * k^2) = -2 block_mean / n_blocks
+    closed = -2.0 * w[:, None, None, None] * (err / (c * h * w_) + 0.5 * bm(2) / (c * (h // 2) * (w_ // 2))
+                                              + 0.25 * bm(8) / c) / b
+    assert np.abs(g[:, :3] - closed).max() <= 1e-9 + 1e-5 * np.abs(closed).max()
+    plain, pnet = _fixed_output_loss("base", out, **kw)
+    gp = ms.grad(plain, grad_position=None, weights=[pnet.out])(*_inputs("base", x0, noise, t))[0].asnumpy()
+    assert np.abs(g[:, 3:] - gp[:, 3:]).max() <= 1e-7 * np.abs(gp[:, 3:]).max()
+
+
+def test_multiscale_pools_are_checked_against_the_training_size():
+    from mind_diffusion.config import ConfigError, load_config
+    from mind_diffusion.glide.training import glide_train_config_defaults, multiscale_pools, multiscale_weights
+
+    def pools(*ov):
+        return multiscale_pools(load_config(str(ROOT / "configs/glide/shapes-base.yaml"), list(ov),
+                                            glide_train_config_defaults()))
+
+    assert pools() == () and pools("diffusion.multiscale_pools=[8,64]") == (8, 64)
+    cfg = load_config(str(ROOT / "configs/glide/shapes-base.yaml"),
+                      ["diffusion.multiscale_pools=[8,64]", "diffusion.multiscale_weight=[0.1,0.01]"],
+                      glide_train_config_defaults())
+    assert multiscale_weights(cfg) == (0.1, 0.01)
+    cfg.diffusion.multiscale_weight = 0.5
+    assert multiscale_weights(cfg) == (0.5, 0.5)
+    for bad, msg in (([0.1], "lists 1 weight"), ([0.1, -1], "multiscale_weight")):
+        cfg.diffusion.multiscale_weight = bad
+        with pytest.raises(ConfigError, match=msg):
+            multiscale_weights(cfg)
+    for bad in ("[6]", "[1]", "[128]", "[abc]", "[8,8]"):
+        with pytest.raises(ConfigError, match="diffusion.multiscale_pools"):
+            pools(f"diffusion.multiscale_pools={bad}")
+    # the SR stage trains on crops: the pools divide the crop, not the image
+    sr = ROOT / "configs/glide/shapes-sr.yaml"
+    cfg = load_config(str(sr), ["diffusion.multiscale_pools=[64]"], glide_train_config_defaults())
+    crop = int(cfg.data.crop_size)
+    assert crop == 64 and multiscale_pools(cfg) == (64,)  # 64 px crops of the 256 px images
+    with pytest.raises(ConfigError, match=f"divides the training size {crop}"):
+        multiscale_pools(load_config(str(sr), [f"diffusion.multiscale_pools=[{2 * crop}]"],
+                                     glide_train_config_defaults()))
+
+
 _MODES = {}
 
 

@@ -52,6 +52,7 @@ positional / padding embeddings), so the original and ``scripts/glide_txt2img.py
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,13 @@ def glide_train_config_defaults() -> dict:
         "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model", "bpe_dir": "gpt2-bpe"},
         # loss_weighting: none (the original's plain mean of the eps error) or min_snr (each sample's
         # eps error weighted by min(SNR_t, min_snr_gamma) / SNR_t: see GlideHybridLoss)
+        # multiscale_pools: extra eps terms on k x k average-pooled errors (k = the image or crop size: the
+        # per-channel mean colour), each scaled by k^2 and its multiscale_weight (null: 1; one number for
+        # all, or a list with one per pool); [] (the original): none. See GlideHybridLoss: it teaches the mean colour and the
+        # layout, which the per-pixel mean hides
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
-                      "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0},
+                      "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0,
+                      "multiscale_pools": [], "multiscale_weight": None},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
             # each captions file "<image path>\\t<caption>[\\t<caption> ...]"); csv: data.path/*.csv
@@ -211,6 +217,15 @@ def net_config(cfg) -> dict:
     overrides.update({k: v for k, v in (to_plain(cfg.model.net) or {}).items() if v is not None})
     defaults = glide_base_defaults() if stage == "base" else glide_sr_defaults()
     return network_config(defaults, overrides, f"model.net ({'GLIDE base' if stage == 'base' else 'GLIDE SR'})")
+
+
+def train_size(cfg) -> int:
+    """The side of the images the UNet trains on: the stage's image size, or the SR stage's crops."""
+    ncfg = net_config(cfg)
+    size = int(ncfg["image_size"])
+    stage = stage_of(cfg)
+    low = int(cfg.data.low_res_size) if stage == "sr" else None
+    return check_crop_size(cfg.data.crop_size, size, low) or size
 
 
 def schedule_for(cfg):
@@ -489,6 +504,51 @@ def check_loss_weighting(value) -> str:
     return str(value)
 
 
+def check_multiscale_pools(pools, size: int) -> tuple[int, ...]:
+    """The pool sizes of ``diffusion.multiscale_pools`` as ints, each >= 2 and dividing ``size`` (the
+    training image or crop size), else one ``ConfigError`` line."""
+    if pools is None:
+        return ()
+    if isinstance(pools, (int, float, str)):
+        pools = [pools]
+    out = []
+    for k in pools:
+        try:
+            k_int = int(k)
+            ok = k_int == float(k) and k_int >= 2 and size % k_int == 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            divisors = [d for d in range(2, size + 1) if size % d == 0]
+            raise ConfigError(f"diffusion.multiscale_pools: each pool must be an integer >= 2 that divides the "
+                              f"training size {size} (one of {divisors}; {size} pools to the mean colour), "
+                              f"got {k!r}; [] turns the terms off")
+        out.append(k_int)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"diffusion.multiscale_pools lists a pool twice: {list(out)}")
+    return tuple(out)
+
+
+def multiscale_pools(cfg) -> tuple[int, ...]:
+    """``diffusion.multiscale_pools`` of a training config, checked against its training size."""
+    pools = to_plain(cfg.diffusion.multiscale_pools)
+    return check_multiscale_pools(pools, train_size(cfg)) if pools else ()
+
+
+def multiscale_weights(cfg) -> tuple[float, ...]:
+    """``diffusion.multiscale_weight``, one number per pool of ``multiscale_pools(cfg)``."""
+    pools = multiscale_pools(cfg)
+    raw = cfg.diffusion.multiscale_weight
+    raw = 1.0 if raw is None else (list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else raw)
+    values = raw if isinstance(raw, (list, tuple)) else [raw] * len(pools)
+    if len(values) != len(pools):
+        raise ConfigError(f"diffusion.multiscale_weight lists {len(values)} weight(s) for {len(pools)} pool(s) "
+                          f"({list(pools)}): give one number for all or one per pool")
+    for v in values:
+        check_number(v, "diffusion.multiscale_weight", 0, None)
+    return tuple(float(v) for v in values)
+
+
 def min_snr_weights(alphas_cumprod, gamma: float) -> np.ndarray:
     """``min(SNR_t, gamma) / SNR_t`` per timestep (float64), ``SNR_t = abar_t / (1 - abar_t)``."""
     abar = np.asarray(alphas_cumprod, np.float64)
@@ -506,10 +566,18 @@ class GlideHybridLoss(nn.Cell):
     / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)`` (the Min-SNR weighting of Hang et al., 2023,
     for an eps network): the nearly clean steps, whose eps error says little about the picture,
     weigh less, so the noisy steps where the text decides a scene's colour, shape and place get
-    most of the gradient. It changes only the eps term; the VLB term (the variance) is unchanged."""
+    most of the gradient. It changes only the eps term; the VLB term (the variance) is unchanged.
+
+    ``multiscale_pools`` (``()``: the original): for each ``k``, ``multiscale_weight[k] * k^2 *
+    mean(avgpool_k(noise - eps)^2)`` joins the eps term (and its ``w_t``). The ``k^2`` makes a white
+    error count as much at every scale as in the per-pixel mean; there an image's mean colour (``k`` =
+    the image size) is one value among 3 x 64 x 64 and its error is invisible, so a model trained
+    on the plain mean leaves the mean colour to the starting noise at the noisy steps (the
+    multiscale loss of Hoogeboom et al., 2023, "simple diffusion", for the same blind spot)."""
 
     def __init__(self, net: nn.Cell, schedule, super_res: bool, vb_weight: float = 1.0,
-                 clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
+                 clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0,
+                 multiscale_pools=(), multiscale_weight=1.0):
         super().__init__(auto_prefix=False)  # the model's parameter names stay unprefixed
         self.net = net
         self.super_res = bool(super_res)
@@ -528,6 +596,11 @@ class GlideHybridLoss(nn.Cell):
         self.weighted = check_loss_weighting(loss_weighting) == "min_snr"
         if self.weighted:
             self.mse_weights = f32(min_snr_weights(abar, float(min_snr_gamma)))
+        self.pools = tuple(int(k) for k in (multiscale_pools or ()))
+        ws = multiscale_weight if isinstance(multiscale_weight, (list, tuple)) else [multiscale_weight] * len(self.pools)
+        if len(ws) != len(self.pools):
+            raise ConfigError(f"multiscale_weight: {len(ws)} weight(s) for the pools {list(self.pools)}")
+        self.pool_scales = tuple(float(w) * k * k for w, k in zip(ws, self.pools))
 
     def _g(self, table, t):
         return ops.gather(table, t, 0)
@@ -543,7 +616,12 @@ class GlideHybridLoss(nn.Cell):
             out = self.net(x_t, t, tokens, mask)
         out = ops.cast(out, ms.float32)
         eps, v = out[:, :3], out[:, 3:]
-        mse = ops.mean(ops.square(noise - eps), (1, 2, 3))
+        err = noise - eps
+        mse = ops.mean(ops.square(err), (1, 2, 3))
+        b, c, h, w = err.shape
+        for k, scale in zip(self.pools, self.pool_scales):  # unrolled at compile time
+            pooled = err.reshape(b, c, h // k, k, w // k, k).mean((3, 5))
+            mse = mse + scale * ops.mean(ops.square(pooled), (1, 2, 3))
         is_first = ops.cast(ops.equal(t, 0), ms.float32)
         vb = self.vlb(x0, x_t, ops.stop_gradient(eps), v, self._g(self.coef1, t), self._g(self.coef2, t),
                       self._g(self.post_log_var, t), self._g(self.log_betas, t), self._g(self.sqrt_recip, t),
@@ -632,6 +710,7 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_number(cfg.diffusion.vb_weight, "diffusion.vb_weight", 0, None)
     check_loss_weighting(cfg.diffusion.loss_weighting)
     check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
+    multiscale_weights(cfg)  # and the pools
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
     init = cfg.init.checkpoint
@@ -676,7 +755,8 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
-                               float(cfg.diffusion.min_snr_gamma))
+                               float(cfg.diffusion.min_snr_gamma),
+                               multiscale_pools(cfg), multiscale_weights(cfg))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
     optimizer = build_optimizer(net.trainable_params(), t, lr)
