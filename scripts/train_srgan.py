@@ -35,7 +35,7 @@ def main(argv=None):
         from mind_diffusion.glide.srgan_training import check_srgan_train_config, srgan_train_config_defaults
 
         cfg = load_config(args.config, args.set, srgan_train_config_defaults())
-        check_srgan_train_config(cfg)
+        check_srgan_train_config(cfg, resuming=bool(args.resume))
         return cfg
 
     def train(cfg, rt):

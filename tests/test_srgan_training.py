@@ -25,6 +25,7 @@ from mind_diffusion.glide.srgan_training import (
     train_srgan,
     upscale_with_generator,
 )
+from mind_diffusion.checkpoint.io import CheckpointError
 from mind_diffusion.shapes.editing import psnr
 from mind_diffusion.shapes.world import ShapesWorld
 
@@ -185,6 +186,31 @@ def test_init_generator_fine_tunes_from_an_exported_srgan_ckpt(tmp_path):
     with pytest.raises(CheckpointError) as exc:
         SRGANTrainer(tiny_cfg(f"init.generator={tmp_path / 'unet.ckpt'}"), tmp_path / "d")
     assert "\n" not in str(exc.value)
+
+
+def test_a_fine_tune_resumes_after_its_init_file_is_gone(tmp_path):
+    """Resuming a fine-tune takes every weight from its checkpoint: init.generator is neither read nor
+    required (it may have been moved or replaced since the run started)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    train_srgan(tiny_cfg("train.steps=2", out=tmp_path / "a"), progress=False)
+    init = tmp_path / "init.ckpt"
+    init.write_bytes((tmp_path / "a" / "srgan.ckpt").read_bytes())
+    ms.set_seed(0)
+    straight = train_srgan(tiny_cfg("train.steps=4", f"init.generator={init}", out=tmp_path / "s"), progress=False)
+    ms.set_seed(0)
+    train_srgan(tiny_cfg("train.steps=2", f"init.generator={init}", out=tmp_path / "f"), progress=False)
+    init.unlink()  # gone: a fresh start names it, a resume does not need it
+    with pytest.raises(CheckpointError, match="init.generator not found"):
+        train_srgan(load_config(None, TINY + ["train.steps=4", f"init.generator={init}",
+                                              f"train.output_dir={tmp_path / 'g'}"], srgan_train_config_defaults()),
+                    progress=False)
+    cfg = load_config(None, TINY + ["train.steps=4", f"init.generator={init}", f"train.output_dir={tmp_path / 'f'}"],
+                      srgan_train_config_defaults())
+    check_srgan_train_config(cfg, resuming=True)
+    resumed = train_srgan(cfg, resume="auto", progress=False)
+    assert resumed["step"] == straight["step"] == 4
+    np.testing.assert_allclose(resumed["l1"], straight["l1"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("override, key", [

@@ -115,9 +115,10 @@ def srgan_train_config_defaults() -> dict:
     }
 
 
-def check_srgan_train_config(cfg) -> None:
+def check_srgan_train_config(cfg, resuming: bool = False) -> None:
     """Every value of a loaded config (``load_config(..., srgan_train_config_defaults())``) in
-    range, or one ``ConfigError`` line naming the key."""
+    range, or one ``ConfigError`` line naming the key. ``resuming``: the weights come from the run's
+    checkpoint, so ``init.generator`` need not exist any more."""
     t, d, m, disc = cfg["train"], cfg["data"], cfg["model"], cfg["discriminator"]
     check_train_section(t)
     check_number(t["lr_d"], "train.lr_d", 0, None, False)
@@ -149,7 +150,7 @@ def check_srgan_train_config(cfg) -> None:
     check_number(cfg["eval"]["num_scenes"], "eval.num_scenes", 1, None, integer=True)
     check_number(cfg["eval"]["world_seed"], "eval.world_seed", 0, None, integer=True)
     init = cfg["init"]["generator"]
-    if init is not None and not Path(str(init)).expanduser().is_file():
+    if init is not None and not resuming and not Path(str(init)).expanduser().is_file():
         raise CheckpointError(f"init.generator not found: {init} (an srgan.ckpt: the released Taichu-GLIDE "
                               f"file or a finished run's export; null starts from random weights)")
 
@@ -409,13 +410,14 @@ def _adam(params, lrs: list, betas, prefix: str) -> nn.Adam:
 class SRGANTrainer:
     """G, D, their Adams and the compiled step, with exact checkpoints (see the module doc)."""
 
-    def __init__(self, cfg, out_dir: str | Path | None = None):
+    def __init__(self, cfg, out_dir: str | Path | None = None, load_init: bool = True):
+        """``load_init=False`` (a resume): ``init.generator`` is not read; the checkpoint sets every weight."""
         self.cfg = cfg
         t = cfg["train"]
         self.out_dir = Path(out_dir if out_dir is not None else t["output_dir"]).expanduser()
         self.ckpt_dir = self.out_dir / run_dir.CKPT_DIR
         self.gen = build_srgan(to_plain(cfg["model"]))
-        if cfg["init"]["generator"] is not None:
+        if load_init and cfg["init"]["generator"] is not None:
             from .checkpoint import load_glide_checkpoint
 
             load_glide_checkpoint(self.gen, Path(str(cfg["init"]["generator"])).expanduser(), "srgan")
@@ -510,14 +512,14 @@ def _open_metrics(path: Path, step: int, resumed: bool):
 def train_srgan(cfg, resume=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Train (or continue) the run of ``cfg`` (a config checked by ``check_srgan_train_config``);
     returns {step, last losses, export paths}."""
-    check_srgan_train_config(cfg)
+    check_srgan_train_config(cfg, resuming=bool(resume))
     t = cfg["train"]
     out = Path(t["output_dir"]).expanduser()
     files = run_dir.check_run_dir(out, resume, overwrite, (EXPORT_NAME, EXPORT_CONFIG, "loss.png"))
     run_dir.clear_run_dir(out, files)
     out.mkdir(parents=True, exist_ok=True)
     run_dir.sweep_temp_files(out)
-    trainer = SRGANTrainer(cfg, out)
+    trainer = SRGANTrainer(cfg, out, load_init=not resume)
     if resume:
         path = trainer.resume(resume)
         print(f"[mind_diffusion] resumed from {path} at step {trainer.step}", flush=True)
