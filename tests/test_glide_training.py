@@ -278,7 +278,7 @@ def test_multiscale_pools_are_checked_against_the_training_size():
         return multiscale_pools(load_config(str(ROOT / "configs/glide/shapes-base.yaml"), list(ov),
                                             glide_train_config_defaults()))
 
-    assert pools() == () and pools("diffusion.multiscale_pools=[8,64]") == (8, 64)
+    assert pools("diffusion.multiscale_pools=[]") == () and pools("diffusion.multiscale_pools=[8,64]") == (8, 64)
     cfg = load_config(str(ROOT / "configs/glide/shapes-base.yaml"),
                       ["diffusion.multiscale_pools=[8,64]", "diffusion.multiscale_weight=[0.1,0.01]"],
                       glide_train_config_defaults())
@@ -415,6 +415,28 @@ def test_batches_are_a_function_of_the_step_and_ranks_split_them(tokenizer, shap
         for col, whole in enumerate(a):
             assert np.array_equal(np.concatenate([h[col] for h in halves]), whole), (step, col)
     assert not np.array_equal(one[0][0], one[1][0]) and not np.array_equal(one[0][4], one[1][4])
+
+
+def test_offset_noise_adds_one_constant_per_image_and_channel(tokenizer, shapes_data):
+    """offset_noise=0.5: the noise is the plain run's noise plus 0.5 x N(0, 1) per (image, channel), the
+    same on every pixel; every other column is the plain run's; ranks still split the global batch."""
+    plain = _source(tokenizer, shapes_data)
+    off = _source(tokenizer, shapes_data, offset_noise=0.5)
+    consts = []
+    for step in range(60):
+        a, b = plain[step], off[step]
+        assert all(np.array_equal(x, y) for i, (x, y) in enumerate(zip(a, b)) if i != 4)
+        d = b[4].astype(np.float64) - a[4]
+        assert np.abs(d - d[:, :, :1, :1]).max() <= 1e-6  # constant over the image
+        consts.append(d[:, :, 0, 0].ravel())
+    c = np.concatenate(consts)
+    assert abs(c.std() - 0.5) < 0.05 and abs(c.mean()) < 0.06, (c.mean(), c.std())
+    halves = [_source(tokenizer, shapes_data, batch_size=2, rank=r, group_size=2, offset_noise=0.5)[3] for r in (0, 1)]
+    assert np.array_equal(np.concatenate([h[4] for h in halves]), off[3][4])
+    from mind_diffusion.config import ConfigError
+
+    with pytest.raises(ConfigError, match="diffusion.offset_noise"):
+        _source(tokenizer, shapes_data, offset_noise=2.0)
 
 
 # ------------------------------------------------------------------------ flags and learning rate

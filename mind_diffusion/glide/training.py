@@ -122,10 +122,11 @@ def glide_train_config_defaults() -> dict:
         # multiscale_pools: extra eps terms on k x k average-pooled errors (k = the image or crop size: the
         # per-channel mean colour), each scaled by k^2 and its multiscale_weight (null: 1; one number for
         # all, or a list with one per pool); [] (the original): none. See GlideHybridLoss: it teaches the mean colour and the
-        # layout, which the per-pixel mean hides
+        # layout, which the per-pixel mean hides. offset_noise: the training noise gains offset_noise x a
+        # N(0, 1) constant per image and channel (0, the original: none); see GlideBatches
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
                       "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0,
-                      "multiscale_pools": [], "multiscale_weight": None},
+                      "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
             # each captions file "<image path>\\t<caption>[\\t<caption> ...]"); csv: data.path/*.csv
@@ -365,13 +366,21 @@ class GlideBatches:
     """Random-access batch source: item ``step`` -> this rank's ``(x0 (B,3,S,S) f32, tokens (B,ctx)
     i32, mask (B,ctx) i32, t (B,) i32, noise (B,3,S,S) f32[, low_res (B,3,s,s) f32])`` with
     ``B = batch_size * accum_steps`` (its micro-batches, stacked). The global batch and all its
-    randomness are a pure function of ``(seed, step)``; rank ``r`` takes its rows."""
+    randomness are a pure function of ``(seed, step)``; rank ``r`` takes its rows.
+
+    ``offset_noise`` (0: the original): each image's noise, the eps target, gains ``offset_noise * c``
+    with ``c ~ N(0, 1)`` per channel, constant over the image ("offset noise", Guttenberg 2023). The
+    mean colour of a standard-normal noise image varies by only 1 / side, so a small network never
+    learns to follow its input's mean colour, and sampling amplifies the starting noise's instead;
+    with the offset the training inputs' mean colours vary enough to teach it."""
 
     def __init__(self, data: GlideImageText, end_token: int, text_ctx: int, batch_size: int, image_size: int,
                  low_res_size: int | None, num_timesteps: int = 1000, text_drop_p: float = 0.2, seed: int = 0,
                  rank: int = 0, group_size: int = 1, accum_steps: int = 1, shuffle: bool = True,
-                 random_flip: bool = False, crop_size: int = 0):
+                 random_flip: bool = False, crop_size: int = 0, offset_noise: float = 0.0):
         check_number(text_drop_p, "data.text_drop_p", 0, 1)
+        check_number(offset_noise, "diffusion.offset_noise", 0, 1)
+        self.offset_noise = float(offset_noise)
         self.crop = check_crop_size(crop_size, image_size, low_res_size)
         self.accum_steps = int(accum_steps)
         self.global_batch = int(batch_size) * int(group_size) * self.accum_steps
@@ -415,6 +424,9 @@ class GlideBatches:
         out = {"pick": pick, "drop": drop, "flips": flips, "t": t, "noise": noise}
         if self.crop:  # crop offsets on the low-res grid, so both crops cover the same region
             out["crop"] = rng.random((g, 2))
+        if self.offset_noise:  # drawn last: the other draws are those of a run without it
+            offset = rng.standard_normal((g, 3, 1, 1)) * self.offset_noise
+            out["noise"] = (noise + offset).astype(np.float32)
         return out
 
     def _crops(self, hi: np.ndarray, lo: np.ndarray, u) -> tuple[np.ndarray, np.ndarray]:
@@ -711,6 +723,7 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_loss_weighting(cfg.diffusion.loss_weighting)
     check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
     multiscale_weights(cfg)  # and the pools
+    check_number(cfg.diffusion.offset_noise, "diffusion.offset_noise", 0, 1)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
     init = cfg.init.checkpoint
@@ -751,7 +764,8 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     source = GlideBatches(data, tokenizer.end_token, int(ncfg["text_ctx"]), int(t.batch_size), size, low,
                           schedule.num_timesteps, float(d.text_drop_p), seed=int(t.seed), rank=runtime.rank,
                           group_size=runtime.group_size, accum_steps=int(t.grad_accum_steps),
-                          shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size))
+                          shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size),
+                          offset_noise=float(cfg.diffusion.offset_noise))
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
