@@ -272,7 +272,16 @@ def test_multiscale_terms_against_closed_form(ms_mode, weighting):
 
 def test_multiscale_pools_are_checked_against_the_training_size():
     from mind_diffusion.config import ConfigError, load_config
-    from mind_diffusion.glide.training import glide_train_config_defaults, multiscale_pools, multiscale_weights
+    from mind_diffusion.config import to_plain
+    from mind_diffusion.glide.training import (check_multiscale_pools, glide_train_config_defaults,
+                                               multiscale_terms, train_size)
+
+    def multiscale_pools(cfg):  # the pools alone, whatever the weights say
+        pools = to_plain(cfg.diffusion.multiscale_pools)
+        return check_multiscale_pools(pools, train_size(cfg)) if pools else ()
+
+    def multiscale_weights(cfg):
+        return multiscale_terms(cfg)[1]
 
     def pools(*ov):
         return multiscale_pools(load_config(str(ROOT / "configs/glide/shapes-base.yaml"), list(ov),

@@ -121,9 +121,10 @@ def glide_train_config_defaults() -> dict:
         # eps error weighted by min(SNR_t, min_snr_gamma) / SNR_t: see GlideHybridLoss)
         # multiscale_pools: extra eps terms on k x k average-pooled errors (k = the image or crop size: the
         # per-channel mean colour), each scaled by k^2 and its multiscale_weight (null: 1; one number for
-        # all, or a list with one per pool); [] (the original): none. See GlideHybridLoss: it teaches the mean colour and the
-        # layout, which the per-pixel mean hides. offset_noise: the training noise gains offset_noise x a
-        # N(0, 1) constant per image and channel (0, the original: none); see GlideBatches
+        # all, or a list with one per pool); [] (the original): none. See GlideHybridLoss: it teaches the
+        # mean colour and the layout, which the per-pixel mean hides. offset_noise: the training noise
+        # gains offset_noise x a N(0, 1) constant per image and channel (0, the original: none); see
+        # GlideBatches
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
                       "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0,
                       "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0},
@@ -519,10 +520,6 @@ def check_loss_weighting(value) -> str:
 def check_multiscale_pools(pools, size: int) -> tuple[int, ...]:
     """The pool sizes of ``diffusion.multiscale_pools`` as ints, each >= 2 and dividing ``size`` (the
     training image or crop size), else one ``ConfigError`` line."""
-    if pools is None:
-        return ()
-    if isinstance(pools, (int, float, str)):
-        pools = [pools]
     out = []
     for k in pools:
         try:
@@ -541,24 +538,26 @@ def check_multiscale_pools(pools, size: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def multiscale_pools(cfg) -> tuple[int, ...]:
-    """``diffusion.multiscale_pools`` of a training config, checked against its training size."""
-    pools = to_plain(cfg.diffusion.multiscale_pools)
-    return check_multiscale_pools(pools, train_size(cfg)) if pools else ()
-
-
-def multiscale_weights(cfg) -> tuple[float, ...]:
-    """``diffusion.multiscale_weight``, one number per pool of ``multiscale_pools(cfg)``."""
-    pools = multiscale_pools(cfg)
-    raw = cfg.diffusion.multiscale_weight
-    raw = 1.0 if raw is None else (list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else raw)
-    values = raw if isinstance(raw, (list, tuple)) else [raw] * len(pools)
+def pool_weights(weight, pools) -> tuple[float, ...]:
+    """``diffusion.multiscale_weight`` (None: 1; one number; or one per pool) as one float per pool,
+    else one ``ConfigError`` line."""
+    weight = 1.0 if weight is None else weight
+    is_list = isinstance(weight, Sequence) and not isinstance(weight, str)
+    values = list(weight) if is_list else [weight] * len(pools)
     if len(values) != len(pools):
         raise ConfigError(f"diffusion.multiscale_weight lists {len(values)} weight(s) for {len(pools)} pool(s) "
                           f"({list(pools)}): give one number for all or one per pool")
     for v in values:
         check_number(v, "diffusion.multiscale_weight", 0, None)
     return tuple(float(v) for v in values)
+
+
+def multiscale_terms(cfg) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``(pools, weights)`` of a training config's multiscale terms, the pools checked against its
+    training size."""
+    pools = to_plain(cfg.diffusion.multiscale_pools)
+    pools = check_multiscale_pools(pools, train_size(cfg)) if pools else ()
+    return pools, pool_weights(cfg.diffusion.multiscale_weight, pools)
 
 
 def min_snr_weights(alphas_cumprod, gamma: float) -> np.ndarray:
@@ -609,10 +608,7 @@ class GlideHybridLoss(nn.Cell):
         if self.weighted:
             self.mse_weights = f32(min_snr_weights(abar, float(min_snr_gamma)))
         self.pools = tuple(int(k) for k in (multiscale_pools or ()))
-        ws = multiscale_weight if isinstance(multiscale_weight, (list, tuple)) else [multiscale_weight] * len(self.pools)
-        if len(ws) != len(self.pools):
-            raise ConfigError(f"multiscale_weight: {len(ws)} weight(s) for the pools {list(self.pools)}")
-        self.pool_scales = tuple(float(w) * k * k for w, k in zip(ws, self.pools))
+        self.pool_scales = tuple(w * k * k for w, k in zip(pool_weights(multiscale_weight, self.pools), self.pools))
 
     def _g(self, table, t):
         return ops.gather(table, t, 0)
@@ -722,7 +718,7 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_number(cfg.diffusion.vb_weight, "diffusion.vb_weight", 0, None)
     check_loss_weighting(cfg.diffusion.loss_weighting)
     check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
-    multiscale_weights(cfg)  # and the pools
+    multiscale_terms(cfg)
     check_number(cfg.diffusion.offset_noise, "diffusion.offset_noise", 0, 1)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
@@ -769,8 +765,7 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
-                               float(cfg.diffusion.min_snr_gamma),
-                               multiscale_pools(cfg), multiscale_weights(cfg))
+                               float(cfg.diffusion.min_snr_gamma), *multiscale_terms(cfg))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
     optimizer = build_optimizer(net.trainable_params(), t, lr)
