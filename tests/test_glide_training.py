@@ -495,6 +495,34 @@ def test_learning_rate_is_the_originals_cosine(tmp_path, shapes_sp, shapes_data)
         assert abs(got - want) <= 1e-6 * 1e-4 and abs(lr_at(s, 1e-4, 1e-9, 0, decay) - want) <= 1e-18
 
 
+def test_text_side_holds_still_until_its_start_step(tmp_path, shapes_sp, shapes_data, capsys):
+    """``train.text_encoder_start_step=2``: after 2 updates the text side (embeddings, text transformer,
+    final_ln) is bit-identical to the start while the UNet and transformer_proj moved; the third update
+    moves it. A start step at or past the run's end is one clear line."""
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import TEXT_SIDE_PREFIXES, build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+
+    init = _tiny_checkpoint("base", tmp_path / "glide_gen.ckpt", seed=5)
+    cfg_path = tiny_cfg(tmp_path, shapes_sp, shapes_data, steps=3, ckpt_every=1, text_encoder_start_step=2)
+    cfg = load_config(str(cfg_path), [f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}"], glide_train_config_defaults())
+    trainer, make = build_glide_trainer(cfg, init_runtime("CPU", "pynative", seed=0, verbose=False), progress=False)
+    assert "(text side trained from step 2)" in capsys.readouterr().out
+    trainer.fit(make)
+    ck = tmp_path / "run" / "checkpoints"
+    two, three = read_checkpoint(ck / "step_0000002.ckpt"), read_checkpoint(ck / "step_0000003.ckpt")
+    text = [k for k in init if k.startswith(TEXT_SIDE_PREFIXES)]
+    assert len(text) > 10 and "transformer_proj.weight" not in text
+    for k in text:
+        assert np.array_equal(two[k], init[k].astype(two[k].dtype)), k
+    assert any(not np.array_equal(three[k], two[k]) for k in text)
+    for k in ("transformer_proj.weight", "input_blocks.0.0.conv.weight"):  # updated (weight decay at least)
+        assert not np.array_equal(two[k], init[k].astype(two[k].dtype)), k
+    rc = _train_main(capsys, cfg_path, "--overwrite", "train.text_encoder_start_step=3")
+    captured_error(capsys, rc, "train.text_encoder_start_step=3 is not below the 3 training steps")
+
+
 # ------------------------------------------------------------------ bad input, fine-tune starts
 def _earlier_run(out: Path) -> dict:
     """A run folder of an earlier run; returns its files' bytes."""

@@ -69,7 +69,7 @@ TRAINING_STATE_PREFIXES = ("optimizer.", "adam_m.", "adam_v.", "moments.", "mome
                            "accum.", "loss_scaling_manager.", "meta.")
 TRAINING_STATE_NAMES = ("global_step", "scale_sense", "learning_rate", "beta1_power", "beta2_power",
                         "current_iterator_step", "epoch_num", "step_num", "loss_scale",
-                        "cur_iter", "last_overflow_iter")
+                        "cur_iter", "last_overflow_iter", "scale_good_steps")
 LDM_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
 
 

@@ -74,7 +74,7 @@ from ..train.data import (
 )
 from ..train.optim import build_optimizer
 from ..train.run_dir import check_run_dir
-from ..train.schedules import WarmupCosineLR
+from ..train.schedules import DelayedLR, WarmupCosineLR
 from ..train.trainer import NoEMA, Trainer, make_train_options, resolve_total_steps
 from ..train.validate import check_number, check_train_section
 from . import diffusion as gd
@@ -96,6 +96,8 @@ __all__ = [
 
 STAGES = ("base", "sr")
 DATA_KINDS = ("captions", "csv")
+#: the parameters of the text side that ``train.text_encoder_start_step`` holds still
+TEXT_SIDE_PREFIXES = ("token_embedding", "positional_embedding", "padding_embedding", "transformer.", "final_ln.")
 #: the released model config's keys (model_configs/*.json) that name network hyper-parameters,
 #: mapped onto ours; the rest (diffusion, fp16, flags of features not in the releases) are read or
 #: checked separately
@@ -168,6 +170,10 @@ def glide_train_config_defaults() -> dict:
             "log_every": 10,
             "output_dir": "output/glide",
             "seed": 0,
+            # the text side (token / positional / padding embeddings, the text transformer, final_ln;
+            # not transformer_proj, nor the UNet's encoder_kv) keeps its initial weights for this many
+            # steps, then trains on the common schedule; 0 (the original): trained from the start
+            "text_encoder_start_step": 0,
         },
         # init.checkpoint: the released glide_gen.ckpt / glide_super_res.ckpt (--pretrained_model) or
         # a file this trainer wrote; null: random weights
@@ -767,8 +773,19 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
                                float(cfg.diffusion.min_snr_gamma), *multiscale_terms(cfg))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
-    lr = WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
-    optimizer = build_optimizer(net.trainable_params(), t, lr)
+
+    def schedule_cell():
+        return WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
+
+    te_start = int(t.text_encoder_start_step)
+    if 0 < total <= te_start:
+        raise ConfigError(f"train.text_encoder_start_step={te_start} is not below the {total} training steps: "
+                          f"the text side would never train (lower it, or 0 to train it from the start)")
+    delayed = None
+    if te_start > 0:  # the same schedule on its own cell, 0 before te_start
+        delayed = ({p.name for p in net.trainable_params() if p.name.startswith(TEXT_SIDE_PREFIXES)},
+                   DelayedLR(schedule_cell(), te_start))
+    optimizer = build_optimizer(net.trainable_params(), t, schedule_cell(), delayed)
     opts = make_train_options(t, total, source.steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
     trainer = GlideTrainer(net, loss_net, optimizer, source, opts, out, runtime, stage, ncfg,
@@ -779,7 +796,8 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
         n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
         print(f"[mind_diffusion] GLIDE {'base' if stage == 'base' else 'super-resolution'}: {len(data)} image-text "
               f"pairs" + (f" ({data.skipped} skipped)" if data.skipped else "") + f", {n_params:,} parameters, "
-              f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) -> {out}",
+              f"{total} steps" + (f" (text side trained from step {te_start})" if te_start else "")
+              + f", global batch {source.global_batch} ({source.describe_global_batch()}) -> {out}",
               flush=True)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))
 

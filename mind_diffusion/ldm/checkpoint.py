@@ -26,7 +26,7 @@ UNUSED_VAE_PARAMS = (
 # Keys a MindSpore training checkpoint carries besides the network (optimizer, loss scale...).
 TRAINING_STATE_MARKERS = ("adam_m", "adam_v", "moment1", "moment2", "global_step", "learning_rate",
                           "scale_sense", "beta1_power", "beta2_power", "current_iterator_step",
-                          "epoch_num", "step_num", "loss_scale", "accum", "ema.")
+                          "epoch_num", "step_num", "loss_scale", "scale_good_steps", "accum", "ema.")
 
 
 def _is_training_state(name: str) -> bool:

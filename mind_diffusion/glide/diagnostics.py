@@ -1,0 +1,92 @@
+"""Where a GLIDE model's eps prediction has skill, by scale, and whether it follows its input's mean
+colour: the probe behind the built-in GLIDE's model card (``scripts/probe_glide_mean_colour.py``).
+
+- ``scale_errors(err, pools)``: the squared eps error per pixel and of its ``k x k`` block means
+  scaled by ``k^2``. The block means of standard-normal noise have variance ``1 / k^2``, so each
+  scaled value is 1 for a prediction with no skill at that scale (it predicts 0 there) and 0 for
+  a perfect one; values above 1 mean worse than predicting nothing.
+- ``mean_colour_slope(eps_fn, x, t)``: how far the predicted eps's per-channel mean moves when the
+  same constant is added to the whole input, per unit of that constant. Near ``t = T`` the eps
+  target is ``x_t`` itself up to ``sqrt(abar_t)`` (3e-3 at ``t = 995`` of the linear chain), so the
+  right slope there is ~1; a slope near 0 means the model is blind to its input's mean colour and
+  sampling keeps, and amplifies, the starting noise's mean colour.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def scale_errors(err: np.ndarray, pools: Sequence[int]) -> dict[int, float]:
+    """``{1: mean(err^2), k: k^2 * mean(blockmean_k(err)^2) for k in pools}`` for ``err`` (B, C, H, W)."""
+    err = np.asarray(err, np.float64)
+    if err.ndim != 4:
+        raise ValueError(f"err must be (batch, channels, height, width), got shape {err.shape}")
+    b, c, h, w = err.shape
+    out = {1: float(np.square(err).mean())}
+    for k in pools:
+        k = int(k)
+        if k < 1 or h % k or w % k:
+            raise ValueError(f"pool {k} does not divide the {h}x{w} images")
+        blocks = err.reshape(b, c, h // k, k, w // k, k).mean(axis=(3, 5))
+        out[k] = float(k * k * np.square(blocks).mean())
+    return out
+
+
+def mean_colour_slope(eps_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                      delta: float = 0.3) -> np.ndarray:
+    """Per-channel d mean(eps_fn(x + c)) / d c, by the central difference at ``c = +-delta``,
+    averaged over the batch. ``eps_fn`` maps (B, 3, H, W) float32 to the predicted eps (B, >=3, H, W)."""
+    if delta <= 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    x = np.asarray(x, np.float32)
+    lo = np.asarray(eps_fn((x - delta).astype(np.float32)), np.float64)[:, :3].mean(axis=(0, 2, 3))
+    hi = np.asarray(eps_fn((x + delta).astype(np.float32)), np.float64)[:, :3].mean(axis=(0, 2, 3))
+    return (hi - lo) / (2.0 * delta)
+
+
+def select_weights(state: dict, weights: str = "ema") -> tuple[dict, str]:
+    """The network tensors of a checkpoint: a training checkpoint's EMA copy (``ema.<name>``) or its
+    raw weights, or an exported file as it is. Returns (state, what was taken)."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+    if weights == "ema" and ema:
+        return ema, "EMA weights of a training checkpoint"
+    rest = {k: v for k, v in state.items() if not k.startswith("ema.")}
+    if weights == "ema":
+        return rest, "the file's weights (it holds no EMA copy)"
+    return rest, "raw (non-EMA) weights"
+
+
+def probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.ndarray, alphas_cumprod,
+               timesteps: Sequence[int], pools: Sequence[int], seed: int = 0, delta: float = 0.3) -> list[dict]:
+    """One row per ``t``: ``scale_errors`` of ``eps_fn(x_t, t)`` against the noise that made ``x_t``
+    from ``x0`` (B, 3, H, W in [-1, 1]) and the mean-colour slope at that ``x_t``."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    x0 = np.asarray(x0, np.float64)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in timesteps:
+        t = int(t)
+        if not 0 <= t < len(abar):
+            raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
+        noise = rng.standard_normal(x0.shape)
+        xt = (np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise).astype(np.float32)
+        step = lambda x, t=t: eps_fn(x, t)  # noqa: E731
+        eps = np.asarray(step(xt), np.float64)[:, :3]
+        row = {"t": t}
+        for k, v in scale_errors(noise - eps, pools).items():
+            row["pix" if k == 1 else f"pool{k}"] = v
+        for name, s in zip("RGB", mean_colour_slope(step, xt, delta)):
+            row[f"slope_{name}"] = float(s)
+        rows.append(row)
+    return rows
+
+
+def rows_markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
+    return head + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)

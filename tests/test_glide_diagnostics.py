@@ -1,0 +1,130 @@
+"""The eps-skill-by-scale and mean-colour probe (mind_diffusion/glide/diagnostics.py,
+scripts/probe_glide_mean_colour.py): closed forms for errors of known structure and for an oracle
+eps predictor, and the script on a tiny training checkpoint against the same probe run by hand on
+the weights it should have taken (EMA or raw)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import captured_error
+from glide_tiny import TINY_TRAIN_BASE, TINY_TRAIN_SR, randomize, shapes_glide_data, train_shapes_sp
+from glide_tiny import tiny_glide_train_config as tiny_cfg
+
+
+def test_scale_errors_closed_forms():
+    from mind_diffusion.glide.diagnostics import scale_errors
+
+    const = np.full((2, 3, 8, 8), 0.5)
+    assert scale_errors(const, [2, 8]) == pytest.approx({1: 0.25, 2: 4 * 0.25, 8: 64 * 0.25}, rel=1e-12)
+    checker = np.indices((8, 8)).sum(0) % 2 * 2.0 - 1.0  # +-1, every 2x2 block sums to 0
+    got = scale_errors(np.broadcast_to(checker, (1, 3, 8, 8)), [2, 4])
+    assert got[1] == pytest.approx(1.0) and got[2] == pytest.approx(0.0, abs=1e-15) and got[4] == pytest.approx(0.0, abs=1e-15)
+    noise = np.random.default_rng(0).standard_normal((64, 3, 32, 32))  # no skill: ~1 at every scale
+    for k, v in scale_errors(noise, [4, 32]).items():
+        assert abs(v - 1.0) < (0.05 if k < 32 else 0.3), (k, v)
+    with pytest.raises(ValueError, match="does not divide"):
+        scale_errors(const, [3])
+
+
+def test_mean_colour_slope_closed_forms():
+    from mind_diffusion.glide.diagnostics import mean_colour_slope
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    gains = np.array([1.0, 0.5, 0.0], np.float32)[None, :, None, None]
+    assert mean_colour_slope(lambda v: v * gains, x) == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
+    blind = lambda v: v - v.mean(axis=(2, 3), keepdims=True)  # noqa: E731  follows everything but the mean colour
+    assert mean_colour_slope(blind, x) == pytest.approx([0, 0, 0], abs=1e-6)
+    six = lambda v: np.concatenate([0.25 * v, 7 * v], 1)  # noqa: E731  only the eps channels count
+    assert mean_colour_slope(six, x, delta=0.1) == pytest.approx([0.25] * 3, abs=1e-6)
+
+
+def test_probe_rows_of_an_oracle():
+    """An oracle that knows x0 predicts eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar): no error at
+    any scale and a slope of exactly 1 / sqrt(1 - abar_t)."""
+    from mind_diffusion.glide import diffusion as gd
+    from mind_diffusion.glide.diagnostics import probe_rows
+
+    abar = np.asarray(gd.base_diffusion().alphas_cumprod, np.float64)
+    x0 = np.random.default_rng(2).uniform(-1, 1, (3, 3, 16, 16))
+    oracle = lambda x, t: (x.astype(np.float64) - np.sqrt(abar[t]) * x0) / np.sqrt(1 - abar[t])  # noqa: E731
+    rows = probe_rows(oracle, x0, abar, [0, 500, 999], [4, 16])
+    for r in rows:
+        assert max(r["pix"], r["pool4"], r["pool16"]) < 1e-9
+        want = 1 / np.sqrt(1 - abar[r["t"]])
+        assert [r["slope_R"], r["slope_G"], r["slope_B"]] == pytest.approx([want] * 3, rel=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        probe_rows(oracle, x0, abar, [1000], [4])
+
+
+def test_select_weights():
+    from mind_diffusion.glide.diagnostics import select_weights
+
+    state = {"a.w": 1, "ema.a.w": 2, "adam_m.a.w": 3}
+    assert select_weights(state, "ema") == ({"a.w": 2}, "EMA weights of a training checkpoint")
+    assert select_weights(state, "raw")[0] == {"a.w": 1, "adam_m.a.w": 3}
+    assert select_weights({"a.w": 1}, "ema")[0] == {"a.w": 1}
+    with pytest.raises(ValueError):
+        select_weights(state, "best")
+
+
+@pytest.mark.parametrize("stage", [pytest.param("base", marks=pytest.mark.slow), "sr"])  # sr: the superset path
+def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
+    """The script reads a training checkpoint (net, ema.*, optimizer and loss-scale state), takes the
+    EMA or the raw copy as asked, and writes the rows the probe gives by hand on those weights."""
+    import mindspore as ms
+
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide import training as T
+    from mind_diffusion.glide.diagnostics import probe_rows
+    from mind_diffusion.glide.model import build_glide_base, build_glide_sr
+    from scripts.probe_glide_mean_colour import main
+
+    (tmp_path / "sp").mkdir()
+    sp = train_shapes_sp(tmp_path / "sp")
+    data = shapes_glide_data(tmp_path / "data", 6)
+    cfg_path = tiny_cfg(tmp_path, sp, data, stage)
+    net_cfg = dict(TINY_TRAIN_BASE if stage == "base" else TINY_TRAIN_SR, n_vocab=101)
+    build = build_glide_base if stage == "base" else build_glide_sr
+    raw, ema = randomize(build(net_cfg), seed=3, std=0.05), randomize(build(net_cfg), seed=4, std=0.05)
+    items = [{"name": p.name, "data": p.data} for p in raw.get_parameters()]
+    items += [{"name": "ema." + p.name, "data": p.data} for p in ema.get_parameters()]
+    items += [{"name": "adam_m." + p.name, "data": ms.Tensor(np.zeros(p.shape, np.float32))} for p in raw.get_parameters()]
+    items += [{"name": "scale_good_steps", "data": ms.Tensor(np.array(3, np.int32))},
+              {"name": "global_step", "data": ms.Tensor(np.array(7, np.int32))}]
+    ms.save_checkpoint(items, str(tmp_path / "step.ckpt"))
+
+    cfg = load_config(str(cfg_path), [], T.glide_train_config_defaults())
+    tok = T._tokenizer(cfg, None)
+    size = int(net_cfg["image_size"])
+    low = 16 if stage == "sr" else None
+    pairs, _ = T.read_pairs(cfg)
+    src = T.GlideBatches(T.GlideImageText(pairs[-4:], tok, (size,) if low is None else (size, low)), tok.end_token,
+                         int(net_cfg["text_ctx"]), 4, size, low, text_drop_p=0.0, seed=1, shuffle=False)
+    b = src[0]
+    for which, net in (("ema", ema), ("raw", raw)):
+        out = tmp_path / f"probe_{which}"
+        assert main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--weights", which,
+                     "--n", "4", "--t", "10", "990", "--out", str(out)]) == 0
+        got = list(csv.DictReader(open(out / "probe.csv", encoding="utf-8")))
+        net.set_train(False)
+
+        def eps_fn(x, t, net=net):
+            args = (ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)))
+            args += () if low is None else (ms.Tensor(b[5]),)
+            return net(*args, ms.Tensor(b[1]), ms.Tensor(b[2])).asnumpy()
+
+        pools = sorted({k for k in (4, 8, size) if size % k == 0})
+        want = probe_rows(eps_fn, b[0], T.schedule_for(cfg).alphas_cumprod, [10, 990], pools, seed=1)
+        assert [int(r["t"]) for r in got] == [10, 990]
+        for g, w in zip(got, want):
+            for k, v in w.items():
+                assert float(g[k]) == pytest.approx(v, rel=1e-4, abs=1e-6), (which, k)
+        assert "EMA weights" in (out / "probe.md").read_text(encoding="utf-8") or which == "raw"
+    capsys.readouterr()
+    rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+    captured_error(capsys, rc, "missing.ckpt", "not found")
+    assert not (tmp_path / "x").exists()
