@@ -9,6 +9,11 @@ super-resolution and SRGAN stages keep what the base drew (the scorer's verdicts
 For the held-out combinations (never drawn in training) and seen ones (`shapes.world.eval_prompts`),
 `--per_prompt` images per prompt (image j of a split has seed --seed + j) are scored at every stage.
 Writes `adherence.md` (table), `adherence.csv` (one row per image) and `grid_<split>_<size>.png`.
+
+`--first renders` measures the later stages alone: the 64 px images are the world's own renders of
+--n_heldout / --n_seen scenes (256 px renders reduced with the training data's center_crop_arr),
+captioned, so "same verdicts as 64 px" says how often the SR (and SRGAN) stage keeps a correct image
+correct, whatever the base model draws (no base checkpoint is read).
 """
 import argparse
 import csv
@@ -27,6 +32,8 @@ def main(argv=None):
     p.add_argument("--super_ckpt", default=None, help="SR checkpoint (default: the config's, in --model)")
     p.add_argument("--srgan_ckpt", default=None, help="SRGAN checkpoint (default: the config's, in --model)")
     p.add_argument("--stages", type=int, default=1024, choices=(64, 256, 1024))
+    p.add_argument("--first", default="model", choices=("model", "renders"),
+                   help="the 64 px images: the base model's (default) or the world's renders (SR / SRGAN alone)")
     p.add_argument("--out", default="output/glide_shapes_eval", help="output folder (created)")
     p.add_argument("--per_prompt", type=int, default=4)
     p.add_argument("--n_heldout", type=int, default=16, help="held-out prompts (16: each held-out combination)")
@@ -55,9 +62,14 @@ def main(argv=None):
         c = cfg.checkpoint
         files = {"gen": args.gen_ckpt or model / c.gen_ckpt, "super": args.super_ckpt or model / c.super_ckpt,
                  "srgan": args.srgan_ckpt or model / c.srgan_ckpt}
+        renders = args.first == "renders"
+        if renders and args.stages < 256:
+            raise ValueError("--first renders evaluates the SR / SRGAN stages: use --stages 256 or 1024")
         rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
-        pipe = GlidePipeline.from_pretrained(cfg, files["gen"], files["super"] if args.stages >= 256 else None,
-                                             files["srgan"] if args.stages >= 1024 else None,
+        # with --first renders the base network is never called: it is built without weights
+        pipe = GlidePipeline.from_pretrained(cfg, None if renders else files["gen"],
+                                             files["super"] if args.stages >= 256 else None,
+                                             files["srgan"] if args.stages >= 1024 else None, allow_random=renders,
                                              tokenizer=model / cfg.tokenizer.sp_model, stages=args.stages,
                                              compute_dtype=rt.precision.ms_dtype())
         out = check_output_dir(args.out)
@@ -71,15 +83,52 @@ def main(argv=None):
             res = pipe(prompts, seed=seed, num_images_per_prompt=1, stages=args.stages, progress=False)
             return {size: res[size] for size in (64, 256, 1024) if size <= args.stages}
 
+        lows: list = []  # --first renders: the 64 px renders, in the prompts' order
+
+        def run_renders(prompts, seed):
+            import numpy as np
+
+            from mind_diffusion.utils.images import to_uint8
+
+            low = np.stack([lows.pop(0) for _ in prompts])
+            x = (low.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+            tok, mask = pipe.tokenize(list(prompts), int(pipe.sr_cfg["text_ctx"]))
+            out = {64: low}
+            x = pipe.run_super_res(x, tok, mask, seed=seed, steps=int(settings["super_res_steps"]),
+                                   progress=False, strength=float(cfg.sampling.super_res_strength))
+            out[256] = to_uint8(x)
+            if args.stages >= 1024:
+                out[1024] = to_uint8(pipe.run_srgan(x, progress=False))
+            return out
+
+        def render_prompts(split, n):
+            from mind_diffusion.glide.training import center_crop_arr
+            from mind_diffusion.shapes.world import ShapesWorld
+
+            # the SR stage's training pairs: renders at its size, reduced to the base size
+            world = ShapesWorld(image_size=int(cfg.model.sr.image_size), seed=args.seed, antialias=True, split=split)
+            caps = []
+            for i in range(n):
+                img, cap, _ = world.sample(i)
+                for _ in range(args.per_prompt):
+                    lows.append(center_crop_arr(img, int(cfg.model.base.image_size)))
+                caps.append(cap)
+            return caps
+
+        settings["first"] = args.first
+        settings["super_res_strength"] = float(cfg.sampling.super_res_strength)
         table, all_rows = {}, []
         for split, n in (("heldout", args.n_heldout), ("train", args.n_seen)):
             if n <= 0:
                 continue
-            rows, images = evaluate_stages(run, eval_prompts(split, n), args.per_prompt, args.seed, args.batch)
+            prompts = render_prompts(split, n) if renders else eval_prompts(split, n)
+            rows, images = evaluate_stages(run_renders if renders else run, prompts, args.per_prompt, args.seed,
+                                           args.batch)
             for r in rows:
                 r["split"] = split
             all_rows += rows
             name = "held-out combinations" if split == "heldout" else "seen combinations"
+            name += " (renders at 64 px)" if renders else ""
             table[name] = stage_rates(rows)
             for size, r in table[name].items():
                 print(f"{name} @ {size}px: " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if k != "n"), flush=True)

@@ -63,6 +63,9 @@ def parse_args(argv=None):
                    type=int, default=None, help="base sampling steps (default 60)")
     p.add_argument("--super_res_steps", "--super_res_step", dest="super_res_steps", type=int,
                    default=None, help="super-resolution steps: 27 only (the 'fast27' schedule)")
+    p.add_argument("--super_res_strength", type=float, default=None,
+                   help="super-resolution start: 1 = from noise (the original); below 1 from the enlarged "
+                        "64 px image noised to that fraction of the 'fast27' steps (default: the config's)")
     p.add_argument("--num_images_per_prompt", "--pics_generated", dest="num_images_per_prompt",
                    type=int, default=None, help="images per prompt (default 8)")
     p.add_argument("--guidance_scale", "--scale", dest="guidance_scale", type=float, default=None,
@@ -122,7 +125,7 @@ def main(argv=None):
         smp = cfg.sampling
         call = {k: getattr(args, k) for k in (
             "negative_prompt", "num_images_per_prompt", "num_inference_steps", "guidance_scale",
-            "seed", "sampler", "super_res_steps", "stages", "uncond")}
+            "seed", "sampler", "super_res_steps", "stages", "uncond", "super_res_strength")}
         # every check and default before any checkpoint is read; the pipeline owns them
         a = GlidePipeline.check_inputs(cfg, "-", **call)
         stages, seed = a["stages"], a["seed"]
@@ -172,7 +175,7 @@ def main(argv=None):
                     prompt=prompt, seed=seed, stage=stage, size=size, sampler=a["sampler"],
                     num_inference_steps=a["num_inference_steps"], negative_prompt=a["negative_prompt"],
                     super_res_steps=a["super_res_steps"], guidance_scale=a["guidance_scale"],
-                    uncond=a["uncond"])
+                    uncond=a["uncond"], super_res_strength=a["super_res_strength"])
                 settings.update(run_info)
                 for k, img in enumerate(images, off):
                     written.append(save_png(free_path(samples, first + k, f"-{name}-{size}"), img,

@@ -289,3 +289,40 @@ def test_shipped_config_runs_all_stages(tmp_path):
     assert "using the built-in shapes-world GLIDE" in p.stdout
     assert sorted(f.name for f in (out / "samples").iterdir()) == [
         f"00000-{PROMPT}-{s}.png" for s in (1024, 256, 64)]
+
+
+def test_eval_first_renders_scores_the_later_stages_alone(tmp_path, capsys):
+    """scripts/eval_glide_shapes.py --first renders: no base checkpoint is read; the 64 px column is the
+    world's renders (the SR stage's training pairs: renders at the SR size reduced to the base size) with
+    their own captions, each later stage scored and compared with it; the config's super_res_strength is
+    used and recorded. --stages 64 with it is one clear line."""
+    import csv
+
+    from mind_diffusion.glide.training import center_crop_arr
+    from mind_diffusion.shapes.scorer import score
+    from mind_diffusion.shapes.world import ShapesWorld
+    from scripts.eval_glide_shapes import main
+
+    bi = make_builtin_glide_dir(tmp_path / "bi", stages=(256, 1024))
+    assert not (bi / "glide_gen.ckpt").exists()
+    out = tmp_path / "eval"
+    rc = main(["--model", str(bi), "--first", "renders", "--stages", "1024", "--n_heldout", "2", "--n_seen", "1",
+               "--per_prompt", "1", "--seed", "5", "--out", str(out), "--device_target", "CPU", "--mode", "pynative",
+               "--set", "sampling.super_res_strength=0.5"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    rows = list(csv.DictReader(open(out / "adherence.csv", encoding="utf-8")))
+    for split, n, got in (("heldout", 2, rows[:2]), ("train", 1, rows[2:])):
+        world = ShapesWorld(image_size=32, seed=5, antialias=True, split=split)
+        for i, r in enumerate(got):
+            img, cap, _ = world.sample(i)
+            assert r["split"] == split and r["prompt"] == cap
+            want = score(center_crop_arr(img, 16), cap)
+            assert r["colour@64"] == str(bool(want["colour"])) and r["shape@64"] == str(bool(want["shape"]))
+            assert {"same@256", "same@1024"} <= set(r)
+    md = (out / "adherence.md").read_text(encoding="utf-8")
+    assert '"first": "renders"' in md and '"super_res_strength": 0.5' in md and "(renders at 64 px)" in md
+    assert (out / "grid_heldout_1024.png").is_file()
+    capsys.readouterr()
+    rc = main(["--model", str(bi), "--first", "renders", "--stages", "64", "--out", str(tmp_path / "e2"),
+               "--device_target", "CPU", "--mode", "pynative"])
+    captured_error(capsys, rc, "--first renders evaluates the SR / SRGAN stages")

@@ -53,6 +53,7 @@ def test_cli_writes_every_stage_with_metadata_and_never_overwrites(tiny_dir, tmp
     assert meta["prompt"] == "一张画着柯基的油画" and meta["seed"] == 6 and meta["image"] == 1
     assert meta["stage"] == 1024 and meta["size"] == "128x128" and meta["denoise_steps"] == 2
     assert meta["super_res_step"] == 27 and meta["guidance_scale"] == 5.0 and meta["uncond"] == "random"
+    assert meta["super_res_strength"] == 1.0  # the original's start, from noise
     assert meta["pics_generated"] == 2 and meta["is_chinese"] is True and meta["device"] == "CPU"
     for kind, f in (("base", "glide_gen.ckpt"), ("sr", "glide_super_res.ckpt"), ("srgan", "srgan.ckpt")):
         assert meta[f"{kind}_checkpoint"] == f
@@ -88,6 +89,7 @@ def test_cli_writes_every_stage_with_metadata_and_never_overwrites(tiny_dir, tmp
     (["--prompts_file", "GBK"], ["is not UTF-8"]),
     (["--prompts_file", "BLANK"], ["has no prompts"]),
     (["--super_res_step", 26], ["--super_res_step must be 27", "fast27"]),
+    (["--super_res_strength", 1.5], ["super_res_strength must be a number in (0, 1]"]),
     (["--output_path", "FILE"], ["exists and is not a folder"]),
 ])
 def test_bad_input_one_line_errors(tiny_dir, tmp_path, extra, needles):

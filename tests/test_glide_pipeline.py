@@ -182,6 +182,52 @@ def test_nan_guard_keeps_earlier_stages(pipe, graph_mode):
     assert seen == [64, 256]
 
 
+@pytest.mark.parametrize("strength", [0.5, 0.2])
+def test_super_res_strength_against_a_hand_written_ddim(pipe, graph_mode, strength):
+    """``super_res_strength`` < 1: the SR stage starts at the "fast27" step of diffusers' img2img rule
+    from ``alpha up(q) + sigma z`` (q: the quantised low-res image enlarged with the network's legacy
+    bilinear map; z: the standard-normal draws of the strength-1 start) and runs eta-0 DDIM with x0
+    clipped from there: the same numbers as a loop written here on the same network calls."""
+    import mindspore as ms
+    from mindspore import Tensor, ops
+
+    from mind_diffusion.glide import diffusion as gd
+
+    rng = np.random.default_rng(4)
+    low = np.clip(rng.uniform(-1.2, 1.2, (2, 3, 16, 16)), -1, 1).astype(np.float32)
+    tok, msk = pipe.tokenize(PROMPTS, 16)
+    got = pipe.run_super_res(low, tok, msk, seed=9, progress=False, strength=strength)
+    n = 27
+    start = n - int(n * strength)
+    chain = gd.sr_schedule()
+    ts = chain.timestep_map[::-1]
+    abar = np.asarray(chain.alphas_cumprod, np.float64)[::-1]
+    q = gd.quantize_low_res(low)
+    up = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)(Tensor(q), (32, 32)).asnumpy()
+    z = np.stack([np.random.default_rng([9 + k, 1]).standard_normal((3, 32, 32)) for k in range(2)])
+    x = np.sqrt(abar[start]) * up.astype(np.float64) + np.sqrt(1 - abar[start]) * z
+    calls = 0
+    for k in range(start, n):
+        out = pipe._sr_step(Tensor(x.astype(np.float32)), Tensor(np.full(2, ts[k], np.float32)), Tensor(q),
+                            Tensor(tok), Tensor(msk)).asnumpy().astype(np.float64)[:, :3]
+        calls += 1
+        a, sg = np.sqrt(abar[k]), np.sqrt(1 - abar[k])
+        x0 = np.clip((x - sg * out) / a, -1, 1)
+        eps = (x - a * x0) / sg
+        a_next = np.sqrt(abar[k + 1]) if k + 1 < n else 1.0
+        x = a_next * x0 + np.sqrt(max(0.0, 1 - a_next ** 2)) * eps
+    assert calls == int(n * strength)
+    assert np.abs(got - x).max() <= 2e-5, np.abs(got - x).max()
+    # the start keeps the low-res image: the result is far closer to its enlargement than a strength-1 run
+    full = pipe.run_super_res(low, tok, msk, seed=9, progress=False)
+    assert np.abs(got - up).mean() < np.abs(full - up).mean()
+    with pytest.raises(ValueError, match="super_res_strength must be a number in"):
+        pipe.run_super_res(low, tok, msk, seed=9, progress=False, strength=0.0)
+    with pytest.raises(ValueError, match="leaves no step"):
+        pipe(PROMPTS[0], super_res_strength=0.02, progress=False)
+    assert ms.get_context("mode") == ms.GRAPH_MODE
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(prompt="   "), "prompt is empty"),
     (dict(stages=512), "stages must be 64"),
@@ -192,6 +238,7 @@ def test_nan_guard_keeps_earlier_stages(pipe, graph_mode):
     (dict(guidance_scale=float("nan")), "guidance scale must be a finite"),
     (dict(seed=-1), "seed must be an integer >= 0"),
     (dict(output_type="pil"), "output_type"),
+    (dict(super_res_strength=1.5), "super_res_strength must be a number in"),
 ])
 def test_bad_arguments(pipe, kwargs, needle):
     kw = {"prompt": PROMPTS[0], "progress": False, **kwargs}

@@ -112,10 +112,11 @@ def glide_config_defaults() -> dict:
                        "super_ckpt": "glide_super_res.ckpt", "srgan_ckpt": "srgan.ckpt",
                        "url": GLIDE_URL},
         # base stage: ancestral sampling over respacing "60" of the cosine schedule (the
-        # original); any core sampler by name. Super-resolution: DDIM over "fast27" (27 only).
+        # original); any core sampler by name. Super-resolution: DDIM over "fast27" (27 only), from
+        # noise (super_res_strength 1, the original) or, below 1, from the noised enlarged low-res image.
         "sampling": sampling_defaults(
             sampler="ddpm", num_inference_steps=60, guidance_scale=5.0, height=64, width=64,
-            num_images_per_prompt=8, seed=0, negative_prompt="", super_res_steps=27,
+            num_images_per_prompt=8, seed=0, negative_prompt="", super_res_steps=27, super_res_strength=1.0,
             uncond="random", stages=1024, coeff_dtype="auto",
             prompts_file="configs/glide/prompts.txt"),
     }

@@ -37,7 +37,7 @@ from mindspore import Tensor, nn, ops
 from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
-from ..diffusion.samplers import get_sampler
+from ..diffusion.samplers import check_strength, get_sampler, sampler_levels, strength_start_step
 from ..text.factory import build_glide_tokenizer
 from ..text.sentencepiece_tokenizer import TokenTruncationWarning as PromptWarning
 from ..utils.images import check_finite, to_uint8
@@ -47,6 +47,7 @@ from . import diffusion as gd
 from .builtin import STAGE_FILES, check_checkpoint
 from .config import GLIDE_URL, glide_config_defaults
 from .model import apply_glide_precision, build_glide_base, build_glide_sr, build_srgan
+from .unet import legacy_bilinear_resize
 
 __all__ = ["GlidePipeline", "SRGANStep", "STAGES", "PromptWarning"]
 
@@ -75,6 +76,13 @@ def _normalize_stages(stages) -> int:
                          f"(all three stages), got {stages!r}")
     return value
 
+
+
+def legacy_bilinear_up(low_res: np.ndarray, size: int) -> np.ndarray:
+    """(N, 3, h, w) float32 -> (N, 3, size, size) float64 enlarged exactly as the SR network
+    enlarges its low-res input (:func:`~mind_diffusion.glide.unet.legacy_bilinear_resize`, float32)."""
+    up = legacy_bilinear_resize(Tensor(np.ascontiguousarray(low_res, np.float32)), (int(size), int(size)))
+    return up.asnumpy().astype(np.float64)
 
 class GlidePipeline:
     """The three GLIDE stages; build with :meth:`from_pretrained`."""
@@ -216,7 +224,8 @@ class GlidePipeline:
     def check_inputs(cls, cfg, prompt, *, negative_prompt=None, num_images_per_prompt=None,
                      num_inference_steps=None, guidance_scale=None, seed=None, height=None,
                      width=None, sampler=None, callback=None, super_res_steps=None,
-                     stages=None, uncond=None, output_type="uint8", max_stage: int = 1024) -> dict:
+                     stages=None, uncond=None, output_type="uint8", max_stage: int = 1024,
+                     super_res_strength=None) -> dict:
         """Every input checked, every default resolved from the config's ``sampling:`` section
         (the one place they are); returns the settings a call runs with. A class method, so a
         script checks its inputs against the config before loading any checkpoint."""
@@ -259,10 +268,14 @@ class GlidePipeline:
                              f"'empty' (the empty prompt, as OpenAI), got {uncond!r}")
         if output_type not in ("uint8", "np"):
             raise ValueError(f"output_type must be 'uint8' or 'np', got {output_type!r}")
+        sr_strength = float(s.super_res_strength) if super_res_strength is None else super_res_strength
+        sr_strength = check_strength(sr_strength, "super_res_strength")
         if top >= 256:
             gd.check_super_res_steps(sr_steps)
+            if sr_strength < 1.0:
+                strength_start_step("ddim", gd.SR_STEPS, sr_strength)  # one clear line if it leaves no step
         return {"prompts": prompts, "negative_prompt": negative, "num_images_per_prompt": per,
-                "num_inference_steps": steps, "super_res_steps": sr_steps,
+                "num_inference_steps": steps, "super_res_steps": sr_steps, "super_res_strength": sr_strength,
                 "guidance_scale": float(scale), "seed": int(seed), "sampler": sampler,
                 "stages": top, "uncond": uncond, "output_type": output_type,
                 "callback": callback}
@@ -301,29 +314,47 @@ class GlidePipeline:
                             callback)
 
     @staticmethod
-    def _sample(sampler, fn, x_T, schedule, steps, rngs, progress, callback) -> np.ndarray:
+    def _sample(sampler, fn, x_T, schedule, steps, rngs, progress, callback, start_step: int = 0) -> np.ndarray:
         name = sampler.strip().lower()
         opts = {"clip_denoised": True} if name in ("ddpm", "ddim") else {}
+        if start_step:
+            opts["start_step"] = int(start_step)
         return get_sampler(name)(fn, x_T, schedule, steps, rng=rngs, progress=progress,
                                  callback=callback, variance_type="learned_range", **opts)
 
     def run_super_res(self, low_res, tokens, mask, *, seed: int, steps: int = gd.SR_STEPS,
-                      progress: bool = True, callback=None) -> np.ndarray:
+                      progress: bool = True, callback=None, strength: float = 1.0) -> np.ndarray:
         """The SR stage: DDIM (eta 0) over ``"fast27"`` of the linear schedule from noise x
-        0.997, conditioned on the 8-bit quantised low-res images (in the compute dtype)."""
+        0.997, conditioned on the 8-bit quantised low-res images (in the compute dtype).
+
+        ``strength`` < 1 (1: the original) starts at the "fast27" step diffusers' img2img rule picks
+        for it (:func:`strength_start_step`) from the low-res images themselves, enlarged as the
+        network enlarges them (legacy bilinear) and noised to that step's level with the same
+        standard-normal draws: ``alpha_s up(low_res) + sigma_s z``. The sample then keeps the
+        low-res colours and layout by construction and the model only adds the detail (the
+        cascade refiner's way); the small built-in SR model, which cannot yet read its low-res
+        input at the noisiest steps, needs it."""
         gd.check_super_res_steps(steps)
+        strength = check_strength(strength, "super_res_strength")
         n = low_res.shape[0]
         size = int(self.sr_cfg["image_size"])
         rngs = gd.make_rngs(seed, n, stream=1)
         x_T = gd.sr_noise(rngs, (3, size, size))
-        lr = Tensor(gd.quantize_low_res(low_res, self.quantize_dtype))
+        q = gd.quantize_low_res(low_res, self.quantize_dtype)
+        lr = Tensor(q)
         tok, msk = Tensor(tokens), Tensor(mask)
+        start = 0
+        if strength < 1.0:
+            start = strength_start_step("ddim", gd.SR_STEPS, strength)
+            _, alpha, sigma = sampler_levels("ddim", self.schedule("sr"), gd.SR_RESPACING)
+            x_T = (alpha[start] * legacy_bilinear_up(q, size)
+                   + sigma[start] * (x_T.astype(np.float64) / gd.UPSAMPLE_TEMP)).astype(np.float32)
 
         def fn(x, t):
             return self._sr_step(Tensor(np.ascontiguousarray(x, np.float32)),
                                  Tensor(np.asarray(t, np.float32)), lr, tok, msk).asnumpy()
         return self._sample("ddim", fn, x_T, self.schedule("sr"), gd.SR_RESPACING, rngs,
-                            progress, callback)
+                            progress, callback, start_step=start)
 
     def run_srgan(self, x, progress: bool = True) -> np.ndarray:
         """One image at a time (a 1024 px batch would need several GB)."""
@@ -343,7 +374,7 @@ class GlidePipeline:
                  callback: Callable | None = None, super_res_steps: int | None = None,
                  stages: int | None = None, uncond: str | None = None,
                  output_type: str = "uint8", progress: bool = True,
-                 on_stage: Callable | None = None) -> DiffusionOutput:
+                 on_stage: Callable | None = None, super_res_strength: float | None = None) -> DiffusionOutput:
         """Generate ``num_images_per_prompt`` images for each prompt, through the stages up to
         ``stages`` (64, 256 or 1024).
 
@@ -361,7 +392,7 @@ class GlidePipeline:
                               guidance_scale=guidance_scale, seed=seed, height=height,
                               width=width, sampler=sampler, callback=callback,
                               super_res_steps=super_res_steps, stages=stages, uncond=uncond,
-                              output_type=output_type)
+                              output_type=output_type, super_res_strength=super_res_strength)
         per = a["num_images_per_prompt"]
         all_prompts = [p for p in a["prompts"] for _ in range(per)]
         results: dict = {}
@@ -386,7 +417,7 @@ class GlidePipeline:
             if sr_ctx != tokens.shape[1]:
                 tokens, mask = self.tokenize(all_prompts, sr_ctx)
             x = self.run_super_res(x, tokens, mask, seed=a["seed"], steps=a["super_res_steps"],
-                                   progress=progress)
+                                   progress=progress, strength=a["super_res_strength"])
             emit(256, x)
         if a["stages"] >= 1024:
             x = self.run_srgan(x, progress=progress)
@@ -399,7 +430,7 @@ class GlidePipeline:
     def settings(self, *, prompt: str, seed: int, stage: int, num_inference_steps: int,
                  super_res_steps: int, guidance_scale: float, uncond: str,
                  size: int | None = None, sampler: str = "ddpm",
-                 negative_prompt: str = "") -> dict:
+                 negative_prompt: str = "", super_res_strength: float | None = None) -> dict:
         """What a PNG's metadata records: the prompt, every setting, checkpoint hashes."""
         hashes = self.checkpoint_hashes()
         out = {"prompt": prompt, "negative_prompt": negative_prompt,
@@ -411,6 +442,8 @@ class GlidePipeline:
                                  or getattr(self.tokenizer, "encoder_path", "")).name}
         if stage >= 256:
             out["super_res_step"] = super_res_steps
+            out["super_res_strength"] = float(self.cfg.sampling.super_res_strength if super_res_strength is None
+                                              else super_res_strength)
         for kind, key in (("base", 64), ("sr", 256), ("srgan", 1024)):
             if key <= stage and kind in self.ckpt_paths:
                 out[f"{kind}_checkpoint"] = Path(self.ckpt_paths[kind]).name
