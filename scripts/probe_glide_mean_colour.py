@@ -15,7 +15,6 @@ perfect), and the slope of the predicted eps's mean colour against a constant ad
 import argparse
 import csv
 import sys
-from pathlib import Path
 
 from mind_diffusion.cli import run_cli
 
@@ -67,13 +66,10 @@ def main(argv=None):
                              text_drop_p=0.0, seed=args.seed, shuffle=False, crop_size=cfg.data.crop_size)
         batch = src[0]
         x0, tokens, mask = batch[0], ms.Tensor(batch[1]), ms.Tensor(batch[2])
-        cond = () if low is None else (ms.Tensor(batch[5]),)
+        cond = () if low is None else (ms.Tensor(batch[5]),)  # the SR stage's low-res input
 
         def eps_fn(x, t):
-            tt = ms.Tensor(np.full(len(x), t, np.int32))
-            if low is None:
-                return net(ms.Tensor(x), tt, tokens, mask).asnumpy()
-            return net(ms.Tensor(x), tt, *cond, tokens, mask).asnumpy()
+            return net(ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)), *cond, tokens, mask).asnumpy()
 
         out = check_output_dir(args.out)
         pools = sorted({k for k in (4, 8, size) if size % k == 0})

@@ -77,13 +77,6 @@ def _normalize_stages(stages) -> int:
     return value
 
 
-
-def legacy_bilinear_up(low_res: np.ndarray, size: int) -> np.ndarray:
-    """(N, 3, h, w) float32 -> (N, 3, size, size) float64 enlarged exactly as the SR network
-    enlarges its low-res input (:func:`~mind_diffusion.glide.unet.legacy_bilinear_resize`, float32)."""
-    up = legacy_bilinear_resize(Tensor(np.ascontiguousarray(low_res, np.float32)), (int(size), int(size)))
-    return up.asnumpy().astype(np.float64)
-
 class GlidePipeline:
     """The three GLIDE stages; build with :meth:`from_pretrained`."""
 
@@ -340,15 +333,14 @@ class GlidePipeline:
         size = int(self.sr_cfg["image_size"])
         rngs = gd.make_rngs(seed, n, stream=1)
         x_T = gd.sr_noise(rngs, (3, size, size))
-        q = gd.quantize_low_res(low_res, self.quantize_dtype)
-        lr = Tensor(q)
+        lr = Tensor(gd.quantize_low_res(low_res, self.quantize_dtype))
         tok, msk = Tensor(tokens), Tensor(mask)
         start = 0
         if strength < 1.0:
             start = strength_start_step("ddim", gd.SR_STEPS, strength)
             _, alpha, sigma = sampler_levels("ddim", self.schedule("sr"), gd.SR_RESPACING)
-            x_T = (alpha[start] * legacy_bilinear_up(q, size)
-                   + sigma[start] * (x_T.astype(np.float64) / gd.UPSAMPLE_TEMP)).astype(np.float32)
+            up = legacy_bilinear_resize(lr, (size, size)).asnumpy().astype(np.float64)  # as the network does
+            x_T = (alpha[start] * up + sigma[start] * (x_T.astype(np.float64) / gd.UPSAMPLE_TEMP)).astype(np.float32)
 
         def fn(x, t):
             return self._sr_step(Tensor(np.ascontiguousarray(x, np.float32)),

@@ -74,7 +74,7 @@ from ..train.data import (
 )
 from ..train.optim import build_optimizer
 from ..train.run_dir import check_run_dir
-from ..train.schedules import DelayedLR, WarmupCosineLR
+from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import NoEMA, Trainer, make_train_options, resolve_total_steps
 from ..train.validate import check_number, check_train_section
 from . import diffusion as gd
@@ -778,9 +778,8 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
         return WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
 
     te_start = int(t.text_encoder_start_step)
-    if 0 < total <= te_start:
-        raise ConfigError(f"train.text_encoder_start_step={te_start} is not below the {total} training steps: "
-                          f"the text side would never train (lower it, or 0 to train it from the start)")
+    check_delay_start("train.text_encoder_start_step", te_start, total, f"the {total} training steps",
+                      "the text side would never train (lower it, or 0 to train it from the start)")
     delayed = None
     if te_start > 0:  # the same schedule on its own cell, 0 before te_start
         delayed = ({p.name for p in net.trainable_params() if p.name.startswith(TEXT_SIDE_PREFIXES)},

@@ -50,7 +50,7 @@ from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, GlobalOrder, shard_rows
 from ..train.optim import build_optimizer
-from ..train.schedules import DelayedLR, WarmupCosineLR
+from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import NoEMA, Trainer, TrainOptions, make_train_options, model_state, resolve_total_steps  # noqa: F401
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
 from .config import ldm_config_defaults
@@ -465,9 +465,8 @@ def trains_text_encoder(cfg) -> bool:
 
 
 def check_te_start(te_start: int, total: int, what: str):
-    if 0 < total <= te_start:
-        raise ValueError(f"train.text_encoder_start_step={te_start} is not below {what}: the encoder would "
-                         f"never train; lower it, or set train.train_text_encoder=false")
+    check_delay_start("train.text_encoder_start_step", te_start, total, what,
+                      "the encoder would never train; lower it, or set train.train_text_encoder=false")
 
 
 def latent_shape_of(cfg) -> tuple[int, int, int]:

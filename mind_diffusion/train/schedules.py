@@ -59,6 +59,15 @@ class DelayedLR(nn.learning_rate_schedule.LearningRateSchedule):
         return ops.select(ops.cast(global_step, ms.float32) < self.start_step, ops.zeros_like(lr), lr)
 
 
+def check_delay_start(key: str, start: int, total: int, what: str, consequence: str) -> None:
+    """A :class:`DelayedLR` group's start ``key=start`` must come before the run's end ``total`` (0:
+    not known yet, checked later); else one ``ConfigError`` line: ``consequence`` says what would happen."""
+    from ..config import ConfigError
+
+    if 0 < total <= start:
+        raise ConfigError(f"{key}={start} is not below {what}: {consequence}")
+
+
 def lr_at(step: int, start: float, end: float, warmup: int, decay: int) -> float:
     """Closed form of :class:`WarmupCosineLR` (host side, for logs and tests)."""
     if step < warmup:
