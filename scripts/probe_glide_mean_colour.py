@@ -47,6 +47,9 @@ def main(argv=None):
 
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
+        bad = [t for t in args.t if not 0 <= t < 1000]
+        if bad:
+            raise ValueError(f"--t {bad[0]} is outside the 1000-step chain: give timesteps in 0..999")
         cfg = load_config(args.config, args.set, T.glide_train_config_defaults())
         stage = T.stage_of(cfg)
         ncfg, sched, size = T.net_config(cfg), T.schedule_for(cfg), T.train_size(cfg)

@@ -128,3 +128,6 @@ def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
     rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
     captured_error(capsys, rc, "missing.ckpt", "not found")
     assert not (tmp_path / "x").exists()
+    rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--t", "1000", "--out", str(tmp_path / "x")])
+    captured_error(capsys, rc, "--t 1000 is outside the 1000-step chain")
+    assert not (tmp_path / "x").exists()
