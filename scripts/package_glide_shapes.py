@@ -5,6 +5,12 @@ model, the inference config, the training logs and loss curves.
     python scripts/package_glide_shapes.py --base runs/glide-shapes-base --sr runs/glide-shapes-sr \\
         --srgan runs/glide-shapes-srgan --out models/glide_shapes
 
+Each stage is packaged on its own: give any of --base / --sr / --srgan (at least one) and only those
+files are written, so a stage that is trained can ship before the others, and a stage already in --out
+stays as it is (`package.json` keeps the records of the stages not repackaged):
+
+    python scripts/package_glide_shapes.py --sr runs/glide-shapes-sr --out models/glide_shapes
+
 --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
 EMA weights; `raw` for glide_gen.ckpt / glide_super_res.ckpt). The inference config is
 --config (default: models/glide_shapes/config.yaml, the shipped one) unless --out already holds it.
@@ -22,15 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="the base model's training run (train.output_dir)")
-    p.add_argument("--sr", required=True, help="the super-resolution model's training run")
-    p.add_argument("--srgan", required=True, help="the SRGAN's training run (holding srgan.ckpt)")
+    p.add_argument("--base", help="the base model's training run (train.output_dir)")
+    p.add_argument("--sr", help="the super-resolution model's training run")
+    p.add_argument("--srgan", help="the SRGAN's training run (holding srgan.ckpt)")
     p.add_argument("--out", required=True, help="model folder to write (created)")
     p.add_argument("--ckpt", choices=("ema", "raw"), default="ema", help="which base / SR export to ship")
     p.add_argument("--config", default=str(ROOT / "models" / "glide_shapes" / "config.yaml"),
                    help="the inference config to put in --out")
     p.add_argument("--tokenizer", default=str(ROOT / "models" / "glide_shapes" / "shapes-sp.model"))
     args = p.parse_args(argv)
+    if not (args.base or args.sr or args.srgan):
+        p.error("nothing to package: give at least one of --base, --sr, --srgan (a training run folder)")
 
     def job():
         from mind_diffusion.glide.packaging import package_stage
@@ -38,14 +46,21 @@ def main(argv=None):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         suffix = "_ema" if args.ckpt == "ema" else ""
-        stages = (("base", Path(args.base) / f"glide_gen{suffix}.ckpt", "glide_gen.ckpt"),
-                  ("sr", Path(args.sr) / f"glide_super_res{suffix}.ckpt", "glide_super_res.ckpt"),
-                  ("srgan", Path(args.srgan) / "srgan.ckpt", "srgan.ckpt"))
+        runs = {"base": args.base, "sr": args.sr, "srgan": args.srgan}
+        stages = tuple((kind, Path(runs[kind]) / src, name) for kind, src, name in (
+            ("base", f"glide_gen{suffix}.ckpt", "glide_gen.ckpt"),
+            ("sr", f"glide_super_res{suffix}.ckpt", "glide_super_res.ckpt"),
+            ("srgan", "srgan.ckpt", "srgan.ckpt")) if runs[kind])
         for kind, src, _ in stages:
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found: finish the {kind} training first "
                                         f"(bash scripts/train_glide_shapes.sh)")
-        report = {}
+        record = out / "package.json"
+        try:
+            report = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        except ValueError:
+            print(f"warning: {record} is not JSON; it is rewritten with this run's stages only", flush=True)
+            report = {}
         for kind, src, name in stages:
             report[name] = {"from": str(src), **package_stage(src, out / name, kind)}
             print(f"{name}: {report[name]['bytes'] / 1e6:.2f} MB fp16 (max relative rounding "
@@ -58,17 +73,21 @@ def main(argv=None):
                 shutil.copyfile(src, dst)
         from mind_diffusion.utils.plots import plot_loss
 
-        for run, tag, what in ((Path(args.base), "base", "mse + vb"), (Path(args.sr), "sr", "mse + vb"),
-                               (Path(args.srgan), "srgan", None)):
+        for run, tag, what in ((runs["base"], "base", "mse + vb"), (runs["sr"], "sr", "mse + vb"),
+                               (runs["srgan"], "srgan", None)):
+            if not run:
+                continue
+            run = Path(run)
             if (run / "metrics.csv").is_file():
                 shutil.copyfile(run / "metrics.csv", out / f"metrics_{tag}.csv")
                 if what:
                     plot_loss(run / "metrics.csv", out / f"loss_{tag}.png", ylabel=what)
             for png in run.glob("loss*.png"):  # the SRGAN trainer's own curves
                 shutil.copyfile(png, out / f"{png.stem}_{tag}.png")
-        (out / "package.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        record.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         total = sum(r["bytes"] for r in report.values())
-        print(f"wrote {out}: checkpoints {total / 1e6:.1f} MB in all")
+        print(f"wrote {out}: {', '.join(name for _, _, name in stages)}; the checkpoints package.json "
+              f"records come to {total / 1e6:.1f} MB in all")
 
     return run_cli(job)
 

@@ -72,3 +72,39 @@ def test_evaluate_stages_scores_each_stage_and_their_agreement():
     assert table[1024]["same"] == 0.5 and table[1024]["colour"] == 0.5
     md = stage_markdown({"held-out": table}, {"seed": 10})
     assert "| held-out | 1024 px | 2 |" in md and "50.0%" in md
+
+
+def test_package_script_ships_one_stage_and_keeps_the_others(tmp_path, capsys):
+    """scripts/package_glide_shapes.py with only --sr writes the SR file and leaves the other stages'
+    files and package.json records in --out as they were; with no stage it stops with one line."""
+    import json
+
+    from scripts.package_glide_shapes import main
+
+    from mind_diffusion.glide.model import build_glide_sr
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "srgan.ckpt").write_bytes(b"kept")
+    (out / "package.json").write_text(json.dumps({"srgan.ckpt": {"bytes": 4}}), encoding="utf-8")
+    run = tmp_path / "sr_run"
+    run.mkdir()
+    net = build_glide_sr(GLIDE_TINY["sr"])
+    save_glide_checkpoint(net, run / "glide_super_res_ema.ckpt", "sr")
+    (run / "metrics.csv").write_text("step,loss,loss_smooth\n10,0.5,0.5\n20,0.4,0.45\n", encoding="utf-8")
+    tok = tmp_path / "sp.model"
+    tok.write_bytes(b"sp")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("model: {}\n", encoding="utf-8")
+    assert main(["--sr", str(run), "--out", str(out), "--tokenizer", str(tok), "--config", str(cfg)]) in (0, None)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".ckpt") == ["glide_super_res.ckpt", "srgan.ckpt"]
+    assert (out / "srgan.ckpt").read_bytes() == b"kept"
+    record = json.loads((out / "package.json").read_text(encoding="utf-8"))
+    assert set(record) == {"srgan.ckpt", "glide_super_res.ckpt"}
+    assert record["glide_super_res.ckpt"]["from"] == str(run / "glide_super_res_ema.ckpt")
+    load_glide_checkpoint(build_glide_sr(GLIDE_TINY["sr"]), out / "glide_super_res.ckpt", "sr")  # strict
+    assert (out / "loss_sr.png").is_file() and (out / "metrics_sr.csv").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(out)])
+    assert exc.value.code == 2
+    assert "nothing to package" in capsys.readouterr().err
