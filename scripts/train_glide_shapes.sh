@@ -7,7 +7,8 @@
 # Stages, each with its log in $RUNS/glide-shapes-<stage>.log:
 #   export     the world: N_IMAGES captioned 256 px renders (anti-aliased)         -> $DATA
 #   tokenizer  the world's SentencePiece model (if $OUT lacks it)                  -> $OUT/shapes-sp.model
-#   base       the 64 px base model (configs/glide/shapes-base.yaml)                -> $RUNS/glide-shapes-base
+#   base32     the base model's first phase, at 32 px (configs/glide/shapes-base-32.yaml) -> $RUNS/glide-shapes-base32
+#   base       the 64 px base model, fine-tuned from base32's EMA (shapes-base.yaml) -> $RUNS/glide-shapes-base
 #   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
 #   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
 #   srgan-flat     its fine-tune for exact flat areas (shapes-srgan-flat.yaml)     -> $RUNS/glide-shapes-srgan-flat
@@ -18,8 +19,8 @@
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), RUNS (runs), N_IMAGES
-# (20000), BASE_ARGS / SR_ARGS / SRGAN_ARGS (config overrides, e.g. BASE_ARGS="train.steps=2000"; SRGAN_ARGS
-# goes to the first SRGAN stage),
+# (20000), BASE32_ARGS / BASE_ARGS / SR_ARGS / SRGAN_ARGS / SRGAN_FLAT_ARGS / SRGAN_FINETUNE_ARGS (config
+# overrides of each training stage, e.g. BASE_ARGS="train.steps=2000"),
 # EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,9 +32,12 @@ OUT="$(model_folder_arg output/glide_shapes "$@")" || exit 2
 DATA="${DATA:-data/shapes_glide256}"
 RUNS="${RUNS:-runs}"
 N_IMAGES="${N_IMAGES:-20000}"
+read -r -a BASE32_X <<< "${BASE32_ARGS:-}"
 read -r -a BASE_X <<< "${BASE_ARGS:-}"
 read -r -a SR_X <<< "${SR_ARGS:-}"
 read -r -a SRGAN_X <<< "${SRGAN_ARGS:-}"
+read -r -a SRGAN_FLAT_X <<< "${SRGAN_FLAT_ARGS:-}"
+read -r -a SRGAN_FT_X <<< "${SRGAN_FINETUNE_ARGS:-}"
 read -r -a EVAL_X <<< "${EVAL_ARGS:-}"
 read -r -a RT_X <<< "${RUNTIME_ARGS:-}"
 export GLOG_v="${GLOG_v:-3}"
@@ -54,18 +58,24 @@ else
 print(build_sentencepiece(sys.argv[1]))" "$TOK"
 fi
 
+train base32 train_glide.py configs/glide/shapes-base-32.yaml "$RUNS/glide-shapes-base32" --no_progress \
+  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base32" ${BASE32_X[@]+"${BASE32_X[@]}"}
 train base train_glide.py configs/glide/shapes-base.yaml "$RUNS/glide-shapes-base" --no_progress \
-  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" ${BASE_X[@]+"${BASE_X[@]}"}
+  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" \
+  "init.checkpoint=$RUNS/glide-shapes-base32/glide_gen_ema.ckpt" ${BASE_X[@]+"${BASE_X[@]}"}
 train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --no_progress \
   "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
 train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
   --set "train.output_dir=$RUNS/glide-shapes-srgan" ${SRGAN_X[@]+"${SRGAN_X[@]}"}
 train srgan-flat train_srgan.py configs/glide/shapes-srgan-flat.yaml "$RUNS/glide-shapes-srgan-flat" \
-  --set "train.output_dir=$RUNS/glide-shapes-srgan-flat" "init.generator=$RUNS/glide-shapes-srgan/srgan.ckpt"
+  --set "train.output_dir=$RUNS/glide-shapes-srgan-flat" "init.generator=$RUNS/glide-shapes-srgan/srgan.ckpt" \
+  ${SRGAN_FLAT_X[@]+"${SRGAN_FLAT_X[@]}"}
 train srgan-finetune train_srgan.py configs/glide/shapes-srgan-finetune.yaml "$RUNS/glide-shapes-srgan-finetune" \
-  --set "train.output_dir=$RUNS/glide-shapes-srgan-finetune" "init.generator=$RUNS/glide-shapes-srgan-flat/srgan.ckpt"
+  --set "train.output_dir=$RUNS/glide-shapes-srgan-finetune" "init.generator=$RUNS/glide-shapes-srgan-flat/srgan.ckpt" \
+  ${SRGAN_FT_X[@]+"${SRGAN_FT_X[@]}"}
 
-stage package "$PY" scripts/package_glide_shapes.py --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
+stage package "$PY" scripts/package_glide_shapes.py --base32 "$RUNS/glide-shapes-base32" \
+  --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
   --srgan "$RUNS/glide-shapes-srgan-finetune" --out "$OUT" --tokenizer "$TOK"
 rm -rf "$OUT/eval.tmp"
 stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \

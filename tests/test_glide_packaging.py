@@ -108,3 +108,32 @@ def test_package_script_ships_one_stage_and_keeps_the_others(tmp_path, capsys):
         main(["--out", str(out)])
     assert exc.value.code == 2
     assert "nothing to package" in capsys.readouterr().err
+
+
+def test_package_script_copies_the_32px_phase_log_beside_the_base(tmp_path, capsys):
+    """--base32 adds the 32 px phase's log and curve (metrics_base32.csv, loss_base32.png) next to the
+    base's; a --base32 folder without a log stops with one line before anything is written."""
+    from scripts.package_glide_shapes import main
+
+    from mind_diffusion.glide.model import build_glide_base
+
+    base, base32, out = tmp_path / "base", tmp_path / "base32", tmp_path / "model"
+    for run, rows in ((base, "10,0.3,0.3\n20,0.2,0.25\n"), (base32, "10,0.9,0.9\n20,0.5,0.7\n30,0.4,0.6\n")):
+        run.mkdir()
+        (run / "metrics.csv").write_text("step,loss,loss_smooth\n" + rows, encoding="utf-8")
+    save_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), base / "glide_gen_ema.ckpt", "base")
+    tok, cfg = tmp_path / "sp.model", tmp_path / "config.yaml"
+    tok.write_bytes(b"sp")
+    cfg.write_text("model: {}\n", encoding="utf-8")
+    common = ["--base", str(base), "--out", str(out), "--tokenizer", str(tok), "--config", str(cfg)]
+
+    assert main(["--base32", str(tmp_path / "nothing"), *common]) == 2
+    assert "--base32" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+    assert main(["--base32", str(base32), *common]) in (0, None)
+    assert (out / "metrics_base32.csv").read_text(encoding="utf-8") == (base32 / "metrics.csv").read_text(
+        encoding="utf-8")
+    assert (out / "metrics_base.csv").read_text(encoding="utf-8") == (base / "metrics.csv").read_text(encoding="utf-8")
+    assert (out / "loss_base32.png").stat().st_size > 0 and (out / "loss_base.png").stat().st_size > 0
+    load_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), out / "glide_gen.ckpt", "base")  # strict

@@ -5,15 +5,14 @@ model card, write nothing into the tracked configs, skip finished stages when ru
 an interrupted training from its checkpoint, and stop with one clear line when a stage fails.
 The two tests that run it are marked slow (~7 min together); the wrong-use test runs by default."""
 import csv
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests._model_builders import first_build, run_builder
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "train_shapes_model.sh"
 
 TINY = {
     "N_IMAGES": "48",
@@ -26,10 +25,7 @@ TINY = {
 
 
 def _run(tmp: Path, *args, **env_over):
-    env = {**os.environ, "PYTHON": sys.executable, "DATA": str(tmp / "data"), "RUNS": str(tmp / "runs"),
-           **TINY, **env_over}
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    return run_builder("train_shapes_model.sh", tmp, TINY, *args, timeout=1200, **env_over)
 
 
 def _scale(path: Path) -> float:
@@ -40,10 +36,7 @@ def _scale(path: Path) -> float:
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shapes_model")
-    tracked = {p: p.read_bytes() for p in (ROOT / "configs" / "shapes").glob("*.yaml")}
-    proc = _run(tmp, str(tmp / "model"))
-    return tmp, proc, tracked
+    return first_build(tmp_path_factory, "train_shapes_model.sh", TINY, "configs/shapes/*.yaml")
 
 
 @pytest.mark.slow  # every stage, each its own process and graph compile (~3.5 min)
