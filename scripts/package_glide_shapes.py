@@ -11,8 +11,8 @@ stays as it is (`package.json` keeps the records of the stages not repackaged):
 
     python scripts/package_glide_shapes.py --sr runs/glide-shapes-sr --out models/glide_shapes
 
---base32 adds the log and curve of the base model's 32 px phase (no checkpoint: the base's export
-is the 64 px fine-tune of it). --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
+--base32 and --base32_text add the logs and curves of the base model's two 32 px phases (no
+checkpoint: the base's export is the 64 px fine-tune of them). --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
 EMA weights; `raw` for glide_gen.ckpt / glide_super_res.ckpt). The inference config is
 --config (default: models/glide_shapes/config.yaml, the shipped one) unless --out already holds it.
 """
@@ -32,6 +32,8 @@ def main(argv=None):
     p.add_argument("--base", help="the base model's training run (train.output_dir)")
     p.add_argument("--base32", help="the base model's 32 px first phase (train.output_dir): its log and loss "
                                     "curve are copied beside the base's (metrics_base32.csv, loss_base32.png)")
+    p.add_argument("--base32_text", help="the base model's second 32 px phase (noisy steps weighted up): "
+                                         "metrics_base32_text.csv, loss_base32_text.png")
     p.add_argument("--sr", help="the super-resolution model's training run")
     p.add_argument("--srgan", help="the SRGAN's training run (holding srgan.ckpt)")
     p.add_argument("--out", required=True, help="model folder to write (created)")
@@ -58,9 +60,9 @@ def main(argv=None):
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found: finish the {kind} training first "
                                         f"(bash scripts/train_glide_shapes.sh)")
-        if args.base32 and not (Path(args.base32) / "metrics.csv").is_file():
-            raise FileNotFoundError(f"{Path(args.base32) / 'metrics.csv'} not found (--base32: the 32 px phase's "
-                                    f"training run)")
+        for flag, run in (("--base32", args.base32), ("--base32_text", args.base32_text)):
+            if run and not (Path(run) / "metrics.csv").is_file():
+                raise FileNotFoundError(f"{Path(run) / 'metrics.csv'} not found ({flag}: a 32 px phase's training run)")
         record = out / "package.json"
         try:
             report = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
@@ -79,7 +81,8 @@ def main(argv=None):
                 shutil.copyfile(src, dst)
         from mind_diffusion.utils.plots import plot_loss
 
-        for run, tag, what in ((args.base32, "base32", "mse + vb"), (runs["base"], "base", "mse + vb"),
+        for run, tag, what in ((args.base32, "base32", "mse + vb"),
+                               (args.base32_text, "base32_text", "weighted mse + vb"), (runs["base"], "base", "mse + vb"),
                                (runs["sr"], "sr", "mse + vb"),
                                (runs["srgan"], "srgan", None)):
             if not run:

@@ -111,14 +111,17 @@ def test_package_script_ships_one_stage_and_keeps_the_others(tmp_path, capsys):
 
 
 def test_package_script_copies_the_32px_phase_log_beside_the_base(tmp_path, capsys):
-    """--base32 adds the 32 px phase's log and curve (metrics_base32.csv, loss_base32.png) next to the
-    base's; a --base32 folder without a log stops with one line before anything is written."""
+    """--base32 / --base32_text add the 32 px phases' logs and curves (metrics_base32*.csv,
+    loss_base32*.png) next to the base's; a folder without a log stops with one line before anything
+    is written."""
     from scripts.package_glide_shapes import main
 
     from mind_diffusion.glide.model import build_glide_base
 
     base, base32, out = tmp_path / "base", tmp_path / "base32", tmp_path / "model"
-    for run, rows in ((base, "10,0.3,0.3\n20,0.2,0.25\n"), (base32, "10,0.9,0.9\n20,0.5,0.7\n30,0.4,0.6\n")):
+    base32_text = tmp_path / "base32_text"
+    for run, rows in ((base, "10,0.3,0.3\n20,0.2,0.25\n"), (base32, "10,0.9,0.9\n20,0.5,0.7\n30,0.4,0.6\n"),
+                      (base32_text, "10,0.6,0.6\n20,0.5,0.55\n")):
         run.mkdir()
         (run / "metrics.csv").write_text("step,loss,loss_smooth\n" + rows, encoding="utf-8")
     save_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), base / "glide_gen_ema.ckpt", "base")
@@ -129,11 +132,15 @@ def test_package_script_copies_the_32px_phase_log_beside_the_base(tmp_path, caps
 
     assert main(["--base32", str(tmp_path / "nothing"), *common]) == 2
     assert "--base32" in capsys.readouterr().err
+    assert main(["--base32", str(base32), "--base32_text", str(tmp_path / "nothing"), *common]) == 2
+    assert "--base32_text" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # nothing written
 
-    assert main(["--base32", str(base32), *common]) in (0, None)
-    assert (out / "metrics_base32.csv").read_text(encoding="utf-8") == (base32 / "metrics.csv").read_text(
-        encoding="utf-8")
+    assert main(["--base32", str(base32), "--base32_text", str(base32_text), *common]) in (0, None)
+    for run, tag in ((base32, "base32"), (base32_text, "base32_text")):
+        assert (out / f"metrics_{tag}.csv").read_text(encoding="utf-8") == (run / "metrics.csv").read_text(
+            encoding="utf-8")
+        assert (out / f"loss_{tag}.png").stat().st_size > 0
     assert (out / "metrics_base.csv").read_text(encoding="utf-8") == (base / "metrics.csv").read_text(encoding="utf-8")
     assert (out / "loss_base32.png").stat().st_size > 0 and (out / "loss_base.png").stat().st_size > 0
     load_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), out / "glide_gen.ckpt", "base")  # strict

@@ -198,20 +198,33 @@ def test_stop_gradient_eps_from_mse_only_variance_from_vb_only(stage):
     assert np.abs(gv - ref[:, 3:]).max() <= 1e-4 * np.abs(ref[:, 3:]).max()
 
 
+def _closed_form_weights(weighting, t, stage):
+    abar = np.cumprod(1.0 - np.asarray(_schedule(stage).betas, np.float64))
+    snr = abar[t] / (1.0 - abar[t])
+    if weighting == "min_snr":
+        return np.minimum(snr, 5.0) / snr
+    if weighting == "inv_snr":
+        return np.clip(1.0 / snr, 1.0, 20.0)
+    return np.ones(len(t))
+
+
+@pytest.mark.parametrize("weighting", ["min_snr", "inv_snr"])
 @pytest.mark.parametrize("stage", ["base", "sr"])
-def test_min_snr_weighting_against_closed_form(stage):
-    """``loss_weighting="min_snr"``: the eps term of each sample weighted by min(SNR_t, 5) / SNR_t,
-    computed here in float64 from the schedule; the VLB term and its gradient untouched."""
+def test_snr_weightings_against_closed_form(stage, weighting):
+    """``loss_weighting="min_snr"``: the eps term of each sample weighted by min(SNR_t, 5) / SNR_t;
+    ``"inv_snr"``: by clip(1 / SNR_t, 1, 20); both computed here in float64 from the schedule; the
+    VLB term and its gradient untouched."""
     import mindspore as ms
 
     x0, noise, out, t = _tensors(seed=6)
-    loss_net, net = _fixed_output_loss(stage, out, loss_weighting="min_snr", min_snr_gamma=5.0)
+    loss_net, net = _fixed_output_loss(stage, out, loss_weighting=weighting, min_snr_gamma=5.0, inv_snr_cap=20.0)
     total = float(loss_net(*_inputs(stage, x0, noise, t)).asnumpy())
     ref_mse, ref_vb = _numpy_reference(stage, x0, noise, out, t)
-    abar = np.cumprod(1.0 - np.asarray(_schedule(stage).betas, np.float64))
-    snr = abar[t] / (1.0 - abar[t])
-    w = np.minimum(snr, 5.0) / snr
-    assert w.min() < 0.01 and w.max() == 1.0      # t = 0 weighs ~nothing, t = 999 fully
+    w = _closed_form_weights(weighting, t, stage)
+    if weighting == "min_snr":
+        assert w.min() < 0.01 and w.max() == 1.0      # t = 0 weighs ~nothing, t = 999 fully
+    else:
+        assert w.min() == 1.0 and w.max() == 20.0     # t = 0 as the original, t = 999 at the cap
     assert abs(total - float(np.mean(w * ref_mse + ref_vb))) <= 1e-5 * max(1.0, abs(total))
     g = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs(stage, x0, noise, t))[0].asnumpy()
     b, c, h, w_ = noise.shape
@@ -222,11 +235,49 @@ def test_min_snr_weighting_against_closed_form(stage):
     assert np.abs(g[:, 3:] - gp[:, 3:]).max() <= 1e-7 * np.abs(gp[:, 3:]).max()
 
 
+@pytest.mark.parametrize("weighting", ["none", "inv_snr"])
+def test_foreground_weighting_against_closed_form(ms_mode, weighting):
+    """``foreground_weight=10``: on images of a plain background with an object (and one without any),
+    each pixel's squared eps error weighs 1 + 10 where the clean image differs from its border mean by
+    more than 0.1 in some channel, normalised per image; computed here in float64; the gradient on eps is
+    the closed form; v's gradient (the VLB) is unchanged; an image without an object keeps the plain mean."""
+    import mindspore as ms
+
+    _, noise, out, t = _tensors(seed=8)
+    b, c, h, w_ = noise.shape
+    x0 = np.zeros((b, 3, h, w_), np.float32)
+    x0[:] = np.linspace(-0.8, 0.8, b, dtype=np.float32)[:, None, None, None]   # a background per image
+    for i in range(b - 1):                                                        # the last image: none
+        x0[i, i % 3, 2 + i % 3:5 + i % 3, 1:4] += 0.5                            # a 3 x 3 object
+    x0[0, 1, 6, 6] += 0.05                                                        # under the threshold
+    kw = dict(loss_weighting=weighting, inv_snr_cap=20.0)
+    loss_net, net = _fixed_output_loss("base", out, foreground_weight=10.0, foreground_threshold=0.1, **kw)
+    total = float(loss_net(*_inputs("base", x0, noise, t)).asnumpy())
+    _, ref_vb = _numpy_reference("base", x0, noise, out, t)
+    x = x0.astype(np.float64)
+    border = np.concatenate([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], 2).mean(2)
+    fg = (np.abs(x - border[:, :, None, None]).max(1, keepdims=True) > 0.1).astype(np.float64)
+    assert fg[:b - 1].sum((1, 2, 3)).min() == 9 and fg[b - 1].sum() == 0
+    wpix = 1.0 + 10.0 * fg
+    err = noise.astype(np.float64) - out[:, :3]
+    mse = (wpix * err ** 2).sum((1, 2, 3)) / (c * wpix.sum((1, 2, 3)))
+    assert abs(mse[b - 1] - (err[b - 1] ** 2).mean()) < 1e-12
+    wt = _closed_form_weights(weighting, t, "base")
+    want = float(np.mean(wt * mse + ref_vb))
+    assert abs(total - want) <= 1e-5 * max(1.0, abs(want)), (total, want)
+    g = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs("base", x0, noise, t))[0].asnumpy()
+    closed = -2.0 * wt[:, None, None, None] * wpix * err / (c * wpix.sum((1, 2, 3), keepdims=True)) / b
+    assert np.abs(g[:, :3] - closed).max() <= 1e-9 + 1e-5 * np.abs(closed).max()
+    plain, pnet = _fixed_output_loss("base", out, **kw)
+    gp = ms.grad(plain, grad_position=None, weights=[pnet.out])(*_inputs("base", x0, noise, t))[0].asnumpy()
+    assert np.abs(g[:, 3:] - gp[:, 3:]).max() <= 1e-7 * np.abs(gp[:, 3:]).max()
+
+
 def test_unknown_loss_weighting_is_one_clear_line():
     from mind_diffusion.config import ConfigError
 
     x0, noise, out, t = _tensors(seed=6)
-    with pytest.raises(ConfigError, match="diffusion.loss_weighting must be one of none, min_snr"):
+    with pytest.raises(ConfigError, match="diffusion.loss_weighting must be one of none, min_snr, inv_snr"):
         _fixed_output_loss("base", out, loss_weighting="snr")
 
 
@@ -236,7 +287,7 @@ def _pooled_sq(err, k):
     return np.square(err.astype(np.float64).reshape(b, c, h // k, k, w // k, k).mean((3, 5))).mean((1, 2, 3))
 
 
-@pytest.mark.parametrize("weighting", ["none", "min_snr"])
+@pytest.mark.parametrize("weighting", ["none", "min_snr", "inv_snr"])
 def test_multiscale_terms_against_closed_form(ms_mode, weighting):
     """``multiscale_pools=(2, 8)`` on 8 x 8 images, weights (0.5, 0.25): the eps term gains
     ``weight * k^2 * mean(avgpool_k(err)^2)`` per pool (k = 8: the mean colour), weighted by w_t like the per-pixel term; the gradient on eps
@@ -246,15 +297,13 @@ def test_multiscale_terms_against_closed_form(ms_mode, weighting):
     x0, noise, out, t = _tensors(seed=7)
     out = out.copy()
     out[:, :3] += 0.2 * np.arange(1, 4, dtype=np.float32)[None, :, None, None]  # an error with a mean colour
-    kw = dict(loss_weighting=weighting, min_snr_gamma=5.0)
+    kw = dict(loss_weighting=weighting, min_snr_gamma=5.0, inv_snr_cap=20.0)
     loss_net, net = _fixed_output_loss("base", out, multiscale_pools=(2, 8), multiscale_weight=(0.5, 0.25), **kw)
     total = float(loss_net(*_inputs("base", x0, noise, t)).asnumpy())
     ref_mse, ref_vb = _numpy_reference("base", x0, noise, out, t)
     err = noise.astype(np.float64) - out[:, :3]
     extra = 0.5 * 4 * _pooled_sq(err, 2) + 0.25 * 64 * _pooled_sq(err, 8)
-    abar = np.cumprod(1.0 - np.asarray(_schedule("base").betas, np.float64))
-    snr = abar[t] / (1.0 - abar[t])
-    w = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else np.ones(len(t))
+    w = _closed_form_weights(weighting, t, "base")
     assert extra.min() > 0.5 * ref_mse.min()  # the mean colour's error is visible at last
     want = float(np.mean(w * (ref_mse + extra) + ref_vb))
     assert abs(total - want) <= 1e-5 * max(1.0, abs(want)), (total, want)
@@ -553,7 +602,7 @@ def _train_main(capsys, cfg: Path, *args):
                              *map(str, args)])
 
 
-@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key"])
+@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap"])
 def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, shapes_data, capsys):
     data = _copy_data(shapes_data, tmp_path / "data")
     cfg = tiny_cfg(tmp_path, shapes_sp, data)
@@ -572,6 +621,9 @@ def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, s
     elif case == "batch":
         extra, strict, needles = ["train.batch_size=13"], False, ("12 image-text pairs", "global batch of 13",
                                                                   "lower train.batch_size")
+    elif case == "cap":
+        extra, strict, needles = ["diffusion.loss_weighting=inv_snr", "diffusion.inv_snr_cap=0.5"], False, (
+            "diffusion.inv_snr_cap must be", "0.5")
     else:
         extra, strict, needles = ["train.btch_size=2"], False, ("unknown config key 'train.btch_size'",)
     rc = _train_main(capsys, cfg, "--overwrite", *(["--strict"] if strict else []), *extra)

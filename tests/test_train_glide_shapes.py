@@ -1,9 +1,9 @@
 """scripts/train_glide_shapes.sh, the one command that reproduces the built-in GLIDE, on a tiny budget:
 the real configs (configs/glide/shapes-*.yaml, the shipped network sizes) with 24 images and two steps
 per training stage. From nothing it must reach a packaged, loadable model folder (the three checkpoints
-in the released layout, the tokenizer, the logs of both base phases) and an evaluation table; the 64 px
-base phase must start from the 32 px phase's EMA weights; tracked configs stay as they are; a second run
-skips every finished stage. Marked slow: eight stages, each its own process and graph compile."""
+in the released layout, the tokenizer, the logs of the three base phases) and an evaluation table; each later
+base phase must start from the previous phase's EMA weights; tracked configs stay as they are; a second run
+skips every finished stage. Marked slow: nine stages, each its own process and graph compile."""
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ TINY = {
     "N_IMAGES": "24",
     # another seed than the 64 px phase's: its initial weights differ from those the 64 px phase would draw
     "BASE32_ARGS": _DIFFUSION + " train.text_encoder_start_step=1 train.seed=5",
+    "BASE32_TEXT_ARGS": _DIFFUSION,
     "BASE_ARGS": _DIFFUSION,
     "SR_ARGS": _DIFFUSION,
     "SRGAN_ARGS": _SRGAN,
@@ -37,7 +38,7 @@ def first(tmp_path_factory):
     return first_build(tmp_path_factory, "train_glide_shapes.sh", TINY, "configs/glide/shapes-*.yaml")
 
 
-@pytest.mark.slow  # eight stages, each its own process and graph compile
+@pytest.mark.slow  # nine stages, each its own process and graph compile
 def test_from_nothing_to_a_packaged_glide(first):
     from mind_diffusion.checkpoint.io import read_checkpoint
     from mind_diffusion.config import read_yaml
@@ -49,26 +50,27 @@ def test_from_nothing_to_a_packaged_glide(first):
     model, runs = tmp / "model", tmp / "runs"
     names = {p.name for p in model.iterdir()}
     assert {"config.yaml", "glide_gen.ckpt", "glide_super_res.ckpt", "srgan.ckpt", "shapes-sp.model",
-            "package.json", "metrics_base32.csv", "metrics_base.csv", "metrics_sr.csv", "loss_base32.png",
-            "loss_base.png", "eval"} <= names, sorted(names)
+            "package.json", "metrics_base32.csv", "metrics_base32_text.csv", "metrics_base.csv", "metrics_sr.csv", "loss_base32.png",
+            "loss_base32_text.png", "loss_base.png", "eval"} <= names, sorted(names)
     assert (model / "eval" / "adherence.md").is_file()
     for p, before in tracked.items():
         assert p.read_bytes() == before, f"{p} was modified"
     cfg = read_yaml(model / "config.yaml").model
     load_glide_checkpoint(build_glide_base(dict(cfg.base)), model / "glide_gen.ckpt", "base")  # strict
     load_glide_checkpoint(build_glide_sr(dict(cfg.sr)), model / "glide_super_res.ckpt", "sr")
-    # the 64 px phase trained the 32 px phase's EMA weights: its run records that file as its start, and
-    # after two small steps its weights are still those (the 32 px phase drew them with another seed, so a
-    # fresh initialisation would differ by the size of the weights themselves)
+    # each later phase trained the previous phase's EMA weights: its run records that file as its start, and
+    # after two small steps its weights are still those (the first 32 px phase drew them with another seed,
+    # so a fresh initialisation would differ by the size of the weights themselves)
     import numpy as np
 
-    start = runs / "glide-shapes-base32" / "glide_gen_ema.ckpt"
-    assert Path(str(read_yaml(runs / "glide-shapes-base" / "config.yaml").init.checkpoint)) == start
-    a, b = read_checkpoint(str(start)), read_checkpoint(str(runs / "glide-shapes-base" / "glide_gen.ckpt"))
-    floats = [k for k in a if np.asarray(a[k]).dtype.kind == "f" and np.asarray(a[k]).size > 1]
-    assert set(floats) <= set(b)
-    assert max(np.abs(np.asarray(a[k], np.float64)).max() for k in floats) > 0.1
-    assert max(np.abs(np.asarray(b[k], np.float64) - np.asarray(a[k], np.float64)).max() for k in floats) < 0.01
+    for prev, run in (("glide-shapes-base32", "glide-shapes-base32-text"), ("glide-shapes-base32-text", "glide-shapes-base")):
+        start = runs / prev / "glide_gen_ema.ckpt"
+        assert Path(str(read_yaml(runs / run / "config.yaml").init.checkpoint)) == start
+        a, b = read_checkpoint(str(start)), read_checkpoint(str(runs / run / "glide_gen.ckpt"))
+        floats = [k for k in a if np.asarray(a[k]).dtype.kind == "f" and np.asarray(a[k]).size > 1]
+        assert set(floats) <= set(b)
+        assert max(np.abs(np.asarray(a[k], np.float64)).max() for k in floats) > 0.1
+        assert max(np.abs(np.asarray(b[k], np.float64) - np.asarray(a[k], np.float64)).max() for k in floats) < 0.01
 
 
 @pytest.mark.slow
@@ -77,6 +79,6 @@ def test_a_second_run_skips_every_finished_stage(first):
     assert proc.returncode == 0
     again = _run(tmp, str(tmp / "model"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    for stage in ("base32", "base", "sr", "srgan", "srgan-flat", "srgan-finetune"):
+    for stage in ("base32", "base32-text", "base", "sr", "srgan", "srgan-flat", "srgan-finetune"):
         assert f"== {stage}: finished before" in again.stdout, stage
     assert "holds an export, kept" in again.stdout and "exists, kept" in again.stdout

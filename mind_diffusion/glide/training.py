@@ -119,16 +119,20 @@ def glide_train_config_defaults() -> dict:
         "model": {"stage": "base", "net": {k: None for k in glide_base_defaults()}, "model_config": None},
         # the Chinese SentencePiece model (cog-pretrain.model) or, is_chinese=false, the GPT-2 BPE folder
         "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model", "bpe_dir": "gpt2-bpe"},
-        # loss_weighting: none (the original's plain mean of the eps error) or min_snr (each sample's
-        # eps error weighted by min(SNR_t, min_snr_gamma) / SNR_t: see GlideHybridLoss)
+        # loss_weighting: none (the original's plain mean of the eps error), min_snr (each sample's
+        # eps error weighted by min(SNR_t, min_snr_gamma) / SNR_t) or inv_snr (weighted by
+        # clip(1 / SNR_t, 1, inv_snr_cap): the noisy steps up, the others as the original): see GlideHybridLoss
         # multiscale_pools: extra eps terms on k x k average-pooled errors (k = the image or crop size: the
         # per-channel mean colour), each scaled by k^2 and its multiscale_weight (null: 1; one number for
         # all, or a list with one per pool); [] (the original): none. See GlideHybridLoss: it teaches the
         # mean colour and the layout, which the per-pixel mean hides. offset_noise: the training noise
         # gains offset_noise x a N(0, 1) constant per image and channel (0, the original: none); see
-        # GlideBatches
+        # GlideBatches. foreground_weight F (0, the original: off): the per-pixel eps error of pixels
+        # unlike the image's border colour (max over channels of |x0 - border mean| > foreground_threshold,
+        # on the [-1, 1] scale) weighs 1 + F, the others 1, normalised per image (see GlideHybridLoss)
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
-                      "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0,
+                      "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0, "inv_snr_cap": 20.0,
+                      "foreground_weight": 0.0, "foreground_threshold": 0.1,
                       "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
@@ -512,7 +516,7 @@ def make_batch_dataset(source: GlideBatches, start_step: int, end_step: int):
 
 
 # ---------------------------------------------------------------------------------------- loss
-LOSS_WEIGHTINGS = ("none", "min_snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "inv_snr")
 
 
 def check_loss_weighting(value) -> str:
@@ -573,6 +577,13 @@ def min_snr_weights(alphas_cumprod, gamma: float) -> np.ndarray:
     return np.minimum(snr, float(gamma)) / snr
 
 
+def inv_snr_weights(alphas_cumprod, cap: float) -> np.ndarray:
+    """``clip(1 / SNR_t, 1, cap)`` per timestep (float64): 1 where ``SNR_t >= 1``, rising to ``cap``
+    at the noisiest steps."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    return np.clip((1.0 - abar) / abar, 1.0, float(cap))
+
+
 class GlideHybridLoss(nn.Cell):
     """The original's training loss (see the module docstring) for a base or SR UNet.
 
@@ -585,16 +596,32 @@ class GlideHybridLoss(nn.Cell):
     weigh less, so the noisy steps where the text decides a scene's colour, shape and place get
     most of the gradient. It changes only the eps term; the VLB term (the variance) is unchanged.
 
+    ``"inv_snr"``: ``w_t = clip(1 / SNR_t, 1, inv_snr_cap)``, the "truncated SNR" weighting of
+    Salimans & Ho (2022) (``max(SNR_t, 1)`` on the x0 error, which is the eps error over ``SNR_t``),
+    capped: the nearly clean steps keep the original's weight, the noisy ones, whose eps error is
+    ~10x smaller under the plain mean and whose picture only the text can decide, weigh up to ``cap``
+    times more. (Min-SNR, the other way round, starved the nearly clean steps and left noise.)
+
     ``multiscale_pools`` (``()``: the original): for each ``k``, ``multiscale_weight[k] * k^2 *
     mean(avgpool_k(noise - eps)^2)`` joins the eps term (and its ``w_t``). The ``k^2`` makes a white
     error count as much at every scale as in the per-pixel mean; there an image's mean colour (``k`` =
     the image size) is one value among 3 x 64 x 64 and its error is invisible, so a model trained
     on the plain mean leaves the mean colour to the starting noise at the noisy steps (the
-    multiscale loss of Hoogeboom et al., 2023, "simple diffusion", for the same blind spot)."""
+    multiscale loss of Hoogeboom et al., 2023, "simple diffusion", for the same blind spot).
+
+    ``foreground_weight`` F (0: the original): each pixel's squared eps error is weighted by
+    ``1 + F * fg`` and the per-pixel term is ``sum(weight * err^2) / sum(weight)`` over the image, where
+    ``fg`` marks the pixels of the clean image that differ from its border colour (the mean of its
+    outermost rows and columns) by more than ``foreground_threshold`` in some channel. For objects on
+    plain backgrounds (the shapes world) the object is a few percent of the pixels, so under the plain
+    mean the picture's background, which the text also names, earns nearly all of the text's gain and
+    the object's colour, shape and place almost none; with F = 10 an object of 6% of the pixels
+    carries ~40% of the term. An image without such pixels keeps the plain mean."""
 
     def __init__(self, net: nn.Cell, schedule, super_res: bool, vb_weight: float = 1.0,
                  clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0,
-                 multiscale_pools=(), multiscale_weight=1.0):
+                 multiscale_pools=(), multiscale_weight=1.0, inv_snr_cap: float = 20.0,
+                 foreground_weight: float = 0.0, foreground_threshold: float = 0.1):
         super().__init__(auto_prefix=False)  # the model's parameter names stay unprefixed
         self.net = net
         self.super_res = bool(super_res)
@@ -610,14 +637,29 @@ class GlideHybridLoss(nn.Cell):
         self.sqrt_recip = f32(schedule.sqrt_recip_alphas_cumprod)
         self.sqrt_recipm1 = f32(schedule.sqrt_recipm1_alphas_cumprod)
         self.vlb = MSLearnedRangeVLB(clip_denoised=clip_denoised)
-        self.weighted = check_loss_weighting(loss_weighting) == "min_snr"
-        if self.weighted:
+        weighting = check_loss_weighting(loss_weighting)
+        self.weighted = weighting != "none"
+        if weighting == "min_snr":
             self.mse_weights = f32(min_snr_weights(abar, float(min_snr_gamma)))
+        elif weighting == "inv_snr":
+            self.mse_weights = f32(inv_snr_weights(abar, float(inv_snr_cap)))
+        self.fg_weight = float(foreground_weight)
+        self.fg_threshold = float(foreground_threshold)
+        self.reduce_max = ops.ReduceMax(keep_dims=True)
         self.pools = tuple(int(k) for k in (multiscale_pools or ()))
         self.pool_scales = tuple(w * k * k for w, k in zip(pool_weights(multiscale_weight, self.pools), self.pools))
 
     def _g(self, table, t):
         return ops.gather(table, t, 0)
+
+    def pixel_weights(self, x0):
+        """(B, 1, H, W): ``1 + foreground_weight`` where the clean image differs from its border colour
+        by more than ``foreground_threshold`` in some channel, else 1."""
+        border = ops.concat((x0[:, :, 0, :], x0[:, :, -1, :], x0[:, :, :, 0], x0[:, :, :, -1]), 2)
+        colour = ops.mean(border, 2).reshape(x0.shape[0], x0.shape[1], 1, 1)
+        dist = self.reduce_max(ops.abs(x0 - colour), 1)
+        fg = ops.cast(ops.gt(dist, self.fg_threshold), ms.float32)
+        return 1.0 + self.fg_weight * fg
 
     def terms(self, x0, tokens, mask, t, noise, low_res=None):
         """Per-sample ``(mse, vb)``, each (B,)."""
@@ -631,7 +673,11 @@ class GlideHybridLoss(nn.Cell):
         out = ops.cast(out, ms.float32)
         eps, v = out[:, :3], out[:, 3:]
         err = noise - eps
-        mse = ops.mean(ops.square(err), (1, 2, 3))
+        if self.fg_weight > 0:  # decided at compile time
+            wpix = self.pixel_weights(x0)
+            mse = ops.sum(wpix * ops.square(err), (1, 2, 3)) / (err.shape[1] * ops.sum(wpix, (1, 2, 3)))
+        else:
+            mse = ops.mean(ops.square(err), (1, 2, 3))
         b, c, h, w = err.shape
         for k, scale in zip(self.pools, self.pool_scales):  # unrolled at compile time
             pooled = err.reshape(b, c, h // k, k, w // k, k).mean((3, 5))
@@ -724,6 +770,9 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_number(cfg.diffusion.vb_weight, "diffusion.vb_weight", 0, None)
     check_loss_weighting(cfg.diffusion.loss_weighting)
     check_number(cfg.diffusion.min_snr_gamma, "diffusion.min_snr_gamma", 0, None, low_inclusive=False)
+    check_number(cfg.diffusion.inv_snr_cap, "diffusion.inv_snr_cap", 1, None)
+    check_number(cfg.diffusion.foreground_weight, "diffusion.foreground_weight", 0, None)
+    check_number(cfg.diffusion.foreground_threshold, "diffusion.foreground_threshold", 0, 2)
     multiscale_terms(cfg)
     check_number(cfg.diffusion.offset_noise, "diffusion.offset_noise", 0, 1)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
@@ -771,7 +820,10 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
-                               float(cfg.diffusion.min_snr_gamma), *multiscale_terms(cfg))
+                               float(cfg.diffusion.min_snr_gamma), *multiscale_terms(cfg),
+                               inv_snr_cap=float(cfg.diffusion.inv_snr_cap),
+                               foreground_weight=float(cfg.diffusion.foreground_weight),
+                               foreground_threshold=float(cfg.diffusion.foreground_threshold))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
 
     def schedule_cell():
