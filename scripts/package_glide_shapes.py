@@ -60,7 +60,10 @@ def main(argv=None):
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found: finish the {kind} training first "
                                         f"(bash scripts/train_glide_shapes.sh)")
-        for flag, run in (("--base32", args.base32), ("--base32_text", args.base32_text)):
+        # the base's 32 px phases ship their logs only: (flag, run, tag, curve label)
+        phases = (("--base32", args.base32, "base32", "mse + vb"),
+                  ("--base32_text", args.base32_text, "base32_text", "weighted mse + vb"))
+        for flag, run, _, _ in phases:
             if run and not (Path(run) / "metrics.csv").is_file():
                 raise FileNotFoundError(f"{Path(run) / 'metrics.csv'} not found ({flag}: a 32 px phase's training run)")
         record = out / "package.json"
@@ -81,8 +84,7 @@ def main(argv=None):
                 shutil.copyfile(src, dst)
         from mind_diffusion.utils.plots import plot_loss
 
-        for run, tag, what in ((args.base32, "base32", "mse + vb"),
-                               (args.base32_text, "base32_text", "weighted mse + vb"), (runs["base"], "base", "mse + vb"),
+        for run, tag, what in (*((run, tag, what) for _, run, tag, what in phases), (runs["base"], "base", "mse + vb"),
                                (runs["sr"], "sr", "mse + vb"),
                                (runs["srgan"], "srgan", None)):
             if not run:

@@ -602,7 +602,7 @@ def _train_main(capsys, cfg: Path, *args):
                              *map(str, args)])
 
 
-@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap"])
+@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap", "foreground"])
 def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, shapes_data, capsys):
     data = _copy_data(shapes_data, tmp_path / "data")
     cfg = tiny_cfg(tmp_path, shapes_sp, data)
@@ -624,6 +624,9 @@ def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, s
     elif case == "cap":
         extra, strict, needles = ["diffusion.loss_weighting=inv_snr", "diffusion.inv_snr_cap=0.5"], False, (
             "diffusion.inv_snr_cap must be", "0.5")
+    elif case == "foreground":
+        extra, strict, needles = ["diffusion.foreground_weight=-1"], False, ("diffusion.foreground_weight must be",
+                                                                            "-1")
     else:
         extra, strict, needles = ["train.btch_size=2"], False, ("unknown config key 'train.btch_size'",)
     rc = _train_main(capsys, cfg, "--overwrite", *(["--strict"] if strict else []), *extra)
