@@ -12,6 +12,7 @@ from mind_diffusion.checkpoint.io import load_strict
 from mind_diffusion.ldm.unet import LDMUNet, SpatialTransformer
 from mind_diffusion.nn.lora import (
     UNET_ATTN_TARGETS,
+    UNET_CONV_TARGETS,
     UNET_FF_TARGETS,
     UNET_PROJ_TARGETS,
     LoRAConv2d,
@@ -84,8 +85,10 @@ def test_trainable_selection_and_bad_arguments():
         inject_lora(net, rank=4, alpha=0)
     with pytest.raises(ValueError, match="matches the LoRA targets"):
         inject_lora(net, targets=("to_z",))
-    with pytest.raises(ValueError, match="Dense layers and 1x1"):
-        inject_lora(net, targets=("in_layers_conv.conv",))
+    with pytest.raises(ValueError, match="Dense layers and 2-D convolutions"):
+        inject_lora(net, targets=("in_layers_norm",))
+    with pytest.raises(ValueError, match="Dense layers and 2-D convolutions"):
+        inject_lora(nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2)]), targets=("0",))
     wrapped = inject_lora(net, 4, 4, ALL_TARGETS)
     assert inject_lora(net, 4, 4, ALL_TARGETS) == []  # already wrapped: unchanged
     assert any(isinstance(c, LoRAConv2d) for c in lora_layers(net).values())
@@ -188,3 +191,79 @@ def test_wrapped_dense_keeps_parameter_objects():
     assert isinstance(holder[0], LoRADense) and holder[0].get_flags().get("fp16")
     remove_lora(holder)
     assert not isinstance(holder[0], LoRADense) and holder[0].get_flags().get("fp16")
+
+
+def _conv2d_ref(x, w, b, stride, pad, dilation=1):
+    """float64 NCHW cross-correlation with zero padding (pad: top, bottom, left, right)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])))
+    o, _, kh, kw = w.shape
+    h_out = (x.shape[2] - dilation * (kh - 1) - 1) // stride + 1
+    w_out = (x.shape[3] - dilation * (kw - 1) - 1) // stride + 1
+    y = np.zeros((x.shape[0], o, h_out, w_out))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, :, i * dilation: i * dilation + stride * (h_out - 1) + 1: stride,
+                      j * dilation: j * dilation + stride * (w_out - 1) + 1: stride]
+            y += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j].astype(np.float64))
+    return y + (0 if b is None else b.reshape(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_conv_lora_closed_form_strides_padding_both_modes(mode):
+    """LoRA on k x k convolutions (kohya's LoCon layout: a rank-r conv with the base layer's kernel,
+    stride, padding and dilation, then 1x1 to out): output = conv(x, W + alpha/r * (B A).reshape(W))
+    in float64, for a 3x3 pad 1 (the ResBlocks'), a 3x3 stride 2 (downsampling), a 3x3 "same"
+    dilation 2 and a 1x1 layer; merge / unmerge exact; graph mode = pynative."""
+    ms.set_context(mode=mode)
+    try:
+        rng = np.random.default_rng(7)
+        x = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)
+        cases = [(dict(kernel_size=3, stride=1, pad_mode="pad", padding=1, has_bias=True), (1, 1, 1, 1), 1, 1),
+                 (dict(kernel_size=3, stride=2, pad_mode="pad", padding=1, has_bias=False), (1, 1, 1, 1), 2, 1),
+                 (dict(kernel_size=3, stride=1, pad_mode="same", dilation=2, has_bias=True), (2, 2, 2, 2), 1, 2),
+                 (dict(kernel_size=1, has_bias=True, pad_mode="valid"), (0, 0, 0, 0), 1, 1)]
+        for kw, pad, stride, dil in cases:
+            net = nn.SequentialCell([nn.Conv2d(6, 5, **kw)])
+            w = (0.3 * rng.standard_normal(net[0].weight.shape)).astype(np.float32)
+            net[0].weight.set_data(Tensor(w))
+            b = None
+            if net[0].has_bias:
+                b = rng.standard_normal(5).astype(np.float32)
+                net[0].bias.set_data(Tensor(b))
+            y_base = net(Tensor(x)).asnumpy()
+            assert inject_lora(net, rank=3, alpha=6, targets=("0",)) == ["0"]
+            layer = net[0]
+            assert isinstance(layer, LoRAConv2d)
+            assert tuple(layer.tk_delta_lora_a.shape) == (3, 6 * int(np.prod(w.shape[2:])))
+            assert tuple(layer.tk_delta_lora_b.shape) == (5, 3)
+            assert np.array_equal(net(Tensor(x)).asnumpy(), y_base)      # B = 0: unchanged
+            _randomize_lora(net, seed=int(stride * 10 + dil))
+            a = layer.tk_delta_lora_a.asnumpy().astype(np.float64)
+            bb = layer.tk_delta_lora_b.asnumpy().astype(np.float64)
+            w_eff = w.astype(np.float64) + 2.0 * (bb @ a).reshape(w.shape)
+            ref = _conv2d_ref(x, w_eff, b, stride, pad, dil)
+            y = net(Tensor(x)).asnumpy()
+            assert y.shape == ref.shape
+            scale = np.abs(ref).max()
+            assert np.abs(y - ref).max() <= 1e-5 * scale, kw
+            assert np.abs(y - y_base).max() > 0.05 * scale
+            merge_lora(net)
+            assert np.abs(net(Tensor(x)).asnumpy() - ref).max() <= 1e-5 * scale
+            unmerge_lora(net)
+            assert np.abs(net[0].weight.asnumpy() - w).max() <= 1e-6
+            remove_lora(net)
+            assert type(net[0]) is nn.Conv2d and np.abs(net[0].weight.asnumpy() - w).max() <= 1e-6
+            assert np.abs(net(Tensor(x)).asnumpy() - y_base).max() <= 1e-5 * scale
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_conv_targets_in_the_ldm_unet():
+    """``UNET_CONV_TARGETS`` wrap exactly the ResBlocks' two 3x3 convolutions; the base names stay."""
+    net = LDMUNet(**MINI)
+    base = [p.name for p in net.get_parameters()]
+    wrapped = inject_lora(net, 2, 2, UNET_CONV_TARGETS)
+    n_res = sum(1 for n in base if n.endswith("in_layers_conv.conv.weight"))
+    assert n_res and len(wrapped) == 2 * n_res
+    assert all(isinstance(lora_layers(net)[p], LoRAConv2d) for p in wrapped)
+    assert [p.name for p in net.get_parameters() if ".tk_delta_lora_" not in p.name] == base

@@ -26,7 +26,7 @@ from ..checkpoint.convert_lora import LoRAFileError, ParsedLoRA, lora_name_table
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint, save_atomic
 from ..config import to_plain
 from ..nn.lora import (LORA_A, LORA_B, TEXT_ATTN_TARGETS, TEXT_MLP_TARGETS, UNET_ATTN_TARGETS,
-                       UNET_FF_TARGETS, UNET_PROJ_TARGETS, inject_lora, lora_layers, lora_state_dict,
+                       UNET_CONV_TARGETS, UNET_FF_TARGETS, UNET_PROJ_TARGETS, inject_lora, lora_layers, lora_state_dict,
                        remove_lora)
 from .checkpoint import PREFIX_TEXT, PREFIX_UNET, split_checkpoint_state
 
@@ -35,7 +35,7 @@ LORA_FORMAT = "mind_diffusion-lora"
 LORA_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth")
 
 
-_KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + TEXT_ATTN_TARGETS
+_KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + UNET_CONV_TARGETS + TEXT_ATTN_TARGETS
                         + TEXT_MLP_TARGETS, key=len, reverse=True)
 
 
@@ -173,9 +173,6 @@ def attach_separate(model, entries) -> int:
     stacked = {}
     for target, items in by_target.items():
         shape = params[target + ".weight"].shape
-        if len(shape) == 4 and tuple(shape[2:]) != (1, 1):
-            raise LoRAFileError(f"a LoRA adapts {target} (a {shape[2]}x{shape[3]} convolution): load it "
-                                f"merged (the default), separate LoRA layers cover Dense and 1x1 layers")
         a = np.concatenate([ad.down for ad, _ in items]).astype(np.float32)
         b = np.zeros((shape[0], a.shape[0]), np.float64)
         col = 0

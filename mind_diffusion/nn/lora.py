@@ -1,4 +1,4 @@
-"""LoRA (low-rank adaptation) for any Dense layer and 1x1 Conv2d: injection into a built network,
+"""LoRA (low-rank adaptation) for any Dense layer and 2-D convolution: injection into a built network,
 trainable-parameter selection, merge / unmerge.
 
 A LoRA layer computes ``y = base(x) + scaling * (x A^T) B^T`` with ``A`` [rank, in] and ``B``
@@ -45,6 +45,7 @@ LORA_NAME_ALIASES = {"tk_delta_lora_a": LORA_A, "tk_delta_lora_b": LORA_B,
 UNET_ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")          # the original's LoRA
 UNET_FF_TARGETS = ("ff.net.0.proj", "ff.net.2")
 UNET_PROJ_TARGETS = ("proj_in", "proj_out")                         # 1x1 convs
+UNET_CONV_TARGETS = ("in_layers_conv.conv", "out_layers_conv.conv")  # the ResBlocks' 3x3 convs (LoCon)
 TEXT_ATTN_TARGETS = ("attn.attn.in_proj", "attn.attn.out_proj")    # fused q/k/v rows
 TEXT_MLP_TARGETS = ("c_fc", "c_proj")
 
@@ -86,7 +87,7 @@ class LoRAMixin:
         self.lora_mm = ops.MatMul(transpose_b=True)
 
     def lora_delta(self) -> np.ndarray:
-        """``scaling * B @ A`` in float64, shaped [out, in]."""
+        """``scaling * B @ A`` in float64, shaped [out, fan_in] (fan_in = in * kh * kw for convolutions)."""
         a = self.tk_delta_lora_a.asnumpy().astype(np.float64)
         b = self.tk_delta_lora_b.asnumpy().astype(np.float64)
         return self.scaling * (b @ a)
@@ -140,42 +141,65 @@ class LoRADense(LoRAMixin, nn.Dense):
 
 
 class LoRAConv2d(LoRAMixin, nn.Conv2d):
-    """A 1x1 ``nn.Conv2d`` + LoRA branch (kohya files adapt SD-v1's ``proj_in`` / ``proj_out``).
-    ``A`` is [rank, in] and ``B`` [out, rank] as for Dense layers (a 1x1 kernel flattened)."""
+    """An ``nn.Conv2d`` (groups 1, any kernel, stride, padding, dilation) + LoRA branch. ``A`` is
+    [rank, in * kh * kw] (the kernel flattened; for a 1x1 kernel [rank, in] as for Dense layers) and
+    ``B`` [out, rank]: the branch is a ``rank``-channel convolution with the base layer's kernel size,
+    stride, padding and dilation followed by a 1x1 convolution to ``out`` channels, i.e. kohya's
+    LoCon layout (``lora_down`` [r, in, kh, kw], ``lora_up`` [out, r, 1, 1]). kohya files adapt
+    SD-v1's ``proj_in`` / ``proj_out`` (1x1) and, with ``conv_dim``, the ResBlock 3x3 convolutions;
+    ``merge`` adds ``scaling * B A`` reshaped to the kernel."""
 
     def __init__(self, in_channels: int, out_channels: int, rank: int = 4, alpha: float = 4,
-                 has_bias: bool = True, dropout: float = 0.0):
-        super().__init__(in_channels, out_channels, 1, pad_mode="valid", has_bias=has_bias,
+                 has_bias: bool = True, dropout: float = 0.0, kernel_size=1, stride=1, pad_mode: str = "valid",
+                 padding=0, dilation=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,
+                         padding=padding, dilation=dilation, has_bias=has_bias,
                          weight_init="zeros", bias_init="zeros" if has_bias else None)
-        self._init_lora(in_channels, out_channels, rank, alpha, dropout)
-        self.lora_bmm = ops.BatchMatMul()
+        kh, kw = self.kernel_size
+        self._init_lora(in_channels * kh * kw, out_channels, rank, alpha, dropout)
+        self.pointwise = is_conv1x1(self)
+        if self.pointwise:
+            self.lora_bmm = ops.BatchMatMul()
+        else:
+            self.lora_down = ops.Conv2D(out_channel=self.lora_rank, kernel_size=self.kernel_size, mode=1,
+                                        pad_mode=self.pad_mode, pad=self.padding, stride=self.stride,
+                                        dilation=self.dilation, group=1)
+            self.lora_up = ops.Conv2D(out_channel=out_channels, kernel_size=1, mode=1, pad_mode="valid")
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0) -> "LoRAConv2d":
-        if not is_conv1x1(conv):
-            raise ValueError("LoRA on convolutions supports 1x1 kernels with stride 1, no padding, "
-                             "groups 1 only")
-        return _share_params(cls(conv.in_channels, conv.out_channels, rank, alpha, conv.has_bias, dropout), conv)
+        if not is_plain_conv(conv):
+            raise ValueError("LoRA on convolutions supports group 1, NCHW 2-D convolutions only")
+        return _share_params(cls(conv.in_channels, conv.out_channels, rank, alpha, conv.has_bias, dropout,
+                                 **_conv_geometry(conv)), conv)
 
     def to_base(self) -> nn.Conv2d:
-        return _share_params(nn.Conv2d(self.in_channels, self.out_channels, 1, pad_mode="valid",
-                                       has_bias=self.has_bias, weight_init="zeros",
-                                       bias_init="zeros" if self.has_bias else None), self)
+        return _share_params(nn.Conv2d(self.in_channels, self.out_channels, has_bias=self.has_bias,
+                                       weight_init="zeros", bias_init="zeros" if self.has_bias else None,
+                                       **_conv_geometry(self)), self)
 
     def construct(self, x):
         y = self.conv2d(x, ops.cast(self.weight, x.dtype))
         if self.has_bias:
             y = self.bias_add(y, ops.cast(self.bias, x.dtype))
         if not self.merged:
-            b, c, h, w = x.shape
             dt = x.dtype
-            xf = self.lora_dropout(x).reshape(b, c, h * w)
-            a = ops.broadcast_to(ops.cast(self.tk_delta_lora_a, dt).reshape(1, self.lora_rank, c),
-                                 (b, self.lora_rank, c))
-            bb = ops.broadcast_to(ops.cast(self.tk_delta_lora_b, dt).reshape(1, self.out_channels, self.lora_rank),
-                                  (b, self.out_channels, self.lora_rank))
-            d = self.lora_bmm(bb, self.lora_bmm(a, xf)) * ops.cast(self.scaling, dt)
-            y = y + d.reshape(b, self.out_channels, h, w)
+            if self.pointwise:
+                b, c, h, w = x.shape
+                xf = self.lora_dropout(x).reshape(b, c, h * w)
+                a = ops.broadcast_to(ops.cast(self.tk_delta_lora_a, dt).reshape(1, self.lora_rank, c),
+                                     (b, self.lora_rank, c))
+                bb = ops.broadcast_to(ops.cast(self.tk_delta_lora_b, dt).reshape(1, self.out_channels,
+                                                                                self.lora_rank),
+                                      (b, self.out_channels, self.lora_rank))
+                d = self.lora_bmm(bb, self.lora_bmm(a, xf)) * ops.cast(self.scaling, dt)
+                y = y + d.reshape(b, self.out_channels, h, w)
+            else:
+                kh, kw = self.kernel_size
+                a = ops.cast(self.tk_delta_lora_a, dt).reshape(self.lora_rank, self.in_channels, kh, kw)
+                bb = ops.cast(self.tk_delta_lora_b, dt).reshape(self.out_channels, self.lora_rank, 1, 1)
+                d = self.lora_up(self.lora_down(self.lora_dropout(x), a), bb)
+                y = y + d * ops.cast(self.scaling, dt)
         return y
 
 
@@ -187,6 +211,17 @@ def is_conv1x1(cell) -> bool:
             and tuple(cell.stride) == (1, 1) and cell.group == 1
             and tuple(getattr(cell, "dilation", (1, 1))) == (1, 1)
             and (cell.pad_mode == "valid" or not any(np.atleast_1d(cell.padding))))
+
+
+def is_plain_conv(cell) -> bool:
+    """A 2-D NCHW convolution without groups (what :class:`LoRAConv2d` adapts)."""
+    return (isinstance(cell, nn.Conv2d) and cell.group == 1 and getattr(cell, "data_format", "NCHW") == "NCHW"
+            and len(tuple(cell.kernel_size)) == 2)
+
+
+def _conv_geometry(conv: nn.Conv2d) -> dict:
+    return {"kernel_size": tuple(conv.kernel_size), "stride": tuple(conv.stride), "pad_mode": conv.pad_mode,
+            "padding": conv.padding, "dilation": tuple(getattr(conv, "dilation", (1, 1)))}
 
 
 # ------------------------------------------------------------------------ network surgery
@@ -235,7 +270,7 @@ def lora_layers(network: nn.Cell) -> dict:
 def inject_lora(network: nn.Cell, rank: int = 4, alpha: float = 4,
                 targets: Sequence[str] = UNET_ATTN_TARGETS, dropout: float = 0.0,
                 paths: Iterable[str] | None = None) -> list[str]:
-    """Wrap every Dense / 1x1 Conv2d whose cell path ends with one of ``targets`` (or exactly the
+    """Wrap every Dense / Conv2d whose cell path ends with one of ``targets`` (or exactly the
     cells in ``paths``) in a LoRA layer of this ``rank`` and ``alpha``. Layers that already have
     LoRA are left as they are. Returns the wrapped paths; raises ``ValueError`` when nothing
     matches or a target names another kind of cell."""
@@ -252,7 +287,7 @@ def inject_lora(network: nn.Cell, rank: int = 4, alpha: float = 4,
             continue
         if isinstance(cell, nn.Dense):
             new = LoRADense.from_dense(cell, rank, alpha, dropout)
-        elif is_conv1x1(cell):
+        elif is_plain_conv(cell):
             new = LoRAConv2d.from_conv(cell, rank, alpha, dropout)
         else:
             bad.append(f"{path} ({type(cell).__name__})")
@@ -260,8 +295,8 @@ def inject_lora(network: nn.Cell, rank: int = 4, alpha: float = 4,
         _replace(network, path, new, cell)
         wrapped.append(path)
     if bad:
-        raise ValueError(f"LoRA applies to Dense layers and 1x1 convolutions only; these targets are "
-                         f"not: {', '.join(bad[:5])}")
+        raise ValueError(f"LoRA applies to Dense layers and 2-D convolutions without groups only; these "
+                         f"targets are not: {', '.join(bad[:5])}")
     missing = (wanted - found) if wanted is not None else set()
     if missing:
         raise ValueError(f"no layer at {sorted(missing)[:5]} in this network")
