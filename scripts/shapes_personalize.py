@@ -7,8 +7,11 @@
 
 `eval` generates --per_prompt images for every prompt that combines the token with a colour and a
 place the cross was never shown in, scores them with the shapes scorer (shape = a cross), and writes
-new_shape.md (table), new_shape.csv and grid_new_shape.png into --out; --heldout adds the model's
-original held-out / seen adherence table (scripts/eval_shapes_model.py's prompts and seeds).
+new_shape.md (table), new_shape.csv and grid_new_shape.png into --out; --seen adds a row (and
+grid_seen.png) for the instance images' own colour x place pairs (learned vs carried over); --heldout
+adds the model's original held-out / seen adherence table (scripts/eval_shapes_model.py's prompts and
+seeds). --token is the text the instance captions put where the shape word goes (e.g. sks, or sks形
+with the class word).
 """
 import argparse
 import csv
@@ -79,6 +82,10 @@ def evaluate(args):
                 "steps": int(pipe.cfg.sampling.num_inference_steps), "scale": float(pipe.cfg.sampling.guidance_scale)}
     rows, images = evaluate_new_shape(generate, args.token, args.per_prompt, args.seed)
     table = {"new shape, unseen colour x place": rates(rows)}
+    if args.seen:
+        seen_rows, seen_images = evaluate_new_shape(generate, args.token, args.per_prompt, args.seed, seen=True)
+        table["new shape, the instances' colour x place"] = rates(seen_rows)
+        label_grid(seen_images, [r["prompt"] for r in seen_rows], ncol=args.per_prompt).save(out / "grid_seen.png")
     if args.heldout:
         from mind_diffusion.shapes.world import eval_prompts
 
@@ -113,6 +120,8 @@ def main(argv=None):
     e.add_argument("--out", default="output/new_shape_eval")
     e.add_argument("--per_prompt", type=int, default=4)
     e.add_argument("--seed", type=int, default=2000)
+    e.add_argument("--seen", action="store_true", help="also the instances' own colour x place prompts "
+                   "(how well the instances were learned; grid_seen.png)")
     e.add_argument("--heldout", action="store_true", help="also the original held-out / seen adherence table")
     e.add_argument("--no_seen", action="store_true", help="with --heldout: the held-out row only")
     from mind_diffusion.runtime import add_runtime_args

@@ -83,19 +83,24 @@ def write_class_images(folder, n: int = 200, seed: int = 0) -> Path:
     return folder
 
 
-def eval_cases(token: str = "sks") -> list[tuple[str, ParsedPrompt]]:
-    """(prompt for the model, what the scorer expects) for every unseen colour x unseen place."""
+def eval_cases(token: str = "sks", seen: bool = False) -> list[tuple[str, ParsedPrompt]]:
+    """(prompt for the model, what the scorer expects) for every unseen colour x unseen place, or
+    with ``seen`` for the instance images' own colour x place pairs (their captions): how well the
+    instances were learned, apart from how far they generalise."""
+    if seen:
+        return [(instance_caption(c, p, token, k), ParsedPrompt(((c, NEW_SHAPE, p),), None))
+                for k, (c, p) in enumerate(INSTANCE_COMBOS)]
     return [(instance_caption(c, p, token), ParsedPrompt(((c, NEW_SHAPE, p),), None))
             for c in EVAL_COLOURS for p in EVAL_PLACES]
 
 
 def evaluate_new_shape(generate, token: str = "sks", per_prompt: int = 4, seed: int = 2000,
-                       batch: int = 20) -> tuple[list[dict], list]:
+                       batch: int = 20, seen: bool = False) -> tuple[list[dict], list]:
     """Generate ``per_prompt`` images of every ``eval_cases`` prompt (image n: seed + n;
     ``generate(prompts, seed) -> images``) and score them. Returns (rows, images)."""
     from .scorer import score
 
-    cases = [c for c in eval_cases(token) for _ in range(int(per_prompt))]
+    cases = [c for c in eval_cases(token, seen) for _ in range(int(per_prompt))]
     rows, images = [], []
     for s in range(0, len(cases), int(batch)):
         chunk = cases[s:s + int(batch)]

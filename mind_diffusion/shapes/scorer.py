@@ -19,7 +19,10 @@ an image and compare them with what the prompt asks for.
          area / enclosing circle, area / min-area rectangle, area / min enclosing triangle),
          whose ideal values are circle (1, 1, 0.79, 0.6), square (1, 0.64, 1, 0.5),
          triangle (1, 0.41, 0.5, 1) (the cross's prototype, for crosses with solidity above
-         ``STAR_SOLIDITY``, is its rendered mean); since only components read as 十字形 change,
+         ``STAR_SOLIDITY``, is its rendered mean); a component nearest the circle or the square whose
+         outline has four notches (convexity defects) of depth >= ``CROSS_NOTCH`` x sqrt(area) and no fifth
+         deeper than ``CROSS_NOTCH5`` is a cross whose inner corners a decoder rounded (the old
+         shapes' notches stay below 0.07, rendered or decoded); since only components read as 十字形 change,
          the four old shapes read exactly as before on every image that holds no cross-like blob;
        - place: nearest ``PLACES`` centre to the component's centroid.
 ``score(image, prompt)``
@@ -38,10 +41,18 @@ import numpy as np
 
 from .world import COLOURS, PLACES, ParsedPrompt, parse_prompt
 
-__all__ = ["CROSS_FILL_RECT", "STAR_SOLIDITY", "DetectedObject", "analyse", "score", "score_many"]
+__all__ = ["CROSS_FILL_RECT", "CROSS_NOTCH", "CROSS_NOTCH5", "STAR_SOLIDITY", "DetectedObject", "analyse", "score", "score_many"]
 
 STAR_SOLIDITY = 0.8
 CROSS_FILL_RECT = 0.6
+# A decoded (VAE-smoothed) cross rounds its inner corners: its solidity rises above STAR_SOLIDITY and
+# the nearest prototype may be the square (or the circle). Its outline still has four notches
+# (convexity defects) of depth >= CROSS_NOTCH x sqrt(area) and no fifth one (0.10-0.16 on decoded
+# crosses; circles and squares, rendered or decoded, <= 0.07; stars have five). Only components whose
+# nearest prototype is the circle or the square are re-read (a jagged small triangle can show four
+# pixel-deep notches).
+CROSS_NOTCH = 0.075
+CROSS_NOTCH5 = 0.07
 # Mean (solidity, fill_circle, fill_rect, fill_triangle) of rendered 64x64 shapes (3000 each,
 # with and without anti-aliasing; the cross: 1280); a non-star component takes the nearest prototype.
 SHAPE_PROTOTYPES = {
@@ -95,6 +106,23 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def _notch_depths(contour, area: float) -> list[float]:
+    """The five deepest convexity defects of the outline (depth of each notch below the convex
+    hull), deepest first, in units of sqrt(area); zeros when there are fewer."""
+    import cv2
+
+    depths: list[float] = []
+    try:
+        hull = cv2.convexHull(contour, returnPoints=False)
+        defects = cv2.convexityDefects(contour, hull)
+        if defects is not None:
+            depths = sorted((defects[:, 0, 3] / 256.0).tolist(), reverse=True)
+    except cv2.error:  # a self-intersecting or degenerate outline: no notches
+        depths = []
+    scale = float(np.sqrt(max(area, 1e-6)))
+    return [d / scale for d in depths[:5]] + [0.0] * max(0, 5 - len(depths))
+
+
 def _shape_of(contour, area: float) -> tuple:
     import cv2
 
@@ -110,13 +138,17 @@ def _shape_of(contour, area: float) -> tuple:
     except cv2.error:
         tri_area = 0.0
     fill_tri = area / max(tri_area, 1e-6) if tri_area > 0 else 0.0
+    notches = _notch_depths(contour, area)
     feats = {"solidity": float(solidity), "fill_circle": float(fill_circle), "fill_rect": float(fill_rect),
-             "fill_triangle": float(fill_tri)}
+             "fill_triangle": float(fill_tri), "notch4": notches[3], "notch5": notches[4]}
     if solidity < STAR_SOLIDITY:
         return ("十字形" if fill_rect >= CROSS_FILL_RECT else "星形"), feats
     vec = np.array([solidity, fill_circle, fill_rect, fill_tri])
     dists = {name: float(np.linalg.norm(vec - proto)) for name, proto in SHAPE_PROTOTYPES.items()}
-    return min(dists, key=dists.get), feats
+    nearest = min(dists, key=dists.get)
+    if nearest in ("圆形", "正方形") and notches[3] >= CROSS_NOTCH and notches[4] < CROSS_NOTCH5:
+        return "十字形", feats   # four notches, not five: a cross whose inner corners were rounded
+    return nearest, feats
 
 
 def analyse(image, fg_threshold: float = 14.0, min_area_frac: float = 0.003) -> list[DetectedObject]:
