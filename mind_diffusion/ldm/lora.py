@@ -26,8 +26,8 @@ from ..checkpoint.convert_lora import LoRAFileError, ParsedLoRA, lora_name_table
 from ..checkpoint.io import CheckpointError, file_sha256, read_checkpoint, save_atomic
 from ..config import to_plain
 from ..nn.lora import (LORA_A, LORA_B, TEXT_ATTN_TARGETS, TEXT_MLP_TARGETS, UNET_ATTN_TARGETS,
-                       UNET_CONV_TARGETS, UNET_FF_TARGETS, UNET_PROJ_TARGETS, inject_lora, lora_layers, lora_state_dict,
-                       remove_lora)
+                       UNET_CONV_TARGETS, UNET_FF_TARGETS, UNET_PROJ_TARGETS, inject_lora, lora_layers,
+                       lora_state_dict, remove_lora)
 from .checkpoint import PREFIX_TEXT, PREFIX_UNET, split_checkpoint_state
 
 LORA_META_KEY = "meta.lora"
@@ -35,8 +35,8 @@ LORA_FORMAT = "mind_diffusion-lora"
 LORA_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth")
 
 
-_KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + UNET_CONV_TARGETS + TEXT_ATTN_TARGETS
-                        + TEXT_MLP_TARGETS, key=len, reverse=True)
+_KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + UNET_CONV_TARGETS
+                        + TEXT_ATTN_TARGETS + TEXT_MLP_TARGETS, key=len, reverse=True)
 
 
 def _target_suffix(path: str) -> str:

@@ -41,7 +41,8 @@ import numpy as np
 
 from .world import COLOURS, PLACES, ParsedPrompt, parse_prompt
 
-__all__ = ["CROSS_FILL_RECT", "CROSS_NOTCH", "CROSS_NOTCH5", "STAR_SOLIDITY", "DetectedObject", "analyse", "score", "score_many"]
+__all__ = ["CROSS_FILL_RECT", "CROSS_NOTCH", "CROSS_NOTCH5", "STAR_SOLIDITY", "DetectedObject", "analyse", "score",
+           "score_many"]
 
 STAR_SOLIDITY = 0.8
 CROSS_FILL_RECT = 0.6
