@@ -113,10 +113,12 @@ def load_dreambooth_config(train_config, flags: dict, overrides=(), pretrained_p
         model_cfg = next((folder / n for n in ("config.yaml", "model.yaml") if (folder / n).is_file()), None)
         if model_cfg is not None:
             base = load_config(model_cfg, [], ldm_config_defaults())
-            lora = {k: cfg["model"]["unet"][k] for k in LORA_KEYS}  # the training config's LoRA choice
+            # the training config's LoRA choice, for the UNet and the text encoder
+            lora = {part: {k: cfg["model"][part][k] for k in LORA_KEYS} for part in ("unet", "text_encoder")}
             for sec in ("model", "tokenizer"):
                 cfg[sec] = to_plain(base[sec])
-            cfg["model"]["unet"].update(lora)
+            for part, keys in lora.items():
+                cfg["model"][part].update(keys)
             cfg["sampling"] = {k: v for k, v in to_plain(base.sampling).items() if k in cfg["sampling"]}
             name = pretrained_file or str(base.checkpoint.name)
             cfg["init"]["vocab"] = str(folder / str(base.tokenizer.vocab_file))
