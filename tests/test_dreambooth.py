@@ -238,3 +238,23 @@ def test_tiny_dreambooth_generates_class_images_and_resumes_exactly(tmp_path, ca
         np.testing.assert_allclose(resumed[k], full[k], rtol=0, atol=1e-6, err_msg=k)
     model = read_checkpoint(tmp_path / "a" / "model.ckpt")
     assert any(k.startswith("model.diffusion_model.") for k in model)
+
+
+def test_training_config_lora_choice_survives_the_base_models_sections():
+    """--pretrained_model_path brings the base model's model section; the training config's LoRA keys
+    (the UNet's and the text encoder's) are kept over it (configs/shapes/lora.yaml trains both)."""
+    from pathlib import Path
+
+    from mind_diffusion.ldm.dreambooth_config import load_dreambooth_config
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "models/shapes_zh/config.yaml").is_file():
+        pytest.skip("models/shapes_zh is not in this checkout")
+    cfg = load_dreambooth_config(root / "configs/shapes/lora.yaml", {}, [], root / "models/shapes_zh")
+    model = cfg["model"] if isinstance(cfg, dict) else cfg.model
+    assert model["unet"]["enable_lora"] and model["unet"]["lora_rank"] == 8
+    assert model["text_encoder"]["enable_lora"] and model["text_encoder"]["lora_rank"] == 4
+    assert model["text_encoder"]["width"] == 128          # the rest is the base model's
+    plain = load_dreambooth_config(root / "configs/shapes/dreambooth.yaml", {}, [], root / "models/shapes_zh")
+    pm = plain["model"] if isinstance(plain, dict) else plain.model
+    assert not pm["text_encoder"]["enable_lora"] and not pm["unet"]["enable_lora"]
