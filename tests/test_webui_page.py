@@ -156,16 +156,31 @@ def open_page(driver, server, tab=None):
         next(b for b in driver.find_elements("css selector", "button[role=tab]") if b.text == tab).click()
 
 
-def pick_model(driver, label):
+def pick_model(driver, label, timeout=30):
+    """Choose ``label`` in the model dropdown by clicking its option (pressing Enter right after
+    typing can pick the option that was active before the list filtered, on a busy machine)."""
     from selenium.webdriver.common.keys import Keys
 
     el = css(driver, "#t2i_model input")
-    el.click()
-    el.send_keys(Keys.CONTROL, "a")
-    el.send_keys(label)
-    el.send_keys(Keys.ENTER)
-    el.send_keys(Keys.TAB)
-    assert value(driver, "#t2i_model input") == label
+    t0 = time.time()
+    while True:
+        el.click()
+        el.send_keys(Keys.CONTROL, "a")
+        el.send_keys(label)
+        opts = [o for o in driver.find_elements("css selector", "#t2i_model li[data-testid=dropdown-option]")
+                if o.get_attribute("aria-label") == label]
+        if opts:
+            try:
+                opts[0].click()
+            except Exception:  # the list re-rendered under the click: try again
+                pass
+        el.send_keys(Keys.TAB)
+        if value(driver, "#t2i_model input") == label:
+            return
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"could not pick {label!r} in the model list; it shows "
+                                 f"{value(driver, '#t2i_model input')!r}")
+        time.sleep(0.5)
 
 
 def gallery_images(driver) -> list:
