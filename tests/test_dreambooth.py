@@ -35,9 +35,9 @@ def _instances(folder: Path, token="sks", n=3, captions=True):
     from mind_diffusion.shapes.personalize import write_instances
 
     write_instances(folder, token=token)
-    for p in sorted(folder.glob("*.png"))[n:]:
-        p.unlink()
-        p.with_suffix(".txt").unlink()
+    for k in range(n, 5):  # cross_<k>.png / .txt / .mask.png
+        for p in folder.glob(f"cross_{k}.*"):
+            p.unlink()
     if not captions:
         for p in folder.glob("*.txt"):
             p.unlink()
@@ -51,6 +51,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     empty.mkdir()
     corrupt = _instances(tmp_path / "corrupt")
     (corrupt / "cross_1.png").write_bytes(b"not a png at all")
+    nomask = _instances(tmp_path / "nomask")
+    (nomask / "cross_1.mask.png").unlink()
     out = tmp_path / "out"
     base = ["--pretrained_model_path", str(SHAPES), "--train_config", str(SHAPES_DB), "--output_path", str(out),
             "--reg_data_path", str(tmp_path / "cls"), "--class_prompts_file", str(tmp_path / "p.txt"),
@@ -69,6 +71,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
          ("rank must be a positive integer",)),
         (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "--lora_rank", "-2"],
          ("rank must be a positive integer",)),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.subject_weight=-1"],
+         ("dreambooth.subject_weight must be", "0 = the plain loss")),
+        (["--train_data_path", str(nomask), "--token", "sks", "dreambooth.subject_weight=5"],
+         ("cross_1.png has none: put cross_1.mask.png",)),
     ]
     for extra, needles in cases:
         rc = run_db_train.main(base + extra)
@@ -159,22 +165,30 @@ def test_batches_are_a_function_of_the_step_and_shard_over_workers():
     assert len(lone[0]) == 5 and all(np.array_equal(u, v) for u, v in zip(lone[4], one[4][:5]))
 
 
-def test_loss_is_instance_plus_weighted_prior():
+def _tiny_loss():
+    """(ldm, LatentDiffusionLoss on cached latents, alphas_cumprod) of the tiny config, seed 0."""
     import mindspore as ms
-    from mindspore import Tensor
 
     from mind_diffusion.config import load_config
     from mind_diffusion.ldm.config import ldm_train_config_defaults
-    from mind_diffusion.ldm.dreambooth_training import DreamBoothLoss
     from mind_diffusion.ldm.model import build_ldm
     from mind_diffusion.ldm.training import LatentDiffusionLoss
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
     cfg = load_config(TINY_CFG, [], ldm_train_config_defaults())
     ms.set_seed(0)
     ldm = build_ldm(cfg.model)
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    base = LatentDiffusionLoss(ldm, abar, cached=True)
+    return ldm, LatentDiffusionLoss(ldm, abar, cached=True), abar
+
+
+def test_loss_is_instance_plus_weighted_prior():
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.ldm.dreambooth_training import DreamBoothLoss
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    _, base, _ = _tiny_loss()
     rng = np.random.default_rng(0)
 
     def part():
@@ -190,6 +204,101 @@ def test_loss_is_instance_plus_weighted_prior():
     got = float(DreamBoothLoss(base, 0.5)(*inst, *cls).asnumpy())
     assert got == pytest.approx(li + 0.5 * lc, rel=1e-6) and lc > 0
     assert float(DreamBoothLoss(base, 0.5, with_prior=False)(*inst).asnumpy()) == pytest.approx(li, rel=1e-6)
+
+
+def test_subject_masks_sidecar_alpha_and_their_errors(tmp_path):
+    """Masks: ``<stem>.mask.png`` beside the image, else its alpha channel; cropped as the image is,
+    pooled per latent cell into ``1 + F * m``; a mask file is never an instance; an image without
+    a mask, a mask of another size or a corrupt mask is one line naming the file."""
+    from PIL import Image
+
+    from mind_diffusion.ldm.dreambooth_training import load_subject_mask, subject_loss_weights
+
+    folder = tmp_path / "inst"
+    folder.mkdir()
+    mask = np.zeros((48, 64), np.uint8)   # landscape: resized to 64 on the short side, then center-cropped
+    mask[:24, 16:32] = 255
+    rgb = np.repeat(mask[:, :, None], 3, axis=2)   # the subject drawn white where its mask is
+    Image.fromarray(rgb).save(folder / "a.png")
+    Image.fromarray(mask).save(folder / "a.mask.png")
+    rgba = np.concatenate([np.full((48, 64, 3), 128, np.uint8), np.zeros((48, 64, 1), np.uint8)], axis=2)
+    rgba[24:, 32:48, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(folder / "b.png")
+    pairs = read_image_folder_captions(folder, "sks", "instance")
+    assert [p.name for p, _ in pairs] == ["a.png", "b.png"]   # a.mask.png is not an instance
+    np.testing.assert_array_equal(load_subject_mask(folder / "a.png"), mask)
+    np.testing.assert_array_equal(load_subject_mask(folder / "b.png"), rgba[:, :, 3])
+
+    data = FolderImageText(pairs, 64)
+    ma, mb = data.mask(0), data.mask(1)
+    np.testing.assert_allclose(ma, (data.image(0)[0] + 1) / 2, atol=1e-6)   # cropped as its image is
+    # 48x64 -> 64x85, crop columns [10, 74): a's columns 16..32 -> 11..32, rows 0..24 -> 0..32
+    assert ma[:31, 12:32].min() == 1 and ma[33:].max() == 0 and ma[:, :10].max() == 0 and ma[:, 34:].max() == 0
+    assert mb[33:, 33:53].min() == 1 and mb[:31].max() == 0 and mb[:, :31].max() == 0
+    w = subject_loss_weights(data, (4, 4, 4), 4.0)   # latent cells of 16x16 pixels
+    assert w.shape == (2, 1, 4, 4) and w.dtype == np.float32
+    for k, m in enumerate((ma, mb)):
+        np.testing.assert_allclose(w[k, 0], 1 + 4 * m.reshape(4, 16, 4, 16).mean(axis=(1, 3)), rtol=1e-6)
+    assert w[0, 0, 3, 0] == 1 and w[0, 0, 0, 1] == 5   # a background cell, a subject cell
+
+    Image.fromarray(rgb).save(folder / "c.png")      # no mask at all
+    with pytest.raises(DataError, match=r"c\.png has none: put c\.mask\.png"):
+        load_subject_mask(folder / "c.png")
+    Image.fromarray(mask[:, :32]).save(folder / "c.mask.png")
+    with pytest.raises(DataError, match=r"c\.mask\.png is 32x48 but c\.png is 64x48"):
+        load_subject_mask(folder / "c.png")
+    (folder / "c.mask.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"cannot read the mask of instance image c\.png"):
+        load_subject_mask(folder / "c.png")
+
+
+def test_batches_carry_the_weight_of_the_instance_they_draw():
+    kw = dict(tokenizer=_Tok(), num_timesteps=1000, latent_shape=(4, 2, 2), seed=3)
+    weights = np.stack([np.full((1, 2, 2), 1.0 + i, np.float32) for i in range(5)])
+    src = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), instance_weights=weights, **kw)
+    assert src.column_names[:6] == ["instance_x", "instance_ids", "instance_t", "instance_noise",
+                                    "instance_posterior_noise", "instance_weight"]
+    plain = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), **kw)
+    for step in (0, 5):
+        b, p = src[step], plain[step]
+        assert len(b) == 11
+        np.testing.assert_array_equal(b[5][:, 0, 0, 0], b[0][:, 0, 0, 0] + 1)   # image i -> weight 1 + i
+        assert all(np.array_equal(u, v) for u, v in zip(b[:5] + b[6:], p))   # the rest unchanged
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_subject_weighted_loss_is_the_weighted_mean(mode):
+    """Per sample ``sum(w * (eps - noise)^2) / (C sum(w))`` against numpy on the UNet's own eps; a flat
+    weight is the plain loss; in DreamBoothLoss the weight ends the instance columns."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.ldm.dreambooth_training import DreamBoothLoss
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    ldm, base, abar = _tiny_loss()
+    rng = np.random.default_rng(1)
+    mean = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    logvar = rng.standard_normal((2, 4, 4, 4)).astype(np.float32) - 2
+    ids = rng.integers(1, 100, (2, 77)).astype(np.int32)
+    t = np.array([10, 700], np.int32)
+    noise, post = (rng.standard_normal((2, 4, 4, 4)).astype(np.float32) for _ in range(2))
+    w = (1 + 9 * (rng.random((2, 1, 4, 4)) > 0.7)).astype(np.float32)
+    cols = [Tensor(a) for a in (mean, logvar, ids, t, noise, post)]
+    got = float(base(*cols, Tensor(w)).asnumpy())
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    z = (mean + np.exp(0.5 * logvar) * post) * ldm.scale_factor
+    x_t = np.sqrt(abar[t]).reshape(-1, 1, 1, 1) * z + np.sqrt(1 - abar[t]).reshape(-1, 1, 1, 1) * noise
+    eps = ldm.model.diffusion_model(Tensor(x_t.astype(np.float32)), Tensor(t),
+                                    ldm.cond_stage_model(Tensor(ids))).asnumpy()
+    sq = (eps - noise).astype(np.float64) ** 2
+    want = np.mean((w * sq).sum(axis=(1, 2, 3)) / (4 * w.sum(axis=(1, 2, 3))))
+    assert got == pytest.approx(want, rel=1e-4) and want != pytest.approx(sq.mean(), rel=1e-2)
+    assert float(base(*cols, Tensor(np.full_like(w, 3.0))).asnumpy()) == pytest.approx(sq.mean(), rel=1e-4)
+    cls = [Tensor(a) for a in (mean[::-1].copy(), logvar, ids, t, noise[::-1].copy(), post)]
+    both = float(DreamBoothLoss(base, 0.5, subject_weighted=True)(*cols, Tensor(w), *cls).asnumpy())
+    assert both == pytest.approx(got + 0.5 * float(base(*cls).asnumpy()), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -244,8 +244,9 @@ def test_dreambooth_msrun_two_workers_match_one_process(tmp_path):
 
     make_tiny_model_dir(tmp_path / "base", SHARED)
     write_instances(tmp_path / "inst", token="sks")
-    for q in sorted((tmp_path / "inst").glob("*.png"))[3:]:  # 3 instances captioned "sks猫"
-        q.unlink()
+    for k in range(3, 5):  # 3 instances captioned "sks猫"
+        for q in (tmp_path / "inst").glob(f"cross_{k}.*"):
+            q.unlink()
     for q in (tmp_path / "inst").glob("*.txt"):
         q.unlink()
     cls = tmp_path / "cls"  # a full class folder: nothing to generate

@@ -31,6 +31,10 @@ def dreambooth_config_defaults() -> dict:
         "train_data_repeats": 100,       # steps per epoch = instances x (repeats + 1) / global batch
         "max_token_rate": 0.01,          # the token may occur in at most this share of training captions
         "generation_batch": 16,
+        # F (0: the original's plain mean): each instance image's latent cells weigh 1 + F * m in its loss,
+        # m the share of the cell inside the subject's mask (<stem>.mask.png beside the image, white =
+        # subject, else its alpha channel); as diffusion.foreground_weight in GLIDE training
+        "subject_weight": 0.0,
     }
     return cfg
 

@@ -27,6 +27,10 @@ Here (``dreambooth:`` config section):
 - everything random (which instance / class rows, t, noise, caption dropout) is drawn on the host
   from ``(seed, step)`` for the whole global batch, each rank taking its rows: resume is exact and N
   workers see the batch one process would;
+- ``subject_weight`` F > 0 weighs each instance image's loss per latent cell by ``1 + F * m``
+  (``sum(w * err^2) / sum(w)`` over the image), ``m`` the share of the cell's pixels inside the
+  subject's mask (``<name>.mask.png`` beside the image, else its alpha channel): with a small subject
+  on a plain background most of the plain loss is the background's;
 - LoRA (``train.enable_lora``) works here as in plain fine-tuning: only the LoRA weights train and the
   exports are LoRA-only files.
 """
@@ -37,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from mindspore import nn
 
-from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, shard_rows, unreadable_images
+from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, preprocess, shard_rows, unreadable_images
 from .dreambooth_config import (FLAG_KEYS, LORA_KEYS, ORIGINAL_JSON_KEYS, dreambooth_config_defaults,  # noqa: F401
                                 load_dreambooth_config, read_original_json)
 
@@ -54,7 +58,8 @@ def read_image_folder_captions(folder, default_caption: str, what: str) -> list[
     root = Path(str(folder)).expanduser()
     if not root.is_dir():
         raise DataError(f"{what} folder not found: {root}")
-    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                   and not is_mask_file(p))
     if not paths:
         raise DataError(f"{what} folder {root} holds no images ({', '.join(sorted(IMAGE_EXTS))})"
                         + ("; put the 3-5 pictures of the subject there" if what == "instance" else ""))
@@ -70,9 +75,74 @@ def read_image_folder_captions(folder, default_caption: str, what: str) -> list[
     return out
 
 
+MASK_STEM_SUFFIX = ".mask"   # cat.png -> cat.mask.png
+
+
+def is_mask_file(path: Path) -> bool:
+    return Path(path).stem.lower().endswith(MASK_STEM_SUFFIX)
+
+
+def mask_path(image: Path) -> Path | None:
+    """The sidecar mask of an instance image (``<stem>.mask.<any image ext>``), if there is one."""
+    for p in sorted(image.parent.glob(f"{image.stem}{MASK_STEM_SUFFIX}.*")):
+        if p.suffix.lower() in IMAGE_EXTS:
+            return p
+    return None
+
+
+def load_subject_mask(image: Path) -> np.ndarray:
+    """The subject mask of ``image`` as uint8 HxW (255 = subject): its sidecar ``<stem>.mask.png``
+    (grey levels; colour masks are converted to grey), else its alpha channel. A ``DataError`` (one
+    line) when it has neither, the mask does not decode, or its size differs from the image's."""
+    from PIL import Image
+
+    side = mask_path(image)
+    try:
+        with Image.open(image) as im:
+            size, has_alpha = im.size, ("A" in im.getbands() or "transparency" in im.info)
+            alpha = np.asarray(im.convert("RGBA").getchannel("A"), np.uint8) if side is None and has_alpha else None
+        if side is not None:
+            with Image.open(side) as m:
+                if m.size != size:
+                    raise DataError(f"the mask {side.name} is {m.size[0]}x{m.size[1]} but {image.name} is "
+                                    f"{size[0]}x{size[1]}: a mask must have its image's size")
+                return np.asarray(m.convert("L"), np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL's own error types
+        raise DataError(f"cannot read the mask of instance image {image.name}: {str(exc).strip() or type(exc).__name__}") \
+            from None
+    if alpha is None:
+        raise DataError(f"dreambooth.subject_weight needs a mask of every instance image, and {image.name} has "
+                        f"none: put {image.stem}{MASK_STEM_SUFFIX}.png (white = subject) beside it, or save it with "
+                        f"an alpha channel")
+    return alpha
+
+
 class FolderImageText(ImageTextPairs):
     """The images of an instance or class folder with their captions, in the interface of
-    ``CSVImageText`` (``paths``, ``texts``, ``image(i)``), center-cropped to ``image_size``."""
+    ``CSVImageText`` (``paths``, ``texts``, ``image(i)``), center-cropped to ``image_size``;
+    ``mask(i)`` is the image's subject mask, cropped the same way, in [0, 1] (``size x size``)."""
+
+    def mask(self, i: int) -> np.ndarray:
+        m = load_subject_mask(self.paths[i])
+        m3 = preprocess(np.repeat(m[:, :, None], 3, axis=2), self.image_size)  # the image's resize and crop
+        return ((m3[0] + 1.0) * 0.5).clip(0.0, 1.0).astype(np.float32)
+
+
+def subject_loss_weights(data: FolderImageText, latent_shape, weight: float) -> np.ndarray:
+    """[N, 1, h, w] float32: ``1 + weight * m`` with ``m`` each instance mask's mean over the image
+    pixels of a latent cell."""
+    h, w = int(latent_shape[-2]), int(latent_shape[-1])
+    out = []
+    for i in range(len(data)):
+        m = data.mask(i)
+        if m.shape[0] % h or m.shape[1] % w:
+            raise DataError(f"image size {m.shape[0]} is not a multiple of the latent size {h}")
+        fy, fx = m.shape[0] // h, m.shape[1] // w
+        cell = m.reshape(h, fy, w, fx).mean(axis=(1, 3))
+        out.append(1.0 + float(weight) * cell[None])
+    return np.stack(out).astype(np.float32)
 
 
 def token_ids(tokenizer, text: str) -> list[int]:
@@ -216,7 +286,7 @@ class DreamBoothBatches:
 
     def __init__(self, instance, tokenizer, batch_size: int, num_timesteps: int, latent_shape, seed: int = 0,
                  rank: int = 0, group_size: int = 1, caption_dropout: float = 0.0, klass=None,
-                 latents=None, class_latents=None, steps_per_epoch: int = 1):
+                 latents=None, class_latents=None, steps_per_epoch: int = 1, instance_weights=None):
         self.instance, self.klass, self.tokenizer = instance, klass, tokenizer
         self.local = int(batch_size)
         self.global_batch = self.local * int(group_size)
@@ -227,8 +297,9 @@ class DreamBoothBatches:
         self.caption_dropout = float(caption_dropout)
         self.latents, self.class_latents = latents, class_latents
         self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.instance_weights = instance_weights
 
-    def _part(self, data, latents, rng, rows):
+    def _part(self, data, latents, rng, rows, weights=None):
         g = self.global_batch
         idx = rng.integers(len(data), size=g)
         drop = rng.random(g) < self.caption_dropout
@@ -242,11 +313,15 @@ class DreamBoothBatches:
             images = (np.stack([data.image(int(i)) for i in mine]),)
         texts = ["" if drop[j] else data.texts[int(idx[j])] for j in rows]
         ids = np.asarray(self.tokenizer(texts), dtype=np.int32)
-        return (*images, ids, np.ascontiguousarray(t[rows.start:rows.stop]),
-                np.ascontiguousarray(noise[rows.start:rows.stop]), np.ascontiguousarray(post[rows.start:rows.stop]))
+        out = (*images, ids, np.ascontiguousarray(t[rows.start:rows.stop]),
+               np.ascontiguousarray(noise[rows.start:rows.stop]), np.ascontiguousarray(post[rows.start:rows.stop]))
+        if weights is not None:
+            out += (np.ascontiguousarray(weights[mine]),)
+        return out
 
     def __getitem__(self, step: int):
-        out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), self.rows)
+        out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), self.rows,
+                         self.instance_weights)
         if self.klass is not None:
             out += self._part(self.klass, self.class_latents, np.random.default_rng([self.seed, int(step), 17, 1]),
                               self.rows)
@@ -259,7 +334,7 @@ class DreamBoothBatches:
     @property
     def column_names(self) -> list[str]:
         one = (["mean", "logvar"] if self.latents is not None else ["x"]) + ["ids", "t", "noise", "posterior_noise"]
-        names = [f"instance_{n}" for n in one]
+        names = [f"instance_{n}" for n in one] + (["instance_weight"] if self.instance_weights is not None else [])
         if self.klass is not None:
             names += [f"class_{n}" for n in one]
         return names
@@ -270,12 +345,13 @@ class DreamBoothBatches:
 
 class DreamBoothLoss(nn.Cell):
     """``L(instance) + prior_loss_weight * L(class)`` over a ``LatentDiffusionLoss`` (the original's
-    ``LatentDiffusionDB``); without a class part, ``L(instance)``."""
+    ``LatentDiffusionDB``); without a class part, ``L(instance)``. ``subject_weighted``: the instance
+    columns end with a per-latent-cell weight (``subject_weight``)."""
 
-    def __init__(self, base, prior_loss_weight: float = 0.5, with_prior: bool = True):
+    def __init__(self, base, prior_loss_weight: float = 0.5, with_prior: bool = True, subject_weighted: bool = False):
         super().__init__(auto_prefix=False)  # keep the LatentDiffusion parameter names
         self.base = base
-        self.n = 6 if base.cached else 5
+        self.n = (6 if base.cached else 5) + (1 if subject_weighted else 0)  # instance columns
         self.weight = float(prior_loss_weight)
         self.with_prior = bool(with_prior)
 
@@ -306,6 +382,9 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     te_start = check_ldm_train_config(cfg, runtime, resume, overwrite)
     check_number(db.prior_loss_weight, "dreambooth.prior_loss_weight", 0)
     check_number(db.max_token_rate, "dreambooth.max_token_rate", 0, 1)
+    check_number(db.subject_weight, "dreambooth.subject_weight", 0,
+                 hint=" (0 = the plain loss; 10 = the subject's latent cells weigh 11 times the background's)")
+    subject_weighted = float(db.subject_weight) > 0
     for key in ("num_class_images", "generation_batch", "train_data_repeats"):
         check_number(db[key], f"dreambooth.{key}", 1 if key != "train_data_repeats" else 0, integer=True)
     if int(t.get("grad_accum_steps", 1)) != 1:
@@ -335,6 +414,9 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         if not _contains(token_ids(tokenizer, caption), ids):
             raise DataError(f"the caption of instance image {p.name} ({caption!r}) does not contain the identifier "
                             f"token {db.token!r}: DreamBooth binds the subject to it; add it to {p.stem}.txt")
+    instance = FolderImageText(inst_pairs, int(d.image_size))
+    instance_weights = (subject_loss_weights(instance, latent_shape_of(cfg), float(db.subject_weight))
+                        if subject_weighted else None)   # every mask read before anything is written
 
     ldm = build_train_model(cfg, runtime)
     klass = None
@@ -349,7 +431,6 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
             wait_for_class_images(class_folder, int(db.num_class_images))
         klass = FolderImageText(read_image_folder_captions(class_folder, _format(db.class_prompt, db), "class"),
                                 int(d.image_size))
-    instance = FolderImageText(inst_pairs, int(d.image_size))
     latents = class_latents = None
     if d.cache_latents:
         latents = compute_latent_cache(ldm.first_stage_model, instance)
@@ -359,14 +440,16 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     source = DreamBoothBatches(instance, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape_of(cfg),
                                seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
                                caption_dropout=float(d.caption_dropout), klass=klass, latents=latents,
-                               class_latents=class_latents, steps_per_epoch=steps_per_epoch)
+                               class_latents=class_latents, steps_per_epoch=steps_per_epoch,
+                               instance_weights=instance_weights)
     from .training import LatentDiffusionLoss, resolve_total_steps
 
     total = resolve_total_steps(t, steps_per_epoch)
     base = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder), bool(t.schedule_fp16),
                                cached=latents is not None, loss_weighting=str(t.loss_weighting))
-    loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior)
+    loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior, subject_weighted)
     what = (f"DreamBooth, {len(instance)} instance images (token {db.token!r})"
+            + (f", subject cells weighted 1 + {float(db.subject_weight):g}" if subject_weighted else "")
             + (f", prior preservation on {len(klass)} class images (weight {float(db.prior_loss_weight)})"
                if with_prior else ", no prior preservation"))
     trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, steps_per_epoch, te_start,

@@ -181,7 +181,9 @@ class LatentDiffusionLoss(nn.Cell):
     """``construct(x, ids, t, noise, posterior_noise) -> loss`` (the original's
     ``LatentDiffusion.construct``), or with
     ``cached=True`` ``construct(mean, logvar, ids, t, noise, posterior_noise)`` where
-    (mean, logvar) are the frozen VAE's moments of x.
+    (mean, logvar) are the frozen VAE's moments of x. A further input, a per-latent-cell weight
+    ``[B, 1, h, w]`` (DreamBooth's ``subject_weight``), makes each sample's squared error
+    ``sum(w * err) / (C * sum(w))``.
 
     z = stop_gradient(scale_factor * (mean + exp(logvar / 2) * posterior_noise));
     x_t = sqrt(abar_t) z + sqrt(1 - abar_t) noise; loss = mean((noise - UNet(x_t, t, ctx))^2),
@@ -219,7 +221,7 @@ class LatentDiffusionLoss(nn.Cell):
         z = self.ldm.first_stage_model.encode(x, posterior_noise)
         return ops.stop_gradient(z * self.scale_factor)
 
-    def diffusion_loss(self, z, ids, t, noise):
+    def diffusion_loss(self, z, ids, t, noise, cell_weight=None):
         ctx = self.ldm.cond_stage_model(ids)
         if not self.train_text_encoder:
             ctx = ops.stop_gradient(ctx)
@@ -228,19 +230,29 @@ class LatentDiffusionLoss(nn.Cell):
         x_t = a * z + b * noise
         eps = self.ldm.model.diffusion_model(x_t, t, ctx)
         diff = ops.cast(eps, ms.float32) - noise
+        sq = diff * diff
+        if cell_weight is None and not self.weighted:
+            return sq.mean()   # the original's loss, to the rounding
+        if cell_weight is not None:  # [B, 1, h, w]: per sample sum(w * sq) / (C sum(w)); flat w = the plain mean
+            per_sample = (cell_weight * sq).sum(axis=(1, 2, 3)) / (sq.shape[1] * cell_weight.sum(axis=(1, 2, 3)))
+        else:
+            per_sample = sq.mean(axis=(1, 2, 3))
         if not self.weighted:
-            return (diff * diff).mean()
+            return per_sample.mean()
         w = ops.gather(self.weights, t, 0)
-        return (w * (diff * diff).mean(axis=(1, 2, 3))).mean()
+        return (w * per_sample).mean()
 
     def construct(self, *inputs):
+        """The columns above, optionally followed by a per-latent-cell loss weight [B, 1, h, w]."""
+        n = 6 if self.cached else 5
+        cell_weight = inputs[n] if len(inputs) > n else None
         if self.cached:
-            mean, logvar, ids, t, noise, post = inputs
+            mean, logvar, ids, t, noise, post = inputs[:n]
             z = ops.stop_gradient((mean + ops.exp(0.5 * logvar) * post) * self.scale_factor)
         else:
-            x, ids, t, noise, post = inputs
+            x, ids, t, noise, post = inputs[:n]
             z = self._latent(x, post)
-        return self.diffusion_loss(z, ids, t, noise)
+        return self.diffusion_loss(z, ids, t, noise, cell_weight)
 
 
 def set_trainable(cell: nn.Cell, flag: bool):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .world import ParsedPrompt, ShapesWorld, render_instances
+import numpy as np
+
+from .world import BACKGROUNDS, ParsedPrompt, ShapesWorld, render_instances
 
 __all__ = ["EVAL_COLOURS", "EVAL_PLACES", "INSTANCE_COMBOS", "NEW_SHAPE", "eval_cases", "evaluate_new_shape",
            "write_class_images", "write_class_prompts", "write_instances"]
@@ -35,7 +37,8 @@ def instance_caption(colour: str, place: str, token: str, k: int = 0) -> str:
 
 def write_instances(folder, token: str = "sks", seed: int = 0, image_size: int = 64) -> list[Path]:
     """The five instance images (``cross_<k>.png``, caption in the PNG metadata and in
-    ``cross_<k>.txt``). Refuses a folder that already holds images."""
+    ``cross_<k>.txt``, the cross's pixels in ``cross_<k>.mask.png``). Refuses a folder that already
+    holds images."""
     from ..utils.images import OutputPathError, save_png
 
     folder = Path(folder).expanduser()
@@ -50,6 +53,9 @@ def write_instances(folder, token: str = "sks", seed: int = 0, image_size: int =
         path = save_png(folder / f"cross_{k}.png", image, {"prompt": caption, "source": "shapes-world new shape",
                                                             "shape": NEW_SHAPE, "seed": seed})
         (folder / f"cross_{k}.txt").write_text(caption + "\n", encoding="utf-8")
+        subject = np.any(image != np.asarray(BACKGROUNDS[scene.background], image.dtype), axis=-1)
+        save_png(folder / f"cross_{k}.mask.png", (subject * 255).astype(np.uint8),
+                 {"source": "subject mask of " + path.name})  # dreambooth.subject_weight reads it
         paths.append(path)
     return paths
 
