@@ -73,6 +73,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
          ("rank must be a positive integer",)),
         (["--train_data_path", str(good), "--token", "sks", "dreambooth.subject_weight=-1"],
          ("dreambooth.subject_weight must be", "0 = the plain loss")),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.train_token_rows=true",
+          "model.unet.enable_lora=false"], ("train_token_rows trains the identifier's embedding rows beside a LoRA",)),
         (["--train_data_path", str(nomask), "--token", "sks", "dreambooth.subject_weight=5"],
          ("cross_1.png has none: put cross_1.mask.png",)),
     ]
@@ -299,6 +301,56 @@ def test_subject_weighted_loss_is_the_weighted_mean(mode):
     cls = [Tensor(a) for a in (mean[::-1].copy(), logvar, ids, t, noise[::-1].copy(), post)]
     both = float(DreamBoothLoss(base, 0.5, subject_weighted=True)(*cols, Tensor(w), *cls).asnumpy())
     assert both == pytest.approx(got + 0.5 * float(base(*cls).asnumpy()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_token_rows_add_to_the_identifiers_embedding_rows(mode):
+    """The text encoder with trainable identifier rows gives the context of a table whose rows carry
+    them (exact), prompts without the identifier are untouched, and the gradient reaches only the
+    rows of ids in the batch."""
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    from mind_diffusion.ldm.text_encoder import TextConditioner
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.cond_stage_model = TextConditioner(vocab_size=60, context_length=8, width=16, layers=1, heads=2)
+
+        def construct(self, ids):
+            return self.cond_stage_model(ids)
+
+    ms.set_seed(0)
+    net = Net()
+    rows = net.cond_stage_model.transformer.attach_token_rows([5, 9, 40], "sks")
+    delta = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    rows.set_data(Tensor(delta))
+    ids = np.array([[2, 5, 9, 40, 5, 3, 0, 0], [2, 7, 8, 3, 0, 0, 0, 0]], np.int32)
+    got = net(Tensor(ids)).asnumpy()
+    ms.set_seed(0)
+    ref = Net()
+    table = ref.cond_stage_model.transformer.embedding_table
+    t = table.asnumpy().copy()
+    t[[5, 9, 40]] += delta
+    table.set_data(Tensor(t))
+    np.testing.assert_allclose(got, ref(Tensor(ids)).asnumpy(), rtol=0, atol=1e-6)
+    plain = net(Tensor(ids[1:])).asnumpy()
+    ms.set_seed(0)
+    np.testing.assert_array_equal(plain, Net()(Tensor(ids[1:])).asnumpy())   # no identifier: unchanged
+    class Total(nn.Cell):
+        def __init__(self, inner):
+            super().__init__(auto_prefix=False)
+            self.inner = inner
+
+        def construct(self, x):
+            return self.inner(x).sum()
+
+    grad = ops.GradOperation(get_by_list=True)(Total(net), ms.ParameterTuple([rows]))
+    g = grad(Tensor(np.array([[2, 9, 3, 0, 0, 0, 0, 0]], np.int32)))[0].asnumpy()
+    assert np.abs(g[1]).max() > 0 and not g[[0, 2]].any()   # only id 9 was in the batch
 
 
 @pytest.mark.slow

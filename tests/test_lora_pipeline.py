@@ -251,3 +251,62 @@ def test_txt2img_lora_flags(tiny, tmp_path):
     one_line_error(run_script("scripts/txt2img.py", *_cli_args(tiny, bad_out, "--lora", tmp_path / "nope.ckpt")),
                    "LoRA file not found")
     assert not bad_out.exists()
+
+
+def test_identifier_embedding_rows_in_a_lora_file(tiny, tmp_path):
+    """A LoRA file with the identifier's trained embedding rows (DreamBooth's train_token_rows): the
+    pipeline adds them to the embedding table (merged or separate: the same text context as the
+    training network, whose rows are a separate delta), unloading restores the table; rows for
+    another text encoder, or without their ids, are one line."""
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.checkpoint import load_ldm_checkpoint
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.dreambooth_training import token_ids
+    from mind_diffusion.ldm.lora import LORA_META_KEY, save_lora
+    from mind_diffusion.ldm.model import build_ldm
+
+    pipe = _pipe(tiny)
+    ids = token_ids(pipe.tokenizer, "sks")
+    net = build_ldm(load_config(tiny["cfg"], (), ldm_config_defaults()).model)
+    load_ldm_checkpoint(net, tiny["ckpt"])
+    inject_lora(net.text_encoder, rank=2, alpha=2, targets=TEXT_ATTN_TARGETS)
+    rows = net.text_encoder.transformer.attach_token_rows(ids, "sks")
+    assert rows.name == "cond_stage_model.transformer.token_rows"
+    rng = np.random.default_rng(11)
+    for p in lora_parameters(net) + [rows]:
+        p.set_data(Tensor((0.5 * rng.standard_normal(p.shape)).astype(np.float32)))
+    path = save_lora(net, tmp_path / "ti.ckpt", base_checkpoint=tiny["ckpt"])
+    state = read_checkpoint(path)
+    assert json.loads(str(state[LORA_META_KEY]))["token_rows"]["ids"] == ids
+
+    prompt = ["一个红色的sks在左边"]
+    tok = pipe.tokenize(prompt)
+    assert all(i in tok[0] for i in ids)
+    want = net.text_encoder(Tensor(tok)).asnumpy()
+    table0 = pipe.model.text_encoder.transformer.embedding_table.asnumpy().copy()
+    for merge in (True, False):
+        entry = pipe.load_lora(path, merge=merge)
+        assert entry.parsed.token_rows[0] == ids and entry.parsed.token_rows[2] == "sks"
+        got = pipe.model.text_encoder(Tensor(tok)).asnumpy()
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), merge
+        table = pipe.model.text_encoder.transformer.embedding_table.asnumpy()
+        changed = np.nonzero(np.abs(table - table0).max(axis=1))[0].tolist()
+        assert changed == sorted(ids)                       # only the identifier's rows move
+        assert pipe.unload_lora() == 1
+        np.testing.assert_allclose(pipe.model.text_encoder.transformer.embedding_table.asnumpy(), table0,
+                                   rtol=0, atol=1e-6)
+
+    for name, edit, needle in (
+            ("wide.ckpt", lambda s, m: s.update({"cond_stage_model.transformer.token_rows": np.zeros((len(ids), 7),
+                                                                                                   np.float32)}),
+             "its token rows are"),
+            ("noids.ckpt", lambda s, m: m.pop("token_rows"), "have no ids")):
+        s = {k: v for k, v in state.items() if k != LORA_META_KEY}
+        meta = json.loads(str(state[LORA_META_KEY]))
+        edit(s, meta)
+        save_atomic(s, tmp_path / name, extra={LORA_META_KEY: json.dumps(meta)})
+        with pytest.raises(LoRAFileError, match=needle) as err:
+            pipe.load_lora(tmp_path / name)
+        assert "\n" not in str(err.value) and not pipe.loras
+    np.testing.assert_allclose(pipe.model.text_encoder.transformer.embedding_table.asnumpy(), table0, rtol=0,
+                               atol=1e-6)   # the refused files changed nothing

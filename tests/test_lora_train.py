@@ -135,3 +135,45 @@ def test_dreambooth_with_lora(tiny_base, tmp_path):
     trainer.fit(make)
     state = read_checkpoint(tmp_path / "out" / "lora.ckpt")
     assert state and all(".tk_delta_lora_" in n or n.startswith("meta.") for n in state)
+
+
+@pytest.mark.slow
+def test_dreambooth_lora_trains_the_identifiers_embedding_rows(tiny_base, tmp_path):
+    """dreambooth.train_token_rows: the identifier's rows train beside the LoRA (and nothing else of the
+    base), lora.ckpt carries them with their ids, and the pipeline applies them."""
+    import json
+
+    import mindspore as ms
+    from test_dreambooth import _instances
+
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.ldm.dreambooth_training import build_dreambooth_trainer, load_dreambooth_config, token_ids
+    from mind_diffusion.ldm.lora import LORA_META_KEY
+    from mind_diffusion.ldm.pipeline import LDMPipeline
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    inst = _instances(tmp_path / "inst", token="sks", n=3, captions=False)
+    cfg = load_dreambooth_config(TINY_CFG, {"train_data_path": str(inst), "class_word": "猫", "token": "sks",
+                                            "output_path": str(tmp_path / "out"), "enable_lora": True, "lora_rank": 2},
+                                 ["train.steps=3", "train.ckpt_every=3", "train.batch_size=2", "dreambooth.class_data=null",
+                                  "train.train_text_encoder=true", "dreambooth.train_token_rows=true",
+                                  "model.text_encoder.enable_lora=true", "train.start_learning_rate=1e-2",
+                                  f"init.checkpoint={tiny_base['ckpt']}", f"init.vocab={tiny_base['vocab']}"])
+    trainer, make = build_dreambooth_trainer(cfg, _rt(), progress=False)
+    names = {p.name for p in trainer.train_step.weights}
+    assert "cond_stage_model.transformer.token_rows" in names
+    assert all(".tk_delta_lora_" in n for n in names - {"cond_stage_model.transformer.token_rows"})
+    trainer.fit(make)
+    state = read_checkpoint(tmp_path / "out" / "lora.ckpt")
+    meta = json.loads(str(state.pop(LORA_META_KEY)))
+    rows = state["cond_stage_model.transformer.token_rows"]
+    pipe = LDMPipeline.from_pretrained(tmp_path / "out" / "model.yaml", tiny_base["ckpt"], vocab=tiny_base["vocab"])
+    ids = token_ids(pipe.tokenizer, "sks")
+    assert meta["token_rows"] == {"name": "cond_stage_model.transformer.token_rows", "ids": ids, "token": "sks"}
+    assert rows.shape[0] == len(ids) and (np.abs(rows).max(axis=1) > 0).all()   # every row moved
+    assert "cond_stage_model.transformer.token_rows" in read_checkpoint(tmp_path / "out" / "checkpoints" /
+                                                                       "step_0000003.ckpt")   # resumable
+    table0 = pipe.model.text_encoder.transformer.embedding_table.asnumpy().copy()
+    pipe.load_lora(tmp_path / "out" / "lora.ckpt")
+    table = pipe.model.text_encoder.transformer.embedding_table.asnumpy()
+    np.testing.assert_allclose(table[ids] - table0[ids], rows, atol=1e-6)

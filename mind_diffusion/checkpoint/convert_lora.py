@@ -77,6 +77,8 @@ class ParsedLoRA:
     format: str
     adapters: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # (ids, rows [k, width] float32, token text) of trained identifier embedding rows, or None
+    token_rows: tuple | None = None
 
 
 # ------------------------------------------------------------------------------ name table

@@ -35,6 +35,9 @@ def dreambooth_config_defaults() -> dict:
         # m the share of the cell inside the subject's mask (<stem>.mask.png beside the image, white =
         # subject, else its alpha channel); as diffusion.foreground_weight in GLIDE training
         "subject_weight": 0.0,
+        # with LoRA: also train the identifier's own embedding rows (textual inversion; they are new to
+        # the model, so a frozen text encoder only passes their untrained values on); saved in lora.ckpt
+        "train_token_rows": False,
     }
     return cfg
 

@@ -31,6 +31,8 @@ Here (``dreambooth:`` config section):
   (``sum(w * err^2) / sum(w)`` over the image), ``m`` the share of the cell's pixels inside the
   subject's mask (``<name>.mask.png`` beside the image, else its alpha channel): with a small subject
   on a plain background most of the plain loss is the background's;
+- ``train_token_rows`` (with LoRA and ``train.train_text_encoder``) also trains a delta on the
+  identifier's embedding rows (textual inversion), saved in the LoRA file;
 - LoRA (``train.enable_lora``) works here as in plain fine-tuning: only the LoRA weights train and the
   exports are LoRA-only files.
 """
@@ -376,7 +378,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     from ..text.factory import build_tokenizer
     from ..train.validate import check_number
     from .training import (build_train_model, check_ldm_train_config, compute_latent_cache,
-                           finish_ldm_trainer, latent_shape_of, make_batch_dataset, resolve_train_vocab)
+                           finish_ldm_trainer, latent_shape_of, lora_enabled, make_batch_dataset,
+                           resolve_train_vocab)
 
     t, d, db = cfg.train, cfg.data, cfg.dreambooth
     te_start = check_ldm_train_config(cfg, runtime, resume, overwrite)
@@ -418,7 +421,13 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     instance_weights = (subject_loss_weights(instance, latent_shape_of(cfg), float(db.subject_weight))
                         if subject_weighted else None)   # every mask read before anything is written
 
+    if db.train_token_rows and not (lora_enabled(cfg) and t.train_text_encoder):
+        raise DataError("dreambooth.train_token_rows trains the identifier's embedding rows beside a LoRA: set "
+                        "model.unet.enable_lora=true and train.train_text_encoder=true (a full fine-tune with the "
+                        "text encoder trains the whole embedding table already)")
     ldm = build_train_model(cfg, runtime)
+    if db.train_token_rows:
+        ldm.cond_stage_model.transformer.attach_token_rows(ids, str(db.token))   # trainable, zeros
     klass = None
     if with_prior:
         if runtime.rank == 0:
@@ -450,6 +459,7 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior, subject_weighted)
     what = (f"DreamBooth, {len(instance)} instance images (token {db.token!r})"
             + (f", subject cells weighted 1 + {float(db.subject_weight):g}" if subject_weighted else "")
+            + (f", the token's {len(ids)} embedding rows trained" if db.train_token_rows else "")
             + (f", prior preservation on {len(klass)} class images (weight {float(db.prior_loss_weight)})"
                if with_prior else ", no prior preservation"))
     trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, steps_per_epoch, te_start,

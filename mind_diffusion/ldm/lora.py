@@ -9,7 +9,10 @@ tk_delta_lora_a`` [rank, in], ``….tk_delta_lora_b`` [out, rank], fp32) plus on
 (``layer_alpha`` per layer when they differ), ``targets`` (layer-name suffixes), ``layers``,
 ``base_checkpoint`` (file name) and ``base_sha256`` (the full hex digest of the base
 checkpoint). Loaders that skip ``meta.*`` entries (ours, ``mindspore.load_param_into_net``
-after filtering) see exactly the original's layout.
+after filtering) see exactly the original's layout. A DreamBooth run that also trained the
+identifier's embedding rows (``dreambooth.train_token_rows``, textual inversion) adds
+``cond_stage_model.transformer.token_rows`` [k, width] with ``token_rows: {ids, token}`` in the
+JSON; loading adds them to those rows of the embedding table (exact, in either mode).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from .checkpoint import PREFIX_TEXT, PREFIX_UNET, split_checkpoint_state
 LORA_META_KEY = "meta.lora"
 LORA_FORMAT = "mind_diffusion-lora"
 LORA_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth")
+TOKEN_ROWS = "token_rows"   # ….transformer.token_rows [k, width]: trained embedding rows of the identifier
 
 
 _KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + UNET_CONV_TARGETS
@@ -69,7 +73,15 @@ def save_lora(network, path, *, base_checkpoint=None, base_sha256: str | None = 
             "base_sha256": base_sha256}
     if len(set(alphas.values())) > 1 or len(set(ranks.values())) > 1:
         meta["layer_alpha"] = alphas
-    return save_atomic(state, path, extra={LORA_META_KEY: json.dumps(meta)})
+    for cell in _token_row_cells(network):   # trained identifier rows (textual inversion)
+        state[prefix + cell.token_rows.name] = cell.token_rows.asnumpy().astype(np.float32)
+        meta["token_rows"] = {"name": prefix + cell.token_rows.name, "ids": list(cell.token_row_ids),
+                              "token": cell.token_row_text}
+    return save_atomic(state, path, extra={LORA_META_KEY: json.dumps(meta, ensure_ascii=False)})
+
+
+def _token_row_cells(network) -> list:
+    return [c for _, c in network.cells_and_names() if getattr(c, "has_token_rows", False)]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -104,6 +116,9 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
             raise LoRAFileError(f"LoRA {path}: its {LORA_META_KEY} entry is not valid JSON") from None
     state = {k: v for k, v in state.items() if not k.startswith("meta.")}
     model, _ignored = split_checkpoint_state(state)   # optimizer moments of a training checkpoint
+    rows = [k for k in model if k.endswith("." + TOKEN_ROWS)]
+    if rows:   # our identifier embedding rows: not a LoRA layer, applied to the embedding table
+        meta[TOKEN_ROWS] = {k: np.asarray(model.pop(k), np.float32) for k in rows}
     return model, meta
 
 
@@ -129,13 +144,51 @@ def model_lora_table(model, model_cfg) -> dict:
 
 
 def read_lora(path, model, model_cfg) -> ParsedLoRA:
-    """Read a LoRA file of any supported format as adapters on ``model``'s layers; one-line
-    ``LoRAFileError`` for a missing, unreadable or foreign file."""
+    """Read a LoRA file of any supported format as adapters on ``model``'s layers (and our files'
+    identifier embedding rows as ``token_rows``); one-line ``LoRAFileError`` for a missing,
+    unreadable or foreign file."""
     p = check_lora_path(path)
     state, meta = _read_tensors(p)
+    rows = meta.pop(TOKEN_ROWS, None)
     unet_cfg = to_plain(model_cfg)["unet"]
-    return parse_lora(state, model_lora_table(model, model_cfg), str(p), meta=meta,
-                      default_alpha=float(unet_cfg.get("lora_alpha", 4.0)))
+    parsed = parse_lora(state, model_lora_table(model, model_cfg), str(p), meta=meta,
+                        default_alpha=float(unet_cfg.get("lora_alpha", 4.0)))
+    if rows:
+        parsed.token_rows = _check_token_rows(rows, meta, model, p)
+    return parsed
+
+
+def _check_token_rows(rows: dict, meta: dict, model, path: Path) -> tuple:
+    """(ids, rows, token) of a file's ``….token_rows``, checked against the model's embedding table."""
+    info = (meta.get("lora") or {}).get("token_rows") if isinstance(meta.get("lora"), dict) else None
+    if len(rows) != 1 or not isinstance(info, dict) or not isinstance(info.get("ids"), list):
+        raise LoRAFileError(f"LoRA {path}: its token rows ({', '.join(rows)}) have no ids in {LORA_META_KEY}; "
+                            f"the file is damaged or not one this suite wrote")
+    name, arr = next(iter(rows.items()))
+    table_name = name[: -len(TOKEN_ROWS)] + "embedding_table"
+    table = _params(model).get(table_name)
+    ids = [int(i) for i in info["ids"]]
+    if table is None:
+        raise LoRAFileError(f"LoRA {path} was made for another model: it trains embedding rows of {table_name}, "
+                            f"which this one does not have")
+    vocab, width = table.shape
+    if arr.ndim != 2 or arr.shape != (len(ids), width) or not ids or min(ids) < 0 or max(ids) >= vocab:
+        raise LoRAFileError(f"LoRA {path} was made for another base model: its token rows are {list(arr.shape)} "
+                            f"for ids {ids}, this text encoder's embedding table is {[vocab, width]}")
+    return ids, arr.astype(np.float32), str(info.get("token", ""))
+
+
+def add_token_rows(model, parsed: ParsedLoRA, weight: float) -> None:
+    """``embedding_table[ids] += weight * rows`` for a LoRA file's identifier rows (float64, rounded
+    once; ``-weight`` undoes it). Exact in either LoRA mode: the table is looked up, not multiplied."""
+    if parsed.token_rows is None:
+        return
+    ids, rows, _ = parsed.token_rows
+    table = _params(model)[PREFIX_TEXT + "embedding_table"]
+    w = table.asnumpy()
+    t = w.astype(np.float64)
+    t[ids] += float(weight) * rows
+    table.set_data(Tensor(t.astype(w.dtype)))
 
 
 # ------------------------------------------------------------------------------ applying
@@ -295,4 +348,5 @@ def apply_lora_specs(pipe, specs, mode: str = "merge") -> None:
         entry = pipe.load_lora(path, weight, merge=mode == "merge")
         p = entry.parsed
         print(f"LoRA {path.name} ({p.format}, {len(p.adapters)} layers, weight {weight:g}, "
-              f"{'merged' if entry.merged else 'separate'})")
+              f"{'merged' if entry.merged else 'separate'}"
+              + (f"; embedding rows of the token {p.token_rows[2]!r}" if p.token_rows else "") + ")")

@@ -38,8 +38,8 @@ from ..utils.prompts import prompt_list
 from .checkpoint import load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .editing import ConcatUNet, LDMEditing, LatentEncoder
-from .lora import (LoadedLoRA, add_to_weights, attach_separate, base_mismatch_note, check_lora_weight,
-                   read_lora)
+from .lora import (LoadedLoRA, add_to_weights, add_token_rows, attach_separate, base_mismatch_note,
+                   check_lora_weight, read_lora)
 from .model import LatentDiffusion, build_ldm, is_inpaint_unet, size_multiple
 
 SAMPLERS = ("dpm_solver", "plms", "ddim", "ddpm")
@@ -186,6 +186,7 @@ class LDMPipeline(LDMEditing):
                 self.loras.pop()
                 self._attach_separate()
                 raise
+        add_token_rows(self.model, parsed, weight)   # the identifier's trained embedding rows, if any
         return entry
 
     def unload_lora(self, path=None) -> int:
@@ -201,6 +202,7 @@ class LDMPipeline(LDMEditing):
         for e in drop:
             if e.merged:
                 add_to_weights(self.model, e.parsed.adapters, -e.weight)
+            add_token_rows(self.model, e.parsed, -e.weight)
         self.loras = keep
         if any(not e.merged for e in drop):
             self._attach_separate()

@@ -159,10 +159,32 @@ class TextEncoder(nn.Cell):
         self.ln_final = LayerNorm(width, eps=ln_eps)
         self.transformer_layer = Transformer(width, layers, heads, ln_eps)
         self.attn_mask = Tensor(causal_mask(context_length))
+        self.has_token_rows = False
+        self.token_row_ids: list = []
+        self.token_row_text = ""
+
+    def attach_token_rows(self, ids, text: str = "") -> Parameter:
+        """A trainable ``token_rows`` [k, width] (zeros) added to the embedding rows of ``ids`` (the
+        identifier's k token ids; textual inversion beside a LoRA); the table itself stays as it is.
+        Returns the new Parameter. ``merge_token_rows`` adds trained rows into a table instead."""
+        ids = [int(i) for i in ids]
+        if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= self.vocab_size:
+            raise ValueError(f"token rows need distinct ids in [0, {self.vocab_size}), got {ids}")
+        prefix = self.embedding_table.name[: -len("embedding_table")]   # where this cell sits in the model
+        self.token_rows = Parameter(Tensor(np.zeros((len(ids), self.width), np.float32)), name="token_rows")
+        self.token_rows.name = prefix + "token_rows"   # setattr on a built cell does not prefix it
+        self.token_row_index = Tensor(np.asarray(ids, np.int32))
+        self.token_row_ids, self.token_row_text = ids, str(text)
+        self.has_token_rows = True
+        return self.token_rows
 
     def construct(self, ids):
         n = ids.shape[1]
         x = ops.gather(self.embedding_table, ids, 0)                       # (B, L, C)
+        if self.has_token_rows:  # fixed when the graph is built
+            hit = ops.cast(ops.equal(ops.cast(ids, ms.int32).reshape(-1, 1), self.token_row_index.reshape(1, -1)),
+                           x.dtype)
+            x = x + ops.matmul(hit, ops.cast(self.token_rows, x.dtype)).reshape(x.shape)
         x = x + self.positional_embedding[:n]
         x = self.transformer_layer(x, self.attn_mask[:n, :n])
         return self.ln_final(x)
