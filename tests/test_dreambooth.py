@@ -413,8 +413,10 @@ def test_training_config_lora_choice_survives_the_base_models_sections():
         pytest.skip("models/shapes_zh is not in this checkout")
     cfg = load_dreambooth_config(root / "configs/shapes/lora.yaml", {}, [], root / "models/shapes_zh")
     model = cfg["model"] if isinstance(cfg, dict) else cfg.model
-    assert model["unet"]["enable_lora"] and model["unet"]["lora_rank"] == 8
-    assert model["text_encoder"]["enable_lora"] and model["text_encoder"]["lora_rank"] == 4
+    assert model["unet"]["enable_lora"] and model["unet"]["lora_rank"] == 7
+    assert model["text_encoder"]["enable_lora"] and model["text_encoder"]["lora_rank"] == 8
+    assert list(model["text_encoder"]["lora_targets"]) == ["attn.attn.in_proj", "attn.attn.out_proj", "c_fc", "c_proj"]
+    assert cfg.dreambooth.train_token_rows
     assert model["text_encoder"]["width"] == 128          # the rest is the base model's
     plain = load_dreambooth_config(root / "configs/shapes/dreambooth.yaml", {}, [], root / "models/shapes_zh")
     pm = plain["model"] if isinstance(plain, dict) else plain.model

@@ -551,7 +551,9 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
                     f"trained from step {te_start}" if te_start else "trained")
         n_train = sum(int(np.prod(p.shape)) for p in params)
         print(f"[mind_diffusion] LDM: {what}, {len(params)} trainable tensors / {n_train:,} parameters"
-              + (" (LoRA only: UNet, text encoder and VAE frozen), " if lora else
+              + ((" (LoRA only" if all(".tk_delta_lora_" in p.name for p in params) else " (LoRA and "
+                  + ", ".join(p.name.rsplit(".", 1)[-1] for p in params if ".tk_delta_lora_" not in p.name))
+                 + ": UNet, text encoder and VAE frozen), " if lora else
                  f" (text encoder {te_state}, VAE frozen), ")
               + f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
               f"-> {out}", flush=True)
