@@ -166,7 +166,8 @@ class TextEncoder(nn.Cell):
     def attach_token_rows(self, ids, text: str = "") -> Parameter:
         """A trainable ``token_rows`` [k, width] (zeros) added to the embedding rows of ``ids`` (the
         identifier's k token ids; textual inversion beside a LoRA); the table itself stays as it is.
-        Returns the new Parameter. ``merge_token_rows`` adds trained rows into a table instead."""
+        Returns the new Parameter. At inference ``mind_diffusion.ldm.lora.add_token_rows`` adds the
+        trained rows into the table instead."""
         ids = [int(i) for i in ids]
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= self.vocab_size:
             raise ValueError(f"token rows need distinct ids in [0, {self.vocab_size}), got {ids}")
