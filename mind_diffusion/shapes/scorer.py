@@ -107,15 +107,15 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _notch_depths(contour, area: float) -> list[float]:
+def _notch_depths(contour, hull_idx, area: float) -> list[float]:
     """The five deepest convexity defects of the outline (depth of each notch below the convex
-    hull), deepest first, in units of sqrt(area); zeros when there are fewer."""
+    hull given as contour indices), deepest first, in units of sqrt(area); zeros when there are
+    fewer."""
     import cv2
 
     depths: list[float] = []
     try:
-        hull = cv2.convexHull(contour, returnPoints=False)
-        defects = cv2.convexityDefects(contour, hull)
+        defects = cv2.convexityDefects(contour, hull_idx)
         if defects is not None:
             depths = sorted((defects[:, 0, 3] / 256.0).tolist(), reverse=True)
     except cv2.error:  # a self-intersecting or degenerate outline: no notches
@@ -127,8 +127,8 @@ def _notch_depths(contour, area: float) -> list[float]:
 def _shape_of(contour, area: float) -> tuple:
     import cv2
 
-    hull = cv2.convexHull(contour)
-    hull_area = max(cv2.contourArea(hull), 1e-6)
+    hull_idx = cv2.convexHull(contour, returnPoints=False)   # indices: the notches need them too
+    hull_area = max(cv2.contourArea(contour[hull_idx[:, 0]]), 1e-6)
     solidity = area / hull_area
     (_, _), radius = cv2.minEnclosingCircle(contour)
     fill_circle = area / max(np.pi * radius * radius, 1e-6)
@@ -139,7 +139,7 @@ def _shape_of(contour, area: float) -> tuple:
     except cv2.error:
         tri_area = 0.0
     fill_tri = area / max(tri_area, 1e-6) if tri_area > 0 else 0.0
-    notches = _notch_depths(contour, area)
+    notches = _notch_depths(contour, hull_idx, area)
     feats = {"solidity": float(solidity), "fill_circle": float(fill_circle), "fill_rect": float(fill_rect),
              "fill_triangle": float(fill_tri), "notch4": notches[3], "notch5": notches[4]}
     if solidity < STAR_SOLIDITY:
