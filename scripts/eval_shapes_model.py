@@ -88,7 +88,7 @@ def main(argv=None):
             label_grid(images, [r["prompt"] for r in rows]).save(out / f"grid_{split}.png")
         (out / "adherence.md").write_text(markdown(table, settings), encoding="utf-8")
         with open(out / "adherence.csv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=["split", "prompt", "seed", *KEYS])
+            w = csv.DictWriter(fh, fieldnames=["split", "prompt", "seed", *KEYS, "detected"])
             w.writeheader()
             w.writerows(all_rows)
         print(f"wrote {out / 'adherence.md'}, adherence.csv and grid PNGs")

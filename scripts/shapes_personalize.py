@@ -10,8 +10,9 @@ place the cross was never shown in, scores them with the shapes scorer (shape = 
 new_shape.md (table), new_shape.csv and grid_new_shape.png into --out; --seen adds a row (and
 grid_seen.png) for the instance images' own colour x place pairs (learned vs carried over); --heldout
 adds the model's original held-out / seen adherence table (scripts/eval_shapes_model.py's prompts and
-seeds), with adherence.csv (what every image was read as) and grid_heldout.png / grid_train.png. --token is the text the instance captions put where the shape word goes (e.g. sks, or sks形
-with the class word).
+seeds), with adherence.csv (what every image was read as) and grid_heldout.png / grid_train.png.
+--token is the text the instance captions put where the shape word goes (e.g. sks, or sks形 with the
+class word).
 """
 import argparse
 import csv
@@ -87,7 +88,6 @@ def evaluate(args):
         table["new shape, the instances' colour x place"] = rates(seen_rows)
         label_grid(seen_images, [r["prompt"] for r in seen_rows], ncol=args.per_prompt).save(out / "grid_seen.png")
     if args.heldout:
-        from mind_diffusion.shapes.scorer import score
         from mind_diffusion.shapes.world import eval_prompts
 
         splits = (("heldout", "held-out combinations"), ("train", "seen combinations"))
@@ -95,8 +95,7 @@ def evaluate(args):
         for split, name in splits[:1 if args.no_seen else 2]:
             r, imgs = eval_adherence(generate, eval_prompts(split, 16), 4, 1000)
             table[name] = rates(r)
-            adherence_rows += [{"split": split, **row, "detected": score(img, row["prompt"])["details"][0]["detected"]}
-                               for row, img in zip(r, imgs)]
+            adherence_rows += [{"split": split, **row} for row in r]
             label_grid(imgs, [row["prompt"] for row in r], ncol=8).save(out / f"grid_{split}.png")
         with open(out / "adherence.csv", "w", newline="", encoding="utf-8") as fh:  # what each image was read as
             w = csv.DictWriter(fh, fieldnames=list(adherence_rows[0]))

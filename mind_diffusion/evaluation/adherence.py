@@ -11,8 +11,9 @@ KEYS = ("colour", "shape", "position", "all")
 
 
 def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progress: bool = True) -> tuple:
-    """(rows [{prompt, seed, colour, shape, position, all}], images) for ``per_prompt`` images
-    of every prompt;
+    """(rows [{prompt, seed, colour, shape, position, all, detected}], images) for ``per_prompt``
+    images of every prompt (``detected``: the scorer's (colour, shape, place) reading of the
+    prompt's first object);
     image j of prompt i uses seed ``seed + i * per_prompt + j`` (regenerate any one alone)."""
     from ..shapes.scorer import score
 
@@ -23,7 +24,8 @@ def evaluate(pipe, prompts, per_prompt: int, seed: int, batch: int = 16, progres
         imgs = pipe(prompts[s:s + batch], seed=seed + s, progress=progress)
         for k, (p, img) in enumerate(zip(prompts[s:s + batch], imgs)):
             r = score(img, p)
-            rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS}})
+            rows.append({"prompt": p, "seed": seed + s + k, **{key: bool(r[key]) for key in KEYS},
+                         "detected": r["details"][0]["detected"] if r["details"] else None})
             images.append(img)
     return rows, images
 
