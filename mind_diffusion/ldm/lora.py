@@ -37,6 +37,7 @@ LORA_META_KEY = "meta.lora"
 LORA_FORMAT = "mind_diffusion-lora"
 LORA_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth")
 TOKEN_ROWS = "token_rows"   # ….transformer.token_rows [k, width]: trained embedding rows of the identifier
+EMBEDDING_TABLE = PREFIX_TEXT + "embedding_table"   # where token rows are added
 
 
 _KNOWN_TARGETS = sorted(UNET_ATTN_TARGETS + UNET_FF_TARGETS + UNET_PROJ_TARGETS + UNET_CONV_TARGETS
@@ -165,12 +166,11 @@ def _check_token_rows(rows: dict, meta: dict, model, path: Path) -> tuple:
         raise LoRAFileError(f"LoRA {path}: its token rows ({', '.join(rows)}) have no ids in {LORA_META_KEY}; "
                             f"the file is damaged or not one this suite wrote")
     name, arr = next(iter(rows.items()))
-    table_name = name[: -len(TOKEN_ROWS)] + "embedding_table"
-    table = _params(model).get(table_name)
+    table = _params(model).get(EMBEDDING_TABLE)
     ids = [int(i) for i in info["ids"]]
-    if table is None:
-        raise LoRAFileError(f"LoRA {path} was made for another model: it trains embedding rows of {table_name}, "
-                            f"which this one does not have")
+    if name != PREFIX_TEXT + TOKEN_ROWS or table is None:
+        raise LoRAFileError(f"LoRA {path} was made for another model: it trains embedding rows ({name}) of a "
+                            f"text encoder this one does not have ({EMBEDDING_TABLE})")
     vocab, width = table.shape
     if arr.ndim != 2 or arr.shape != (len(ids), width) or not ids or min(ids) < 0 or max(ids) >= vocab:
         raise LoRAFileError(f"LoRA {path} was made for another base model: its token rows are {list(arr.shape)} "
@@ -184,7 +184,7 @@ def add_token_rows(model, parsed: ParsedLoRA, weight: float) -> None:
     if parsed.token_rows is None:
         return
     ids, rows, _ = parsed.token_rows
-    table = _params(model)[PREFIX_TEXT + "embedding_table"]
+    table = _params(model)[EMBEDDING_TABLE]
     w = table.asnumpy()
     t = w.astype(np.float64)
     t[ids] += float(weight) * rows
