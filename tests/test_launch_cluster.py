@@ -240,15 +240,10 @@ def test_dreambooth_msrun_two_workers_match_one_process(tmp_path):
     from PIL import Image
 
     from ldm_tiny import make_tiny_model_dir
-    from mind_diffusion.shapes.personalize import write_instances
+    from test_dreambooth import _instances
 
     make_tiny_model_dir(tmp_path / "base", SHARED)
-    write_instances(tmp_path / "inst", token="sks")
-    for k in range(3, 5):  # 3 instances captioned "sks猫"
-        for q in (tmp_path / "inst").glob(f"cross_{k}.*"):
-            q.unlink()
-    for q in (tmp_path / "inst").glob("*.txt"):
-        q.unlink()
+    _instances(tmp_path / "inst", token="sks", n=3, captions=False)  # 3 instances captioned "sks猫"
     cls = tmp_path / "cls"  # a full class folder: nothing to generate
     cls.mkdir()
     for k in range(3):

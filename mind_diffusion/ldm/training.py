@@ -550,11 +550,10 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
         te_state = ("frozen" if not trains_text_encoder(cfg) else
                     f"trained from step {te_start}" if te_start else "trained")
         n_train = sum(int(np.prod(p.shape)) for p in params)
-        print(f"[mind_diffusion] LDM: {what}, {len(params)} trainable tensors / {n_train:,} parameters"
-              + ((" (LoRA only" if all(".tk_delta_lora_" in p.name for p in params) else " (LoRA and "
-                  + ", ".join(p.name.rsplit(".", 1)[-1] for p in params if ".tk_delta_lora_" not in p.name))
-                 + ": UNet, text encoder and VAE frozen), " if lora else
-                 f" (text encoder {te_state}, VAE frozen), ")
+        others = [p.name.rsplit(".", 1)[-1] for p in params if ".tk_delta_lora_" not in p.name]  # e.g. token_rows
+        frozen = (f" (LoRA {'and ' + ', '.join(others) if others else 'only'}: UNet, text encoder and VAE frozen), "
+                  if lora else f" (text encoder {te_state}, VAE frozen), ")
+        print(f"[mind_diffusion] LDM: {what}, {len(params)} trainable tensors / {n_train:,} parameters" + frozen
               + f"{total} steps, global batch {source.global_batch} ({source.describe_global_batch()}) "
               f"-> {out}", flush=True)
     return trainer
