@@ -40,10 +40,10 @@ def data(args):
           f"{out / 'world'} and {out / 'class_prompts.txt'}")
 
 
-def load_pipe(args, rt):
+def model_files(args):
+    """(config, checkpoint) of --model / --ckpt, each checked to exist."""
     from mind_diffusion.config import load_config
     from mind_diffusion.ldm.config import ldm_config_defaults
-    from mind_diffusion.ldm.pipeline import LDMPipeline
 
     model = Path(args.model)
     cfg = next((model / n for n in ("model.yaml", "config.yaml") if (model / n).is_file()), None)
@@ -53,6 +53,13 @@ def load_pipe(args, rt):
     ckpt = model / (args.ckpt or str(load_config(cfg, [], ldm_config_defaults()).checkpoint.name))
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt} (--ckpt is a file name inside --model)")
+    return cfg, ckpt
+
+
+def load_pipe(args, rt):
+    from mind_diffusion.ldm.pipeline import LDMPipeline
+
+    cfg, ckpt = model_files(args)
     pipe = LDMPipeline.from_pretrained(cfg, ckpt, compute_dtype=rt.precision.ms_dtype())
     for spec in args.lora:
         from mind_diffusion.ldm.lora import parse_lora_arg
@@ -60,6 +67,23 @@ def load_pipe(args, rt):
         path, weight = parse_lora_arg(spec)
         pipe.load_lora(path, weight)
     return pipe, ckpt
+
+
+def sampling_settings(args) -> dict:
+    """The sampler, steps and guidance scale every table runs with: the flags, else the model's config;
+    a bad value is one line before anything is loaded or written."""
+    from mind_diffusion.config import load_config
+    from mind_diffusion.ldm.config import ldm_config_defaults
+    from mind_diffusion.ldm.pipeline import LDMPipeline
+
+    cfg = load_config(model_files(args)[0], [], ldm_config_defaults())
+    s = cfg.sampling
+    sampling = {"sampler": args.sampler or str(s.sampler),
+                "num_inference_steps": args.steps if args.steps is not None else int(s.num_inference_steps),
+                "guidance_scale": args.scale if args.scale is not None else float(s.guidance_scale)}
+    LDMPipeline.check_inputs(cfg, "x", **sampling, flags={"sampler": "--sampler", "num_inference_steps": "--steps",
+                                                          "guidance_scale": "--scale"})
+    return sampling
 
 
 def evaluate(args):
@@ -71,16 +95,17 @@ def evaluate(args):
 
     if args.per_prompt < 1:
         raise ValueError(f"--per_prompt must be >= 1, got {args.per_prompt}")
+    sampling = sampling_settings(args)
     rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
     pipe, ckpt = load_pipe(args, rt)
     out = check_output_dir(args.out)
 
     def generate(prompts, seed, progress=False):
-        return pipe(prompts, seed=seed, progress=False).images
+        return pipe(prompts, seed=seed, progress=False, **sampling).images
 
     settings = {"model": str(ckpt), "lora": list(args.lora), "token": args.token, "per_prompt": args.per_prompt,
-                "seed": args.seed, "sampler": str(pipe.cfg.sampling.sampler),
-                "steps": int(pipe.cfg.sampling.num_inference_steps), "scale": float(pipe.cfg.sampling.guidance_scale)}
+                "seed": args.seed, "sampler": sampling["sampler"], "steps": sampling["num_inference_steps"],
+                "scale": sampling["guidance_scale"]}
     rows, images = evaluate_new_shape(generate, args.token, args.per_prompt, args.seed)
     table = {"new shape, unseen colour x place": rates(rows)}
     if args.seen:
@@ -132,6 +157,10 @@ def main(argv=None):
     e.add_argument("--seen", action="store_true", help="also the instances' own colour x place prompts "
                    "(how well the instances were learned; grid_seen.png)")
     e.add_argument("--heldout", action="store_true", help="also the original held-out / seen adherence table")
+    e.add_argument("--sampler", default=None, help="sampler (default: the model's)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    e.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's; applies "
+                   "to every table, the held-out one included)")
     e.add_argument("--no_seen", action="store_true", help="with --heldout: the held-out row only")
     from mind_diffusion.runtime import add_runtime_args
 

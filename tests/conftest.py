@@ -32,6 +32,16 @@ def ms_mode(request):
 
 
 @pytest.fixture
+def graph_mode():
+    """Run a test in GRAPH_MODE (the scripts' default), then back to the default PYNATIVE_MODE."""
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture
 def shared_dir():
     if not SHARED.is_dir():
         pytest.skip(f"../shared not found at {SHARED} (reference data lives beside the repo in CI)")

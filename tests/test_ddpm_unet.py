@@ -31,13 +31,6 @@ except RuntimeError:   # runtime already started by an earlier module without se
     pass
 
 
-@pytest.fixture
-def graph_mode():
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-
-
 def _inputs(seed=0, batch=4, channels=3, size=16):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)

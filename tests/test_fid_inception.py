@@ -318,15 +318,6 @@ def test_missing_weights_message(monkeypatch):
 BATCH = 4  # every real-weight graph-mode call uses N = 4: one compiled graph for the module
 
 
-@pytest.fixture
-def graph_mode():
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-
-
 @needs_weights
 def test_folder_features_mixed_inputs(real_net, photos, tmp_path, graph_mode):
     from PIL import Image

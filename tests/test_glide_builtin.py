@@ -357,8 +357,8 @@ def test_shipped_sr_model_loads_strictly_and_keeps_held_out_renders(tmp_path, ca
 
 def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, capsys):
     """models/glide_shapes/glide_gen.ckpt (the shipped base): strict load into the shipped config's network;
-    its first batch of the model card's evaluation (4 held-out prompts x 2 seeds at the default settings,
-    `eval/adherence.csv`) comes out with the same 64 px verdicts (all 8 on the machine that wrote the card; at
+    the first images of the model card's evaluation (2 held-out prompts x 2 seeds at the default settings,
+    `eval/adherence.csv`) come out with the same 64 px verdicts (all 4 on the machine that wrote the card; at
     most one image may differ elsewhere), and the model follows the colour of most of them (chance: 1 in 8)."""
     import csv
     import json
@@ -371,10 +371,10 @@ def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, cap
     assert record["glide_gen.ckpt"]["bytes"] == (BUILTIN_REAL / "glide_gen.ckpt").stat().st_size
     cfg = B.read_yaml(BUILTIN_REAL / "config.yaml")
     load_glide_checkpoint(build_glide_base(dict(cfg["model"]["base"])), BUILTIN_REAL / "glide_gen.ckpt", "base")
-    card = list(csv.DictReader(open(BUILTIN_REAL / "eval" / "adherence.csv", encoding="utf-8")))[:8]
+    card = list(csv.DictReader(open(BUILTIN_REAL / "eval" / "adherence.csv", encoding="utf-8")))[:4]
     out = tmp_path / "eval"
-    rc = main(["--model", str(BUILTIN_REAL), "--stages", "64", "--n_heldout", "4", "--n_seen", "0",
-               "--per_prompt", "2", "--batch", "8", "--out", str(out), "--device_target", "CPU"])
+    rc = main(["--model", str(BUILTIN_REAL), "--stages", "64", "--n_heldout", "2", "--n_seen", "0",
+               "--per_prompt", "2", "--batch", "4", "--out", str(out), "--device_target", "CPU"])
     assert rc == 0, capsys.readouterr().err[-2000:]
     rows = list(csv.DictReader(open(out / "adherence.csv", encoding="utf-8")))
     assert [(r["prompt"], r["seed"]) for r in rows] == [(r["prompt"], r["seed"]) for r in card]
@@ -382,4 +382,4 @@ def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, cap
     keys = ("colour@64", "shape@64", "position@64")
     differ = [i for i, (r, c) in enumerate(zip(rows, card)) if any(r[k] != c[k] for k in keys)]
     assert len(differ) <= 1, (differ, rows, card)
-    assert sum(r["colour@64"] == "True" for r in rows) >= 5
+    assert sum(r["colour@64"] == "True" for r in rows) >= 3

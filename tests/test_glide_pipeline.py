@@ -24,15 +24,6 @@ def make_pipe(tiny_dir, stages=1024, **kw):
                                          tokenizer=tiny_dir / "cog-pretrain.model", stages=stages, **kw)
 
 
-@pytest.fixture
-def graph_mode():
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_dir):
     """One pipeline for the graph-mode tests (each compiled shape is compiled once)."""

@@ -177,13 +177,20 @@ def _glide(glide_dir, stages=64):
                                          tokenizer=glide_dir / "cog-pretrain.model", stages=stages)
 
 
+@pytest.fixture(scope="module")
+def glide_base(glide_dir):
+    """One base-stage pipeline for the GLIDE sampling tests, which run in graph mode (the scripts'
+    default), so its step is compiled once for all of them."""
+    return _glide(glide_dir)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver", "plms"])
-def test_glide_base_stage_with_other_samplers(glide_dir, sampler):
-    """The base stage by name: deterministic samplers are reproducible, differ from ancestral
-    sampling, and a DPM-Solver run with the same eps model lands near a long DDIM run."""
+def test_glide_base_stage_with_other_samplers(glide_base, graph_mode, sampler):
+    """The base stage by name: deterministic samplers are reproducible and differ from ancestral
+    sampling."""
     from mind_diffusion.utils.output import DiffusionOutput
 
-    pipe = _glide(glide_dir)
+    pipe = glide_base
     kw = dict(num_images_per_prompt=2, seed=4, output_type="np", progress=False)
     out = pipe("一只可爱的猫坐在草地上", num_inference_steps=6, sampler=sampler, uncond="empty", **kw)
     assert isinstance(out, DiffusionOutput) and list(out) == [64]
@@ -195,8 +202,8 @@ def test_glide_base_stage_with_other_samplers(glide_dir, sampler):
     assert out.seeds == [4, 5] and out.prompts == ["一只可爱的猫坐在草地上"] * 2
 
 
-def test_glide_negative_prompt_is_the_unconditional_text(glide_dir):
-    pipe = _glide(glide_dir)
+def test_glide_negative_prompt_is_the_unconditional_text(glide_base, graph_mode):
+    pipe = glide_base
     seen = []
     real = pipe._base_step
 
@@ -217,16 +224,16 @@ def test_glide_negative_prompt_is_the_unconditional_text(glide_dir):
     assert np.abs(neg.images - plain.images).max() > 1e-3
 
 
-def test_glide_callback_sees_every_base_step(glide_dir):
-    pipe = _glide(glide_dir)
+def test_glide_callback_sees_every_base_step(glide_base, graph_mode):
+    pipe = glide_base
     steps = []
     pipe("一只可爱的猫坐在草地上", num_images_per_prompt=1, num_inference_steps=3, seed=0,
          progress=False, sampler="ddim", callback=lambda i, t, x, x0: steps.append((i, t)))
     assert [i for i, _ in steps] == [0, 1, 2]
 
 
-def test_glide_size_and_sampler_errors(glide_dir):
-    pipe = _glide(glide_dir)
+def test_glide_size_and_sampler_errors(glide_base, graph_mode):
+    pipe = glide_base
     with pytest.raises(ValueError, match="fixed by its checkpoint"):
         pipe("猫", height=32)
     with pytest.raises(ValueError, match="unknown sampler"):

@@ -36,12 +36,19 @@ def _train(tmp, steps, resume=None, extra=()):
     return train_ddpm(cfg, _rt(), resume=resume, progress=False)
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted 6-step run the resume tests compare against (trained once per module)."""
+    out = tmp_path_factory.mktemp("ddpm_straight")
+    _train(out, 6)
+    return out
+
+
+def test_resume_is_exact(tmp_path, straight):
     """2N steps straight == N steps, stop, resume, N more (model, EMA, Adam moments)."""
-    _train(tmp_path / "straight", 6)
     _train(tmp_path / "split", 3)
     _train(tmp_path / "split", 6, resume="auto")
-    a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000006.ckpt")
+    a = read_checkpoint(straight / "checkpoints" / "step_0000006.ckpt")
     b = read_checkpoint(tmp_path / "split" / "checkpoints" / "step_0000006.ckpt")
     assert set(a) == set(b)
     assert any(k.startswith("ema.") for k in a) and any(k.startswith("moment1.") for k in a)
@@ -56,7 +63,7 @@ def test_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(ema["init_conv.weight"], b["ema.init_conv.weight"])
 
 
-def test_resume_from_an_earlier_checkpoint_drops_the_lost_rows(tmp_path):
+def test_resume_from_an_earlier_checkpoint_drops_the_lost_rows(tmp_path, straight):
     """A run killed between checkpoints logged steps it then loses; resumed from the earlier checkpoint,
     the log keeps each step once, with the losses of the steps as retrained (== an uninterrupted run)."""
     run = tmp_path / "r"
@@ -64,20 +71,18 @@ def test_resume_from_an_earlier_checkpoint_drops_the_lost_rows(tmp_path):
     _train(run, 5, resume="auto")  # logs 4, 5; stands for the segment lost with the killed process
     (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "not-a-step,x\n")
     _train(run, 6, resume=str(run / "checkpoints" / "step_0000003.ckpt"))
-    _train(tmp_path / "straight", 6)
 
     def losses(d):
         return [r.split(",")[:2] for r in (d / "metrics.csv").read_text().strip().splitlines()[1:]]
 
     got = losses(run)
     assert [r[0] for r in got] == ["1", "2", "3", "not-a-step", "4", "5", "6"]  # foreign lines are left alone
-    assert [r for r in got if r[0] != "not-a-step"] == losses(tmp_path / "straight")
+    assert [r for r in got if r[0] != "not-a-step"] == losses(straight)
 
 
-def test_resume_rejects_model_only_checkpoint(tmp_path):
-    _train(tmp_path / "r", 1)
+def test_resume_rejects_model_only_checkpoint(tmp_path, straight):
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
-        _train(tmp_path / "r", 2, resume=str(tmp_path / "r" / "model_ema.ckpt"))
+        _train(tmp_path / "r", 2, resume=str(straight / "model_ema.ckpt"))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         _train(tmp_path / "fresh", 2, resume="auto")
 
