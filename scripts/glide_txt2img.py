@@ -145,8 +145,13 @@ def main(argv=None):
 
         from mind_diffusion.runtime import cli_options, init_runtime
 
+        # the compile-cache key: what decides the graphs (the config, the stages, the batch of each call),
+        # not the prompt, seed, sampler, steps, guidance scale or output folder, which reach the graphs as
+        # tensor inputs or stay in numpy (tests/test_compile_cache.py checks a cached run against a fresh one)
+        key = {"task": "glide_txt2img", "config": cfg, "stages": stages,
+               "batches": [n for _, n in chunks(a["num_images_per_prompt"], IMAGES_PER_CALL)]}
         rt = init_runtime(args.device_target, args.mode, seed=seed, precision=args.precision,
-                          **cli_options(args))
+                          cache_key=key, **cli_options(args))
         t0 = time.time()
         pipe = GlidePipeline.from_pretrained(cfg, ckpts.get(64), ckpts.get(256), ckpts.get(1024),
                                              tokenizer=tokenizer, stages=stages,

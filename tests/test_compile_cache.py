@@ -1,7 +1,7 @@
 """The graph compile cache (mind_diffusion/compile_cache.py): where it lives, what its key holds,
 atomic publication when two runs race, and end to end on the tiny model: a second run loads the
 graphs the first one wrote (files untouched) and writes bit-identical images; two runs at once
-leave one complete key folder."""
+leave one complete key folder; image edits of other inputs reuse the graphs and equal fresh ones."""
 from __future__ import annotations
 
 import os
@@ -175,6 +175,81 @@ def test_second_run_hits_the_cache_and_two_runs_can_share_it(tiny_dir, tmp_path)
     assert sorted(d.name for d in cache.iterdir() if not d.name.startswith(".")) == [keys[0].name]
     a, b, c = ((tmp_path / o / "samples" / "00000.png").read_bytes() for o in "abc")
     assert c == b and a != b
+
+
+def _edit(script: str, model, out: Path, *args) -> subprocess.Popen:
+    cfg, ckpt = model
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name, "--output_path", out,
+            "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph", "--ddim_steps", 3, "--skip_grid",
+            *args]
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / script)] + [str(a) for a in argv],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_edits_share_one_key_and_a_cached_edit_equals_a_fresh_one(tiny_dir, tmp_path):
+    """img2img and inpainting key their graphs on what decides them (config, size, batch, mode), not on the
+    image, mask, prompt, seed, strength, blur or output folder: a second edit of other inputs loads the first
+    one's graphs, and its images are bit-identical to the same edit compiled afresh."""
+    import numpy as np
+
+    from mind_diffusion.utils.images import save_png
+
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        save_png(tmp_path / f"img{k}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:, 32 * k:32 * k + 32] = 255
+        save_png(tmp_path / f"mask{k}.png", np.repeat(mask[..., None], 3, -1))
+    cache = tmp_path / "cache"
+    first = {"img2img.py": ["--init_img", tmp_path / "img0.png", "--prompt", "狗 绘画", "--strength", 0.6],
+             "inpaint.py": ["--img", tmp_path / "img0.png", "--mask", tmp_path / "mask0.png", "--prompt", "狗 绘画"]}
+    other = {"img2img.py": ["--init_img", tmp_path / "img1.png", "--prompt", "猫 写实", "--strength", 0.9,
+                            "--encode", "sample", "--seed", 7],
+             "inpaint.py": ["--img", tmp_path / "img1.png", "--mask", tmp_path / "mask1.png", "--prompt", "猫 写实",
+                            "--mask_blur", 2, "--seed", 7, "--scale", 3.0]}
+    outs = _finish([_edit(s, tiny_dir[0], tmp_path / f"a_{s}", *a, "--compile_cache_dir", cache)
+                    for s, a in first.items()])
+    assert all("compile cache new" in o for o in outs)
+    outs = _finish([_edit(s, tiny_dir[0], tmp_path / f"b_{s}", *a, "--compile_cache_dir", cache, "--timings")
+                    for s, a in other.items()])
+    assert all("compile cache hit" in o for o in outs), outs
+    _finish([_edit(s, tiny_dir[0], tmp_path / f"c_{s}", *a, "--no_compile_cache") for s, a in other.items()])
+    assert len([d for d in cache.iterdir() if not d.name.startswith(".")]) == 2   # one key per task
+    for s in other:
+        got = (tmp_path / f"b_{s}" / "samples" / "00000.png").read_bytes()
+        assert got == (tmp_path / f"c_{s}" / "samples" / "00000.png").read_bytes(), s
+        assert got != (tmp_path / f"a_{s}" / "samples" / "00000.png").read_bytes(), s
+
+
+def test_glide_runs_share_one_key_and_a_cached_run_equals_a_fresh_one(tmp_path):
+    """glide_txt2img.py keys its graphs on the config, the stages and the batches: another prompt, seed,
+    sampler, step count, guidance scale or output folder loads the first run's graphs (all three stages), and
+    its images are bit-identical to the same run compiled afresh."""
+    from glide_tiny import make_tiny_glide_dir
+
+    tiny = make_tiny_glide_dir(tmp_path / "tiny")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start(out, *extra):
+        argv = ["--config", tiny / "glide-tiny.yaml", "--ckpt_path", tiny, "--output_path", tmp_path / out,
+                "--device_target", "CPU", "--mode", "graph", "--pics_generated", 2, "--stages", 1024,
+                "--skip_strip", *extra]
+        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "glide_txt2img.py")] + [str(a) for a in argv],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    out = _finish([start("a", "--prompt", "一只可爱的猫坐在草地上", "--denoise_steps", 2, "--compile_cache_dir", cache)])[0]
+    assert "compile cache new" in out
+    other = ["--prompt", "一张画着柯基的油画", "--seed", 9, "--denoise_steps", 3, "--sampler", "ddim",
+             "--guidance_scale", 3.0]
+    outs = _finish([start("b", *other, "--compile_cache_dir", cache, "--timings"), start("c", *other, "--no_compile_cache")])
+    assert "compile cache hit" in outs[0], outs[0][-2000:]
+    assert len([d for d in cache.iterdir() if not d.name.startswith(".")]) == 1
+    b = sorted((tmp_path / "b" / "samples").iterdir())
+    assert len(b) == 6   # 2 images x 3 stages
+    for f in b:
+        assert f.read_bytes() == (tmp_path / "c" / "samples" / f.name).read_bytes(), f.name
 
 
 def test_sampling_imports_nothing_it_does_not_use():

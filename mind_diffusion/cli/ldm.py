@@ -200,7 +200,6 @@ def check_run(args, task: str, default_config: str = DEFAULT_CONFIG, official: s
 def start_run(run: Run, task: str = "txt2img"):
     """Runtime, memory check, the pipeline (strict load), then the output folder; returns the
     pipeline."""
-    from ..compile_cache import default_script_key
     from ..runtime import cli_options, init_runtime
     from ..utils.images import check_output_dir
     from ..ldm.model import size_multiple
@@ -208,12 +207,15 @@ def start_run(run: Run, task: str = "txt2img"):
 
     args, a = run.args, run.a
     # the compile-cache key: what decides the graphs (config, shapes, guidance, LoRA layers), not
-    # the prompt or seed; image editing adds its command line and input files (image sizes)
+    # the prompt, seed or, for image editing, the image, mask, strength or output folder: the init
+    # image and mask are fitted to H x W before any graph sees them, and every value that changes
+    # between calls reaches the graphs as a tensor input (tests/test_compile_cache.py checks an
+    # edit from the cache against one compiled afresh)
     key = {"task": task, "config": run.cfg, "H": a["height"], "W": a["width"], "n_samples": args.n_samples,
            "guided": a["guidance_scale"] != 1.0, "vocab": args.vocab,
            "lora_mode": args.lora_mode if run.loras else None,
            "lora": [[str(p), w, p.stat().st_size, p.stat().st_mtime_ns] for p, w in run.loras],
-           "editing": default_script_key() if task != "txt2img" else None}
+           "inpaint_mode": getattr(args, "inpaint_mode", None)}
     run.rt = rt = init_runtime(args.device_target, args.mode, seed=a["seed"], precision=args.precision,
                                cache_key=key, **cli_options(args))
     on_cpu = rt.device_target == "CPU"
