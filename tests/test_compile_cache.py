@@ -225,7 +225,7 @@ def test_edits_share_one_key_and_a_cached_edit_equals_a_fresh_one(tiny_dir, tmp_
 def test_glide_runs_share_one_key_and_a_cached_run_equals_a_fresh_one(tmp_path):
     """glide_txt2img.py keys its graphs on the config, the stages and the batches: another prompt, seed,
     sampler, step count, guidance scale or output folder loads the first run's graphs (all three stages), and
-    its images are bit-identical to the same run compiled afresh."""
+    its images are bit-identical to the same run compiled afresh; --timings names each stage's time."""
     from glide_tiny import make_tiny_glide_dir
 
     tiny = make_tiny_glide_dir(tmp_path / "tiny")
@@ -246,6 +246,10 @@ def test_glide_runs_share_one_key_and_a_cached_run_equals_a_fresh_one(tmp_path):
     outs = _finish([start("b", *other, "--compile_cache_dir", cache, "--timings"), start("c", *other, "--no_compile_cache")])
     assert "compile cache hit" in outs[0], outs[0][-2000:]
     assert len([d for d in cache.iterdir() if not d.name.startswith(".")]) == 1
+    line = next(ln for ln in outs[0].splitlines() if ln.startswith("[mind_diffusion] timings:"))
+    for phase in ("build", "checkpoint load", "compile", "base 64 px", "super-res 256 px", "SRGAN 1024 px",
+                  "write", "total"):
+        assert f" {phase} " in line, line
     b = sorted((tmp_path / "b" / "samples").iterdir())
     assert len(b) == 6   # 2 images x 3 stages
     for f in b:

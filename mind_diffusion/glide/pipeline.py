@@ -34,6 +34,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from .. import timings
 from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
@@ -154,9 +155,11 @@ class GlidePipeline:
             if isinstance(ckpt, (str, os.PathLike)):
                 ckpt = cls.check_checkpoint(ckpt, stage)
                 paths[kind] = str(ckpt)
-            net = build(sub, deferred_init=ckpt is not None)
+            with timings.phase("build"):
+                net = build(sub, deferred_init=ckpt is not None)
             if ckpt is not None:
-                load_glide_checkpoint(net, ckpt, kind)
+                with timings.phase("checkpoint load"):
+                    load_glide_checkpoint(net, ckpt, kind)
             if kind != "srgan" and fp16:
                 apply_glide_precision(net, compute_dtype)
             nets[kind] = net
@@ -284,9 +287,9 @@ class GlidePipeline:
 
     def _base_model_fn(self, tokens, mask, scale, uncond, rngs, negative=None) -> Callable:
         def step(x, t, tok2, mask2, s):
-            return self._base_step(Tensor(np.ascontiguousarray(x, np.float32)),
-                                   Tensor(np.asarray(t, np.float32)), Tensor(np.float32(s)),
-                                   Tensor(tok2), Tensor(mask2)).asnumpy()
+            return timings.call(self._base_step, Tensor(np.ascontiguousarray(x, np.float32)),
+                                Tensor(np.asarray(t, np.float32)), Tensor(np.float32(s)),
+                                Tensor(tok2), Tensor(mask2)).asnumpy()
         return gd.guided_model_fn(step, tokens, mask, scale=scale, uncond=uncond, rngs=rngs,
                                   n_vocab=int(self.base_cfg["n_vocab"]),
                                   pad_id=int(self.tokenizer.end_token), negative=negative)
@@ -343,8 +346,8 @@ class GlidePipeline:
             x_T = (alpha[start] * up + sigma[start] * (x_T.astype(np.float64) / gd.UPSAMPLE_TEMP)).astype(np.float32)
 
         def fn(x, t):
-            return self._sr_step(Tensor(np.ascontiguousarray(x, np.float32)),
-                                 Tensor(np.asarray(t, np.float32)), lr, tok, msk).asnumpy()
+            return timings.call(self._sr_step, Tensor(np.ascontiguousarray(x, np.float32)),
+                                Tensor(np.asarray(t, np.float32)), lr, tok, msk).asnumpy()
         return self._sample("ddim", fn, x_T, self.schedule("sr"), gd.SR_RESPACING, rngs,
                             progress, callback, start_step=start)
 
@@ -355,7 +358,7 @@ class GlidePipeline:
             from tqdm.auto import tqdm
 
             it = tqdm(it, desc=f"SRGAN x{int(self.srgan_cfg['upscale_factor'])}", total=x.shape[0])
-        return np.concatenate([self._srgan_step(Tensor(np.ascontiguousarray(x[i:i + 1], np.float32)))
+        return np.concatenate([timings.call(self._srgan_step, Tensor(np.ascontiguousarray(x[i:i + 1], np.float32)))
                                .asnumpy() for i in it])
 
     # ---------------------------------------------------------------- call
@@ -400,19 +403,22 @@ class GlidePipeline:
         tokens, mask = self.tokenize(all_prompts, ctx)
         negative = (self.tokenize([a["negative_prompt"]] * len(all_prompts), ctx)
                     if a["negative_prompt"] else None)
-        x = self.run_base(tokens, mask, seed=a["seed"], steps=a["num_inference_steps"],
-                          scale=a["guidance_scale"], uncond=a["uncond"], sampler=a["sampler"],
-                          negative=negative, progress=progress, callback=a["callback"])
+        with timings.phase("base 64 px"):
+            x = self.run_base(tokens, mask, seed=a["seed"], steps=a["num_inference_steps"],
+                              scale=a["guidance_scale"], uncond=a["uncond"], sampler=a["sampler"],
+                              negative=negative, progress=progress, callback=a["callback"])
         emit(64, x)
         if a["stages"] >= 256:
             sr_ctx = int(self.sr_cfg["text_ctx"])
             if sr_ctx != tokens.shape[1]:
                 tokens, mask = self.tokenize(all_prompts, sr_ctx)
-            x = self.run_super_res(x, tokens, mask, seed=a["seed"], steps=a["super_res_steps"],
-                                   progress=progress, strength=a["super_res_strength"])
+            with timings.phase("super-res 256 px"):
+                x = self.run_super_res(x, tokens, mask, seed=a["seed"], steps=a["super_res_steps"],
+                                       progress=progress, strength=a["super_res_strength"])
             emit(256, x)
         if a["stages"] >= 1024:
-            x = self.run_srgan(x, progress=progress)
+            with timings.phase("SRGAN 1024 px"):
+                x = self.run_srgan(x, progress=progress)
             emit(1024, x)
         settings = {k: v for k, v in a.items() if k not in ("prompts", "callback", "output_type")}
         return DiffusionOutput(results, prompts=all_prompts,
