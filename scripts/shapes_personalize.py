@@ -56,27 +56,27 @@ def model_files(args):
     return cfg, ckpt
 
 
-def load_pipe(args, rt):
+def load_pipe(args, rt, cfg, ckpt):
+    """The pipeline of ``cfg`` / ``ckpt`` (from :func:`model_files`) with the --lora files applied."""
     from mind_diffusion.ldm.pipeline import LDMPipeline
 
-    cfg, ckpt = model_files(args)
     pipe = LDMPipeline.from_pretrained(cfg, ckpt, compute_dtype=rt.precision.ms_dtype())
     for spec in args.lora:
         from mind_diffusion.ldm.lora import parse_lora_arg
 
         path, weight = parse_lora_arg(spec)
         pipe.load_lora(path, weight)
-    return pipe, ckpt
+    return pipe
 
 
-def sampling_settings(args) -> dict:
+def sampling_settings(args, cfg_path) -> dict:
     """The sampler, steps and guidance scale every table runs with: the flags, else the model's config;
     a bad value is one line before anything is loaded or written."""
     from mind_diffusion.config import load_config
     from mind_diffusion.ldm.config import ldm_config_defaults
     from mind_diffusion.ldm.pipeline import LDMPipeline
 
-    cfg = load_config(model_files(args)[0], [], ldm_config_defaults())
+    cfg = load_config(cfg_path, [], ldm_config_defaults())
     s = cfg.sampling
     sampling = {"sampler": args.sampler or str(s.sampler),
                 "num_inference_steps": args.steps if args.steps is not None else int(s.num_inference_steps),
@@ -95,9 +95,10 @@ def evaluate(args):
 
     if args.per_prompt < 1:
         raise ValueError(f"--per_prompt must be >= 1, got {args.per_prompt}")
-    sampling = sampling_settings(args)
+    cfg_path, ckpt = model_files(args)
+    sampling = sampling_settings(args, cfg_path)
     rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
-    pipe, ckpt = load_pipe(args, rt)
+    pipe = load_pipe(args, rt, cfg_path, ckpt)
     out = check_output_dir(args.out)
 
     def generate(prompts, seed, progress=False):

@@ -131,14 +131,21 @@ def tiny_dir(tmp_path_factory):
             for seed in (0, 1)]
 
 
-def _start(model, out: Path, *extra) -> subprocess.Popen:
-    cfg, ckpt = model
+def _popen(script: str, *argv) -> subprocess.Popen:
+    """scripts/<script> with ``argv`` in a subprocess (output and errors in one pipe); see :func:`_finish`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name,
-            "--output_path", out, "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph",
-            "--prompt", "狗 绘画", "--ddim_steps", 2, "--skip_grid", *extra]
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "txt2img.py")] + [str(a) for a in args],
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / script)] + [str(a) for a in argv],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _ldm_args(model, out: Path) -> list:
+    cfg, ckpt = model
+    return ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name, "--output_path", out,
+            "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph", "--skip_grid"]
+
+
+def _start(model, out: Path, *extra) -> subprocess.Popen:
+    return _popen("txt2img.py", *_ldm_args(model, out), "--prompt", "狗 绘画", "--ddim_steps", 2, *extra)
 
 
 def _finish(procs) -> list:
@@ -178,13 +185,7 @@ def test_second_run_hits_the_cache_and_two_runs_can_share_it(tiny_dir, tmp_path)
 
 
 def _edit(script: str, model, out: Path, *args) -> subprocess.Popen:
-    cfg, ckpt = model
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = ["--config", cfg, "--ckpt_path", ckpt.parent, "--ckpt_name", ckpt.name, "--output_path", out,
-            "--H", 64, "--W", 64, "--device_target", "CPU", "--mode", "graph", "--ddim_steps", 3, "--skip_grid",
-            *args]
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / script)] + [str(a) for a in argv],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return _popen(script, *_ldm_args(model, out), "--ddim_steps", 3, *args)
 
 
 def test_edits_share_one_key_and_a_cached_edit_equals_a_fresh_one(tiny_dir, tmp_path):
@@ -230,14 +231,11 @@ def test_glide_runs_share_one_key_and_a_cached_run_equals_a_fresh_one(tmp_path):
 
     tiny = make_tiny_glide_dir(tmp_path / "tiny")
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def start(out, *extra):
-        argv = ["--config", tiny / "glide-tiny.yaml", "--ckpt_path", tiny, "--output_path", tmp_path / out,
-                "--device_target", "CPU", "--mode", "graph", "--pics_generated", 2, "--stages", 1024,
-                "--skip_strip", *extra]
-        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "glide_txt2img.py")] + [str(a) for a in argv],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return _popen("glide_txt2img.py", "--config", tiny / "glide-tiny.yaml", "--ckpt_path", tiny,
+                      "--output_path", tmp_path / out, "--device_target", "CPU", "--mode", "graph",
+                      "--pics_generated", 2, "--stages", 1024, "--skip_strip", *extra)
 
     out = _finish([start("a", "--prompt", "一只可爱的猫坐在草地上", "--denoise_steps", 2, "--compile_cache_dir", cache)])[0]
     assert "compile cache new" in out
