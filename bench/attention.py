@@ -1,10 +1,11 @@
 """Self-attention of the SD-v1 / Wukong UNet at its three attention sizes (64x64, 32x32 and 16x16
 latent positions for a 512 px image, batch 2, 8 heads): ours (``mind_diffusion.ldm.unet.CrossAttention``,
-MindSpore GRAPH_MODE) against diffusers' ``Attention`` with PyTorch's fused
+MindSpore GRAPH_MODE, with the fused CPU kernel of ``mind_diffusion/cpu_attention.py`` and with the
+composed MindSpore kernels that GPU and Ascend use) against diffusers' ``Attention`` with PyTorch's fused
 ``scaled_dot_product_attention`` (``AttnProcessor2_0``, the default) and with the classic processor that
 materialises the score matrix (``AttnProcessor``), same weights, same input, same thread count.
 
-Our layer is also split into its three kernels, each timed alone on tensors of the layer's shapes:
+The composed layer is also split into its three kernels, each timed alone on tensors of the layer's shapes:
 ``q k^T`` (BatchMatMul), the fp32 softmax over the keys, and ``p v``. The score matrix of the 64x64 level
 holds 2 x 8 x 4096 x 4096 floats (1 GiB): the softmax alone streams it twice, which a fused kernel
 never does.
@@ -71,6 +72,7 @@ def worker_ours(args, levels, out_dir: Path) -> dict:
     from mindspore import Tensor, nn, ops
 
     from mind_diffusion.ldm.unet import CrossAttention
+    from mind_diffusion import cpu_attention
 
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
@@ -102,17 +104,38 @@ def worker_ours(args, levels, out_dir: Path) -> dict:
     def pv(p, v):
         return bmm(p, v)
 
-    rows = {}
-    for n, dim in levels:
-        attn = CrossAttention(dim, dim, HEADS, dim // HEADS)
+    def build(dim, fused):
+        saved, env = dict(cpu_attention._state), os.environ.get(cpu_attention.ENV_SWITCH)
+        if not fused:
+            os.environ[cpu_attention.ENV_SWITCH] = "off"
+            cpu_attention._state.clear()
+        try:
+            attn = CrossAttention(dim, dim, HEADS, dim // HEADS)
+        finally:
+            cpu_attention._state.clear()
+            cpu_attention._state.update(saved)
+            if env is None:
+                os.environ.pop(cpu_attention.ENV_SWITCH, None)
+            else:
+                os.environ[cpu_attention.ENV_SWITCH] = env
+        if (attn.fused is not None) != fused:
+            raise SystemExit(f"the fused CPU kernel is not available: {cpu_attention.unavailable_reason()}")
         attn.set_train(False)
         w = weights(dim, args.seed)
         for p in attn.get_parameters():
             p.set_data(Tensor(w[p.name.split("attn.", 1)[-1]]))
-        layer = SelfAttention(attn)
+        return SelfAttention(attn)
+
+    rows = {}
+    for n, dim in levels:
         x = Tensor(inputs(n, dim, args.batch, args.seed))
-        out, first, med = _timed(lambda: layer(x).asnumpy(), args.repeats)
-        np.save(out_dir / f"ours_{n}.npy", out)
+        timed = {}
+        for label, fused in (("fused", True), ("composed", False)):
+            layer = build(dim, fused)
+            out, first, med = _timed(lambda: layer(x).asnumpy(), args.repeats)
+            np.save(out_dir / f"ours_{label}_{n}.npy", out)
+            timed[label] = (first, med)
+            del layer
         rng = np.random.default_rng(0)
         bh, d = args.batch * HEADS, dim // HEADS
         q = Tensor(rng.standard_normal((bh, n, d)).astype(np.float32))
@@ -122,7 +145,8 @@ def worker_ours(args, levels, out_dir: Path) -> dict:
                          ("p v", lambda: pv(s, q).asnumpy())):
             parts[name] = _timed(fn, args.repeats)[2]
         del s
-        rows[str(n)] = {"first_s": first, "s": med, "parts": parts}
+        rows[str(n)] = {"first_s": timed["fused"][0], "s": timed["fused"][1],
+                        "composed_s": timed["composed"][1], "parts": parts}
     return {"framework": f"MindSpore {ms.__version__} (graph)", "levels": rows, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -168,25 +192,32 @@ def run_worker(side: str, args, out_dir: Path) -> dict:
 
 def report(ours: dict, ref: dict, levels, args, out_dir: Path) -> str:
     lines = ["# Self-attention of the SD-v1 UNet: ours vs diffusers (PyTorch)", "",
-             "| positions x channels | ours s | q k^T s | softmax s | p v s | diffusers SDPA s | diffusers classic s "
-             "| SDPA / ours | max abs diff (vs SDPA) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| positions x channels | ours fused s | ours composed s | q k^T s | softmax s | p v s "
+             "| diffusers SDPA s | diffusers classic s | SDPA / fused | SDPA / composed "
+             "| max abs diff vs SDPA (fused / composed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for n, dim in levels:
         o = ours["levels"][str(n)]
         sd, cl = ref["levels"][f"sdpa_{n}"], ref["levels"][f"classic_{n}"]
-        diff = float(np.abs(np.load(out_dir / f"ours_{n}.npy") - np.load(out_dir / f"torch_sdpa_{n}.npy")).max())
+        sdpa = np.load(out_dir / f"torch_sdpa_{n}.npy")
+        diffs = [float(np.abs(np.load(out_dir / f"ours_{label}_{n}.npy") - sdpa).max())
+                 for label in ("fused", "composed")]
         p = o["parts"]
-        lines.append(f"| {n} x {dim} | {o['s']:.3f} | {p['q k^T']:.3f} | {p['softmax']:.3f} | {p['p v']:.3f} "
-                     f"| {sd['s']:.3f} | {cl['s']:.3f} | **{sd['s'] / o['s']:.2f}x** | {diff:.1e} |")
+        lines.append(f"| {n} x {dim} | {o['s']:.3f} | {o['composed_s']:.3f} | {p['q k^T']:.3f} | {p['softmax']:.3f} "
+                     f"| {p['p v']:.3f} | {sd['s']:.3f} | {cl['s']:.3f} | **{sd['s'] / o['s']:.2f}x** "
+                     f"| {sd['s'] / o['composed_s']:.2f}x | {diffs[0]:.1e} / {diffs[1]:.1e} |")
     lines += ["",
               f"- Batch {args.batch}, {HEADS} heads, fp32, median of {args.repeats} timed calls after one untimed "
-              "call (MindSpore: compilation). The kernel columns time each of our three attention kernels alone "
-              "on tensors of the layer's shapes (their sum is the layer without its four projections).",
+              "call (MindSpore: compilation). `fused`: the default on CPU (one kernel, `mind_diffusion/cpu_attention.py`); "
+              "`composed`: MindSpore's BatchMatMul, Softmax, BatchMatMul with the heads transposed in and out (the path of "
+              "GPU and Ascend, and of CPU with `MIND_DIFFUSION_FUSED_ATTENTION=off`). The kernel columns time each of the "
+              "composed path's three kernels alone on tensors of the layer's shapes (their sum is that layer without its "
+              "four projections and the head transposes).",
               f"- Peak RSS: ours {ours['peak_rss_mb']:,.0f} MB, PyTorch side {ref['peak_rss_mb']:,.0f} MB "
               "(each process's maximum over all levels; the ours process also held the kernels' inputs).",
               f"- CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks.",
-              "- `SDPA / ours` > 1: ours faster. The fused kernel never writes the score matrix, so it beats "
-              "any composition of separate kernels once the matrix no longer fits in cache.", "",
+              "- `SDPA / ...` > 1: ours faster. PyTorch's SDPA and our fused kernel never write the whole score matrix; "
+              "the composed path streams it (1 GiB at 4096 positions) through memory three times.", "",
               "Command: `python bench/attention.py`"]
     return "\n".join(lines) + "\n"
 

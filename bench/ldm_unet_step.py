@@ -8,7 +8,9 @@ from a seed, moved through ``mind_diffusion.checkpoint.convert_unet``; no zero-i
 layers, so the output is non-trivial). The first call (MindSpore: graph compilation) is timed
 separately, then ``--warmup`` untimed calls, then ``--repeats`` timed calls (median reported).
 Ours uses ``gelu="exact"`` (what diffusers computes) so the two outputs are comparable;
-Wukong's tanh-GELU costs the same.
+Wukong's tanh-GELU costs the same. On CPU our side runs twice (``--attention both``, the default):
+with the fused attention kernel (``mind_diffusion/cpu_attention.py``, the default path on CPU)
+and with MindSpore's composed attention kernels (the path of GPU and Ascend).
 
 Usage (from the repository root)::
 
@@ -125,9 +127,17 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
     xs, ts, cs = Tensor(x), Tensor(t.astype(np.int32)), Tensor(ctx)
     out, first, times = _time_calls(lambda: net(xs, ts, cs).asnumpy().astype(np.float32), args.warmup,
                                     args.repeats)
-    np.save(out_dir / "ours.npy", out)
+    np.save(out_dir / f"{args.worker_tag}.npy", out)
     dev_mb = ms.runtime.max_memory_allocated() / 2**20 if args.device != "CPU" else None
-    return {"framework": f"MindSpore {ms.__version__} (graph, {args.device}{', fp16' if args.fp16 else ''})",
+    from mind_diffusion.ldm.unet import CrossAttention
+
+    fused = any(c.fused is not None for _, c in net.cells_and_names() if isinstance(c, CrossAttention))
+    if args.device == "CPU" and fused != (args.attention == "fused"):
+        from mind_diffusion import cpu_attention
+
+        raise SystemExit(f"asked for {args.attention} attention, got the other: {cpu_attention.unavailable_reason()}")
+    attention = f", {'fused' if fused else 'composed'} attention" if args.device == "CPU" else ""
+    return {"framework": f"MindSpore {ms.__version__} (graph, {args.device}{', fp16' if args.fp16 else ''}{attention})",
             "build_s": build_s, "first_s": first, "device_peak_mb": dev_mb,
             "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
             "params": int(sum(int(np.prod(p.shape)) for p in params.values()))}
@@ -180,8 +190,13 @@ def net_context_dim(cfg) -> int:
     return int(cfg.get("context_dim", 768))
 
 
-def run_worker(side: str, args, out_dir: Path) -> dict:
+def run_worker(side: str, args, out_dir: Path, attention: str = "fused") -> dict:
+    tag = side if side == "diffusers" or attention == "fused" else f"{side}_{attention}"
+    env = dict(os.environ)
+    if attention == "composed":
+        env["MIND_DIFFUSION_FUSED_ATTENTION"] = "off"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--out-dir", str(out_dir),
+           "--worker-tag", tag, "--attention", attention,
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed),
            "--device", args.device] + (["--fp16"] if args.fp16 else [])
@@ -189,11 +204,11 @@ def run_worker(side: str, args, out_dir: Path) -> dict:
         cmd.append("--quick")
     if args.attn_slice:
         cmd += ["--attn-slice", str(args.attn_slice)]
-    print(f"[{side}] running ...", flush=True)
-    res = subprocess.run(cmd, cwd=ROOT, check=False)
+    print(f"[{tag}] running ...", flush=True)
+    res = subprocess.run(cmd, cwd=ROOT, check=False, env=env)
     if res.returncode != 0:
-        raise SystemExit(f"{side} worker failed with exit code {res.returncode}")
-    return json.loads((out_dir / f"{side}.json").read_text())
+        raise SystemExit(f"{tag} worker failed with exit code {res.returncode}")
+    return {**json.loads((out_dir / f"{tag}.json").read_text()), "tag": tag}
 
 
 def main(argv=None):
@@ -213,7 +228,11 @@ def main(argv=None):
     ap.add_argument("--fp16", action="store_true", help="fp16 compute on both sides (ours: fp32 norms)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--attention", choices=["both", "fused", "composed"], default="both",
+                    help="our side's attention on CPU: the fused kernel (the default path), MindSpore's "
+                         "composed kernels (GPU / Ascend's path, MIND_DIFFUSION_FUSED_ATTENTION=off), or both rows")
     ap.add_argument("--worker", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker-tag", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.size is None:
@@ -227,19 +246,25 @@ def main(argv=None):
         out_dir = Path(args.out_dir)
         fn = worker_ours if args.worker == "ours" else worker_diffusers
         res = fn(cfg, args, out_dir)
-        (out_dir / f"{args.worker}.json").write_text(json.dumps(res))
+        (out_dir / f"{args.worker_tag or args.worker}.json").write_text(json.dumps(res))
         return res
 
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="ldm_unet_bench_") as tmp:
         tmp = Path(tmp)
-        rows = [run_worker("ours", args, tmp), run_worker("diffusers", args, tmp)]
-        ours, ref = np.load(tmp / "ours.npy"), np.load(tmp / "diffusers.npy")
-    diff = float(np.abs(ours - ref).max())
+        kinds = ["fused", "composed"] if args.attention == "both" else [args.attention]
+        if args.device != "CPU":
+            kinds = ["fused"]      # the fused kernel is CPU-only: one row of the device's own path
+        rows = [run_worker("ours", args, tmp, kind) for kind in kinds] + [run_worker("diffusers", args, tmp)]
+        outs = {r["tag"]: np.load(tmp / f"{r['tag']}.npy") for r in rows}
+    ref = outs.pop("diffusers")
+    diffs = {tag: float(np.abs(o - ref).max()) for tag, o in outs.items()}
     scale = float(np.abs(ref).max())
     for r in rows:
         r["median_s"] = statistics.median(r["times"])
-    ratio = rows[1]["median_s"] / rows[0]["median_s"]
+    ratios = {r["tag"]: rows[-1]["median_s"] / r["median_s"] for r in rows[:-1]}
+    label = {"ours": "ours" if args.device != "CPU" or len(kinds) == 1 else "ours (fused attention)",
+             "ours_composed": "ours (composed attention)"}
 
     cfg_name = "tiny (--quick)" if args.quick else "SD-v1 / Wukong (320, [1,2,4,4], 8 heads, ctx 768)"
     header = ("| implementation | params | build + load s | first call s | s/step (median) | steps | "
@@ -252,8 +277,10 @@ def main(argv=None):
              f"({args.batch}, 77, {net_context_dim(cfg)}), {'fp16' if args.fp16 else 'fp32'} on {args.device}, "
              "random weights (same on both sides)"
              + (f"; ours with attn_slice={args.attn_slice}" if args.attn_slice else "") + ".",
-             f"- Speed: diffusers s/step / ours s/step = **{ratio:.2f}x** (>1: ours faster).",
-             f"- Outputs on the same input: max abs difference **{diff:.2e}** (output max abs {scale:.2f}).",
+             "- Speed: diffusers s/step / ours s/step = "
+             + ", ".join(f"**{ratios[t]:.2f}x** {label[t]}" for t in ratios) + " (>1: ours faster).",
+             "- Outputs on the same input: max abs difference "
+             + ", ".join(f"**{diffs[t]:.2e}** {label[t]}" for t in diffs) + f" (output max abs {scale:.2f}).",
              (f"- CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks. "
              "First call = MindSpore graph compilation + one step / PyTorch first eager step. Peak RSS is "
              "each subprocess's own maximum resident set (weights + activations + framework)."),

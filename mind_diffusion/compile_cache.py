@@ -78,7 +78,8 @@ def code_version() -> str:
     """A hash over every source file of the library (any code change gives new keys)."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
-        _CODE_VERSION = _hash_files(sorted(PACKAGE_DIR.rglob("*.py")), PACKAGE_DIR)
+        sources = list(PACKAGE_DIR.rglob("*.py")) + list(PACKAGE_DIR.rglob("*.cc"))
+        _CODE_VERSION = _hash_files(sorted(sources), PACKAGE_DIR)
     return _CODE_VERSION
 
 
@@ -127,7 +128,7 @@ def key_parts(*, device_target: str, mode: str, precision: str, rank: int = 0,
     import mindspore as ms
 
     entry = _entry_script()
-    return {
+    parts = {
         "mindspore": ms.__version__,
         "python": platform.python_version(),
         "device_target": device_target,
@@ -139,6 +140,12 @@ def key_parts(*, device_target: str, mode: str, precision: str, rank: int = 0,
         "entry_hash": _hash_files([entry], Path(entry).parent) if entry else None,
         "script": _plain(script_key if script_key is not None else default_script_key()),
     }
+    if device_target == "CPU":
+        # graphs built with the fused CPU attention kernel differ from the composed ones
+        from . import cpu_attention
+
+        parts["attention"] = cpu_attention.key_part()
+    return parts
 
 
 def key_hash(parts: dict) -> str:

@@ -133,6 +133,11 @@ def _check_parity(cfg, t, mode):
     torch = pytest.importorskip("torch", reason="torch is the reference for UNet parity")
     unet, dcfg = _random_diffusers_unet(cfg)
     net, _ = _load_ours(unet, dcfg, cfg)
+    from mind_diffusion import cpu_attention
+    from mind_diffusion.ldm.unet import CrossAttention
+
+    paths = {c.fused is not None for _, c in net.cells_and_names() if isinstance(c, CrossAttention)}
+    assert paths == {cpu_attention.enabled()}   # every attention layer on the path this machine gives
     x, ctx = _inputs(cfg)
     with torch.no_grad():
         ref = unet(torch.from_numpy(x), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(ctx)).sample.numpy()
@@ -154,6 +159,11 @@ def test_parity_with_diffusers(ms_mode, cfg, t):
 def test_parity_with_diffusers_two_resblocks_pynative():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     _check_parity(TINY_RB2, T_INT, "pynative")
+
+
+def test_parity_with_diffusers_composed_attention(ms_mode, composed_attention):
+    """The composed attention kernels (the GPU / Ascend path) agree with diffusers too."""
+    _check_parity(TINY2, T_FLOAT, ms_mode)
 
 
 def test_diffusers_converter_cross_check_and_round_trips():
@@ -215,7 +225,7 @@ def test_feedforward_tanh_gelu_closed_form(ms_mode):
     assert np.abs(ff_exact(Tensor(x)).asnumpy() - ((a * erf) @ w2.T + b2)).max() < 1e-5
 
 
-def test_attn_slice_identical(ms_mode):
+def test_attn_slice_identical(ms_mode, composed_attention):
     rng = np.random.default_rng(3)
     ms.set_seed(0)
     cfg = {**TINY, "channel_mult": (1,)}   # one level keeps the graph compile short

@@ -1,0 +1,131 @@
+// Fused multi-head attention for MindSpore on CPU (an "aot" Custom operator, see cpu_attention.py).
+//
+//   o[b, i, h, :] = sum_j softmax_j(q[b, i, h, :] . k[b, j, h, :]) v[b, j, h, :]
+//
+// q (B, N, H, D), k and v (B, M, H, D), o (B, N, H, D), all float32 and contiguous: the layout
+// the attention projections produce, so no head transposes are needed on either side. The
+// 1/sqrt(D) scale is the caller's (folded into q). No mask.
+//
+// The work is split into tasks of (batch, head, block of query rows). Each task computes its
+// block of scores S = Q_blk K^T with oneDNN's sgemm (MindSpore's own libdnnl), takes the softmax
+// of each row in place (max-subtracted exp, the sum in float32), and writes O_blk = P V / rowsum
+// straight into the output's strided rows. A block holds about 1 MiB of scores, so the
+// (B*H, N, M) score matrix of the composed path (1 GiB at 4096 x 4096 positions, batch 2, 8 heads)
+// never exists. Tasks are spread over the process's CPUs (sched_getaffinity), or
+// $MIND_DIFFUSION_ATTENTION_THREADS threads, with an atomic counter; each sgemm call runs on its
+// caller's thread.
+//
+// Returns 0 on success, 1 for inputs it does not take (MindSpore then raises).
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc);
+
+namespace {
+
+int worker_count(int64_t tasks) {
+  int n = 0;
+  if (const char *env = std::getenv("MIND_DIFFUSION_ATTENTION_THREADS")) n = std::atoi(env);
+  if (n <= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  }
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, tasks)));
+}
+
+struct Problem {
+  const float *q, *k, *v;
+  float *o;
+  int64_t B, N, M, H, D, rows_per_block, blocks;
+};
+
+bool run_task(const Problem &p, int64_t task, float *scores) {
+  const int64_t bh = task / p.blocks, blk = task % p.blocks;
+  const int64_t b = bh / p.H, h = bh % p.H;
+  const int64_t r0 = blk * p.rows_per_block;
+  const int64_t rows = std::min(p.rows_per_block, p.N - r0);
+  const int64_t ld = p.H * p.D;
+  const float *qp = p.q + (b * p.N + r0) * ld + h * p.D;
+  const float *kp = p.k + b * p.M * ld + h * p.D;
+  const float *vp = p.v + b * p.M * ld + h * p.D;
+  float *op = p.o + (b * p.N + r0) * ld + h * p.D;
+  if (dnnl_sgemm('N', 'T', rows, p.M, p.D, 1.0f, qp, ld, kp, ld, 0.0f, scores, p.M) != 0) return false;
+  std::vector<float> inv(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    float *row = scores + r * p.M;
+    float mx = row[0];
+    for (int64_t j = 1; j < p.M; ++j) mx = std::max(mx, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < p.M; ++j) {
+      const float e = std::exp(row[j] - mx);
+      row[j] = e;
+      sum += e;
+    }
+    inv[r] = 1.0f / sum;
+  }
+  if (dnnl_sgemm('N', 'N', rows, p.D, p.M, 1.0f, scores, p.M, vp, ld, 0.0f, op, ld) != 0) return false;
+  for (int64_t r = 0; r < rows; ++r) {
+    float *orow = op + r * ld;
+    for (int64_t c = 0; c < p.D; ++c) orow[c] *= inv[r];
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int MindDiffusionAttention(int nparam, void **params, int *ndims, int64_t **shapes,
+                                      const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 4) return 1;
+  for (int i = 0; i < 4; ++i) {
+    if (ndims[i] != 4 || std::strcmp(dtypes[i], "float32") != 0) return 1;
+  }
+  Problem p;
+  p.q = static_cast<const float *>(params[0]);
+  p.k = static_cast<const float *>(params[1]);
+  p.v = static_cast<const float *>(params[2]);
+  p.o = static_cast<float *>(params[3]);
+  p.B = shapes[0][0];
+  p.N = shapes[0][1];
+  p.H = shapes[0][2];
+  p.D = shapes[0][3];
+  p.M = shapes[1][1];
+  for (int i = 1; i < 3; ++i) {
+    if (shapes[i][0] != p.B || shapes[i][1] != p.M || shapes[i][2] != p.H || shapes[i][3] != p.D) return 1;
+  }
+  for (int d = 0; d < 4; ++d) {
+    if (shapes[3][d] != shapes[0][d]) return 1;
+  }
+  if (p.B <= 0 || p.N <= 0 || p.H <= 0 || p.D <= 0 || p.M <= 0) return 0;
+  // ~1 MiB of scores per block (it stays in the core's cache), 16 to 256 rows
+  p.rows_per_block = std::max<int64_t>(16, std::min<int64_t>(256, (262144 / p.M) / 16 * 16));
+  p.blocks = (p.N + p.rows_per_block - 1) / p.rows_per_block;
+  const int64_t tasks = p.B * p.H * p.blocks;
+  const int workers = worker_count(tasks);
+  std::atomic<int64_t> next(0);
+  std::atomic<bool> ok(true);
+  auto work = [&]() {
+    std::vector<float> scores(static_cast<size_t>(p.rows_per_block * p.M));
+    for (int64_t t = next++; t < tasks && ok.load(std::memory_order_relaxed); t = next++) {
+      if (!run_task(p, t, scores.data())) ok = false;
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  for (int w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto &t : pool) t.join();
+  return ok ? 0 : 1;
+}

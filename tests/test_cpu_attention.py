@@ -1,0 +1,169 @@
+"""The fused CPU attention kernel (mind_diffusion/cpu_attention.py, attention_cpu.cc): closed
+form forward, its backward against MindSpore's autograd of the composed path, the UNet with and
+without it, and how it is built, switched off and keyed."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor, ops
+
+from mind_diffusion import cpu_attention
+
+
+@pytest.fixture
+def fused_lib():
+    lib = cpu_attention.library()
+    if lib is None:
+        pytest.skip(f"the fused CPU kernel is not available here: {cpu_attention.unavailable_reason()}")
+    return lib
+
+
+def _softmax_attention(q, k, v):
+    """float64 closed form, q (B, N, H, D) already scaled."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    s = np.einsum("bnhd,bmhd->bhnm", q, k)
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhnm,bmhd->bnhd", p, v)
+
+
+def _composed(q, k, v):
+    """MindSpore's composed kernels on the same layout (autograd gives the reference gradient)."""
+    qh, kh, vh = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    p = ops.softmax(ops.BatchMatMul(transpose_b=True)(qh, kh), axis=-1)
+    return ops.BatchMatMul()(p, vh).transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize(("n", "m", "heads", "dim"), [(300, 300, 4, 16), (300, 7, 2, 40), (5, 1100, 1, 8)],
+                         ids=["self-partial-block", "cross-77-like", "long-keys-one-head"])
+def test_forward_is_the_closed_form_and_backward_is_autograds(ms_mode, fused_lib, n, m, heads, dim):
+    op = cpu_attention.fused_attention_op()
+    assert op is not None
+    rng = np.random.default_rng(n + m)
+    q = rng.standard_normal((2, n, heads, dim)).astype(np.float32) * dim ** -0.5 * 3
+    k = rng.standard_normal((2, m, heads, dim)).astype(np.float32)
+    v = rng.standard_normal((2, m, heads, dim)).astype(np.float32)
+    out = op(Tensor(q), Tensor(k), Tensor(v)).asnumpy()
+    ref = _softmax_attention(q, k, v)
+    assert out.shape == q.shape and out.dtype == np.float32
+    assert np.abs(out - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max())
+
+    w = Tensor(rng.standard_normal(q.shape).astype(np.float32))
+
+    def loss_fused(a, b, c):
+        return (op(a, b, c) * w).sum()
+
+    def loss_composed(a, b, c):
+        return (_composed(a, b, c) * w).sum()
+
+    grads = []
+    for fn in (loss_fused, loss_composed):
+        g = ms.grad(fn, grad_position=(0, 1, 2))
+        if ms_mode == "graph":
+            g = ms.jit(g)
+        grads.append([t.asnumpy() for t in g(Tensor(q), Tensor(k), Tensor(v))])
+    for name, gf, gc in zip("qkv", *grads):
+        assert np.abs(gc).max() > 1e-3, name
+        assert np.abs(gf - gc).max() <= 1e-5 * max(1.0, np.abs(gc).max()), name
+
+
+def test_the_unet_gives_the_same_output_with_and_without_it(ms_mode, fused_lib, monkeypatch):
+    from mind_diffusion.ldm.unet import CrossAttention, LDMUNet
+
+    cfg = dict(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=(1, 2),
+               num_res_blocks=1, channel_mult=(1, 2), num_heads=2, context_dim=24, num_groups=8,
+               transformer_depth=1)
+    ms.set_seed(0)
+    fused = LDMUNet(**cfg)
+    monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
+    saved = dict(cpu_attention._state)
+    cpu_attention._state.clear()
+    try:
+        composed = LDMUNet(**cfg)
+    finally:
+        cpu_attention._state.clear()
+        cpu_attention._state.update(saved)
+    cells = lambda net: [c for _, c in net.cells_and_names() if isinstance(c, CrossAttention)]  # noqa: E731
+    assert cells(fused) and all(c.fused is not None for c in cells(fused))
+    assert all(c.fused is None for c in cells(composed))
+    rng = np.random.default_rng(1)
+    for p, q in zip(fused.get_parameters(), composed.get_parameters()):
+        val = Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1)
+        p.set_data(val)
+        q.set_data(val)
+    x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
+    ctx = Tensor(rng.standard_normal((2, 7, 24)).astype(np.float32))
+    t = Tensor(np.array([10, 700], np.int32))
+    a, b = fused(x, t, ctx).asnumpy(), composed(x, t, ctx).asnumpy()
+    assert np.abs(b).max() > 0.1
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_switch_off_missing_compiler_and_the_build_cache(tmp_path, monkeypatch, capsys, fused_lib):
+    monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "kernels"))
+    saved = dict(cpu_attention._state)
+    try:
+        # a fresh build lands in the cache folder under one key, with no temporary file left
+        cpu_attention._state.clear()
+        lib = cpu_attention.library()
+        assert lib is not None and lib.is_file() and lib.parent.parent == tmp_path / "kernels"
+        assert [p.name for p in lib.parent.iterdir()] == ["attention_cpu.so"]
+        assert "MS_CUSTOM_AOT_WHITE_LIST" not in os.environ     # MindSpore checks nothing when unset
+        assert cpu_attention.key_part() == f"fused:{lib.parent.name}"
+        # a second process (a cleared state) finds the built file and does not rebuild it
+        mtime = lib.stat().st_mtime_ns
+        cpu_attention._state.clear()
+        assert cpu_attention.library() == lib and lib.stat().st_mtime_ns == mtime
+
+        # no compiler: the composed path, one note that says why and what to do
+        cpu_attention._state.clear()
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+        monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "other"))
+        assert cpu_attention.fused_attention_op() is None
+        assert cpu_attention.fused_attention_op() is None
+        err = capsys.readouterr().err
+        assert err.count("note: attention uses the composed MindSpore kernels") == 1
+        assert "no C++ compiler (install g++ or set CXX)" in err
+        assert cpu_attention.key_part() == "composed"
+
+        # MindSpore's white list (the user's setting) is respected: a kernel outside it is not used
+        cpu_attention._state.clear()
+        monkeypatch.delenv("CXX")
+        monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "kernels"))
+        monkeypatch.setenv("MS_CUSTOM_AOT_WHITE_LIST", str(tmp_path / "elsewhere"))
+        assert cpu_attention.fused_attention_op() is None
+        err = capsys.readouterr().err
+        assert f"MS_CUSTOM_AOT_WHITE_LIST={tmp_path / 'elsewhere'} does not hold the kernel folder" in err
+        assert f"set {cpu_attention.ENV_CACHE} to a folder inside it" in err
+        cpu_attention._state.clear()
+        monkeypatch.setenv("MS_CUSTOM_AOT_WHITE_LIST", str(tmp_path))
+        op = cpu_attention.fused_attention_op()
+        assert op is not None
+        one = Tensor(np.ones((1, 3, 1, 4), np.float32))
+        assert np.allclose(op(one, one, one).asnumpy(), 1.0)
+        monkeypatch.delenv("MS_CUSTOM_AOT_WHITE_LIST")
+
+        # switched off: no note, composed
+        cpu_attention._state.clear()
+        monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
+        assert cpu_attention.fused_attention_op() is None
+        assert capsys.readouterr().err == ""
+        assert cpu_attention.key_part() == "composed"
+    finally:
+        cpu_attention._state.clear()
+        cpu_attention._state.update(saved)
+
+
+def test_the_compile_cache_key_names_the_attention_path(composed_attention):
+    from mind_diffusion import compile_cache
+
+    parts = compile_cache.key_parts(device_target="CPU", mode="graph", precision="float32",
+                                    script_key={"x": 1})
+    assert parts["attention"] == "composed"
+    assert "attention" not in compile_cache.key_parts(device_target="GPU", mode="graph",
+                                                      precision="float16", script_key={"x": 1})
