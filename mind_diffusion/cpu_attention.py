@@ -16,7 +16,8 @@ hashing the source, the compiler, the flags, the oneDNN file and this CPU's mode
 folder shared by machines of different CPUs gets one library per CPU). The library is written
 to a temporary name and renamed, so concurrent processes never load a half-written file.
 
-When it is used: on the CPU device, for float32 inputs, unless
+Used by the LDM UNet's attention (channels last), GLIDE's attention blocks and the autoencoder's
+(channels first). When it is used: on the CPU device (inputs cast to float32), unless
 ``MIND_DIFFUSION_FUSED_ATTENTION=off`` (also ``0``/``false``/``no``). Where the library cannot be
 built (no compiler, no oneDNN in MindSpore's lib folder, not Linux) the networks use the composed
 path and one note says why. Results agree with the composed path to float32 rounding (the
@@ -167,7 +168,10 @@ def key_part() -> str:
     return f"fused:{lib.parent.name}" if lib is not None else "composed"
 
 
-def _make_op():
+LAYOUTS = ("channels_last", "channels_first")
+
+
+def _make_op(layout: str):
     import mindspore as ms
     from mindspore import ops
 
@@ -176,7 +180,7 @@ def _make_op():
     bmm = ops.BatchMatMul()
     softmax = ops.Softmax(axis=-1)
 
-    def bprop(q, k, v, out, dout):
+    def bprop_last(q, k, v, out, dout):
         # recompute P = softmax(q k^T) per head; dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)),
         # dQ = dS K, dK = dS^T Q. Layout (B, heads, positions, dim) for the batched matmuls.
         qh, kh, vh = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -189,14 +193,30 @@ def _make_op():
         dk = bmm_tn(ds, qh)
         return dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
 
-    return ops.Custom(f"{library()}:{FUNC}", out_shape=lambda q, k, v: q,
+    def bprop_first(q, k, v, out, dout):
+        # q (G, D, N), k / v (G, D, M): P = softmax(q^T k) (G, N, M), O = V P^T; dV = dO P,
+        # dS = P * (dO^T V - colsum(dO * O)^T), dQ = K dS^T, dK = Q dS
+        p = softmax(bmm_tn(q, k))
+        dv = bmm(dout, p)
+        rowsum = (dout * out).sum(axis=1).expand_dims(-1)
+        ds = p * (bmm_tn(dout, v) - rowsum)
+        return bmm_nt(k, ds), bmm(q, ds), dv
+
+    func, bprop = (FUNC, bprop_last) if layout == "channels_last" else (FUNC + "CF", bprop_first)
+    return ops.Custom(f"{library()}:{func}", out_shape=lambda q, k, v: q,
                       out_dtype=lambda q, k, v: ms.float32, func_type="aot", bprop=bprop)
 
 
-def fused_attention_op():
-    """A Custom primitive ``op(q, k, v) -> o``: q (B, N, heads, dim) already scaled, k and v
-    (B, M, heads, dim), o (B, N, heads, dim), all float32; or None when :func:`enabled` is
-    False (another device, ``MIND_DIFFUSION_FUSED_ATTENTION=off``, or no library)."""
+def fused_attention_op(layout: str = "channels_last"):
+    """A Custom primitive ``op(q, k, v) -> o``, all float32, the scale already applied, or None
+    when :func:`enabled` is False (another device, ``MIND_DIFFUSION_FUSED_ATTENTION=off``, or no
+    library).
+
+    - ``channels_last``: q (B, N, heads, dim), k and v (B, M, heads, dim), o (B, N, heads, dim);
+    - ``channels_first``: q (G, dim, N), k and v (G, dim, M), o (G, dim, N), G = batch x heads
+      (the layout of 1x1-convolution projections: GLIDE's attention, the VAE's)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"fused attention layout must be one of {LAYOUTS}, got {layout!r}")
     if not enabled():
         return None
-    return _make_op()
+    return _make_op(layout)

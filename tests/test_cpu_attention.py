@@ -39,6 +39,20 @@ def _composed(q, k, v):
     return ops.BatchMatMul()(p, vh).transpose(0, 2, 1, 3)
 
 
+def _assert_same_gradients(ms_mode, loss_fused, loss_composed, q, k, v):
+    """d loss / d (q, k, v) through the fused kernel's bprop equals MindSpore's autograd of the
+    composed kernels (graph mode: both under ms.jit)."""
+    grads = []
+    for fn in (loss_fused, loss_composed):
+        grad = ms.grad(fn, grad_position=(0, 1, 2))
+        if ms_mode == "graph":
+            grad = ms.jit(grad)
+        grads.append([t.asnumpy() for t in grad(Tensor(q), Tensor(k), Tensor(v))])
+    for name, gf, gc in zip("qkv", *grads):
+        assert np.abs(gc).max() > 1e-3, name
+        assert np.abs(gf - gc).max() <= 1e-5 * max(1.0, np.abs(gc).max()), name
+
+
 @pytest.mark.parametrize(("n", "m", "heads", "dim"), [(300, 300, 4, 16), (300, 7, 2, 40), (5, 1100, 1, 8)],
                          ids=["self-partial-block", "cross-77-like", "long-keys-one-head"])
 def test_forward_is_the_closed_form_and_backward_is_autograds(ms_mode, fused_lib, n, m, heads, dim):
@@ -61,15 +75,74 @@ def test_forward_is_the_closed_form_and_backward_is_autograds(ms_mode, fused_lib
     def loss_composed(a, b, c):
         return (_composed(a, b, c) * w).sum()
 
-    grads = []
-    for fn in (loss_fused, loss_composed):
-        g = ms.grad(fn, grad_position=(0, 1, 2))
-        if ms_mode == "graph":
-            g = ms.jit(g)
-        grads.append([t.asnumpy() for t in g(Tensor(q), Tensor(k), Tensor(v))])
-    for name, gf, gc in zip("qkv", *grads):
-        assert np.abs(gc).max() > 1e-3, name
-        assert np.abs(gf - gc).max() <= 1e-5 * max(1.0, np.abs(gc).max()), name
+    _assert_same_gradients(ms_mode, loss_fused, loss_composed, q, k, v)
+
+
+@pytest.mark.parametrize(("g", "dim", "n", "m"), [(3, 16, 300, 300), (4, 32, 100, 77), (2, 8, 5, 1100)],
+                         ids=["self-partial-block", "with-text-tokens", "long-keys"])
+def test_channels_first_layout_closed_form_and_autograd(ms_mode, fused_lib, g, dim, n, m):
+    """q (G, dim, N), k / v (G, dim, M): the layout of GLIDE's and the autoencoder's attention."""
+    op = cpu_attention.fused_attention_op("channels_first")
+    rng = np.random.default_rng(g * n)
+    q = rng.standard_normal((g, dim, n)).astype(np.float32) * dim ** -0.5 * 3
+    k = rng.standard_normal((g, dim, m)).astype(np.float32)
+    v = rng.standard_normal((g, dim, m)).astype(np.float32)
+    out = op(Tensor(q), Tensor(k), Tensor(v)).asnumpy()
+    # the same problem in the channels-last layout of the closed form (one head)
+    as_last = lambda a: a.transpose(0, 2, 1)[:, :, None, :]  # noqa: E731
+    ref = _softmax_attention(as_last(q), as_last(k), as_last(v))[:, :, 0, :].transpose(0, 2, 1)
+    assert out.shape == q.shape
+    assert np.abs(out - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max())
+
+    w = Tensor(rng.standard_normal(q.shape).astype(np.float32))
+    bmm_tn, bmm_nt = ops.BatchMatMul(transpose_a=True), ops.BatchMatMul(transpose_b=True)
+
+    def loss_fused(a, b, c):
+        return (op(a, b, c) * w).sum()
+
+    def loss_composed(a, b, c):
+        return (bmm_nt(c, ops.softmax(bmm_tn(a, b), axis=-1)) * w).sum()
+
+    _assert_same_gradients(ms_mode, loss_fused, loss_composed, q, k, v)
+
+
+def _built_both_ways(monkeypatch, build):
+    """(net with the fused kernel, the same net on the composed path)."""
+    ms.set_seed(0)
+    fused = build()
+    monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
+    saved = dict(cpu_attention._state)
+    cpu_attention._state.clear()
+    try:
+        composed = build()
+    finally:
+        cpu_attention._state.clear()
+        cpu_attention._state.update(saved)
+        monkeypatch.delenv(cpu_attention.ENV_SWITCH)
+    rng = np.random.default_rng(1)
+    for p, q in zip(fused.get_parameters(), composed.get_parameters()):
+        val = Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1)
+        p.set_data(val)
+        q.set_data(val)
+    return fused, composed
+
+
+def test_glide_and_autoencoder_attention_blocks_with_and_without_it(ms_mode, fused_lib, monkeypatch):
+    from mind_diffusion.glide.unet import AttentionBlock
+    from mind_diffusion.ldm.autoencoder import AttnBlock
+
+    rng = np.random.default_rng(2)
+    x = Tensor(rng.standard_normal((2, 32, 8, 8)).astype(np.float32))
+    emb = Tensor(rng.standard_normal((2, 16)).astype(np.float32))
+    xf = Tensor(rng.standard_normal((2, 24, 6)).astype(np.float32))
+    cases = [(lambda: AttentionBlock(32, 4, 24, num_groups=8), (x, emb, xf)),
+             (lambda: AttnBlock(32, num_groups=8), (x,))]
+    for build, inputs in cases:
+        fused, composed = _built_both_ways(monkeypatch, build)
+        assert fused.fused is not None and composed.fused is None
+        a, b = fused(*inputs).asnumpy(), composed(*inputs).asnumpy()
+        assert np.abs(b - x.asnumpy()).max() > 0.05      # the attention term is not negligible
+        assert np.abs(a - b).max() <= 1e-5, type(fused).__name__
 
 
 def test_the_unet_gives_the_same_output_with_and_without_it(ms_mode, fused_lib, monkeypatch):
@@ -78,24 +151,11 @@ def test_the_unet_gives_the_same_output_with_and_without_it(ms_mode, fused_lib, 
     cfg = dict(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=(1, 2),
                num_res_blocks=1, channel_mult=(1, 2), num_heads=2, context_dim=24, num_groups=8,
                transformer_depth=1)
-    ms.set_seed(0)
-    fused = LDMUNet(**cfg)
-    monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
-    saved = dict(cpu_attention._state)
-    cpu_attention._state.clear()
-    try:
-        composed = LDMUNet(**cfg)
-    finally:
-        cpu_attention._state.clear()
-        cpu_attention._state.update(saved)
+    fused, composed = _built_both_ways(monkeypatch, lambda: LDMUNet(**cfg))
     cells = lambda net: [c for _, c in net.cells_and_names() if isinstance(c, CrossAttention)]  # noqa: E731
     assert cells(fused) and all(c.fused is not None for c in cells(fused))
     assert all(c.fused is None for c in cells(composed))
     rng = np.random.default_rng(1)
-    for p, q in zip(fused.get_parameters(), composed.get_parameters()):
-        val = Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1)
-        p.set_data(val)
-        q.set_data(val)
     x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
     ctx = Tensor(rng.standard_normal((2, 7, 24)).astype(np.float32))
     t = Tensor(np.array([10, 700], np.int32))

@@ -31,6 +31,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..cpu_attention import fused_attention_op
 from ..nn.layers import ConvNd, GroupNorm, dense
 from ..nn.unet_blocks import UNetBlocksMixin, build_unet_blocks, dropout_cell
 from .config import glide_base_defaults, glide_sr_defaults, network_config
@@ -172,6 +173,8 @@ class AttentionBlock(nn.Cell):
         self.bmm_qk = ops.BatchMatMul(transpose_a=True)   # q^T k: (BH, T, S)
         self.bmm_av = ops.BatchMatMul(transpose_b=True)   # v attn^T: (BH, c, T)
         self.softmax = ops.Softmax(axis=-1)
+        # on CPU: one fused kernel on the (BH, c, T) layout (mind_diffusion/cpu_attention.py)
+        self.fused = fused_attention_op("channels_first")
 
     def construct(self, x, emb, xf_out):
         b, c, hh, ww = x.shape
@@ -184,6 +187,10 @@ class AttentionBlock(nn.Cell):
         ek, ev = ops.split(ops.cast(ekv, qkv.dtype).reshape(bh, 2 * d, n_text), d, axis=1)
         k = ops.concat((ek, k), axis=2)                                 # text positions first
         v = ops.concat((ev, v), axis=2)
+        if self.fused is not None:
+            f32 = ms.float32
+            out = self.fused(ops.cast(q * self.scale, f32), ops.cast(k * self.scale, f32), ops.cast(v, f32))
+            return x + self.proj_out(ops.cast(out, v.dtype).reshape(b, c, hh, ww))
         scores = self.bmm_qk(q * self.scale, k * self.scale)              # (BH, T, S)
         attn = ops.cast(self.softmax(ops.cast(scores, ms.float32)), v.dtype)
         out = self.bmm_av(v, attn).reshape(b, c, hh, ww)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..cpu_attention import fused_attention_op
 from ..nn.dropout import KeyedDropout
 from ..nn.layers import GroupNorm, Upsample2x, conv2d
 
@@ -73,6 +74,8 @@ class AttnBlock(nn.Cell):
         self.bmm_qk = ops.BatchMatMul(transpose_a=True)   # (B,C,Nq)^T (B,C,Nk) -> (B,Nq,Nk)
         self.bmm_av = ops.BatchMatMul(transpose_b=True)   # (B,C,Nk) (B,Nq,Nk)^T -> (B,C,Nq)
         self.softmax = ops.Softmax(axis=-1)
+        # on CPU: one fused kernel on the (B, C, N) layout (mind_diffusion/cpu_attention.py)
+        self.fused = fused_attention_op("channels_first")
 
     def construct(self, x):
         b, c, h, w = x.shape
@@ -80,6 +83,10 @@ class AttnBlock(nn.Cell):
         q = self.q(hn).reshape(b, c, h * w)
         k = self.k(hn).reshape(b, c, h * w)
         v = self.v(hn).reshape(b, c, h * w)
+        if self.fused is not None:
+            f32 = ms.float32
+            out = self.fused(ops.cast(q * self.scale, f32), ops.cast(k, f32), ops.cast(v, f32))
+            return x + self.proj_out(ops.cast(out, v.dtype).reshape(b, c, h, w))
         attn = self.bmm_qk(q * self.scale, k)
         attn = ops.cast(self.softmax(ops.cast(attn, ms.float32)), v.dtype)
         out = self.bmm_av(v, attn).reshape(b, c, h, w)
