@@ -20,6 +20,7 @@ Writes ``<out>/attention.md`` (default out: bench/results; ``--quick`` only prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -105,19 +106,8 @@ def worker_ours(args, levels, out_dir: Path) -> dict:
         return bmm(p, v)
 
     def build(dim, fused):
-        saved, env = dict(cpu_attention._state), os.environ.get(cpu_attention.ENV_SWITCH)
-        if not fused:
-            os.environ[cpu_attention.ENV_SWITCH] = "off"
-            cpu_attention._state.clear()
-        try:
+        with contextlib.nullcontext() if fused else cpu_attention.composed():
             attn = CrossAttention(dim, dim, HEADS, dim // HEADS)
-        finally:
-            cpu_attention._state.clear()
-            cpu_attention._state.update(saved)
-            if env is None:
-                os.environ.pop(cpu_attention.ENV_SWITCH, None)
-            else:
-                os.environ[cpu_attention.ENV_SWITCH] = env
         if (attn.fused is not None) != fused:
             raise SystemExit(f"the fused CPU kernel is not available: {cpu_attention.unavailable_reason()}")
         attn.set_train(False)

@@ -12,7 +12,7 @@ How it is built: on first use the source is compiled with the system C++ compile
 else ``g++`` / ``c++``; ``-O3 -march=native``) against MindSpore's own oneDNN
 (``mindspore/lib/libdnnl.so.*``, its ``dnnl_sgemm``) into
 ``$MIND_DIFFUSION_KERNEL_CACHE`` (default ``~/.cache/mind_diffusion/kernels``)``/<key>/``, the key
-hashing the source, the compiler, the flags, the oneDNN file and this CPU's model and flags (a home
+hashing the source, the compiler (its resolved file, size and time), the flags, the oneDNN file and this CPU's model and flags (a home
 folder shared by machines of different CPUs gets one library per CPU). The library is written
 to a temporary name and renamed, so concurrent processes never load a half-written file.
 
@@ -26,6 +26,7 @@ MindSpore ops makes it trainable.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -92,12 +93,13 @@ def _build() -> tuple[Path | None, str]:
     cxx = _compiler()
     if cxx is None:
         return None, "no C++ compiler (install g++ or set CXX) to build the fused CPU kernel"
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"{cxx} --version failed ({exc})"
+    # the compiler's identity without running it (this runs at every start): its resolved file,
+    # size and modification time, which an upgrade changes
+    real = Path(cxx).resolve()
+    stat = real.stat()
+    compiler = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode(), dnnl.name.encode(),
+    for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), dnnl.name.encode(),
                  str(dnnl.stat().st_size).encode(), _cpu_signature().encode(), platform.machine().encode()):
         h.update(part + b"\0")
     folder = kernel_root() / h.hexdigest()[:20]
@@ -140,6 +142,25 @@ def library() -> Path | None:
                                       f"{lib.parent}; set {ENV_CACHE} to a folder inside it")
         _state["lib"], _state["why"] = lib, why
     return _state["lib"]
+
+
+@contextlib.contextmanager
+def composed():
+    """Inside the block, networks built use MindSpore's composed attention kernels (the path of
+    GPU and Ascend), as with ``MIND_DIFFUSION_FUSED_ATTENTION=off``; afterwards the switch and the
+    built state are as before (for tests and benches that compare the two paths)."""
+    saved_state, saved_env = dict(_state), os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = "off"
+    _state.clear()
+    try:
+        yield
+    finally:
+        _state.clear()
+        _state.update(saved_state)
+        if saved_env is None:
+            os.environ.pop(ENV_SWITCH, None)
+        else:
+            os.environ[ENV_SWITCH] = saved_env
 
 
 def unavailable_reason() -> str:

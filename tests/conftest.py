@@ -42,17 +42,13 @@ def graph_mode():
 
 
 @pytest.fixture
-def composed_attention(monkeypatch):
+def composed_attention():
     """Networks built inside the test use MindSpore's composed attention kernels (the path of the
     GPU and Ascend devices), not the fused CPU kernel (mind_diffusion/cpu_attention.py)."""
     from mind_diffusion import cpu_attention
 
-    monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
-    saved = dict(cpu_attention._state)
-    cpu_attention._state.clear()
-    yield
-    cpu_attention._state.clear()
-    cpu_attention._state.update(saved)
+    with cpu_attention.composed():
+        yield
 
 
 @pytest.fixture

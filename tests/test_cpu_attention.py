@@ -106,19 +106,12 @@ def test_channels_first_layout_closed_form_and_autograd(ms_mode, fused_lib, g, d
     _assert_same_gradients(ms_mode, loss_fused, loss_composed, q, k, v)
 
 
-def _built_both_ways(monkeypatch, build):
+def _built_both_ways(build):
     """(net with the fused kernel, the same net on the composed path)."""
     ms.set_seed(0)
     fused = build()
-    monkeypatch.setenv(cpu_attention.ENV_SWITCH, "off")
-    saved = dict(cpu_attention._state)
-    cpu_attention._state.clear()
-    try:
+    with cpu_attention.composed():
         composed = build()
-    finally:
-        cpu_attention._state.clear()
-        cpu_attention._state.update(saved)
-        monkeypatch.delenv(cpu_attention.ENV_SWITCH)
     rng = np.random.default_rng(1)
     for p, q in zip(fused.get_parameters(), composed.get_parameters()):
         val = Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1)
@@ -127,7 +120,7 @@ def _built_both_ways(monkeypatch, build):
     return fused, composed
 
 
-def test_glide_and_autoencoder_attention_blocks_with_and_without_it(ms_mode, fused_lib, monkeypatch):
+def test_glide_and_autoencoder_attention_blocks_with_and_without_it(ms_mode, fused_lib):
     from mind_diffusion.glide.unet import AttentionBlock
     from mind_diffusion.ldm.autoencoder import AttnBlock
 
@@ -138,20 +131,20 @@ def test_glide_and_autoencoder_attention_blocks_with_and_without_it(ms_mode, fus
     cases = [(lambda: AttentionBlock(32, 4, 24, num_groups=8), (x, emb, xf)),
              (lambda: AttnBlock(32, num_groups=8), (x,))]
     for build, inputs in cases:
-        fused, composed = _built_both_ways(monkeypatch, build)
+        fused, composed = _built_both_ways(build)
         assert fused.fused is not None and composed.fused is None
         a, b = fused(*inputs).asnumpy(), composed(*inputs).asnumpy()
         assert np.abs(b - x.asnumpy()).max() > 0.05      # the attention term is not negligible
         assert np.abs(a - b).max() <= 1e-5, type(fused).__name__
 
 
-def test_the_unet_gives_the_same_output_with_and_without_it(ms_mode, fused_lib, monkeypatch):
+def test_the_unet_gives_the_same_output_with_and_without_it(ms_mode, fused_lib):
     from mind_diffusion.ldm.unet import CrossAttention, LDMUNet
 
     cfg = dict(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=(1, 2),
                num_res_blocks=1, channel_mult=(1, 2), num_heads=2, context_dim=24, num_groups=8,
                transformer_depth=1)
-    fused, composed = _built_both_ways(monkeypatch, lambda: LDMUNet(**cfg))
+    fused, composed = _built_both_ways(lambda: LDMUNet(**cfg))
     cells = lambda net: [c for _, c in net.cells_and_names() if isinstance(c, CrossAttention)]  # noqa: E731
     assert cells(fused) and all(c.fused is not None for c in cells(fused))
     assert all(c.fused is None for c in cells(composed))
