@@ -51,7 +51,8 @@ from ..nn.layers import apply_compute_dtype
 from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, GlobalOrder, shard_rows
 from ..train.optim import build_optimizer
 from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
-from ..train.trainer import NoEMA, Trainer, TrainOptions, make_train_options, model_state, resolve_total_steps  # noqa: F401
+from ..train.trainer import (  # noqa: F401
+    NoEMA, Trainer, TrainOptions, make_train_options, model_state, model_tensors, resolve_total_steps)
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import build_ldm
@@ -342,7 +343,7 @@ class ModelTrainer(Trainer):
             if self.on_export is not None:
                 self.on_export(self)
             return paths
-        full = model_state(self.model)
+        full = model_tensors(self.model)
         extra = {"meta.step": int(self.step)}
         paths = {"model": save_atomic(full, self.out_dir / f"{self.export_name}.ckpt", extra=extra)}
         if self.use_ema:
