@@ -38,7 +38,12 @@ namespace {
 
 int worker_count(int64_t tasks) {
   int n = 0;
-  if (const char *env = std::getenv("MIND_DIFFUSION_ATTENTION_THREADS")) n = std::atoi(env);
+  if (const char *env = std::getenv("MIND_DIFFUSION_ATTENTION_THREADS")) {
+    // a positive integer, all of it; anything else means the default (Python says so once)
+    char *end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0 && v < 1 << 16) n = static_cast<int>(v);
+  }
   if (n <= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -39,6 +39,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("attention_cpu.cc")
 FUNC = "MindDiffusionAttention"
 ENV_SWITCH = "MIND_DIFFUSION_FUSED_ATTENTION"
+ENV_THREADS = "MIND_DIFFUSION_ATTENTION_THREADS"
 ENV_CACHE = "MIND_DIFFUSION_KERNEL_CACHE"
 OFF_VALUES = ("0", "off", "false", "no", "none")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared",
@@ -168,6 +169,19 @@ def unavailable_reason() -> str:
     return _state.get("why", "")
 
 
+def threads_problem() -> str:
+    """What is wrong with ``MIND_DIFFUSION_ATTENTION_THREADS`` ("" when unset or a positive integer:
+    the kernel's worker threads; any other value is ignored, the kernel uses every CPU the process
+    may use)."""
+    raw = os.environ.get(ENV_THREADS)
+    if raw is None or raw == "":
+        return ""
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) < 1 << 16:
+        return ""
+    return (f"{ENV_THREADS}={raw!r} is not a positive whole number; the fused attention uses every CPU the "
+            f"process may use (set it to e.g. 2, or unset it)")
+
+
 def enabled() -> bool:
     """Whether networks built now use the fused kernel: CPU device and a library."""
     import mindspore as ms
@@ -180,6 +194,10 @@ def enabled() -> bool:
             _state["told"] = True
             print(f"note: attention uses the composed MindSpore kernels: {reason}", file=sys.stderr)
         return False
+    problem = threads_problem()
+    if problem and _state.get("told_threads") != problem:
+        _state["told_threads"] = problem
+        print(f"warning: {problem}", file=sys.stderr)
     return True
 
 

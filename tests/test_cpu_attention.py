@@ -78,6 +78,29 @@ def test_forward_is_the_closed_form_and_backward_is_autograds(ms_mode, fused_lib
     _assert_same_gradients(ms_mode, loss_fused, loss_composed, q, k, v)
 
 
+def test_thread_count_setting_results_identical_and_a_bad_value_named(fused_lib, monkeypatch, capsys):
+    """MIND_DIFFUSION_ATTENTION_THREADS changes how the blocks are spread, never the numbers; a
+    value that is not a positive whole number is named once (with the fix) and the default used."""
+    op = cpu_attention.fused_attention_op()
+    rng = np.random.default_rng(3)
+    q, k, v = (Tensor(rng.standard_normal((2, 700, 3, 16)).astype(np.float32)) for _ in range(3))
+    monkeypatch.delenv(cpu_attention.ENV_THREADS, raising=False)
+    ref = op(q, k, v).asnumpy()
+    for value in ("1", "3", "", "0", "-2", "two", "2.5", "4x", "٣"):
+        monkeypatch.setenv(cpu_attention.ENV_THREADS, value)
+        assert np.array_equal(op(q, k, v).asnumpy(), ref), value
+        problem = cpu_attention.threads_problem()
+        assert bool(problem) == (value not in ("1", "3", "")), value
+        capsys.readouterr()
+        assert cpu_attention.enabled() and cpu_attention.enabled()
+        err = capsys.readouterr().err
+        if problem:
+            assert value in problem and "positive whole number" in problem and "unset it" in problem
+            assert err.count(cpu_attention.ENV_THREADS) == 1    # once per distinct bad value
+        else:
+            assert cpu_attention.ENV_THREADS not in err
+
+
 @pytest.mark.parametrize(("g", "dim", "n", "m"), [(3, 16, 300, 300), (4, 32, 100, 77), (2, 8, 5, 1100)],
                          ids=["self-partial-block", "with-text-tokens", "long-keys"])
 def test_channels_first_layout_closed_form_and_autograd(ms_mode, fused_lib, g, dim, n, m):
