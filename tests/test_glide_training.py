@@ -676,6 +676,46 @@ def test_fine_tune_start_loads_strictly(stage, tmp_path, shapes_sp, shapes_data)
     assert all(np.array_equal(got[k], want[k].astype(got[k].dtype)) for k in want)
 
 
+def test_fresh_text_side_keeps_the_initial_text_weights_and_loads_the_rest(tmp_path, shapes_sp, shapes_data,
+                                                                            capsys):
+    """init.fresh_text_side: the text side (TEXT_SIDE_PREFIXES) is the network's own fresh
+    initialisation (the same as a run without init.checkpoint), every other tensor the checkpoint's;
+    the checkpoint's text side may have another shape (here another vocabulary, as from another
+    tokenizer); without a checkpoint the key is one clear line and nothing is written."""
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import TEXT_SIDE_PREFIXES, build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+
+    want = _tiny_checkpoint("base", tmp_path / "glide_gen.ckpt", seed=11, n_vocab=77)
+    cfg_path = tiny_cfg(tmp_path, shapes_sp, shapes_data, "base")
+
+    def params(*over):
+        cfg = load_config(str(cfg_path), list(over), glide_train_config_defaults())
+        trainer, _ = build_glide_trainer(cfg, init_runtime("CPU", "pynative", seed=0, verbose=False),
+                                         progress=False)
+        return {p.name: p.asnumpy() for p in trainer.model.get_parameters()}
+
+    fresh = params(f"train.output_dir={tmp_path / 'fresh'}")
+    got = params(f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}", "init.fresh_text_side=true",
+                 f"train.output_dir={tmp_path / 'mixed'}")
+    assert "text-side tensors keep their fresh initial weights (init.fresh_text_side)" in capsys.readouterr().out
+    text = [n for n in got if n.startswith(TEXT_SIDE_PREFIXES)]
+    assert text and len(text) < len(got)
+    for name, value in got.items():
+        src = fresh if name.startswith(TEXT_SIDE_PREFIXES) else want
+        assert np.array_equal(value, src[name].astype(value.dtype)), name
+    assert want["token_embedding.embedding_table"].shape != got["token_embedding.embedding_table"].shape
+
+    rc = _train_main(capsys, cfg_path, "--overwrite", f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}",
+                     f"train.output_dir={tmp_path / 'strict'}")
+    captured_error(capsys, rc, "token_embedding")     # without the key: the strict load names the mismatch
+
+    before = _earlier_run(tmp_path / "run")
+    rc = _train_main(capsys, cfg_path, "--overwrite", "init.fresh_text_side=true")
+    captured_error(capsys, rc, "init.fresh_text_side=true needs init.checkpoint")
+    assert _files(tmp_path / "run") == before
+
+
 @pytest.mark.parametrize("stage", ["base", "sr"])
 def test_the_other_stages_checkpoint_is_refused(stage, tmp_path, shapes_sp, shapes_data, capsys):
     other = "sr" if stage == "base" else "base"

@@ -60,7 +60,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..checkpoint.io import CheckpointError, save_atomic
+from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from ..config import ConfigError, save_config, to_plain
 from ..diffusion.gaussian import MSLearnedRangeVLB
 from ..text.sentencepiece_tokenizer import padded_tokens_and_mask
@@ -78,7 +78,7 @@ from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import NoEMA, Trainer, make_train_options, resolve_total_steps
 from ..train.validate import check_number, check_train_section
 from . import diffusion as gd
-from .checkpoint import OFFICIAL_FILES, glide_state, load_glide_checkpoint
+from .checkpoint import OFFICIAL_FILES, glide_state, load_glide_checkpoint, strip_unet_prefix
 from .config import glide_base_defaults, glide_sr_defaults, network_config
 from .model import apply_glide_precision, build_glide_base, build_glide_sr
 
@@ -180,8 +180,12 @@ def glide_train_config_defaults() -> dict:
             "text_encoder_start_step": 0,
         },
         # init.checkpoint: the released glide_gen.ckpt / glide_super_res.ckpt (--pretrained_model) or
-        # a file this trainer wrote; null: random weights
-        "init": {"checkpoint": None},
+        # a file this trainer wrote; null: random weights. fresh_text_side: true keeps the network's
+        # fresh initial weights for the text side (TEXT_SIDE_PREFIXES) instead of the checkpoint's: a
+        # UNet that already draws the scenes learns to read a new, untrained encoder (with
+        # train.text_encoder_start_step, a random one held still, the recipe that taught the built-in
+        # LDM its place words)
+        "init": {"checkpoint": None, "fresh_text_side": False},
     }
 
 
@@ -810,7 +814,22 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     ms.set_seed(int(t.seed))  # identical initialisation on every rank
     net = (build_glide_base if stage == "base" else build_glide_sr)(ncfg)
     if cfg.init.checkpoint:
-        load_glide_checkpoint(net, str(cfg.init.checkpoint), stage)
+        source, fresh = str(cfg.init.checkpoint), {}
+        if bool(cfg.init.fresh_text_side):
+            # the checkpoint's text side is replaced by the network's own initial tensors before the
+            # strict load, so its vocabulary (n_vocab) and text widths need not match
+            fresh = {p.name: p.data.asnumpy().copy() for p in net.get_parameters()
+                     if p.name.startswith(TEXT_SIDE_PREFIXES)}
+            state = read_checkpoint(source, f"init.checkpoint ({OFFICIAL_FILES[stage]})")
+            source = {n: v for n, v in state.items() if not strip_unet_prefix(n).startswith(TEXT_SIDE_PREFIXES)}
+            source.update(fresh)
+        load_glide_checkpoint(net, source, stage)
+        if fresh and runtime.rank == 0:
+            print(f"[mind_diffusion] init: {len(fresh)} text-side tensors keep their fresh initial weights "
+                  f"(init.fresh_text_side)", flush=True)
+    elif bool(cfg.init.fresh_text_side):
+        raise ConfigError("init.fresh_text_side=true needs init.checkpoint (the weights of the rest of the "
+                          "network); without one every weight is fresh already")
     apply_glide_precision(net, runtime.precision.ms_dtype())
     source = GlideBatches(data, tokenizer.end_token, int(ncfg["text_ctx"]), int(t.batch_size), size, low,
                           schedule.num_timesteps, float(d.text_drop_p), seed=int(t.seed), rank=runtime.rank,
