@@ -1,5 +1,8 @@
 """Helpers shared by the benchmark scripts."""
+import os
 import platform
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -12,3 +15,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_process(cmd: list, env: dict, cwd) -> dict:
+    """Run ``cmd`` to its end: wall time, its own peak RSS (wait4), exit code, the 1-minute load
+    average before and after, its output (stdout and stderr together)."""
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    return {"wall": time.perf_counter() - t0, "rss_mb": usage.ru_maxrss / 1024,
+            "code": os.waitstatus_to_exitcode(status), "load": (load0, os.getloadavg()[0]), "output": out}

@@ -24,15 +24,13 @@ import hashlib
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, run_process  # noqa: E402
 
 PHASES = ("import", "runtime", "build", "checkpoint load", "compile", "text encode", "sampling",
           "decode", "write", "other")
@@ -48,17 +46,10 @@ def parse_timings(text: str) -> dict:
 
 def run_job(cmd: list, env: dict) -> dict:
     """Run ``cmd``; wall time, peak RSS (its own, via wait4), load average before/after."""
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "load": (load0, os.getloadavg()[0]),
-            "phases": parse_timings(out), "hit": "compile cache hit" in out}
+    r = run_process(cmd, env, ROOT)
+    if r["code"] != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({r['code']}):\n{r['output'][-3000:]}")
+    return {**r, "phases": parse_timings(r["output"]), "hit": "compile cache hit" in r["output"]}
 
 
 def image_hash(folder: Path) -> str:
