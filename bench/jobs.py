@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_name, run_process  # noqa: E402
 from startup import PROMPT  # noqa: E402
