@@ -398,6 +398,7 @@ def job_finetune(args, env, tmp: Path, table: Table):
     if o.get("step_s") and t.get("step_s"):
         table.notes.append(f"- Fine-tune step alone (after the first): PyTorch {t['step_s']:.2f} s / ours "
                            f"{o['step_s']:.2f} s = **{t['step_s'] / o['step_s']:.2f}x**.")
+        table.write()
 
 
 JOBS = {"builtin": job_builtin, "wukong": job_wukong, "glide": job_glide, "finetune": job_finetune}
