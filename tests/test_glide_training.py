@@ -714,6 +714,10 @@ def test_fresh_text_side_keeps_the_initial_text_weights_and_loads_the_rest(tmp_p
     rc = _train_main(capsys, cfg_path, "--overwrite", "init.fresh_text_side=true")
     captured_error(capsys, rc, "init.fresh_text_side=true needs init.checkpoint")
     assert _files(tmp_path / "run") == before
+    # refused with the config, before any data is read (here the data would be missing too)
+    rc = _train_main(capsys, cfg_path, "--overwrite", "init.fresh_text_side=true", f"data.path={tmp_path / 'none'}")
+    captured_error(capsys, rc, "init.fresh_text_side=true needs init.checkpoint")
+    assert _files(tmp_path / "run") == before
 
 
 @pytest.mark.parametrize("stage", ["base", "sr"])
@@ -755,6 +759,56 @@ def test_full_size_export_has_the_released_names_shapes_dtypes(stage, shared_dir
     got = [(n, list(v.shape), {np.dtype(np.float32): "Float32", np.dtype(np.float16): "Float16"}[v.dtype])
            for n, v in state.items()]
     assert got == [(n, list(s), d) for n, s, d in entries]
+
+
+def test_export_hands_over_the_parameters_and_writes_the_same_files(tmp_path, monkeypatch):
+    """GlideTrainer.export gives save_atomic the Parameters themselves (of the net and of its EMA;
+    only the small fp16 embeddings are converted), not a host copy of every tensor, and writes the
+    same bytes as the copies did: the released layout, EMA weights over the net's own names."""
+    from types import SimpleNamespace
+
+    from mindspore import Parameter, Tensor
+
+    from glide_tiny import randomize
+    from mind_diffusion.checkpoint import io as ckio
+    from mind_diffusion.glide import training as glide_training
+    from mind_diffusion.glide.checkpoint import FP16_PARAMS, TRAINING_PREFIX, glide_state
+    from mind_diffusion.glide.model import build_glide_base
+    from mind_diffusion.train.step import EMA
+
+    cfg = dict(TINY_BASE, n_vocab=101)
+    net = randomize(build_glide_base(cfg), seed=3)
+    ema = EMA(net, decay=0.5, start=0)
+    for e in ema.ema:  # EMA weights unlike the live ones
+        e.set_data(Tensor(e.asnumpy() * 0.5 + 0.25))
+    given = []
+
+    def capture(state, path, extra=None):
+        given.append((Path(path).name, dict(state)))
+        return ckio.save_atomic(state, path, extra=extra)
+
+    monkeypatch.setattr(glide_training, "save_atomic", capture)
+    fake = SimpleNamespace(rank=0, model=net, ema=ema, stage="base", out_dir=tmp_path, net_cfg=cfg,
+                           tokenizer_cfg={"sp_model": "x.model"},
+                           export_names=("glide_gen.ckpt", "glide_gen_ema.ckpt"))
+    paths = glide_training.GlideTrainer.export(fake)
+    assert [g[0] for g in given] == ["glide_gen.ckpt", "glide_gen_ema.ckpt"]
+    live = {id(p) for p in net.get_parameters()} | {id(e) for e in ema.ema}
+    for name, state in given:
+        for k, v in state.items():
+            if k[len(TRAINING_PREFIX):] in FP16_PARAMS:
+                assert isinstance(v, np.ndarray) and v.dtype == np.float16, k
+            else:
+                assert isinstance(v, Parameter) and id(v) in live, (name, k)
+    # byte for byte the files of host copies: the net, and the EMA's weights over the net's names
+    want = ckio.save_atomic(glide_state(net, "base"), tmp_path / "copy.ckpt")
+    assert paths["model"].read_bytes() == want.read_bytes()
+    copy = glide_state(net, "base")
+    for n, v in ema.model_state().items():
+        copy[TRAINING_PREFIX + n] = v.astype(np.float16) if n in FP16_PARAMS else v
+    want = ckio.save_atomic(copy, tmp_path / "copy_ema.ckpt")
+    assert paths["ema"].read_bytes() == want.read_bytes()
+    assert paths["ema"].read_bytes() != paths["model"].read_bytes()
 
 
 # --------------------------------------------------------------- slow: runs of the training script

@@ -176,12 +176,15 @@ def load_glide_checkpoint(net, path_or_state, kind: str | None = None, *,
 
 
 def glide_state(net, kind: str | None = None, layout: str = "training",
-                fp16_embeddings: bool = True) -> dict[str, np.ndarray]:
+                fp16_embeddings: bool = True, tensors: bool = False, values: dict | None = None) -> dict:
     """{checkpoint name: array} of ``net`` in the official layout.
 
     ``layout``: 'training' (the released files' names), 'inference' (Taichu's rewritten names)
     or 'bare'; SRGAN names are always bare. ``fp16_embeddings``: store the positional / padding
-    embeddings as fp16 like the original (default)."""
+    embeddings as fp16 like the original (default). ``tensors``: the Parameters themselves instead of
+    numpy copies (only the small fp16 embeddings are converted), for ``save_atomic``, which writes
+    one tensor at a time. ``values``: {parameter name: tensor} taken instead of the net's own
+    (an EMA's weights), named and converted the same way."""
     kind = _resolve_kind(net, kind)
     layouts = ("training", "inference", "bare")
     if layout not in layouts:
@@ -191,9 +194,11 @@ def glide_state(net, kind: str | None = None, layout: str = "training",
         prefix = {"training": TRAINING_PREFIX, "inference": INFERENCE_PREFIXES[kind], "bare": ""}[layout]
     out = {}
     for p in net.get_parameters():
-        value = p.asnumpy()
+        value = p if values is None else values.get(p.name, p)
         if fp16_embeddings and kind != "srgan" and p.name in FP16_PARAMS:
-            value = value.astype(np.float16)
+            value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value).astype(np.float16)
+        elif not tensors:
+            value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value)
         out[prefix + p.name] = value
     return out
 

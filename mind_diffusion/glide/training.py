@@ -722,15 +722,11 @@ class GlideTrainer(Trainer):
             return {}
         # only the network's tensors, named as in the released files (no step counter beside them:
         # the original loads them into its GaussianDiffusion cell; checkpoints/ holds the step)
-        state = glide_state(self.model, self.stage)
+        # the Parameters themselves, not host copies (save_atomic writes one tensor at a time)
+        state = glide_state(self.model, self.stage, tensors=True)
         paths = {"model": save_atomic(state, self.out_dir / self.export_names[0])}
         if not isinstance(self.ema, NoEMA):
-            from .checkpoint import FP16_PARAMS, TRAINING_PREFIX
-
-            ema = dict(state)
-            for name, value in self.ema.model_state().items():
-                value = np.asarray(value)
-                ema[TRAINING_PREFIX + name] = value.astype(np.float16) if name in FP16_PARAMS else value
+            ema = glide_state(self.model, self.stage, tensors=True, values=self.ema.model_tensors())
             paths["ema"] = save_atomic(ema, self.out_dir / self.export_names[1])
         net = {k: list(v) if isinstance(v, tuple) else v for k, v in self.net_cfg.items()}
         save_config({"model": {self.stage: net}, "tokenizer": self.tokenizer_cfg,
@@ -782,6 +778,9 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
     check_run_dir(Path(t.output_dir).expanduser(), resume, overwrite, rank=runtime.rank)
     init = cfg.init.checkpoint
+    if bool(cfg.init.fresh_text_side) and not init:
+        raise ConfigError("init.fresh_text_side=true needs init.checkpoint (the weights of the rest of the "
+                          "network); without one every weight is fresh already")
     if init and not Path(str(init)).expanduser().is_file():
         raise CheckpointError(f"init.checkpoint not found: {init} (the released {OFFICIAL_FILES[stage]} from "
                               f"https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/, or null to "
@@ -827,9 +826,6 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
         if fresh and runtime.rank == 0:
             print(f"[mind_diffusion] init: {len(fresh)} text-side tensors keep their fresh initial weights "
                   f"(init.fresh_text_side)", flush=True)
-    elif bool(cfg.init.fresh_text_side):
-        raise ConfigError("init.fresh_text_side=true needs init.checkpoint (the weights of the rest of the "
-                          "network); without one every weight is fresh already")
     apply_glide_precision(net, runtime.precision.ms_dtype())
     source = GlideBatches(data, tokenizer.end_token, int(ncfg["text_ctx"]), int(t.batch_size), size, low,
                           schedule.num_timesteps, float(d.text_drop_p), seed=int(t.seed), rank=runtime.rank,

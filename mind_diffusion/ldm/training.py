@@ -348,7 +348,7 @@ class ModelTrainer(Trainer):
         paths = {"model": save_atomic(full, self.out_dir / f"{self.export_name}.ckpt", extra=extra)}
         if self.use_ema:
             ema = dict(full)
-            ema.update(self.ema.model_state())
+            ema.update(self.ema.model_tensors())
             paths["ema"] = save_atomic(ema, self.out_dir / f"{self.export_name}_ema.ckpt", extra=extra)
         if self.on_export is not None:
             self.on_export(self)

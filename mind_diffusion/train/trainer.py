@@ -164,7 +164,7 @@ class Trainer:
         if self.rank != 0:
             return {}
         paths = {
-            "ema": save_atomic(self.ema.model_state(), self.out_dir / "model_ema.ckpt",
+            "ema": save_atomic(self.ema.model_tensors(), self.out_dir / "model_ema.ckpt",
                                extra={"meta.step": int(self.step)}),
             "model": save_atomic(model_tensors(self.model), self.out_dir / "model.ckpt",
                                  extra={"meta.step": int(self.step)}),
@@ -362,6 +362,9 @@ class NoEMA:
         return {}
 
     def model_state(self):
+        return {}
+
+    def model_tensors(self):
         return {}
 
 
