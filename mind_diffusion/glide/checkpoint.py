@@ -205,8 +205,9 @@ def glide_state(net, kind: str | None = None, layout: str = "training",
 
 def save_glide_checkpoint(net, path: str | Path, kind: str | None = None, layout: str = "training",
                           fp16_embeddings: bool = True) -> Path:
-    """Write ``net`` atomically in the official layout (see :func:`glide_state`)."""
-    return save_atomic(glide_state(net, kind, layout, fp16_embeddings), path)
+    """Write ``net`` atomically in the official layout (see :func:`glide_state`), handing MindSpore
+    the Parameters themselves (no host copy of the weights)."""
+    return save_atomic(glide_state(net, kind, layout, fp16_embeddings, tensors=True), path)
 
 
 _OPENAI_RULES = (
