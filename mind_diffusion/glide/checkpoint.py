@@ -195,10 +195,10 @@ def glide_state(net, kind: str | None = None, layout: str = "training",
     out = {}
     for p in net.get_parameters():
         value = p if values is None else values.get(p.name, p)
-        if fp16_embeddings and kind != "srgan" and p.name in FP16_PARAMS:
-            value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value).astype(np.float16)
-        elif not tensors:
-            value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value)
+        fp16 = fp16_embeddings and kind != "srgan" and p.name in FP16_PARAMS
+        if fp16 or not tensors:
+            value = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+            value = value.astype(np.float16) if fp16 else value
         out[prefix + p.name] = value
     return out
 

@@ -52,7 +52,7 @@ from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, Glo
 from ..train.optim import build_optimizer
 from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import (  # noqa: F401
-    NoEMA, Trainer, TrainOptions, make_train_options, model_state, model_tensors, resolve_total_steps)
+    NoEMA, Trainer, TrainOptions, make_train_options, model_tensors, resolve_total_steps)
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
 from .config import ldm_config_defaults
 from .model import build_ldm

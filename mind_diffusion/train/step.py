@@ -271,7 +271,7 @@ class EMA(nn.Cell):
 
     def model_state(self) -> dict:
         """EMA weights under the model's own parameter names."""
-        return {e.name[len("ema."):]: e.asnumpy() for e in self.ema}
+        return {name: e.asnumpy() for name, e in self.model_tensors().items()}
 
     def model_tensors(self) -> dict:
         """The EMA Parameters themselves under the model's names (no host copy; for ``save_atomic``)."""

@@ -47,16 +47,12 @@ from .data import micro_batches
 from .step import EMA, GRAD_BUFFER_PREFIX, AccumulatingTrainStep, LossScaler, TrainStep, check_accum_steps
 
 
-def model_state(cell) -> dict:
-    """{name: array} of a model's parameters for an exported model file (the trainer's dropout
-    step counter, which lives on the model's dropout layers during training, left out)."""
-    return {p.name: p.asnumpy() for p in cell.get_parameters() if p.name != RNG_STEP_NAME}
-
-
 def model_tensors(cell) -> dict:
-    """{name: Parameter}, the same tensors as :func:`model_state` without copying them: what the
-    exports hand to ``save_atomic``, which writes one tensor at a time (a host copy of a full-size
-    model's weights, 3.9 GB for Wukong's UNet and text encoder, would come on top of training's)."""
+    """{name: Parameter} of a model's parameters for an exported model file (the trainer's dropout
+    step counter, which lives on the model's dropout layers during training, left out), not copied:
+    the exports hand them to ``save_atomic``, which writes one tensor at a time (a host copy of a
+    full-size model's weights, 3.9 GB for Wukong's UNet and text encoder, would come on top of
+    training's)."""
     return {p.name: p for p in cell.get_parameters() if p.name != RNG_STEP_NAME}
 
 
