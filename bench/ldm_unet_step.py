@@ -10,7 +10,9 @@ separately, then ``--warmup`` untimed calls, then ``--repeats`` timed calls (med
 Ours uses ``gelu="exact"`` (what diffusers computes) so the two outputs are comparable;
 Wukong's tanh-GELU costs the same. On CPU our side runs twice (``--attention both``, the default):
 with the fused attention kernel (``mind_diffusion/cpu_attention.py``, the default path on CPU)
-and with MindSpore's composed attention kernels (the path of GPU and Ascend).
+and with MindSpore's composed attention kernels (the path of GPU and Ascend). ``--pynative`` adds
+a row of our side in PYNATIVE_MODE (fused attention): no graph compilation, so its peak RSS shows
+how much of the graph row's is the compiled graph and its memory pool rather than the model.
 
 Usage (from the repository root)::
 
@@ -103,7 +105,7 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
 
     from mind_diffusion.nn.layers import apply_compute_dtype
 
-    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_context(mode=ms.PYNATIVE_MODE if args.mode == "pynative" else ms.GRAPH_MODE)
     ms.set_device(args.device)
     if args.device == "CPU":
         try:
@@ -137,7 +139,7 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
 
         raise SystemExit(f"asked for {args.attention} attention, got the other: {cpu_attention.unavailable_reason()}")
     attention = f", {'fused' if fused else 'composed'} attention" if args.device == "CPU" else ""
-    return {"framework": f"MindSpore {ms.__version__} (graph, {args.device}{', fp16' if args.fp16 else ''}{attention})",
+    return {"framework": f"MindSpore {ms.__version__} ({args.mode}, {args.device}{', fp16' if args.fp16 else ''}{attention})",
             "build_s": build_s, "first_s": first, "device_peak_mb": dev_mb,
             "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
             "params": int(sum(int(np.prod(p.shape)) for p in params.values()))}
@@ -190,13 +192,15 @@ def net_context_dim(cfg) -> int:
     return int(cfg.get("context_dim", 768))
 
 
-def run_worker(side: str, args, out_dir: Path, attention: str = "fused") -> dict:
+def run_worker(side: str, args, out_dir: Path, attention: str = "fused", mode: str = "graph") -> dict:
     tag = side if side == "diffusers" or attention == "fused" else f"{side}_{attention}"
+    if side != "diffusers" and mode != "graph":
+        tag += f"_{mode}"
     env = dict(os.environ)
     if attention == "composed":
         env["MIND_DIFFUSION_FUSED_ATTENTION"] = "off"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--out-dir", str(out_dir),
-           "--worker-tag", tag, "--attention", attention,
+           "--worker-tag", tag, "--attention", attention, "--mode", mode,
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed),
            "--device", args.device] + (["--fp16"] if args.fp16 else [])
@@ -231,6 +235,9 @@ def main(argv=None):
     ap.add_argument("--attention", choices=["both", "fused", "composed"], default="both",
                     help="our side's attention on CPU: the fused kernel (the default path), MindSpore's "
                          "composed kernels (GPU / Ascend's path, MIND_DIFFUSION_FUSED_ATTENTION=off), or both rows")
+    ap.add_argument("--pynative", action="store_true",
+                    help="add a row of our side in PYNATIVE_MODE (no graph compilation; fused attention on CPU)")
+    ap.add_argument("--mode", choices=["graph", "pynative"], default="graph", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     ap.add_argument("--worker-tag", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -255,7 +262,10 @@ def main(argv=None):
         kinds = ["fused", "composed"] if args.attention == "both" else [args.attention]
         if args.device != "CPU":
             kinds = ["fused"]      # the fused kernel is CPU-only: one row of the device's own path
-        rows = [run_worker("ours", args, tmp, kind) for kind in kinds] + [run_worker("diffusers", args, tmp)]
+        rows = [run_worker("ours", args, tmp, kind) for kind in kinds]
+        if args.pynative:
+            rows.append(run_worker("ours", args, tmp, "fused", "pynative"))
+        rows.append(run_worker("diffusers", args, tmp))
         outs = {r["tag"]: np.load(tmp / f"{r['tag']}.npy") for r in rows}
     ref = outs.pop("diffusers")
     diffs = {tag: float(np.abs(o - ref).max()) for tag, o in outs.items()}
@@ -264,13 +274,14 @@ def main(argv=None):
         r["median_s"] = statistics.median(r["times"])
     ratios = {r["tag"]: rows[-1]["median_s"] / r["median_s"] for r in rows[:-1]}
     label = {"ours": "ours" if args.device != "CPU" or len(kinds) == 1 else "ours (fused attention)",
-             "ours_composed": "ours (composed attention)"}
+             "ours_composed": "ours (composed attention)", "ours_pynative": "ours (pynative)"}
 
     cfg_name = "tiny (--quick)" if args.quick else "SD-v1 / Wukong (320, [1,2,4,4], 8 heads, ctx 768)"
     header = ("| implementation | params | build + load s | first call s | s/step (median) | steps | "
-              "peak RSS MB | device peak MB |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+              "RSS after weights MB | peak RSS MB | device peak MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['framework']} | {r['params']:,} | {r['build_s']:.1f} | {r['first_s']:.1f} | "
-             f"{r['median_s']:.3f} | {len(r['times'])} (+{args.warmup} warm-up) | {r['peak_rss_mb']:,.0f} | "
+             f"{r['median_s']:.3f} | {len(r['times'])} (+{args.warmup} warm-up) | {r['rss_weights_mb']:,.0f} | "
+             f"{r['peak_rss_mb']:,.0f} | "
              f"{'-' if r.get('device_peak_mb') is None else format(r['device_peak_mb'], ',.0f')} |"
              for r in rows]
     notes = [f"- UNet: {cfg_name}; latent {args.size}x{args.size}, batch {args.batch}, context "
@@ -283,7 +294,9 @@ def main(argv=None):
              + ", ".join(f"**{diffs[t]:.2e}** {label[t]}" for t in diffs) + f" (output max abs {scale:.2f}).",
              (f"- CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks. "
              "First call = MindSpore graph compilation + one step / PyTorch first eager step. Peak RSS is "
-             "each subprocess's own maximum resident set (weights + activations + framework)."),
+             "each subprocess's own maximum resident set (weights + activations + framework); RSS after weights "
+             "is that process once the network is built and filled (weights + framework), so peak minus it is "
+             "what running takes (MindSpore graph mode: the compiled graph and its activation memory pool)."),
              ]
     if load_at_start is not None and load_at_start > 0.5 * (os.cpu_count() or 1):
         notes.append(f"- WARNING: 1-min load average was {load_at_start:.2f} at start: other processes "
