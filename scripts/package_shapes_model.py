@@ -8,6 +8,10 @@ trained, how to reproduce and use it, and the adherence table of ``--eval``).
     python scripts/package_shapes_model.py runs/shapes-ldm models/shapes_zh --vae_run runs/shapes-vae \
         --eval runs/shapes-ldm/eval
 
+``--base_run`` names the from-scratch run that ``run_dir`` refined (train_shapes_model.sh's refine
+stage: ``init.checkpoint`` = its model.ckpt): its log becomes metrics_ldm.csv / loss.png and the
+refining run's metrics_ldm_refine.csv / loss_refine.png, and the card tells both.
+
 ``--decoder_run`` swaps in the decoder of a ``train.freeze_encoder`` fine-tune (its vae.ckpt)
 after checking that its encoder is, tensor for tensor, the one the LDM was trained with.
 
@@ -26,6 +30,8 @@ def main(argv=None):
     p.add_argument("run_dir", help="train_ldm.py output_dir (model.yaml, model_ema.ckpt, vocab, metrics.csv)")
     p.add_argument("model_dir", help="folder to write (created; existing files are replaced)")
     p.add_argument("--vae_run", default=None, help="train_vae.py output_dir, for its log and curve")
+    p.add_argument("--base_run", default=None,
+                   help="train_ldm.py output_dir of the from-scratch run that run_dir continued (its log and curve)")
     p.add_argument("--decoder_run", default=None,
                    help="train_vae.py output_dir of a decoder fine-tune (train.freeze_encoder): its vae.ckpt "
                         "replaces the decoder, its log goes to metrics_vae_decoder.csv")
@@ -55,6 +61,9 @@ def main(argv=None):
                 raise FileNotFoundError(f"{run}/{name} missing: is {run} a finished train_ldm.py run?")
         if args.eval:
             check_eval_of(Path(args.eval), run / args.ckpt)
+        if args.base_run and not (Path(args.base_run) / "metrics.csv").is_file():
+            raise FileNotFoundError(f"{Path(args.base_run) / 'metrics.csv'} missing (--base_run must be the "
+                                    f"train_ldm.py output_dir that run_dir continued)")
         if args.vae_run and not (Path(args.vae_run) / "metrics.csv").is_file():
             raise FileNotFoundError(f"{Path(args.vae_run) / 'metrics.csv'} missing (--vae_run must be a "
                                     f"train_vae.py output_dir)")
@@ -72,7 +81,15 @@ def main(argv=None):
         if not args.fp32:
             state = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in state.items()}
         save_atomic(state, out / "model.ckpt")
-        shutil.copy2(run / "metrics.csv", out / "metrics_ldm.csv")
+        for stale in ("metrics_ldm_refine.csv", "loss_refine.png"):
+            (out / stale).unlink(missing_ok=True)      # a card must not describe a refining it did not have
+        if args.base_run:
+            shutil.copy2(Path(args.base_run) / "metrics.csv", out / "metrics_ldm.csv")
+            shutil.copy2(run / "metrics.csv", out / "metrics_ldm_refine.csv")
+            plot_loss(out / "metrics_ldm_refine.csv", out / "loss_refine.png",
+                      title="latent UNet refined (text encoder frozen)")
+        else:
+            shutil.copy2(run / "metrics.csv", out / "metrics_ldm.csv")
         plot_loss(out / "metrics_ldm.csv", out / "loss.png", title="latent UNet + text encoder")
         if args.vae_run:
             shutil.copy2(Path(args.vae_run) / "metrics.csv", out / "metrics_vae.csv")
@@ -102,7 +119,8 @@ def main(argv=None):
             adherence = (Path(args.eval) / "adherence.md").read_text(encoding="utf-8")
             for grid in sorted(Path(args.eval).glob("grid_*.png")):
                 shutil.copy2(grid, out / f"adherence_{grid.name}")
-        (out / "README.md").write_text(model_card(cfg, run, out, adherence, decoder=bool(args.decoder_run)),
+        (out / "README.md").write_text(model_card(cfg, run, out, adherence, decoder=bool(args.decoder_run),
+                                                  base_run=Path(args.base_run) if args.base_run else None),
                                        encoding="utf-8")
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
         print(f"packaged {run} -> {out} ({size / 2**20:.1f} MB)")

@@ -85,23 +85,42 @@ def median_step_seconds(rows: list[dict]) -> float | None:
     return float(np.median(per_step)) if per_step else None
 
 
-def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: bool) -> str:
-    """README.md of a packaged shapes model: what it is, its training, reproduction, use, adherence."""
+def _steps_and_time(path: Path):
     import csv
+
+    rows = list(csv.DictReader(open(path, encoding="utf-8")))
+    steps = rows[-1]["step"] if rows else "?"
+    sec = median_step_seconds(rows)
+    if sec is None:
+        return steps, "an unlogged time"
+    total = sec * int(steps)
+    span = f"{total / 3600:.1f} h" if total >= 360 else f"{total / 60:.1f} min"
+    return steps, f"a median {sec:.2f} s a step ({span} at that rate)"
+
+
+def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: bool,
+               base_run: Path | None = None) -> str:
+    """README.md of a packaged shapes model: what it is, its training, reproduction, use, adherence.
+    ``base_run``: the from-scratch run that ``run`` refined (its log is metrics_ldm.csv, the refining
+    run's metrics_ldm_refine.csv)."""
 
     m = cfg["model"]
     f = 2 ** (len(m["vae"]["ch_mult"]) - 1)
     sp = cfg["sampling"]
     h, w = int(sp["height"]), int(sp["width"])
-    rows = list(csv.DictReader(open(out / "metrics_ldm.csv", encoding="utf-8")))
-    steps = rows[-1]["step"] if rows else "?"
-    sec = median_step_seconds(rows)
-    if sec is not None:
-        total = sec * int(steps)
-        span = f"{total / 3600:.1f} h" if total >= 360 else f"{total / 60:.1f} min"
-        took = f"a median {sec:.2f} s a step ({span} at that rate)"
-    else:
-        took = "an unlogged time"
+    steps, took = _steps_and_time(out / "metrics_ldm.csv")
+    training = f"{steps} steps, {took}"
+    if base_run is not None:
+        r_steps, r_took = _steps_and_time(out / "metrics_ldm_refine.csv")
+        tr = {}
+        if (run / "config.yaml").is_file():   # the training config train_ldm.py writes beside its run
+            from ..config import read_yaml, to_plain
+
+            tr = to_plain(read_yaml(run / "config.yaml")).get("train") or {}
+        lr = (f", learning rate {tr['start_learning_rate']:.0e} → {tr['end_learning_rate']:.0e}"
+              if "start_learning_rate" in tr and "end_learning_rate" in tr else "")
+        training = (f"{steps} steps from scratch, {took}; then {r_steps} steps refining the UNet with the text "
+                    f"encoder frozen{lr}, {r_took}")
     u, te = m["unet"], m["text_encoder"]
     lines = [
         f"# {out.name}: the built-in shapes-world text-to-image model", "",
@@ -119,7 +138,7 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
         f"attention at downsampling {list(u['attention_resolutions'])}, context {u['context_dim']} |",
         f"| text encoder | CLIP-style, width {te['width']}, {te['layers']} layers, WordPiece vocab "
         f"of {te['vocab_size']} (`{cfg['tokenizer']['vocab_file']}`) |",
-        f"| training | {steps} steps, {took} on the machine that trained it; logs "
+        f"| training | {training} on the machine that trained it; logs "
         f"`metrics_*.csv`, curves `loss*.png` |",
         f"| default sampler | {sp['sampler']} {sp['num_inference_steps']} steps, guidance scale {sp['guidance_scale']} |", "",
         "## Use", "",
@@ -132,7 +151,9 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
         "```bash",
         f"bash scripts/train_shapes_model.sh {out}     # export the world, train both stages, evaluate, package",
         "```", "",
-        f"It trained from `{run}`; the configs are `configs/shapes/vae.yaml` and `configs/shapes/ldm.yaml`.", "",
+        (f"It trained from `{base_run}` and was refined in `{run}` (the refine stage of that script)"
+         if base_run is not None else f"It trained from `{run}`")
+        + "; the configs are `configs/shapes/vae.yaml` and `configs/shapes/ldm.yaml`.", "",
         "## Prompt adherence", "",
     ]
     if adherence:
