@@ -149,7 +149,8 @@ def model_card(cfg: dict, run: Path, out: Path, adherence: str | None, decoder: 
         "```", "",
         "## Reproduce", "",
         "```bash",
-        f"bash scripts/train_shapes_model.sh {out}     # export the world, train both stages, evaluate, package",
+        f"bash scripts/train_shapes_model.sh {out}     # export the world, train both stages, "
+        + ("refine, " if base_run is not None else "") + "evaluate, package",
         "```", "",
         (f"It trained from `{base_run}` and was refined in `{run}` (the refine stage of that script)"
          if base_run is not None else f"It trained from `{run}`")
