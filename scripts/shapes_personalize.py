@@ -101,12 +101,14 @@ def evaluate(args):
     pipe = load_pipe(args, rt, cfg_path, ckpt)
     out = check_output_dir(args.out)
 
+    negative = {"negative_prompt": args.negative_prompt} if args.negative_prompt else {}
+
     def generate(prompts, seed, progress=False):
-        return pipe(prompts, seed=seed, progress=False, **sampling).images
+        return pipe(prompts, seed=seed, progress=False, **negative, **sampling).images
 
     settings = {"model": str(ckpt), "lora": list(args.lora), "token": args.token, "per_prompt": args.per_prompt,
                 "seed": args.seed, "sampler": sampling["sampler"], "steps": sampling["num_inference_steps"],
-                "scale": sampling["guidance_scale"]}
+                "scale": sampling["guidance_scale"], **negative}
     rows, images = evaluate_new_shape(generate, args.token, args.per_prompt, args.seed)
     table = {"new shape, unseen colour x place": rates(rows)}
     if args.seen:
@@ -162,6 +164,8 @@ def main(argv=None):
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     e.add_argument("--scale", type=float, default=None, help="guidance scale (default: the model's; applies "
                    "to every table, the held-out one included)")
+    e.add_argument("--negative_prompt", default=None,
+                   help="negative prompt for every image (default: none, the empty caption), e.g. 星形")
     e.add_argument("--no_seen", action="store_true", help="with --heldout: the held-out row only")
     from mind_diffusion.runtime import add_runtime_args
 

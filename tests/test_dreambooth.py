@@ -75,6 +75,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
          ("dreambooth.subject_weight must be", "0 = the plain loss")),
         (["--train_data_path", str(good), "--token", "sks", "dreambooth.train_token_rows=true",
           "model.unet.enable_lora=false"], ("train_token_rows trains the identifier's embedding rows beside a LoRA",)),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.token_init=正方形"],
+         ("dreambooth.token_init='正方形'", "set dreambooth.train_token_rows=true")),
+        (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "train.train_text_encoder=true",
+          "dreambooth.train_token_rows=true", "dreambooth.token_init=猫咪狗"], ("[UNK]", "token_init='猫咪狗'")),
+        (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "train.train_text_encoder=true",
+          "dreambooth.train_token_rows=true", "dreambooth.token_init=圆形"], ("tokenizes to 2 ids", "to 3")),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.instance_t_min=1000"],
+         ("dreambooth.instance_t_min must be", "0 = every step")),
         (["--train_data_path", str(nomask), "--token", "sks", "dreambooth.subject_weight=5"],
          ("cross_1.png has none: put cross_1.mask.png",)),
     ]
@@ -165,6 +173,15 @@ def test_batches_are_a_function_of_the_step_and_shard_over_workers():
             np.testing.assert_array_equal(np.concatenate([p[col] for p in parts]), full[col])
     lone = DreamBoothBatches(_Data(5, "i"), batch_size=4, **kw)
     assert len(lone[0]) == 5 and all(np.array_equal(u, v) for u, v in zip(lone[4], one[4][:5]))
+    # dreambooth.instance_t_min: instance rows draw t in [t_min, T), class rows as before, the rest unchanged
+    noisy = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), instance_t_min=600, **kw)
+    ts = np.concatenate([noisy[s][2] for s in range(200)])
+    assert ts.min() >= 600 and ts.max() <= 999 and ts.min() < 610
+    for step in (0, 7):
+        a, b = noisy[step], one[step]
+        assert all(np.array_equal(a[c], b[c]) for c in (0, 1, 3, 4, 5, 6, 7, 8, 9))
+        assert not np.array_equal(a[2], b[2])
+    assert np.concatenate([noisy[s][7] for s in range(200)]).min() < 100   # class rows: every t
 
 
 def _tiny_loss():
@@ -353,6 +370,36 @@ def test_token_rows_add_to_the_identifiers_embedding_rows(mode):
     assert np.abs(g[1]).max() > 0 and not g[[0, 2]].any()   # only id 9 was in the batch
 
 
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_token_init_starts_the_identifier_as_the_initializer_words(mode):
+    """With ``dreambooth.token_init`` the identifier's rows start at E[init] - E[token]: a caption with the
+    token gives exactly the context of the same caption with the initializer's words, before any step."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mind_diffusion.ldm.dreambooth_training import attach_identifier_rows, initializer_ids, token_ids
+    from mind_diffusion.ldm.text_encoder import TextConditioner
+    from mind_diffusion.text.wordpiece import WordPieceTokenizer
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    tok = WordPieceTokenizer(SHAPES / "vocab.txt", context_length=16)
+    ms.set_seed(0)
+    cond = TextConditioner(vocab_size=len(tok.vocab), context_length=16, width=32, layers=1, heads=2)
+    db = load_dreambooth_config(SHAPES_DB, {"token": "sks"}, ["dreambooth.train_token_rows=true",
+                                                              "dreambooth.token_init=正方形"]).dreambooth
+    ids = token_ids(tok, "sks")
+    init = initializer_ids(tok, db, ids)
+    assert init == token_ids(tok, "正方形") and len(init) == 3
+    attach_identifier_rows(cond.transformer, ids, "sks", init)
+
+    def ctx(text):
+        return cond(Tensor(np.asarray(tok.tokenize_with_info(text).ids, np.int32)[None])).asnumpy()
+
+    np.testing.assert_allclose(ctx("一个红色的sks在中间"), ctx("一个红色的正方形在中间"), rtol=0, atol=1e-6)
+    assert np.abs(ctx("一个红色的sks在中间") - ctx("一个红色的圆形在中间")).max() > 1e-2
+    np.testing.assert_array_equal(cond.transformer.token_rows.asnumpy() != 0, True)
+
+
 @pytest.mark.slow
 def test_tiny_dreambooth_generates_class_images_and_resumes_exactly(tmp_path, capsys):
     """Class images come from the base model (cached: a second run generates none), a few steps train,
@@ -416,7 +463,7 @@ def test_training_config_lora_choice_survives_the_base_models_sections():
     assert model["unet"]["enable_lora"] and model["unet"]["lora_rank"] == 7
     assert model["text_encoder"]["enable_lora"] and model["text_encoder"]["lora_rank"] == 8
     assert list(model["text_encoder"]["lora_targets"]) == ["attn.attn.in_proj", "attn.attn.out_proj", "c_fc", "c_proj"]
-    assert cfg.dreambooth.train_token_rows
+    assert cfg.dreambooth.train_token_rows and cfg.dreambooth.instance_t_min == 400
     assert model["text_encoder"]["width"] == 128          # the rest is the base model's
     plain = load_dreambooth_config(root / "configs/shapes/dreambooth.yaml", {}, [], root / "models/shapes_zh")
     pm = plain["model"] if isinstance(plain, dict) else plain.model

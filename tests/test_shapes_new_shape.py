@@ -193,8 +193,8 @@ def test_shipped_lora_teaches_the_cross_and_fits_its_card():
 
 
 def test_eval_script_takes_the_sampling_settings_and_refuses_bad_ones(tmp_path, capsys):
-    """`shapes_personalize.py eval --sampler/--steps/--scale`: the images are the pipeline's at those settings
-    (the table's settings line says so); a bad value is one line, exit 2, and no output folder."""
+    """`shapes_personalize.py eval --sampler/--steps/--scale/--negative_prompt`: the images are the pipeline's at
+    those settings (the table's settings line says so); a bad value is one line, exit 2, and no output folder."""
     import csv
 
     from cli_helpers import captured_error
@@ -209,9 +209,10 @@ def test_eval_script_takes_the_sampling_settings_and_refuses_bad_ones(tmp_path, 
         captured_error(capsys, rc, needle)
         assert not out.exists()
     out = tmp_path / "ok"
-    assert main([*common, "--sampler", "ddim", "--steps", "3", "--scale", "2.5", "--out", str(out)]) == 0
+    assert main([*common, "--sampler", "ddim", "--steps", "3", "--scale", "2.5", "--negative_prompt", "星形",
+                 "--out", str(out)]) == 0
     md = (out / "new_shape.md").read_text(encoding="utf-8")
-    assert all(s in md for s in ('"sampler": "ddim"', '"steps": 3', '"scale": 2.5')), md
+    assert all(s in md for s in ('"sampler": "ddim"', '"steps": 3', '"scale": 2.5', '"negative_prompt": "星形"')), md
     rows = list(csv.DictReader(open(out / "new_shape.csv", encoding="utf-8")))
     assert len(rows) == 10
     # the first image is the pipeline's own at those settings: the scorer reads it the same way
@@ -221,6 +222,6 @@ def test_eval_script_takes_the_sampling_settings_and_refuses_bad_ones(tmp_path, 
     pipe = LDMPipeline.from_pretrained(base / "config.yaml", base / "model.ckpt")
     pipe.load_lora(lora)
     img = pipe(rows[0]["prompt"], seed=int(rows[0]["seed"]), sampler="ddim", num_inference_steps=3,
-               guidance_scale=2.5, progress=False).images[0]
+               guidance_scale=2.5, negative_prompt="星形", progress=False).images[0]
     detected = S.score(img, rows[0]["prompt"].replace("sks", "十字形"))["details"][0]["detected"]
     assert ("" if detected is None else str(detected)) == rows[0]["detected"]

@@ -38,6 +38,13 @@ def dreambooth_config_defaults() -> dict:
         # with LoRA: also train the identifier's own embedding rows (textual inversion; they are new to
         # the model, so a frozen text encoder only passes their untrained values on); saved in lora.ckpt
         "train_token_rows": False,
+        # with train_token_rows: words whose embedding rows the identifier's rows start from (textual
+        # inversion's initializer, e.g. the class's nearest shape word), so training starts from a prompt
+        # the model already draws; it must tokenize to as many ids as the token. "" = the token's own rows
+        "token_init": "",
+        # instance rows draw t in [instance_t_min, T) (class rows: [0, T)): the noisy steps, where the
+        # layout and the outline are decided, get the instance images' whole gradient; 0 = the original
+        "instance_t_min": 0,
     }
     return cfg
 

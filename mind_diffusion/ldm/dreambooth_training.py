@@ -32,7 +32,12 @@ Here (``dreambooth:`` config section):
   subject's mask (``<name>.mask.png`` beside the image, else its alpha channel): with a small subject
   on a plain background most of the plain loss is the background's;
 - ``train_token_rows`` (with LoRA and ``train.train_text_encoder``) also trains a delta on the
-  identifier's embedding rows (textual inversion), saved in the LoRA file;
+  identifier's embedding rows (textual inversion), saved in the LoRA file; ``token_init`` (words of as
+  many ids as the token) starts them at those words' rows, so the token first means, e.g., a shape
+  the model already draws;
+- ``instance_t_min`` T0 > 0 draws the instance rows' t in [T0, T) (class rows keep [0, T)): the noisy
+  steps decide the outline, and at the uniform t most of an instance image's gradient goes to the
+  low-noise steps' texture;
 - LoRA (``train.enable_lora``) works here as in plain fine-tuning: only the LoRA weights train and the
   exports are LoRA-only files.
 """
@@ -41,15 +46,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from mindspore import nn
+import mindspore as ms
+from mindspore import Tensor, nn
 
 from ..train.data import IMAGE_EXTS, DataError, ImageTextPairs, preprocess, shard_rows, unreadable_images
 from .dreambooth_config import (FLAG_KEYS, LORA_KEYS, ORIGINAL_JSON_KEYS, dreambooth_config_defaults,  # noqa: F401
                                 load_dreambooth_config, read_original_json)
 
-__all__ = ["DreamBoothBatches", "DreamBoothLoss", "FolderImageText", "build_dreambooth_trainer",
-           "check_identifier_token", "dreambooth_config_defaults", "ensure_class_images", "read_image_folder_captions",
-           "token_ids"]
+__all__ = ["DreamBoothBatches", "DreamBoothLoss", "FolderImageText", "attach_identifier_rows",
+           "build_dreambooth_trainer", "check_identifier_token", "dreambooth_config_defaults", "ensure_class_images",
+           "initializer_ids", "read_image_folder_captions", "token_ids"]
 
 
 # --------------------------------------------------------------------------------------- data
@@ -183,6 +189,39 @@ def check_identifier_token(tokenizer, token: str, captions, max_rate: float = 0.
     return ids
 
 
+def initializer_ids(tokenizer, db, ids: list[int]) -> list[int]:
+    """The ids of ``dreambooth.token_init`` (the words the identifier's embedding rows start from), [] when
+    unset; a ``DataError`` when it is set without ``train_token_rows``, maps to [UNK], or has another number
+    of ids than the token (each of the token's rows starts from one of the initializer's)."""
+    words = str(db.get("token_init") or "").strip()
+    if not words:
+        return []
+    if not db.train_token_rows:
+        raise DataError(f"dreambooth.token_init={words!r} sets where the identifier's embedding rows start, but they "
+                        f"do not train: set dreambooth.train_token_rows=true (with LoRA and train.train_text_encoder)")
+    init = token_ids(tokenizer, words)
+    unk = getattr(tokenizer, "unk_id", None)
+    if not init or (unk is not None and unk in init):
+        raise DataError(f"dreambooth.token_init={words!r} is not in the tokenizer's vocabulary (it becomes [UNK]): "
+                        f"pick a word the base model was trained on, e.g. the class's nearest word")
+    if len(init) != len(ids):
+        raise DataError(f"dreambooth.token_init={words!r} tokenizes to {len(init)} ids and the token {str(db.token)!r} "
+                        f"to {len(ids)}: each of the token's embedding rows starts from one of the initializer's, "
+                        f"so pick words of {len(ids)} tokens (or another token)")
+    return init
+
+
+def attach_identifier_rows(text_model, ids: list[int], token: str, init_ids=()):
+    """Trainable embedding rows for the identifier's ``ids`` on ``text_model`` (a ``TextEncoder``):
+    zeros, or with ``init_ids`` the delta ``E[init] - E[ids]``, so that the token starts out meaning the
+    initializer's words exactly. Returns the Parameter."""
+    rows = text_model.attach_token_rows(ids, token)
+    if len(init_ids):
+        table = text_model.embedding_table.asnumpy()
+        rows.set_data(Tensor(table[list(init_ids)] - table[list(ids)], ms.float32))
+    return rows
+
+
 def base_training_captions(cfg, n_world: int = 2000) -> list[str]:
     """Captions the base model was trained on, where known: the shapes world's for the built-in
     shapes models (``model.family`` shapes-*)."""
@@ -288,8 +327,10 @@ class DreamBoothBatches:
 
     def __init__(self, instance, tokenizer, batch_size: int, num_timesteps: int, latent_shape, seed: int = 0,
                  rank: int = 0, group_size: int = 1, caption_dropout: float = 0.0, klass=None,
-                 latents=None, class_latents=None, steps_per_epoch: int = 1, instance_weights=None):
+                 latents=None, class_latents=None, steps_per_epoch: int = 1, instance_weights=None,
+                 instance_t_min: int = 0):
         self.instance, self.klass, self.tokenizer = instance, klass, tokenizer
+        self.instance_t_min = int(instance_t_min)
         self.local = int(batch_size)
         self.global_batch = self.local * int(group_size)
         self.rows = range(*shard_rows(self.global_batch, int(group_size), 1, int(rank)))  # as the LDM trainer
@@ -301,11 +342,11 @@ class DreamBoothBatches:
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.instance_weights = instance_weights
 
-    def _part(self, data, latents, rng, rows, weights=None):
+    def _part(self, data, latents, rng, rows, weights=None, t_min: int = 0):
         g = self.global_batch
         idx = rng.integers(len(data), size=g)
         drop = rng.random(g) < self.caption_dropout
-        t = rng.integers(0, self.num_timesteps, size=g).astype(np.int32)
+        t = rng.integers(t_min, self.num_timesteps, size=g).astype(np.int32)
         noise = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
         post = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
         mine = idx[rows.start:rows.stop]
@@ -323,7 +364,7 @@ class DreamBoothBatches:
 
     def __getitem__(self, step: int):
         out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), self.rows,
-                         self.instance_weights)
+                         self.instance_weights, self.instance_t_min)
         if self.klass is not None:
             out += self._part(self.klass, self.class_latents, np.random.default_rng([self.seed, int(step), 17, 1]),
                               self.rows)
@@ -390,6 +431,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     subject_weighted = float(db.subject_weight) > 0
     for key in ("num_class_images", "generation_batch", "train_data_repeats"):
         check_number(db[key], f"dreambooth.{key}", 1 if key != "train_data_repeats" else 0, integer=True)
+    check_number(db.instance_t_min, "dreambooth.instance_t_min", 0, int(cfg.model.schedule.num_timesteps) - 1,
+                 integer=True, hint=" (0 = every step; e.g. 400: the instance images train the noisier steps only)")
     if int(t.get("grad_accum_steps", 1)) != 1:
         raise DataError(f"train.grad_accum_steps={t.grad_accum_steps}: DreamBooth trains without gradient accumulation; "
                         f"raise train.batch_size instead")
@@ -425,9 +468,10 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         raise DataError("dreambooth.train_token_rows trains the identifier's embedding rows beside a LoRA: set "
                         "model.unet.enable_lora=true and train.train_text_encoder=true (a full fine-tune with the "
                         "text encoder trains the whole embedding table already)")
+    init_ids = initializer_ids(tokenizer, db, ids)
     ldm = build_train_model(cfg, runtime)
     if db.train_token_rows:
-        ldm.cond_stage_model.transformer.attach_token_rows(ids, str(db.token))   # trainable, zeros
+        attach_identifier_rows(ldm.cond_stage_model.transformer, ids, str(db.token), init_ids)
     klass = None
     if with_prior:
         if runtime.rank == 0:
@@ -450,7 +494,7 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
                                seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
                                caption_dropout=float(d.caption_dropout), klass=klass, latents=latents,
                                class_latents=class_latents, steps_per_epoch=steps_per_epoch,
-                               instance_weights=instance_weights)
+                               instance_weights=instance_weights, instance_t_min=int(db.instance_t_min))
     from .training import LatentDiffusionLoss, resolve_total_steps
 
     total = resolve_total_steps(t, steps_per_epoch)
@@ -460,6 +504,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     what = (f"DreamBooth, {len(instance)} instance images (token {db.token!r})"
             + (f", subject cells weighted 1 + {float(db.subject_weight):g}" if subject_weighted else "")
             + (f", the token's {len(ids)} embedding rows trained" if db.train_token_rows else "")
+            + (f" (from {str(db.token_init)!r}'s)" if init_ids else "")
+            + (f", instance t in [{int(db.instance_t_min)}, {schedule.num_timesteps})" if int(db.instance_t_min) else "")
             + (f", prior preservation on {len(klass)} class images (weight {float(db.prior_loss_weight)})"
                if with_prior else ", no prior preservation"))
     trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, steps_per_epoch, te_start,
