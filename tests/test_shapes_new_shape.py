@@ -87,11 +87,13 @@ def test_old_shapes_read_as_before():
         assert [d.shape for d in S.analyse(im)] == ["三角形"]
 
 
-def test_scorer_reads_decoded_crosses_and_no_decoded_old_shape_changes():
+def test_scorer_reads_decoded_shapes_as_what_was_rendered():
     """What a latent model can draw is what its VAE decodes: rendered shapes sent through the built-in
-    shapes model's VAE (posterior mean, decode) round their corners. The four-notch rule
-    (``CROSS_NOTCH``) reads most decoded crosses as crosses (the solidity / prototype rules alone
-    leave a fifth as squares), and changes no reading of a decoded circle, square, triangle or star."""
+    shapes model's VAE (posterior mean, decode) round their corners. The scorer reads these decoded
+    renders as what was rendered: crosses as crosses (the four-notch rule ``CROSS_NOTCH`` and the
+    four-lobe rule ``CROSS_H4`` catch the rounded ones; without them a tenth read as squares), stars as
+    stars (the five-fold rule takes back the blunted ones the solidity rule read as crosses), and
+    circles, squares and triangles as themselves, with or without the cross rules."""
     import os
 
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
@@ -114,25 +116,47 @@ def test_scorer_reads_decoded_crosses_and_no_decoded_old_shape_changes():
             out += list(x.transpose(0, 2, 3, 1) if x.shape[1] == 3 else x)
         return out
 
-    def readings(images, notch):
-        old = S.CROSS_NOTCH
-        S.CROSS_NOTCH = notch
+    def readings(images, cross_rules=True):
+        old = S.CROSS_NOTCH, S.CROSS_H4
+        if not cross_rules:
+            S.CROSS_NOTCH = S.CROSS_H4 = np.inf
         try:
             return [[d.shape for d in S.analyse(im)][:1] for im in images]
         finally:
-            S.CROSS_NOTCH = old
+            S.CROSS_NOTCH, S.CROSS_H4 = old
 
-    crosses = decoded("十字形", 16)
-    with_rule = np.mean([r == ["十字形"] for r in readings(crosses, S.CROSS_NOTCH)])
-    without = np.mean([r == ["十字形"] for r in readings(crosses, np.inf)])
-    print(f"decoded crosses read as crosses: {with_rule:.1%} (without the notch rule {without:.1%})")
-    assert with_rule >= 0.85 and with_rule > without
+    crosses = decoded("十字形", 32)
+    with_rules = np.mean([r == ["十字形"] for r in readings(crosses)])
+    without = np.mean([r == ["十字形"] for r in readings(crosses, cross_rules=False)])
+    print(f"decoded crosses read as crosses: {with_rules:.1%} (without the notch and lobe rules {without:.1%})")
+    assert with_rules >= 0.95 and with_rules > without
     for shape in W.SHAPES:
-        images = decoded(shape, 8)
-        now, before = readings(images, S.CROSS_NOTCH), readings(images, np.inf)
-        assert now == before, shape
-        if shape != "星形":   # decoded stars with a rounded fifth arm were already read as crosses
-            assert all(r == [shape] for r in now), (shape, now)
+        images = decoded(shape, 12)
+        now = readings(images)
+        assert all(r == [shape] for r in now), (shape, now)
+        if shape != "星形":
+            assert readings(images, cross_rules=False) == now, shape
+
+
+def test_scorer_arm_profile_counts_arms():
+    """The radius-profile harmonics (``_radial_harmonics``) on closed-form outlines: a regular k-gon or
+    k-pointed star stands out in harmonic k (and its multiples only), a circle in none, and the numbers
+    do not depend on the outline's size or rotation."""
+    def polygon(radii, n_pts, rot):
+        ang = rot + np.arange(n_pts) * 2 * np.pi / n_pts
+        r = np.resize(np.asarray(radii, float), n_pts)
+        return np.stack([200 + r * np.cos(ang), 200 + r * np.sin(ang)], 1).round().astype(np.int32)[:, None, :]
+
+    circle = S._radial_harmonics(polygon([100.0], 400, 0.0))
+    assert max(circle.values()) < 0.005
+    for k in (3, 4, 5):
+        for scale, rot in ((1.0, 0.0), (0.5, 0.3)):
+            star = S._radial_harmonics(polygon([100.0 * scale, 45.0 * scale], 2 * k, rot))
+            others = [star[f"h{j}"] for j in (3, 4, 5) if j != k]
+            assert star[f"h{k}"] > 0.1 and max(others) < 0.02, (k, star)
+    sq1 = S._radial_harmonics(polygon([100.0], 4, 0.0))
+    sq2 = S._radial_harmonics(polygon([50.0], 4, 0.7))
+    assert abs(sq1["h4"] - sq2["h4"]) < 0.01 and sq1["h4"] > 0.05
 
 
 def test_new_shape_evaluation_on_rendered_answers():
