@@ -140,7 +140,7 @@ def test_scorer_reads_decoded_shapes_as_what_was_rendered():
 
 def test_scorer_arm_profile_counts_arms():
     """The radius-profile harmonics (``_radial_harmonics``) on closed-form outlines: a regular k-gon or
-    k-pointed star stands out in harmonic k (and its multiples only), a circle in none, and the numbers
+    k-pointed star stands out in harmonic k among h3, h4, h5, a circle in none, and the numbers
     do not depend on the outline's size or rotation."""
     def polygon(radii, n_pts, rot):
         ang = rot + np.arange(n_pts) * 2 * np.pi / n_pts

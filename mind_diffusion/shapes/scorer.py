@@ -160,9 +160,7 @@ def _radial_harmonics(contour, n_bins: int = 90) -> dict[str, float]:
     filled = np.flatnonzero(r >= 0)
     idx = np.arange(n_bins)
     r = np.interp(idx, filled, r[filled], period=n_bins)
-    mean = float(r.mean())
-    if mean <= 0:
-        return {"h3": 0.0, "h4": 0.0, "h5": 0.0}
+    mean = float(r.mean())   # > 0: an outline of positive area has points off its centroid
     angle = (idx + 0.5) * (2 * np.pi / n_bins)
     return {f"h{k}": float(abs(np.mean(r * np.exp(-1j * k * angle))) / mean) for k in (3, 4, 5)}
 
