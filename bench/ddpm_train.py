@@ -6,7 +6,9 @@ on the same fixed batch ``(x0, y, t, noise)`` with the simple DDPM loss
 ``mean((eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) noise, t, y) - noise)^2)`` and Adam(lr=1e-3):
 
 * MindSpore: ``TrainStep(NoisePredictionLoss(net), nn.Adam)`` compiled as one graph; the first
-  call (compilation + one step) is reported separately as ``compile s``;
+  call (compilation + one step) is reported separately as ``compile s``; twice (``--kernels both``):
+  with the convolutions and dense layers through OpenBLAS (``mind_diffusion/cpu_gemm.py``, the default
+  on CPU) and through MindSpore's own kernels;
 * PyTorch: eager ``zero_grad / forward / backward / torch.optim.Adam.step``.
 
 ``--warmup`` further steps are excluded from the timing, then ``--steps`` steps are timed. Run it
@@ -64,9 +66,13 @@ def alphas_cumprod() -> np.ndarray:
     return np.cumprod(1.0 - np.linspace(1e-4, 0.02, NUM_TIMESTEPS, dtype=np.float64))
 
 
-def bench_mindspore(cfg, batch_np, steps, warmup, lr, seed):
+def bench_mindspore(cfg, batch_np, steps, warmup, lr, seed, kernels="blas"):
+    import contextlib
+
     import mindspore as ms
     from mindspore import Tensor, nn
+
+    from mind_diffusion import cpu_gemm
 
     from mind_diffusion.ddpm.unet import DDPMUNet
     from mind_diffusion.nn.layers import count_params
@@ -74,7 +80,8 @@ def bench_mindspore(cfg, batch_np, steps, warmup, lr, seed):
     from mind_diffusion.train.step import TrainStep
 
     ms.set_seed(seed)
-    net = DDPMUNet(**cfg)
+    with (cpu_gemm.mindspore_kernels() if kernels == "mindspore" else contextlib.nullcontext()):
+        net = DDPMUNet(**cfg)
     init_state = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
     net.set_train(True)
     loss_net = NoisePredictionLoss(net, alphas_cumprod(), conditional=cfg["num_classes"] is not None)
@@ -169,6 +176,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="CPU threads for both frameworks (default: all cores)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--kernels", choices=["both", "blas", "mindspore"], default="both",
+                    help="our convolutions and dense layers through OpenBLAS (the default path on CPU, "
+                         "mind_diffusion/cpu_gemm.py), through MindSpore's own kernels, or both rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -197,14 +207,18 @@ def main(argv=None):
         warmup = default_warmup if args.warmup is None else args.warmup
         batch_np = make_batch(cfg, size, batch, args.seed)
         print(f"[{name}] batch {batch}, {size}x{size}, {steps} timed steps ...", flush=True)
-        res, init_state = bench_mindspore(cfg, batch_np, steps, warmup, args.lr, args.seed)
-        rows.append(dict(framework=f"MindSpore {ms.__version__} (graph)", config=name, image_size=size,
-                         batch=batch, steps=steps, warmup=warmup, **res))
-        print(f"  mindspore: compile {res['compile_s']:.1f} s, {res['s_per_step']:.3f} s/step", flush=True)
+        kinds = ["blas", "mindspore"] if args.kernels == "both" else [args.kernels]
+        for kind in kinds:
+            res, init_state = bench_mindspore(cfg, batch_np, steps, warmup, args.lr, args.seed, kind)
+            label = "OpenBLAS kernels" if kind == "blas" else "MindSpore's own kernels"
+            rows.append(dict(framework=f"MindSpore {ms.__version__} (graph, {label})", config=name,
+                             image_size=size, batch=batch, steps=steps, warmup=warmup, kernels=kind, **res))
+            print(f"  mindspore ({label}): compile {res['compile_s']:.1f} s, {res['s_per_step']:.3f} s/step",
+                  flush=True)
         if have_torch:
             res_t = bench_torch(cfg, batch_np, steps, warmup, args.lr, init_state)
             rows.append(dict(framework=f"PyTorch {torch_version} (eager)", config=name, image_size=size,
-                             batch=batch, steps=steps, warmup=warmup, **res_t))
+                             batch=batch, steps=steps, warmup=warmup, kernels="torch", **res_t))
             print(f"  torch:     first {res_t['compile_s']:.1f} s, {res_t['s_per_step']:.3f} s/step",
                   flush=True)
     for r in rows:
@@ -218,9 +232,12 @@ def main(argv=None):
              for r in rows]
     ratios = []
     for name in dict.fromkeys(r["config"] for r in rows):
-        pair = [r for r in rows if r["config"] == name]
-        if len(pair) == 2:
-            ratios.append(f"- {name}: ours/torch throughput = {pair[0]['img_per_s'] / pair[1]['img_per_s']:.2f}x")
+        torch_row = [r for r in rows if r["config"] == name and r["kernels"] == "torch"]
+        for r in rows:
+            if torch_row and r["config"] == name and r["kernels"] != "torch":
+                label = "OpenBLAS kernels" if r["kernels"] == "blas" else "MindSpore's own kernels"
+                ratios.append(f"- {name}: ours ({label}) / torch throughput = "
+                              f"{r['img_per_s'] / torch_row[0]['img_per_s']:.2f}x")
     notes = (f"CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks; "
              "the first step (MindSpore: with compilation) and the warm-up steps are not timed; "
              f"fp32; Adam lr={args.lr}. "

@@ -8,9 +8,11 @@ from a seed, moved through ``mind_diffusion.checkpoint.convert_unet``; no zero-i
 layers, so the output is non-trivial). The first call (MindSpore: graph compilation) is timed
 separately, then ``--warmup`` untimed calls, then ``--repeats`` timed calls (median reported).
 Ours uses ``gelu="exact"`` (what diffusers computes) so the two outputs are comparable;
-Wukong's tanh-GELU costs the same. On CPU our side runs twice (``--attention both``, the default):
-with the fused attention kernel (``mind_diffusion/cpu_attention.py``, the default path on CPU)
-and with MindSpore's composed attention kernels (the path of GPU and Ascend). ``--pynative`` adds
+Wukong's tanh-GELU costs the same. On CPU our side runs twice (``--kernels both``, the default):
+with its convolutions, dense layers and norms through OpenBLAS (``mind_diffusion/cpu_gemm.py``, the
+default path on CPU) and through MindSpore's own kernels (``MIND_DIFFUSION_BLAS=off``);
+``--attention both`` adds a row with MindSpore's composed attention kernels (the path of GPU and
+Ascend) instead of the fused attention kernel (``mind_diffusion/cpu_attention.py``). ``--pynative`` adds
 a row of our side in PYNATIVE_MODE (fused attention): no graph compilation, so its peak RSS shows
 how much of the graph row's is the compiled graph and its memory pool rather than the model.
 
@@ -138,7 +140,13 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
         from mind_diffusion import cpu_attention
 
         raise SystemExit(f"asked for {args.attention} attention, got the other: {cpu_attention.unavailable_reason()}")
-    attention = f", {'fused' if fused else 'composed'} attention" if args.device == "CPU" else ""
+    blas = any(getattr(c, "_blas", False) for _, c in net.cells_and_names())
+    if args.device == "CPU" and blas != (args.kernels == "blas"):
+        from mind_diffusion import cpu_gemm
+
+        raise SystemExit(f"asked for {args.kernels} kernels, got the other: {cpu_gemm.unavailable_reason()}")
+    attention = (f", {'OpenBLAS' if blas else 'MindSpore'} conv/dense/norm kernels, "
+                 f"{'fused' if fused else 'composed'} attention") if args.device == "CPU" else ""
     return {"framework": f"MindSpore {ms.__version__} ({args.mode}, {args.device}{', fp16' if args.fp16 else ''}{attention})",
             "build_s": build_s, "first_s": first, "device_peak_mb": dev_mb,
             "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
@@ -192,15 +200,20 @@ def net_context_dim(cfg) -> int:
     return int(cfg.get("context_dim", 768))
 
 
-def run_worker(side: str, args, out_dir: Path, attention: str = "fused", mode: str = "graph") -> dict:
+def run_worker(side: str, args, out_dir: Path, attention: str = "fused", mode: str = "graph",
+               kernels: str = "blas") -> dict:
     tag = side if side == "diffusers" or attention == "fused" else f"{side}_{attention}"
+    if side != "diffusers" and kernels != "blas":
+        tag += f"_{kernels}"
     if side != "diffusers" and mode != "graph":
         tag += f"_{mode}"
     env = dict(os.environ)
     if attention == "composed":
         env["MIND_DIFFUSION_FUSED_ATTENTION"] = "off"
+    if kernels == "mindspore":
+        env["MIND_DIFFUSION_BLAS"] = "off"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--out-dir", str(out_dir),
-           "--worker-tag", tag, "--attention", attention, "--mode", mode,
+           "--worker-tag", tag, "--attention", attention, "--mode", mode, "--kernels", kernels,
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--size", str(args.size), "--batch", str(args.batch), "--seed", str(args.seed),
            "--device", args.device] + (["--fp16"] if args.fp16 else [])
@@ -232,7 +245,11 @@ def main(argv=None):
     ap.add_argument("--fp16", action="store_true", help="fp16 compute on both sides (ours: fp32 norms)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--attention", choices=["both", "fused", "composed"], default="both",
+    ap.add_argument("--kernels", choices=["both", "blas", "mindspore"], default="both",
+                    help="CPU: our convolutions, dense layers and norms through OpenBLAS (the default path, "
+                         "mind_diffusion/cpu_gemm.py), through MindSpore's own kernels (MIND_DIFFUSION_BLAS=off), "
+                         "or both rows")
+    ap.add_argument("--attention", choices=["both", "fused", "composed"], default="fused",
                     help="our side's attention on CPU: the fused kernel (the default path), MindSpore's "
                          "composed kernels (GPU / Ascend's path, MIND_DIFFUSION_FUSED_ATTENTION=off), or both rows")
     ap.add_argument("--pynative", action="store_true",
@@ -262,7 +279,10 @@ def main(argv=None):
         kinds = ["fused", "composed"] if args.attention == "both" else [args.attention]
         if args.device != "CPU":
             kinds = ["fused"]      # the fused kernel is CPU-only: one row of the device's own path
-        rows = [run_worker("ours", args, tmp, kind) for kind in kinds]
+        main_kernels = "mindspore" if args.kernels == "mindspore" else "blas"
+        rows = [run_worker("ours", args, tmp, kind, kernels=main_kernels) for kind in kinds]
+        if args.device == "CPU" and args.kernels == "both":
+            rows.append(run_worker("ours", args, tmp, "fused", kernels="mindspore"))
         if args.pynative:
             rows.append(run_worker("ours", args, tmp, "fused", "pynative"))
         rows.append(run_worker("diffusers", args, tmp))
@@ -273,8 +293,9 @@ def main(argv=None):
     for r in rows:
         r["median_s"] = statistics.median(r["times"])
     ratios = {r["tag"]: rows[-1]["median_s"] / r["median_s"] for r in rows[:-1]}
-    label = {"ours": "ours" if args.device != "CPU" or len(kinds) == 1 else "ours (fused attention)",
-             "ours_composed": "ours (composed attention)", "ours_pynative": "ours (pynative)"}
+    label = {"ours": "ours" if args.device != "CPU" else "ours (OpenBLAS kernels, fused attention)",
+             "ours_composed": "ours (composed attention)", "ours_pynative": "ours (pynative)",
+             "ours_mindspore": "ours (MindSpore's own conv/dense/norm kernels, fused attention)"}
 
     cfg_name = "tiny (--quick)" if args.quick else "SD-v1 / Wukong (320, [1,2,4,4], 8 heads, ctx 768)"
     header = ("| implementation | params | build + load s | first call s | s/step (median) | steps | "

@@ -141,10 +141,12 @@ def key_parts(*, device_target: str, mode: str, precision: str, rank: int = 0,
         "script": _plain(script_key if script_key is not None else default_script_key()),
     }
     if device_target == "CPU":
-        # graphs built with the fused CPU attention kernel differ from the composed ones
-        from . import cpu_attention
+        # graphs built with the fused CPU attention kernel differ from the composed ones, and so do
+        # those whose convolutions and dense layers run through OpenBLAS
+        from . import cpu_attention, cpu_gemm
 
         parts["attention"] = cpu_attention.key_part()
+        parts["gemm"] = cpu_gemm.key_part()
     return parts
 
 

@@ -83,48 +83,70 @@ def _compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++")
 
 
-def _build() -> tuple[Path | None, str]:
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in OFF_VALUES:
-        return None, f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+def build_kernel(source: Path, stem: str, link: list[str], ident: list[bytes], what: str) -> tuple[Path | None, str]:
+    """Compile ``source`` into ``<kernel cache>/<key>/<stem>.so`` (or find it there) and return
+    (library, "") or (None, why). The key hashes the source, the compiler (its resolved file, size
+    and time), the flags, ``ident`` (the libraries linked) and this CPU. Written under a temporary
+    name and renamed, so concurrent processes never load a half-written file."""
     if not sys.platform.startswith("linux"):
-        return None, f"the fused CPU kernel is built for Linux only (this is {sys.platform})"
-    dnnl = _dnnl_library()
-    if dnnl is None:
-        return None, "MindSpore's lib folder has no libdnnl.so (oneDNN) to link the fused kernel against"
+        return None, f"the {what} is built for Linux only (this is {sys.platform})"
     cxx = _compiler()
     if cxx is None:
-        return None, "no C++ compiler (install g++ or set CXX) to build the fused CPU kernel"
+        return None, f"no C++ compiler (install g++ or set CXX) to build the {what}"
     # the compiler's identity without running it (this runs at every start): its resolved file,
     # size and modification time, which an upgrade changes
     real = Path(cxx).resolve()
     stat = real.stat()
     compiler = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), dnnl.name.encode(),
-                 str(dnnl.stat().st_size).encode(), _cpu_signature().encode(), platform.machine().encode()):
+    for part in (source.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), *ident,
+                 _cpu_signature().encode(), platform.machine().encode()):
         h.update(part + b"\0")
     folder = kernel_root() / h.hexdigest()[:20]
-    lib = folder / "attention_cpu.so"
+    lib = folder / f"{stem}.so"
     if lib.is_file():
         return lib, ""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return None, f"cannot create {folder} ({exc.strerror}); set {ENV_CACHE} to a writable folder"
-    tmp = folder / f".attention_cpu-{os.getpid()}-{uuid.uuid4().hex[:8]}.so"
-    cmd = [cxx, *FLAGS, "-o", str(tmp), str(SOURCE), f"-L{dnnl.parent}", f"-l:{dnnl.name}",
-           f"-Wl,-rpath,{dnnl.parent}"]
+    tmp = folder / f".{stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.so"
+    cmd = [cxx, *FLAGS, "-o", str(tmp), str(source), *link]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
         tmp.unlink(missing_ok=True)
-        return None, f"building the fused CPU kernel failed ({exc})"
+        return None, f"building the {what} failed ({exc})"
     if res.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         first = (res.stderr.strip().splitlines() or ["no output"])[0]
-        return None, f"building the fused CPU kernel failed ({cxx}: {first})"
+        return None, f"building the {what} failed ({cxx}: {first})"
     os.replace(tmp, lib)
     return lib, ""
+
+
+def check_white_list(lib: Path) -> str:
+    """Why MindSpore would refuse to load ``lib`` (``$MS_CUSTOM_AOT_WHITE_LIST``), or ""."""
+    # MindSpore (ops.Custom) refuses an aot library outside $MS_CUSTOM_AOT_WHITE_LIST (one folder)
+    # when that is set; it is the user's security setting, so it is kept
+    allowed = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
+    if allowed is not None:
+        root = os.path.realpath(allowed)
+        if os.path.commonpath([os.path.realpath(lib), root]) != root:
+            return (f"MS_CUSTOM_AOT_WHITE_LIST={allowed} does not hold the kernel folder "
+                    f"{lib.parent}; set {ENV_CACHE} to a folder inside it")
+    return ""
+
+
+def _build() -> tuple[Path | None, str]:
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in OFF_VALUES:
+        return None, f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+    dnnl = _dnnl_library()
+    if dnnl is None:
+        return None, "MindSpore's lib folder has no libdnnl.so (oneDNN) to link the fused kernel against"
+    return build_kernel(SOURCE, "attention_cpu",
+                        [f"-L{dnnl.parent}", f"-l:{dnnl.name}", f"-Wl,-rpath,{dnnl.parent}"],
+                        [dnnl.name.encode(), str(dnnl.stat().st_size).encode()], "fused CPU kernel")
 
 
 def library() -> Path | None:
@@ -133,35 +155,37 @@ def library() -> Path | None:
     if "lib" not in _state:
         lib, why = _build()
         if lib is not None:
-            # MindSpore (ops.Custom) refuses an aot library outside $MS_CUSTOM_AOT_WHITE_LIST (one
-            # folder) when that is set; it is the user's security setting, so it is kept
-            allowed = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
-            if allowed is not None:
-                root = os.path.realpath(allowed)
-                if os.path.commonpath([os.path.realpath(lib), root]) != root:
-                    lib, why = None, (f"MS_CUSTOM_AOT_WHITE_LIST={allowed} does not hold the kernel folder "
-                                      f"{lib.parent}; set {ENV_CACHE} to a folder inside it")
+            problem = check_white_list(lib)
+            if problem:
+                lib, why = None, problem
         _state["lib"], _state["why"] = lib, why
     return _state["lib"]
 
 
 @contextlib.contextmanager
-def composed():
-    """Inside the block, networks built use MindSpore's composed attention kernels (the path of
-    GPU and Ascend), as with ``MIND_DIFFUSION_FUSED_ATTENTION=off``; afterwards the switch and the
-    built state are as before (for tests and benches that compare the two paths)."""
-    saved_state, saved_env = dict(_state), os.environ.get(ENV_SWITCH)
-    os.environ[ENV_SWITCH] = "off"
-    _state.clear()
+def switched_off(state: dict, switch: str):
+    """Inside the block, ``switch`` (an environment variable) is "off" and ``state`` (a kernel module's
+    built state) empty, so networks built there use MindSpore's own kernels; afterwards both are as
+    before (for tests and benches that compare the two paths)."""
+    saved_state, saved_env = dict(state), os.environ.get(switch)
+    os.environ[switch] = "off"
+    state.clear()
     try:
         yield
     finally:
-        _state.clear()
-        _state.update(saved_state)
+        state.clear()
+        state.update(saved_state)
         if saved_env is None:
-            os.environ.pop(ENV_SWITCH, None)
+            os.environ.pop(switch, None)
         else:
-            os.environ[ENV_SWITCH] = saved_env
+            os.environ[switch] = saved_env
+
+
+def composed():
+    """Inside the block, networks built use MindSpore's composed attention kernels (the path of GPU and
+    Ascend), as with ``MIND_DIFFUSION_FUSED_ATTENTION=off``; afterwards the switch and the built state
+    are as before."""
+    return switched_off(_state, ENV_SWITCH)
 
 
 def unavailable_reason() -> str:
@@ -182,17 +206,25 @@ def threads_problem() -> str:
             f"process may use (set it to e.g. 2, or unset it)")
 
 
-def enabled() -> bool:
-    """Whether networks built now use the fused kernel: CPU device and a library."""
+def kernel_ready(state: dict, lib, why: str, switch: str, note: str) -> bool:
+    """Whether a kernel module applies to networks built now: the CPU device and its library ``lib``.
+    Without the library (and not switched off by ``switch``), says ``note: why`` once."""
     import mindspore as ms
 
     if ms.get_context("device_target") != "CPU":
         return False
-    if library() is None:
-        reason = unavailable_reason()
-        if not _state.get("told") and not reason.startswith(ENV_SWITCH):
-            _state["told"] = True
-            print(f"note: attention uses the composed MindSpore kernels: {reason}", file=sys.stderr)
+    if lib is None:
+        if not state.get("told") and not why.startswith(switch):
+            state["told"] = True
+            print(f"note: {note}: {why}", file=sys.stderr)
+        return False
+    return True
+
+
+def enabled() -> bool:
+    """Whether networks built now use the fused kernel: CPU device and a library."""
+    if not kernel_ready(_state, library(), unavailable_reason(), ENV_SWITCH,
+                        "attention uses the composed MindSpore kernels"):
         return False
     problem = threads_problem()
     if problem and _state.get("told_threads") != problem:

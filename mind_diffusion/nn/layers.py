@@ -14,6 +14,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Uniform, initializer
 
+from ..cpu_gemm import accelerate, norm_op, norm_params, restore
+
 
 def _torch_bias_init(fan_in: int, n: int):
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
@@ -22,21 +24,22 @@ def _torch_bias_init(fan_in: int, n: int):
 
 def conv2d(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
            bias: bool = True, zero_init: bool = False) -> nn.Conv2d:
-    """Conv2d with PyTorch's default init (kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in)))."""
+    """Conv2d with PyTorch's default init (kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))); on CPU
+    its product runs through OpenBLAS (``mind_diffusion/cpu_gemm.py``)."""
     padding = kernel // 2 if padding is None else padding
     fan_in = in_ch * kernel * kernel
     w_init = "zeros" if zero_init else HeUniform(negative_slope=math.sqrt(5))
     b_init = "zeros" if zero_init else _torch_bias_init(fan_in, out_ch)
-    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad" if padding else "valid",
-                     padding=padding, has_bias=bias, weight_init=w_init,
-                     bias_init=b_init if bias else None)
+    return accelerate(nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad" if padding else "valid",
+                                padding=padding, has_bias=bias, weight_init=w_init,
+                                bias_init=b_init if bias else None))
 
 
 def dense(in_ch: int, out_ch: int, bias: bool = True, zero_init: bool = False) -> nn.Dense:
     w_init = "zeros" if zero_init else HeUniform(negative_slope=math.sqrt(5))
     b_init = "zeros" if zero_init else _torch_bias_init(in_ch, out_ch)
-    return nn.Dense(in_ch, out_ch, weight_init=w_init, bias_init=b_init if bias else None,
-                    has_bias=bias)
+    return accelerate(nn.Dense(in_ch, out_ch, weight_init=w_init, bias_init=b_init if bias else None,
+                               has_bias=bias))
 
 
 class GroupNorm(nn.Cell):
@@ -55,9 +58,14 @@ class GroupNorm(nn.Cell):
         self.eps = eps
         self.gamma = Parameter(initializer("ones", [num_channels], ms.float32), name="gamma")
         self.beta = Parameter(initializer("zeros", [num_channels], ms.float32), name="beta")
+        # on CPU, inference runs one kernel (mind_diffusion/cpu_gemm.py); training the ops below
+        self.fused = norm_op("group", eps, num_groups)
+        self.norm_params = norm_params("group", eps, num_groups)
 
     def construct(self, x):
         dtype = x.dtype
+        if self.fused is not None and not self.training:
+            return ops.cast(self.fused(ops.cast(x, ms.float32), self.gamma, self.beta, self.norm_params), dtype)
         b, c, h, w = x.shape
         g = self.num_groups
         n = (c // g) * h * w
@@ -175,7 +183,7 @@ def apply_compute_dtype(net: nn.Cell, dtype) -> nn.Cell:
         return net
     for _, cell in net.cells_and_names():
         if isinstance(cell, (nn.Conv2d, nn.Dense)):
-            cell.to_float(dtype)
+            restore(cell).to_float(dtype)
     return net
 
 
@@ -192,10 +200,16 @@ class LayerNorm(nn.Cell):
         self.gamma = Parameter(initializer("ones", [dim], ms.float32), name="gamma")
         self.beta = Parameter(initializer("zeros", [dim], ms.float32), name="beta")
         self.avg = Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
+        # on CPU, inference runs one kernel (mind_diffusion/cpu_gemm.py); training the ops below
+        self.fused = norm_op("layer", eps)
+        self.norm_params = norm_params("layer", eps)
 
     def construct(self, x):
         dtype = x.dtype
         shape = x.shape
+        if self.fused is not None and not self.training:
+            y = self.fused(ops.cast(x, ms.float32).reshape(-1, self.dim), self.gamma, self.beta, self.norm_params)
+            return ops.cast(y.reshape(shape), dtype)
         x2 = ops.cast(x, ms.float32).reshape(-1, self.dim)
         flat = x2.shape
         # explicit broadcasts: see GroupNorm (implicit broadcasting pins CPU workspace memory)

@@ -34,6 +34,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
 from .dropout import KeyedDropout
+from ..cpu_gemm import accelerate, restore
 
 LORA_A = "tk_delta_lora_a"   # [rank, in]
 LORA_B = "tk_delta_lora_b"   # [out, rank]
@@ -73,6 +74,13 @@ def _lora_params(in_ch: int, out_ch: int, rank: int):
     a = Parameter(initializer(HeUniform(negative_slope=math.sqrt(5)), [rank, in_ch], ms.float32), name=LORA_A)
     b = Parameter(initializer("zeros", [out_ch, rank], ms.float32), name=LORA_B)
     return a, b
+
+
+def _same_kernels(new, old):
+    """``new`` with the product kernels of ``old``: wrapping a layer in LoRA (or unwrapping it) never
+    switches it between MindSpore's kernels and the OpenBLAS ones (``mind_diffusion/cpu_gemm.py``), so
+    a fresh LoRA leaves the output bit-identical."""
+    return accelerate(new) if getattr(old, "_blas", False) else new
 
 
 class LoRAMixin:
@@ -115,14 +123,14 @@ class LoRADense(LoRAMixin, nn.Dense):
     def from_dense(cls, dense: nn.Dense, rank: int, alpha: float, dropout: float = 0.0) -> "LoRADense":
         if getattr(dense, "activation_flag", False):
             raise ValueError("LoRA on a Dense layer with a fused activation is not supported")
-        return _share_params(cls(dense.in_channels, dense.out_channels, rank, alpha, dense.has_bias, dropout),
-                             dense)
+        return _same_kernels(_share_params(cls(dense.in_channels, dense.out_channels, rank, alpha, dense.has_bias,
+                                               dropout), dense), dense)
 
     def to_base(self) -> nn.Dense:
         """A plain ``nn.Dense`` holding this layer's weight / bias Parameters."""
-        return _share_params(nn.Dense(self.in_channels, self.out_channels, weight_init="zeros",
-                                      bias_init="zeros" if self.has_bias else None,
-                                      has_bias=self.has_bias), self)
+        return _same_kernels(_share_params(nn.Dense(self.in_channels, self.out_channels, weight_init="zeros",
+                                                    bias_init="zeros" if self.has_bias else None,
+                                                    has_bias=self.has_bias), self), self)
 
     def construct(self, x):
         shape = x.shape
@@ -170,13 +178,13 @@ class LoRAConv2d(LoRAMixin, nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0) -> "LoRAConv2d":
         if not is_plain_conv(conv):
             raise ValueError("LoRA on convolutions supports group 1, NCHW 2-D convolutions only")
-        return _share_params(cls(conv.in_channels, conv.out_channels, rank, alpha, conv.has_bias, dropout,
-                                 **_conv_geometry(conv)), conv)
+        return _same_kernels(_share_params(cls(conv.in_channels, conv.out_channels, rank, alpha, conv.has_bias,
+                                               dropout, **_conv_geometry(conv)), conv), conv)
 
     def to_base(self) -> nn.Conv2d:
-        return _share_params(nn.Conv2d(self.in_channels, self.out_channels, has_bias=self.has_bias,
-                                       weight_init="zeros", bias_init="zeros" if self.has_bias else None,
-                                       **_conv_geometry(self)), self)
+        return _same_kernels(_share_params(nn.Conv2d(self.in_channels, self.out_channels, has_bias=self.has_bias,
+                                                     weight_init="zeros", bias_init="zeros" if self.has_bias else None,
+                                                     **_conv_geometry(self)), self), self)
 
     def construct(self, x):
         y = self.conv2d(x, ops.cast(self.weight, x.dtype))
@@ -247,7 +255,7 @@ def _replace(network: nn.Cell, path: str, new: nn.Cell, old: nn.Cell):
     flags = old.get_flags()
     for key, dtype in (("fp16", ms.float16), ("bf16", ms.bfloat16), ("fp32", ms.float32)):
         if flags.get(key):  # the precision policy's compute dtype (apply_compute_dtype) carries over
-            new.to_float(dtype)
+            (restore(new) if dtype != ms.float32 else new).to_float(dtype)
             break
     names = {attr: p.name for attr, p in old.parameters_and_names(expand=False)}
     prefix = old.weight.name[: -len("weight")]

@@ -1,0 +1,311 @@
+"""Convolutions and dense layers on CPU through OpenBLAS: ``aot`` Custom operators from ``gemm_cpu.cc``.
+
+MindSpore 2.10's CPU convolution and MatMul run on its bundled oneDNN, which this package holds to
+AVX2 (``_env.py``: above the cap its plain-NCHW convolution falls to a reference kernel). Measured on
+the 2-core CI CPU (Intel Xeon, AVX-512): about 115 GFLOP/s for the SD-v1 UNet's 3x3 convolutions and
+125 for MatMul, against 270-300 for the OpenBLAS sgemm that numpy ships (it picks its own AVX-512
+kernels) and 315-370 for PyTorch. Nearly all of a UNet step is convolutions and matrix products, so
+on CPU every ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` built through this package hands its
+product to that sgemm (see the ``.cc`` file for the three convolution forms), forward and backward.
+
+How it is used: :func:`accelerate` swaps a layer's ``conv2d`` / ``matmul`` primitive for a small
+cell that calls the Custom operator on float32 inputs and the original primitive otherwise (fp16,
+bf16). The layer, its Parameters and their names do not change, so checkpoints and LoRA wrappers see
+the same network. It applies on the CPU device only, unless ``MIND_DIFFUSION_BLAS=off`` (also
+``0``/``false``/``no``). The library is built on first use with the system C++ compiler and linked
+against numpy's bundled OpenBLAS (``numpy.libs/libopenblas*.so``, found by its CBLAS symbol), into the
+kernel cache of ``cpu_attention`` (``$MIND_DIFFUSION_KERNEL_CACHE``). Without a compiler or an
+OpenBLAS with a CBLAS sgemm, the MindSpore kernels run and one note says why.
+
+Results agree with MindSpore's kernels to float32 rounding (the sums run in another order).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from . import cpu_attention
+
+SOURCE = Path(__file__).with_name("gemm_cpu.cc")
+ENV_SWITCH = "MIND_DIFFUSION_BLAS"
+OFF_VALUES = cpu_attention.OFF_VALUES
+# (symbol, integer type) in the order tried: numpy's ILP64 build, scipy's, a plain LP64 OpenBLAS
+SYMBOLS = (("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"), ("cblas_sgemm", "int"))
+# the smallest product (multiply-adds: per image for a convolution, whole for a dense layer) handed to
+# OpenBLAS. Below it MindSpore's oneDNN kernels were as fast or faster on the 2-core CI CPU (the
+# digits DDPM's 16x16 convolutions at 32-64 channels, batch 64: 136 img/s with MindSpore's, 76-109 with
+# OpenBLAS's image-by-image products); from the SD-v1 UNet's 8x8 level up OpenBLAS wins.
+MIN_WORK = 1 << 25
+
+_state: dict = {}
+
+
+def _openblas() -> tuple[Path, str, str] | None:
+    """numpy's bundled OpenBLAS (file, CBLAS sgemm symbol, integer type), or None."""
+    import numpy
+
+    root = Path(numpy.__file__).resolve().parent
+    candidates = sorted(root.parent.glob("numpy.libs/libopenblas*.so*")) + sorted(root.glob(".libs/libopenblas*.so*"))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for symbol, int_type in SYMBOLS:
+            if hasattr(lib, symbol):
+                return path, symbol, int_type
+    return None
+
+
+def _build() -> tuple[Path | None, str]:
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in OFF_VALUES:
+        return None, f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+    found = _openblas()
+    if found is None:
+        return None, "numpy has no bundled OpenBLAS with a CBLAS sgemm to link the CPU convolution kernel against"
+    blas, symbol, int_type = found
+    link = [f"-DMD_CBLAS_SGEMM={symbol}", f"-DMD_BLAS_INT={int_type}", f"-L{blas.parent}", f"-l:{blas.name}",
+            f"-Wl,-rpath,{blas.parent}"]
+    lib, why = cpu_attention.build_kernel(SOURCE, "gemm_cpu", link,
+                                          [blas.name.encode(), str(blas.stat().st_size).encode(), symbol.encode()],
+                                          "OpenBLAS CPU kernel")
+    if lib is not None:
+        problem = cpu_attention.check_white_list(lib)
+        if problem:
+            return None, problem
+    return lib, why
+
+
+def library() -> Path | None:
+    """The built library, or None (:func:`unavailable_reason` says why); built once per process."""
+    if "lib" not in _state:
+        _state["lib"], _state["why"] = _build()
+    return _state["lib"]
+
+
+def unavailable_reason() -> str:
+    library()
+    return _state.get("why", "")
+
+
+def enabled() -> bool:
+    """Whether layers built now use the OpenBLAS kernels: CPU device and a library."""
+    return cpu_attention.kernel_ready(_state, library(), unavailable_reason(), ENV_SWITCH,
+                                      "convolutions and dense layers use MindSpore's own CPU kernels")
+
+
+def mindspore_kernels():
+    """Inside the block, layers built use MindSpore's own kernels (as with ``MIND_DIFFUSION_BLAS=off``);
+    afterwards the switch and the built state are as before (tests and benches comparing the two)."""
+    return cpu_attention.switched_off(_state, ENV_SWITCH)
+
+
+def key_part() -> str:
+    """What the compile cache key of a CPU run needs to know (graphs with and without the kernels differ)."""
+    lib = library()
+    return f"blas:{lib.parent.name}" if lib is not None else "mindspore"
+
+
+def _conv_params(cell) -> tuple[int, ...] | None:
+    """(stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dilation_h, dilation_w) of a
+    plain NCHW group-1 ``nn.Conv2d``, or None when the kernel does not take it ("same" padding)."""
+    if cell.group != 1 or getattr(cell, "data_format", "NCHW") != "NCHW":
+        return None
+    stride = tuple(cell.stride)[-2:]
+    dilation = tuple(cell.dilation)[-2:]
+    if cell.pad_mode == "valid":
+        pads = (0, 0, 0, 0)
+    elif cell.pad_mode == "pad":
+        pad = cell.padding
+        pads = (pad,) * 4 if isinstance(pad, int) else tuple(pad)
+        if len(pads) != 4:
+            return None
+    else:
+        return None
+    return (*stride, *pads, *dilation)
+
+
+def _conv_out_shape(xs, ws, p):
+    sh, sw, pt, pb, pl, pr, dh, dw = p
+    ho = (xs[2] + pt + pb - dh * (ws[2] - 1) - 1) // sh + 1
+    wo = (xs[3] + pl + pr - dw * (ws[3] - 1) - 1) // sw + 1
+    return [xs[0], ws[0], ho, wo]
+
+
+def _conv_cell(prim, params):
+    import mindspore as ms
+    import numpy as np
+    from mindspore import Tensor, nn, ops
+
+    lib = library()
+    p = tuple(int(v) for v in params)
+    zeros = ops.ZerosLike()
+    grad_input = ops.Custom(f"{lib}:MindDiffusionConv2dGradInput", out_shape=lambda dy, w, x, q: x,
+                            out_dtype=lambda dy, w, x, q: ms.float32, func_type="aot")
+    grad_weight = ops.Custom(f"{lib}:MindDiffusionConv2dGradWeight", out_shape=lambda dy, x, w, q: w,
+                             out_dtype=lambda dy, x, w, q: ms.float32, func_type="aot")
+
+    def bprop(x, w, q, out, dout):
+        return grad_input(dout, w, x, q), grad_weight(dout, x, w, q), zeros(q)
+
+    forward = ops.Custom(f"{lib}:MindDiffusionConv2d", out_shape=lambda xs, ws, qs: _conv_out_shape(xs, ws, p),
+                         out_dtype=lambda x, w, q: ms.float32, func_type="aot", bprop=bprop)
+    # the output shape depends on the geometry, which is a tensor's values: PyNative caches an
+    # operator's inferred shape by its attributes and input shapes, so the geometry is an attribute
+    forward.add_prim_attr("geometry", list(p))
+
+    class BlasConv2D(nn.Cell):
+        """``conv2d(x, w)`` through OpenBLAS for float32 products of at least ``MIN_WORK`` multiply-adds
+        per image, the original primitive otherwise."""
+
+        def __init__(self):
+            super().__init__()
+            self.forward = forward
+            self.prim = prim
+            self.params = Tensor(np.array(p, np.int64))
+            self.stride_area = p[0] * p[1]
+            self.min_work = MIN_WORK
+
+        def construct(self, x, w):
+            # static shapes: graph mode decides this when it compiles
+            xs, ws = x.shape, w.shape
+            work = ws[0] * ws[1] * ws[2] * ws[3] * xs[2] * xs[3] // self.stride_area
+            if x.dtype == ms.float32 and w.dtype == ms.float32 and work >= self.min_work:
+                return self.forward(x, w, self.params)
+            return self.prim(x, w)      # a layer under to_float is restored first (restore())
+
+    return BlasConv2D()
+
+
+def _dense_cell(prim):
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    lib = library()
+    mm_nn = ops.Custom(f"{lib}:MindDiffusionMatMulNN", out_shape=lambda a, b: [a[0], b[1]],
+                       out_dtype=lambda a, b: ms.float32, func_type="aot")
+    mm_tn = ops.Custom(f"{lib}:MindDiffusionMatMulTN", out_shape=lambda a, b: [a[1], b[1]],
+                       out_dtype=lambda a, b: ms.float32, func_type="aot")
+
+    def bprop(x, w, out, dout):
+        # y = x w^T: dx = dy w, dw = dy^T x
+        return mm_nn(dout, w), mm_tn(dout, x)
+
+    forward = ops.Custom(f"{lib}:MindDiffusionMatMulNT", out_shape=lambda a, b: [a[0], b[0]],
+                         out_dtype=lambda a, b: ms.float32, func_type="aot", bprop=bprop)
+
+    class BlasMatMulNT(nn.Cell):
+        """``matmul(x, w)`` = x w^T through OpenBLAS for 2-D float32 products of at least ``MIN_WORK``
+        multiply-adds, the original primitive otherwise."""
+
+        def __init__(self):
+            super().__init__()
+            self.forward = forward
+            self.prim = prim
+            self.min_work = MIN_WORK
+
+        def construct(self, x, w):
+            xs, ws = x.shape, w.shape
+            if x.dtype == ms.float32 and w.dtype == ms.float32 and xs[0] * xs[1] * ws[0] >= self.min_work:
+                return self.forward(x, w)
+            return self.prim(x, w)
+
+    return BlasMatMulNT()
+
+
+def accelerate(cell):
+    """Give ``cell`` (an ``nn.Conv2d`` or ``nn.Dense``, LoRA layers included) the OpenBLAS kernels when
+    :func:`enabled`; returns the cell. A cell they do not take (groups, "same" padding, a Dense with
+    ``transpose_b`` off) keeps MindSpore's kernel."""
+    from mindspore import nn, ops
+
+    if getattr(cell, "_blas", False) or not enabled():
+        return cell
+    if isinstance(cell, nn.Conv2d):
+        params = _conv_params(cell)
+        if params is None or not isinstance(cell.conv2d, ops.Primitive):
+            return cell
+        prim = cell.conv2d
+        cell.conv2d = _conv_cell(prim, params)
+    elif isinstance(cell, nn.Dense):
+        prim = cell.matmul
+        if not isinstance(prim, ops.MatMul) or prim.transpose_a or not prim.transpose_b:
+            return cell
+        cell.matmul = _dense_cell(prim)
+    else:
+        return cell
+    cell._blas = True
+    return cell
+
+
+def norm_op(kind: str, eps: float, groups: int = 1):
+    """A Custom primitive ``op(x, gamma, beta, p) -> y`` for inference (float32): ``kind`` "group"
+    (x (B, C, ...), p = (groups, eps)) or "layer" (x (M, D), p = (eps,)), or None when not
+    :func:`enabled`. Its backward is composed of MindSpore ops (recomputing the moments)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    if kind not in ("group", "layer"):
+        raise ValueError(f"norm kind must be 'group' or 'layer', got {kind!r}")
+    if not enabled():
+        return None
+    lib = library()
+    eps = float(eps)
+    zeros = ops.ZerosLike()
+
+    if kind == "group":
+        def bprop(x, gamma, beta, p, out, dout):
+            shape = x.shape
+            b, c = shape[0], shape[1]
+            xg = x.reshape(b, groups, c // groups, -1)
+            dy = dout.reshape(b, groups, c // groups, -1)
+            mu = xg.mean(axis=(2, 3), keep_dims=True)
+            xc = xg - mu
+            rstd = ops.rsqrt((xc * xc).mean(axis=(2, 3), keep_dims=True) + eps)
+            xhat = xc * rstd
+            dyg = dy * gamma.reshape(1, groups, c // groups, 1)
+            dx = rstd * (dyg - dyg.mean(axis=(2, 3), keep_dims=True)
+                         - xhat * (dyg * xhat).mean(axis=(2, 3), keep_dims=True))
+            dgamma = (dy * xhat).sum(axis=(0, 3)).reshape(c)
+            dbeta = dy.sum(axis=(0, 3)).reshape(c)
+            return dx.reshape(shape), dgamma, dbeta, zeros(p)
+
+        func = "MindDiffusionGroupNorm"
+    else:
+        def bprop(x, gamma, beta, p, out, dout):
+            mu = x.mean(axis=-1, keep_dims=True)
+            xc = x - mu
+            rstd = ops.rsqrt((xc * xc).mean(axis=-1, keep_dims=True) + eps)
+            xhat = xc * rstd
+            dyg = dout * gamma
+            dx = rstd * (dyg - dyg.mean(axis=-1, keep_dims=True) - xhat * (dyg * xhat).mean(axis=-1, keep_dims=True))
+            return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0), zeros(p)
+
+        func = "MindDiffusionLayerNorm"
+    return ops.Custom(f"{lib}:{func}", out_shape=lambda x, g, b, p: x, out_dtype=lambda x, g, b, p: ms.float32,
+                      func_type="aot", bprop=bprop)
+
+
+def norm_params(kind: str, eps: float, groups: int = 1):
+    """The ``p`` tensor of :func:`norm_op`."""
+    import numpy as np
+    from mindspore import Tensor
+
+    vals = (float(groups), float(eps)) if kind == "group" else (float(eps),)
+    return Tensor(np.array(vals, np.float32))
+
+
+def restore(cell):
+    """Give ``cell`` back MindSpore's own primitive (before ``to_float``: MindSpore's mixed precision
+    casts the operator's inputs after the cell's dtype check, so the OpenBLAS cell cannot stay); returns
+    the cell."""
+    if getattr(cell, "_blas", False):
+        from mindspore import nn
+
+        if isinstance(cell, nn.Conv2d):
+            cell.conv2d = cell.conv2d.prim
+        else:
+            cell.matmul = cell.matmul.prim
+        cell._blas = False
+    return cell

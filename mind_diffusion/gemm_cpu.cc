@@ -1,0 +1,451 @@
+// Convolution and dense layers for MindSpore on CPU through an OpenBLAS sgemm ("aot" Custom
+// operators, see cpu_gemm.py).
+//
+// MindSpore 2.10's CPU kernels run on its bundled oneDNN, held to AVX2 (mind_diffusion/_env.py:
+// above that cap its plain-NCHW convolution falls to a reference kernel). On the 2-core CI CPU
+// that gives about 115 GFLOP/s for a 3x3 convolution and 125 for MatMul, against 270-300 for
+// the OpenBLAS that numpy ships (its own AVX-512 kernels, whatever oneDNN is held to). These
+// kernels hand the work to that sgemm:
+//
+// - MindDiffusionConv2d(x (N,C,H,W), w (O,C,kh,kw), p (8,) int64) -> y (N,O,Ho,Wo).
+//   p = stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dilation_h, dilation_w.
+//   * 1x1, stride 1, no padding: y[n] = W x[n], one sgemm per image.
+//   * stride 1, at least 32 input channels, more output pixels in the batch than 2x the output
+//     channels: the "shifted" form. The image is copied once,
+//     padded, into a flat (C, Hp*Wp) buffer; each tap (i, j) of the kernel is one sgemm of its
+//     (O, C) weight slice with the buffer read from offset i*dh*Wp + j*dw, accumulated into a
+//     "wide" output of Ho rows of Wp columns, whose first Wo columns are the result (the others
+//     read across a row's end and are dropped). No im2col copy of kh*kw times the image.
+//   * otherwise (strides, few channels): im2col and one sgemm, image by image (the buffer stays in
+//     cache: a batch-wide im2col buffer was slower on every shape measured).
+// - MindDiffusionConv2dGradInput(dy, w, x, p) -> dx and MindDiffusionConv2dGradWeight(dy, x, w, p)
+//   -> dw: the backward, with im2col / col2im (x and w only give their shapes where unused).
+// The Python side sends only products large enough to gain (cpu_gemm.py, MIN_WORK); small ones stay
+// with MindSpore's kernels, whose oneDNN spreads a batch of small images over the cores better.
+// - MindDiffusionMatMulNT(a (M,K), b (N,K)) -> a b^T (nn.Dense), ...NN(a (M,K), b (K,N)) -> a b,
+//   ...TN(a (K,M), b (K,N)) -> a^T b (its backward).
+//
+// The sgemm is OpenBLAS's CBLAS entry, ILP64 (numpy's build: cblas_sgemm64_) or LP64, chosen
+// when the library is built (-DMD_CBLAS_SGEMM=..., -DMD_BLAS_INT=...). OpenBLAS runs its own
+// threads. Returns 0 on success, 1 for inputs it does not take (MindSpore then raises).
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#ifndef MD_CBLAS_SGEMM
+#define MD_CBLAS_SGEMM cblas_sgemm64_
+#endif
+#ifndef MD_BLAS_INT
+#define MD_BLAS_INT int64_t
+#endif
+
+typedef MD_BLAS_INT blasint_t;
+extern "C" void MD_CBLAS_SGEMM(int order, int transa, int transb, blasint_t M, blasint_t N, blasint_t K,
+                               float alpha, const float *A, blasint_t lda, const float *B, blasint_t ldb,
+                               float beta, float *C, blasint_t ldc);
+
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// C (M x N) = alpha op(A) op(B) + beta C, row-major
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                 const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t m = 0; m < M; ++m) {
+      float *row = C + m * ldc;
+      for (int64_t n = 0; n < N; ++n) row[n] = beta == 0.0f ? 0.0f : row[n] * beta;
+    }
+    return;
+  }
+  MD_CBLAS_SGEMM(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta,
+                 C, ldc);
+}
+
+bool is_f32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
+
+struct Conv {
+  int64_t N, C, H, W, O, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, Ho, Wo;
+};
+
+// shapes of x (N,C,H,W), w (O,C,kh,kw) and the parameters; false when they do not fit
+bool conv_problem(const int64_t *xs, const int64_t *ws, const int64_t *p, Conv *c) {
+  c->N = xs[0];
+  c->C = xs[1];
+  c->H = xs[2];
+  c->W = xs[3];
+  c->O = ws[0];
+  c->kh = ws[2];
+  c->kw = ws[3];
+  c->sh = p[0];
+  c->sw = p[1];
+  c->pt = p[2];
+  c->pb = p[3];
+  c->pl = p[4];
+  c->pr = p[5];
+  c->dh = p[6];
+  c->dw = p[7];
+  if (ws[1] != c->C || c->sh <= 0 || c->sw <= 0 || c->dh <= 0 || c->dw <= 0 || c->pt < 0 || c->pb < 0 ||
+      c->pl < 0 || c->pr < 0 || c->kh <= 0 || c->kw <= 0)
+    return false;
+  const int64_t eh = c->H + c->pt + c->pb - c->dh * (c->kh - 1);
+  const int64_t ew = c->W + c->pl + c->pr - c->dw * (c->kw - 1);
+  if (eh <= 0 || ew <= 0) return false;
+  c->Ho = (eh - 1) / c->sh + 1;
+  c->Wo = (ew - 1) / c->sw + 1;
+  return true;
+}
+
+// col rows (C*kh*kw) of Ho*Wo columns each, row stride ld, of image x (C, H, W)
+void im2col(const Conv &c, const float *x, float *col, int64_t ld) {
+  for (int64_t ch = 0; ch < c.C; ++ch) {
+    const float *xc = x + ch * c.H * c.W;
+    for (int64_t i = 0; i < c.kh; ++i) {
+      for (int64_t j = 0; j < c.kw; ++j) {
+        float *dst = col + ((ch * c.kh + i) * c.kw + j) * ld;
+        for (int64_t y = 0; y < c.Ho; ++y) {
+          const int64_t iy = y * c.sh - c.pt + i * c.dh;
+          float *d = dst + y * c.Wo;
+          if (iy < 0 || iy >= c.H) {
+            std::fill(d, d + c.Wo, 0.0f);
+            continue;
+          }
+          const float *srow = xc + iy * c.W;
+          for (int64_t xo = 0; xo < c.Wo; ++xo) {
+            const int64_t ix = xo * c.sw - c.pl + j * c.dw;
+            d[xo] = (ix >= 0 && ix < c.W) ? srow[ix] : 0.0f;
+          }
+        }
+      }
+    }
+  }
+}
+
+// dx (C, H, W) += col2im(col), col rows of stride ld
+void col2im_add(const Conv &c, const float *col, int64_t ld, float *dx) {
+  for (int64_t ch = 0; ch < c.C; ++ch) {
+    float *xc = dx + ch * c.H * c.W;
+    for (int64_t i = 0; i < c.kh; ++i) {
+      for (int64_t j = 0; j < c.kw; ++j) {
+        const float *src = col + ((ch * c.kh + i) * c.kw + j) * ld;
+        for (int64_t y = 0; y < c.Ho; ++y) {
+          const int64_t iy = y * c.sh - c.pt + i * c.dh;
+          if (iy < 0 || iy >= c.H) continue;
+          float *drow = xc + iy * c.W;
+          const float *s = src + y * c.Wo;
+          for (int64_t xo = 0; xo < c.Wo; ++xo) {
+            const int64_t ix = xo * c.sw - c.pl + j * c.dw;
+            if (ix >= 0 && ix < c.W) drow[ix] += s[xo];
+          }
+        }
+      }
+    }
+  }
+}
+
+bool pointwise(const Conv &c) {
+  return c.kh == 1 && c.kw == 1 && c.sh == 1 && c.sw == 1 && c.pt == 0 && c.pb == 0 && c.pl == 0 && c.pr == 0;
+}
+
+void conv_forward(const Conv &c, const float *x, const float *w, float *y) {
+  const int64_t HW = c.H * c.W, L = c.Ho * c.Wo, CK = c.C * c.kh * c.kw;
+  if (pointwise(c)) {
+    for (int64_t n = 0; n < c.N; ++n) gemm(false, false, c.O, L, c.C, w, c.C, x + n * c.C * HW, HW, 0.0f, y + n * c.O * L, L);
+    return;
+  }
+  // the shifted form repacks the weights (O*C*kh*kw floats) where im2col copies the image kh*kw times
+  // (N*C*kh*kw*L): it pays where the images outweigh the kernel and each tap has channels enough
+  if (c.sh == 1 && c.sw == 1 && c.C >= 32 && c.N * L >= 2 * c.O) {
+    const int64_t Hp = c.H + c.pt + c.pb, Wp = c.W + c.pl + c.pr, P = Hp * Wp, taps = c.kh * c.kw;
+    // weight slices (taps, O, C), the padded image with a tail the last taps read past, the wide output
+    std::vector<float> wt(static_cast<size_t>(taps * c.O * c.C));
+    for (int64_t o = 0; o < c.O; ++o)
+      for (int64_t ch = 0; ch < c.C; ++ch)
+        for (int64_t t = 0; t < taps; ++t) wt[(t * c.O + o) * c.C + ch] = w[(o * c.C + ch) * taps + t];
+    std::vector<float> xp(static_cast<size_t>(c.C * P + c.kw * c.dw + 1), 0.0f);
+    std::vector<float> yw(static_cast<size_t>(c.O * c.Ho * Wp));
+    for (int64_t n = 0; n < c.N; ++n) {
+      const float *xn = x + n * c.C * HW;
+      for (int64_t ch = 0; ch < c.C; ++ch)
+        for (int64_t r = 0; r < c.H; ++r)
+          std::memcpy(&xp[ch * P + (r + c.pt) * Wp + c.pl], xn + ch * HW + r * c.W, sizeof(float) * c.W);
+      for (int64_t i = 0; i < c.kh; ++i)
+        for (int64_t j = 0; j < c.kw; ++j) {
+          const int64_t t = i * c.kw + j;
+          gemm(false, false, c.O, c.Ho * Wp, c.C, &wt[t * c.O * c.C], c.C, &xp[i * c.dh * Wp + j * c.dw], P,
+               t == 0 ? 0.0f : 1.0f, yw.data(), c.Ho * Wp);
+        }
+      float *yn = y + n * c.O * L;
+      for (int64_t o = 0; o < c.O; ++o)
+        for (int64_t r = 0; r < c.Ho; ++r)
+          std::memcpy(yn + o * L + r * c.Wo, &yw[(o * c.Ho + r) * Wp], sizeof(float) * c.Wo);
+    }
+    return;
+  }
+  // im2col image by image: its buffer (CK x L) stays small enough for the caches
+  std::vector<float> col(static_cast<size_t>(CK * L));
+  for (int64_t n = 0; n < c.N; ++n) {
+    im2col(c, x + n * c.C * HW, col.data(), L);
+    gemm(false, false, c.O, L, CK, w, CK, col.data(), L, 0.0f, y + n * c.O * L, L);
+  }
+}
+
+void conv_grad_input(const Conv &c, const float *dy, const float *w, float *dx) {
+  const int64_t HW = c.H * c.W, L = c.Ho * c.Wo, CK = c.C * c.kh * c.kw;
+  if (pointwise(c)) {
+    for (int64_t n = 0; n < c.N; ++n) gemm(true, false, c.C, L, c.O, w, c.C, dy + n * c.O * L, L, 0.0f, dx + n * c.C * HW, HW);
+    return;
+  }
+  std::vector<float> col(static_cast<size_t>(CK * L));
+  std::fill(dx, dx + c.N * c.C * HW, 0.0f);
+  for (int64_t n = 0; n < c.N; ++n) {
+    gemm(true, false, CK, L, c.O, w, CK, dy + n * c.O * L, L, 0.0f, col.data(), L);
+    col2im_add(c, col.data(), L, dx + n * c.C * HW);
+  }
+}
+
+void conv_grad_weight(const Conv &c, const float *dy, const float *x, float *dw) {
+  const int64_t HW = c.H * c.W, L = c.Ho * c.Wo, CK = c.C * c.kh * c.kw;
+  std::fill(dw, dw + c.O * CK, 0.0f);
+  if (pointwise(c)) {
+    for (int64_t n = 0; n < c.N; ++n) gemm(false, true, c.O, c.C, L, dy + n * c.O * L, L, x + n * c.C * HW, HW, 1.0f, dw, c.C);
+    return;
+  }
+  std::vector<float> col(static_cast<size_t>(CK * L));
+  for (int64_t n = 0; n < c.N; ++n) {
+    im2col(c, x + n * c.C * HW, col.data(), L);
+    gemm(false, true, c.O, CK, L, dy + n * c.O * L, L, col.data(), L, 1.0f, dw, CK);
+  }
+}
+
+}  // namespace
+
+// params: x, w, p, y
+extern "C" int MindDiffusionConv2d(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 4) return 1;
+  static const int ranks[] = {4, 4, 1, 4};
+  for (int i = 0; i < 4; ++i)
+    if (ndims[i] != ranks[i]) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[3]) || std::strcmp(dtypes[2], "int64") != 0 ||
+      shapes[2][0] != 8)
+    return 1;
+  Conv c;
+  if (!conv_problem(shapes[0], shapes[1], static_cast<const int64_t *>(params[2]), &c)) return 1;
+  if (shapes[3][0] != c.N || shapes[3][1] != c.O || shapes[3][2] != c.Ho || shapes[3][3] != c.Wo) return 1;
+  conv_forward(c, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<float *>(params[3]));
+  return 0;
+}
+
+namespace {
+
+// the backward's entry points: params dy, a, b, p, out; for the input gradient a = w, b = x, out = dx
+// (x's shape), for the weight gradient a = x, b = w, out = dw (w's shape)
+int conv_grad(bool wrt_input, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 5) return 1;
+  static const int ranks[] = {4, 4, 4, 1, 4};
+  for (int i = 0; i < 5; ++i)
+    if (ndims[i] != ranks[i]) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[4]) || std::strcmp(dtypes[3], "int64") != 0 ||
+      shapes[3][0] != 8)
+    return 1;
+  const int64_t *xs = wrt_input ? shapes[2] : shapes[1], *ws = wrt_input ? shapes[1] : shapes[2];
+  Conv c;
+  if (!conv_problem(xs, ws, static_cast<const int64_t *>(params[3]), &c)) return 1;
+  if (shapes[0][0] != c.N || shapes[0][1] != c.O || shapes[0][2] != c.Ho || shapes[0][3] != c.Wo) return 1;
+  for (int d = 0; d < 4; ++d)
+    if (shapes[4][d] != shapes[2][d]) return 1;
+  const float *dy = static_cast<const float *>(params[0]), *a = static_cast<const float *>(params[1]);
+  float *out = static_cast<float *>(params[4]);
+  if (wrt_input)
+    conv_grad_input(c, dy, a, out);
+  else
+    conv_grad_weight(c, dy, a, out);
+  return 0;
+}
+
+}  // namespace
+
+// params: dy, w, x, p, dx
+extern "C" int MindDiffusionConv2dGradInput(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_grad(true, nparam, params, ndims, shapes, dtypes);
+}
+
+// params: dy, x, w, p, dw
+extern "C" int MindDiffusionConv2dGradWeight(int nparam, void **params, int *ndims, int64_t **shapes,
+                                             const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_grad(false, nparam, params, ndims, shapes, dtypes);
+}
+
+namespace {
+
+// mode: 0 NT (a (M,K), b (N,K)), 1 NN (a (M,K), b (K,N)), 2 TN (a (K,M), b (K,N)); params a, b, c
+int matmul(int mode, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 3) return 1;
+  for (int i = 0; i < 3; ++i)
+    if (ndims[i] != 2 || !is_f32(dtypes[i])) return 1;
+  const int64_t *a = shapes[0], *b = shapes[1], *c = shapes[2];
+  int64_t M, N, K;
+  if (mode == 0) {
+    M = a[0], K = a[1], N = b[0];
+    if (b[1] != K) return 1;
+  } else if (mode == 1) {
+    M = a[0], K = a[1], N = b[1];
+    if (b[0] != K) return 1;
+  } else {
+    K = a[0], M = a[1], N = b[1];
+    if (b[0] != K) return 1;
+  }
+  if (c[0] != M || c[1] != N) return 1;
+  const float *A = static_cast<const float *>(params[0]), *B = static_cast<const float *>(params[1]);
+  float *C = static_cast<float *>(params[2]);
+  gemm(mode == 2, mode == 0, M, N, K, A, mode == 2 ? M : K, B, mode == 0 ? K : N, 0.0f, C, N);
+  return 0;
+}
+
+}  // namespace
+
+extern "C" int MindDiffusionMatMulNT(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return matmul(0, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int MindDiffusionMatMulNN(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return matmul(1, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int MindDiffusionMatMulTN(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return matmul(2, nparam, params, ndims, shapes, dtypes);
+}
+
+// ---- normalisation (inference): the same formulas as nn/layers.py's GroupNorm and LayerNorm ----
+// mean, the biased variance of the centred values, rstd = 1 / sqrt(var + eps); y = xc * (gamma * rstd)
+// + beta, in float32, spread over the process's CPUs (one task per (image, group) or block of rows).
+
+namespace {
+
+int cpu_count() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+}
+
+template <typename F>
+void parallel_for(int64_t tasks, F fn) {
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(cpu_count(), tasks)));
+  std::atomic<int64_t> next(0);
+  auto work = [&]() {
+    for (int64_t t = next++; t < tasks; t = next++) fn(t);
+  };
+  std::vector<std::thread> pool;
+  for (int w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto &t : pool) t.join();
+}
+
+// one row of n values: mean and rstd as the composed kernels compute them (sums in double here)
+inline void moments(const float *x, int64_t n, float eps, float *mean, float *rstd) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  const float mu = static_cast<float>(s / static_cast<double>(n));
+  double v = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = x[i] - mu;
+    v += static_cast<double>(d) * d;
+  }
+  *mean = mu;
+  *rstd = 1.0f / std::sqrt(static_cast<float>(v / static_cast<double>(n)) + eps);
+}
+
+}  // namespace
+
+// params: x (B, C, ...), gamma (C,), beta (C,), p (2,) float32 = (groups, eps), y like x
+extern "C" int MindDiffusionGroupNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 5 || ndims[0] < 2 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != ndims[0])
+    return 1;
+  for (int i = 0; i < 5; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  const int64_t B = shapes[0][0], C = shapes[0][1];
+  int64_t S = 1;
+  for (int d = 2; d < ndims[0]; ++d) S *= shapes[0][d];
+  for (int d = 0; d < ndims[0]; ++d)
+    if (shapes[4][d] != shapes[0][d]) return 1;
+  const float *p = static_cast<const float *>(params[3]);
+  const int64_t G = static_cast<int64_t>(p[0]);
+  const float eps = p[1];
+  if (shapes[1][0] != C || shapes[2][0] != C || shapes[3][0] != 2 || G <= 0 || C % G != 0) return 1;
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]),
+              *beta = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t cg = C / G, n = cg * S;
+  if (B * C * S == 0) return 0;
+  parallel_for(B * G, [&](int64_t t) {
+    const int64_t g = t % G;
+    const float *xg = x + t * n;
+    float *yg = y + t * n;
+    float mu, rstd;
+    moments(xg, n, eps, &mu, &rstd);
+    for (int64_t c = 0; c < cg; ++c) {
+      const int64_t ch = g * cg + c;
+      const float scale = rstd * gamma[ch], shift = beta[ch];
+      const float *xs = xg + c * S;
+      float *ys = yg + c * S;
+      for (int64_t i = 0; i < S; ++i) ys[i] = (xs[i] - mu) * scale + shift;
+    }
+  });
+  return 0;
+}
+
+// params: x (M, D), gamma (D,), beta (D,), p (1,) float32 = (eps), y (M, D)
+extern "C" int MindDiffusionLayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 5 || ndims[0] != 2 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 2) return 1;
+  for (int i = 0; i < 5; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  const int64_t M = shapes[0][0], D = shapes[0][1];
+  if (shapes[1][0] != D || shapes[2][0] != D || shapes[3][0] != 1 || shapes[4][0] != M || shapes[4][1] != D) return 1;
+  const float eps = static_cast<const float *>(params[3])[0];
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]),
+              *beta = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[4]);
+  if (M * D == 0) return 0;
+  const int64_t rows = 64, tasks = (M + rows - 1) / rows;
+  parallel_for(tasks, [&](int64_t t) {
+    for (int64_t r = t * rows; r < std::min(M, (t + 1) * rows); ++r) {
+      const float *xr = x + r * D;
+      float *yr = y + r * D;
+      float mu, rstd;
+      moments(xr, D, eps, &mu, &rstd);
+      for (int64_t i = 0; i < D; ++i) yr[i] = (xr[i] - mu) * rstd * gamma[i] + beta[i];
+    }
+  });
+  return 0;
+}

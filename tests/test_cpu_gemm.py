@@ -1,0 +1,296 @@
+"""The OpenBLAS CPU kernels (mind_diffusion/cpu_gemm.py, gemm_cpu.cc): convolutions (all three forms)
+and dense layers against the float64 closed form and against MindSpore's own kernels, forward and
+backward; GroupNorm / LayerNorm inference kernels and their backward; whole networks with and
+without them; how they are switched off, keyed and what falls back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mind_diffusion import cpu_gemm
+
+
+@pytest.fixture
+def blas_lib(monkeypatch):
+    """The library; layers built in the test send every product to it (``MIN_WORK`` 0: the tests'
+    shapes are far below the default threshold)."""
+    lib = cpu_gemm.library()
+    if lib is None:
+        pytest.skip(f"the OpenBLAS CPU kernel is not available here: {cpu_gemm.unavailable_reason()}")
+    monkeypatch.setattr(cpu_gemm, "MIN_WORK", 0)
+    return lib
+
+
+def _conv_closed_form(x, w, b, stride, pads, dilation):
+    """float64 NCHW cross-correlation, pads (top, bottom, left, right)."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    sh, sw = stride
+    dh, dw = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]))
+    n, c, hp, wp = xp.shape
+    o, _, kh, kw = w.shape
+    ho = (hp - dh * (kh - 1) - 1) // sh + 1
+    wo = (wp - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((n, o, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return y + b.reshape(1, -1, 1, 1)
+
+
+class _Grads(nn.Cell):
+    """d sum(net(x) * r) / d (x, parameters)."""
+
+    def __init__(self, net, r):
+        super().__init__()
+        self.net = net
+        self.r = r
+        self.params = ms.ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+
+    def construct(self, x):
+        return self.grad(lambda t: (self.net(t) * self.r).sum(), self.params)(x)
+
+
+def _loss_grads(net, x, r):
+    inputs, params = _Grads(net, Tensor(r))(Tensor(x))
+    return [g.asnumpy() for g in (*inputs, *params)]
+
+
+# (batch, in, H, W, out, kernel, stride, padding, dilation): the shifted form (stride 1, >= 32
+# channels, >= 1024 pixels), 1x1 image by image (>= 1024 pixels), batched im2col (small images, few
+# channels, strides; a 7x7 kernel whose images fill more than one chunk), 1x1 batched, an asymmetric
+# kernel with asymmetric padding (Inception's 1x7), dilation
+CONVS = [(1, 32, 32, 33, 8, 3, 1, 1, 1), (2, 16, 32, 32, 8, 1, 1, 0, 1), (3, 8, 128, 128, 4, 7, 1, 3, 1),
+         (2, 40, 9, 11, 24, 3, 1, 1, 1), (2, 3, 8, 8, 16, 3, 1, 1, 1), (1, 40, 10, 10, 24, 3, 2, 1, 1),
+         (1, 48, 4, 4, 96, 3, 1, 1, 1), (2, 64, 8, 8, 48, 1, 1, 0, 1), (1, 8, 7, 9, 5, (1, 7), 1, (0, 0, 3, 3), 1),
+         (2, 33, 9, 9, 16, 3, 1, 2, 2), (1, 32, 17, 17, 20, 3, 2, 0, 1)]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=["shifted", "1x1-per-image", "7x7-two-chunks", "small-images",
+                                             "few-channels", "stride2", "tiny-image", "1x1-batched",
+                                             "1x7-asym-pad", "dilated", "stride2-valid"])
+def test_convolution_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, blas_lib, case):
+    n, c, h, w, o, k, s, p, d = case
+    kw = dict(stride=s, pad_mode="pad" if p else "valid", padding=p, dilation=d, has_bias=True)
+    with cpu_gemm.mindspore_kernels():
+        ref = nn.Conv2d(c, o, k, **kw)
+    fast = nn.Conv2d(c, o, k, **kw)
+    assert cpu_gemm.accelerate(fast) is fast and fast._blas and not getattr(ref, "_blas", False)
+    rng = np.random.default_rng(0)
+    wt = (rng.standard_normal(ref.weight.shape) / np.sqrt(np.prod(ref.weight.shape[1:]))).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    for net in (ref, fast):
+        net.weight.set_data(Tensor(wt))
+        net.bias.set_data(Tensor(bias))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    pads = (p,) * 4 if isinstance(p, int) else p
+    want = _conv_closed_form(x, wt, bias, (s, s), pads, (d, d))
+    got = fast(Tensor(x)).asnumpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 2e-5 * max(1.0, np.abs(want).max())
+    # the names of the parameters are the layer's own (checkpoints load as before)
+    assert [q.name for q in fast.get_parameters()] == [q.name for q in ref.get_parameters()]
+    r = rng.standard_normal(want.shape).astype(np.float32)
+    for g_fast, g_ref, name in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r), ("x", "weight", "bias")):
+        assert np.abs(g_ref).max() > 1e-3, name
+        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max()), name
+
+
+def test_dense_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, blas_lib):
+    with cpu_gemm.mindspore_kernels():
+        ref = nn.Dense(40, 24)
+    fast = cpu_gemm.accelerate(nn.Dense(40, 24))
+    assert fast._blas
+    rng = np.random.default_rng(1)
+    wt = rng.standard_normal((24, 40)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    for net in (ref, fast):
+        net.weight.set_data(Tensor(wt))
+        net.bias.set_data(Tensor(bias))
+    x = rng.standard_normal((3, 5, 40)).astype(np.float32)      # 3-D: Dense flattens the leading axes
+    want = x.astype(np.float64) @ wt.T.astype(np.float64) + bias
+    got = fast(Tensor(x)).asnumpy()
+    assert got.shape == (3, 5, 24) and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    r = rng.standard_normal(want.shape).astype(np.float32)
+    for g_fast, g_ref in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r)):
+        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
+
+
+def test_small_products_keep_mindspores_kernels_and_large_ones_do_not(ms_mode, blas_lib, monkeypatch):
+    monkeypatch.setattr(cpu_gemm, "MIN_WORK", 1 << 25)
+    rng = np.random.default_rng(5)
+    for c, h, o, small in ((8, 8, 8, True), (64, 48, 64, False)):    # 37 k / 85 M multiply-adds per image
+        with cpu_gemm.mindspore_kernels():
+            ref = nn.Conv2d(c, o, 3, pad_mode="pad", padding=1, has_bias=True)
+        fast = cpu_gemm.accelerate(nn.Conv2d(c, o, 3, pad_mode="pad", padding=1, has_bias=True))
+        fast.weight.set_data(ref.weight.data.copy())
+        fast.bias.set_data(ref.bias.data.copy())
+        x = Tensor(rng.standard_normal((2, c, h, h)).astype(np.float32))
+        a, b = fast(x).asnumpy(), ref(x).asnumpy()
+        if small:
+            assert np.array_equal(a, b)           # the same MindSpore kernel
+        else:
+            want = _conv_closed_form(x.asnumpy(), ref.weight.asnumpy(), ref.bias.asnumpy(), (1, 1), (1,) * 4, (1, 1))
+            assert np.abs(a - want).max() <= 2e-5 * np.abs(want).max() and not np.array_equal(a, b)
+
+
+def test_other_dtypes_and_layers_keep_mindspores_kernels(blas_lib):
+    # fp16 inputs take the original primitive (the cell's dtype check), grouped convolutions are left alone
+    fast = cpu_gemm.accelerate(nn.Conv2d(8, 8, 3, pad_mode="pad", padding=1))
+    x = np.random.default_rng(2).standard_normal((1, 8, 5, 5)).astype(np.float16)
+    y32 = fast(Tensor(x.astype(np.float32))).asnumpy()
+    fast.to_float(ms.float16)
+    y16 = fast(Tensor(x)).asnumpy()
+    assert y16.dtype == np.float16 and np.abs(y16.astype(np.float32) - y32).max() < 0.05
+    grouped = cpu_gemm.accelerate(nn.Conv2d(8, 8, 3, group=2, pad_mode="pad", padding=1))
+    assert not getattr(grouped, "_blas", False) and isinstance(grouped.conv2d, ops.Primitive)
+    same = cpu_gemm.accelerate(nn.Conv2d(8, 8, 3, pad_mode="same"))
+    assert not getattr(same, "_blas", False)
+
+
+@pytest.mark.parametrize("kind", ["group", "layer"])
+def test_norm_kernels_are_the_composed_norms_in_inference_and_training(ms_mode, blas_lib, kind):
+    from mind_diffusion.nn.layers import GroupNorm, LayerNorm
+
+    build = (lambda: GroupNorm(8, 64)) if kind == "group" else (lambda: LayerNorm(48))
+    shape = (2, 64, 5, 7) if kind == "group" else (3, 5, 48)
+    fast = build()
+    with cpu_gemm.mindspore_kernels():
+        ref = build()
+    assert fast.fused is not None and ref.fused is None
+    rng = np.random.default_rng(3)
+    for a, b in zip(fast.get_parameters(), ref.get_parameters()):
+        v = (rng.standard_normal(a.shape) * 0.3 + (1.0 if a.name.endswith("gamma") else 0.0)).astype(np.float32)
+        a.set_data(Tensor(v))
+        b.set_data(Tensor(v))
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    # float64 closed form
+    g = fast.gamma.asnumpy().astype(np.float64)
+    bt = fast.beta.asnumpy().astype(np.float64)
+    if kind == "group":
+        xg = x.astype(np.float64).reshape(2, 8, -1)
+        xhat = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)).reshape(shape)
+        want = xhat * g.reshape(1, -1, 1, 1) + bt.reshape(1, -1, 1, 1)
+    else:
+        x64 = x.astype(np.float64)
+        want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * g + bt
+    got = fast(Tensor(x)).asnumpy()
+    assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+    assert np.abs(got - ref(Tensor(x)).asnumpy()).max() <= 2e-6 * np.abs(want).max()
+    # a gradient taken in inference mode goes through the kernel's composed bprop
+    r = rng.standard_normal(shape).astype(np.float32)
+    for g_fast, g_ref in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r)):
+        assert np.abs(g_ref).max() > 1e-3
+        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
+    # in training the layer runs the composed ops (the kernel is for inference)
+    fast.set_train(True)
+    assert np.abs(fast(Tensor(x)).asnumpy() - want).max() <= 2e-6 * np.abs(want).max()
+
+
+class _Loss(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x, t):
+        return (self.net(x, t) ** 2).mean()
+
+
+class _ParamGrads(nn.Cell):
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+        self.params = ms.ParameterTuple(loss.trainable_params())
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, x, t):
+        return self.grad(self.loss, self.params)(x, t)
+
+
+def _built_both_ways(build):
+    fast = build()
+    with cpu_gemm.mindspore_kernels():
+        ref = build()
+    ms.load_param_into_net(ref, {p.name: p for p in fast.get_parameters()}, strict_load=True)
+    return fast, ref
+
+
+def test_networks_give_the_same_outputs_and_training_gradients_with_and_without_them(ms_mode, blas_lib):
+    from mind_diffusion.ddpm.unet import DDPMUNet
+    from mind_diffusion.ldm.unet import LDMUNet
+
+    cfg = dict(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=(1, 2),
+               num_res_blocks=1, channel_mult=(1, 2), num_heads=2, context_dim=24, num_groups=8,
+               transformer_depth=1)
+    fast, ref = _built_both_ways(lambda: LDMUNet(**cfg))
+    convs = [c for _, c in fast.cells_and_names() if isinstance(c, (nn.Conv2d, nn.Dense))]
+    assert convs and all(getattr(c, "_blas", False) for c in convs)
+    assert not any(getattr(c, "_blas", False) for _, c in ref.cells_and_names())
+    assert [p.name for p in fast.get_parameters()] == [p.name for p in ref.get_parameters()]
+    rng = np.random.default_rng(4)
+    for p in fast.get_parameters():      # no zero-initialised layer: every path counts
+        p.set_data(Tensor((rng.standard_normal(p.shape) * 0.1).astype(np.float32)))
+    ms.load_param_into_net(ref, {p.name: p for p in fast.get_parameters()}, strict_load=True)
+    x = Tensor(rng.standard_normal((2, 4, 16, 16)).astype(np.float32))
+    ctx = Tensor(rng.standard_normal((2, 7, 24)).astype(np.float32))
+    t = Tensor(np.array([10, 700], np.int32))
+    a, b = fast(x, t, ctx).asnumpy(), ref(x, t, ctx).asnumpy()
+    assert np.abs(b).max() > 0.1 and np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+
+    # DDPM training step's gradients (training mode: the norms compose, convolutions use the kernels)
+    ddpm = dict(img_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, time_emb_dim=32,
+                dropout=0.0, attention_resolutions=(1,), num_groups=8)
+    fast, ref = _built_both_ways(lambda: DDPMUNet(**ddpm))
+    grads = []
+    xs = Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    ts = Tensor(np.array([3, 500], np.int32))
+    for p in fast.get_parameters():
+        p.set_data(Tensor((rng.standard_normal(p.shape) * 0.1).astype(np.float32)))
+    ms.load_param_into_net(ref, {p.name: p for p in fast.get_parameters()}, strict_load=True)
+    for net in (fast, ref):
+        net.set_train(True)
+        loss = _Loss(net)
+        g = _ParamGrads(loss)(xs, ts)
+        grads.append((float(loss(xs, ts).asnumpy()), [v.asnumpy() for v in g]))
+    assert abs(grads[0][0] - grads[1][0]) <= 1e-6 * abs(grads[1][0])
+    for gf, gr in zip(grads[0][1], grads[1][1]):
+        assert np.abs(gf - gr).max() <= 1e-5 * max(1e-3, np.abs(gr).max())
+
+
+def test_switch_off_missing_blas_and_the_compile_cache_key(tmp_path, monkeypatch, capsys, blas_lib):
+    from mind_diffusion import compile_cache, cpu_attention
+
+    saved = dict(cpu_gemm._state)
+    try:
+        monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "kernels"))
+        cpu_gemm._state.clear()
+        lib = cpu_gemm.library()
+        assert lib is not None and lib.parent.parent == tmp_path / "kernels" and lib.name == "gemm_cpu.so"
+        parts = compile_cache.key_parts(device_target="CPU", mode="graph", precision="float32", script_key={"x": 1})
+        assert parts["gemm"] == f"blas:{lib.parent.name}"
+        assert "gemm" not in compile_cache.key_parts(device_target="GPU", mode="graph", precision="float16",
+                                                     script_key={"x": 1})
+        # no OpenBLAS with a CBLAS sgemm: MindSpore's kernels, one note that says why
+        cpu_gemm._state.clear()
+        monkeypatch.setattr(cpu_gemm, "_openblas", lambda: None)
+        conv = cpu_gemm.accelerate(nn.Conv2d(4, 4, 3))
+        cpu_gemm.accelerate(nn.Dense(4, 4))
+        assert not getattr(conv, "_blas", False) and cpu_gemm.norm_op("group", 1e-5, 2) is None
+        err = capsys.readouterr().err
+        assert err.count("note: convolutions and dense layers use MindSpore's own CPU kernels") == 1
+        assert "numpy has no bundled OpenBLAS" in err
+        assert compile_cache.key_parts(device_target="CPU", mode="graph", precision="float32",
+                                       script_key={"x": 1})["gemm"] == "mindspore"
+        # switched off: no note
+        cpu_gemm._state.clear()
+        monkeypatch.setenv(cpu_gemm.ENV_SWITCH, "off")
+        assert not getattr(cpu_gemm.accelerate(nn.Conv2d(4, 4, 3)), "_blas", False)
+        assert capsys.readouterr().err == ""
+    finally:
+        cpu_gemm._state.clear()
+        cpu_gemm._state.update(saved)
