@@ -1,21 +1,24 @@
-"""Convolutions and dense layers on CPU through OpenBLAS: ``aot`` Custom operators from ``gemm_cpu.cc``.
+"""Convolutions, dense layers and norms on CPU: ``aot`` Custom operators from ``gemm_cpu.cc``.
 
 MindSpore 2.10's CPU convolution and MatMul run on its bundled oneDNN, which this package holds to
 AVX2 (``_env.py``: above the cap its plain-NCHW convolution falls to a reference kernel). Measured on
-the 2-core CI CPU (Intel Xeon, AVX-512): about 115 GFLOP/s for the SD-v1 UNet's 3x3 convolutions and
-125 for MatMul, against 270-300 for the OpenBLAS sgemm that numpy ships (it picks its own AVX-512
-kernels) and 315-370 for PyTorch. Nearly all of a UNet step is convolutions and matrix products, so
-on CPU every ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` built through this package hands its
-product to that sgemm (see the ``.cc`` file for the three convolution forms), forward and backward.
+the 2-core CI CPU (Intel Xeon, AVX-512): 115-180 GFLOP/s for the SD-v1 UNet's 3x3 convolutions and
+100-130 for its MatMuls, against 260-300 for the OpenBLAS sgemm that numpy ships (it picks its own
+AVX-512 kernels) and 315-370 for PyTorch. Most of a UNet step is convolutions and matrix products, so
+on CPU the ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` layers built by ``nn.layers.conv2d`` /
+``dense`` (every network of the library; not the FID Inception, where it measured slower) hand their
+products of at least ``MIN_WORK`` multiply-adds to that sgemm (see the ``.cc`` file for the three
+convolution forms), forward and backward; GroupNorm and LayerNorm run as one kernel in inference.
 
 How it is used: :func:`accelerate` swaps a layer's ``conv2d`` / ``matmul`` primitive for a small
-cell that calls the Custom operator on float32 inputs and the original primitive otherwise (fp16,
-bf16). The layer, its Parameters and their names do not change, so checkpoints and LoRA wrappers see
-the same network. It applies on the CPU device only, unless ``MIND_DIFFUSION_BLAS=off`` (also
-``0``/``false``/``no``). The library is built on first use with the system C++ compiler and linked
-against numpy's bundled OpenBLAS (``numpy.libs/libopenblas*.so``, found by its CBLAS symbol), into the
-kernel cache of ``cpu_attention`` (``$MIND_DIFFUSION_KERNEL_CACHE``). Without a compiler or an
-OpenBLAS with a CBLAS sgemm, the MindSpore kernels run and one note says why.
+cell that calls the Custom operator on large float32 products and the original primitive otherwise
+(small products; fp16 / bf16 layers are restored to the primitive by :func:`restore` before
+``to_float``). The layer, its Parameters and their names do not change, so checkpoints and LoRA
+wrappers see the same network. It applies on the CPU device only, unless ``MIND_DIFFUSION_BLAS=off``
+(also ``0``/``false``/``no``). The library is built on first use with the system C++ compiler and
+linked against numpy's bundled OpenBLAS (``numpy.libs/libopenblas*.so``, found by its CBLAS symbol),
+into the kernel cache of ``cpu_attention`` (``$MIND_DIFFUSION_KERNEL_CACHE``). Without a compiler or
+an OpenBLAS with a CBLAS sgemm, the MindSpore kernels run and one note says why.
 
 Results agree with MindSpore's kernels to float32 rounding (the sums run in another order).
 """
