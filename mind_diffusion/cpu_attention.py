@@ -87,7 +87,8 @@ def build_kernel(source: Path, stem: str, link: list[str], ident: list[bytes], w
     """Compile ``source`` into ``<kernel cache>/<key>/<stem>.so`` (or find it there) and return
     (library, "") or (None, why). The key hashes the source, the compiler (its resolved file, size
     and time), the flags, ``ident`` (the libraries linked) and this CPU. Written under a temporary
-    name and renamed, so concurrent processes never load a half-written file."""
+    name and renamed, so concurrent processes never load a half-written file. A kernel folder that
+    ``$MS_CUSTOM_AOT_WHITE_LIST`` does not hold is refused (MindSpore would not load it)."""
     if not sys.platform.startswith("linux"):
         return None, f"the {what} is built for Linux only (this is {sys.platform})"
     cxx = _compiler()
@@ -104,6 +105,9 @@ def build_kernel(source: Path, stem: str, link: list[str], ident: list[bytes], w
         h.update(part + b"\0")
     folder = kernel_root() / h.hexdigest()[:20]
     lib = folder / f"{stem}.so"
+    refused = _check_white_list(lib)
+    if refused:
+        return None, refused
     if lib.is_file():
         return lib, ""
     try:
@@ -125,7 +129,7 @@ def build_kernel(source: Path, stem: str, link: list[str], ident: list[bytes], w
     return lib, ""
 
 
-def check_white_list(lib: Path) -> str:
+def _check_white_list(lib: Path) -> str:
     """Why MindSpore would refuse to load ``lib`` (``$MS_CUSTOM_AOT_WHITE_LIST``), or ""."""
     # MindSpore (ops.Custom) refuses an aot library outside $MS_CUSTOM_AOT_WHITE_LIST (one folder)
     # when that is set; it is the user's security setting, so it is kept
@@ -153,12 +157,7 @@ def library() -> Path | None:
     """The built kernel library, or None (``unavailable_reason()`` says why). Built once per
     process (and once per machine and source version, in the kernel cache)."""
     if "lib" not in _state:
-        lib, why = _build()
-        if lib is not None:
-            problem = check_white_list(lib)
-            if problem:
-                lib, why = None, problem
-        _state["lib"], _state["why"] = lib, why
+        _state["lib"], _state["why"] = _build()
     return _state["lib"]
 
 
