@@ -1,5 +1,5 @@
-// Convolution and dense layers for MindSpore on CPU through an OpenBLAS sgemm ("aot" Custom
-// operators, see cpu_gemm.py).
+// Convolution and dense layers for MindSpore on CPU through an OpenBLAS sgemm, and GroupNorm /
+// LayerNorm as one kernel each for inference ("aot" Custom operators, see cpu_gemm.py).
 //
 // MindSpore 2.10's CPU kernels run on its bundled oneDNN, held to AVX2 (mind_diffusion/_env.py:
 // above that cap its plain-NCHW convolution falls to a reference kernel). On the 2-core CI CPU
@@ -103,13 +103,14 @@ bool conv_problem(const int64_t *xs, const int64_t *ws, const int64_t *p, Conv *
   return true;
 }
 
-// col rows (C*kh*kw) of Ho*Wo columns each, row stride ld, of image x (C, H, W)
-void im2col(const Conv &c, const float *x, float *col, int64_t ld) {
+// col (C*kh*kw, Ho*Wo) of image x (C, H, W)
+void im2col(const Conv &c, const float *x, float *col) {
+  const int64_t L = c.Ho * c.Wo;
   for (int64_t ch = 0; ch < c.C; ++ch) {
     const float *xc = x + ch * c.H * c.W;
     for (int64_t i = 0; i < c.kh; ++i) {
       for (int64_t j = 0; j < c.kw; ++j) {
-        float *dst = col + ((ch * c.kh + i) * c.kw + j) * ld;
+        float *dst = col + ((ch * c.kh + i) * c.kw + j) * L;
         for (int64_t y = 0; y < c.Ho; ++y) {
           const int64_t iy = y * c.sh - c.pt + i * c.dh;
           float *d = dst + y * c.Wo;
@@ -128,13 +129,14 @@ void im2col(const Conv &c, const float *x, float *col, int64_t ld) {
   }
 }
 
-// dx (C, H, W) += col2im(col), col rows of stride ld
-void col2im_add(const Conv &c, const float *col, int64_t ld, float *dx) {
+// dx (C, H, W) += col2im(col)
+void col2im_add(const Conv &c, const float *col, float *dx) {
+  const int64_t L = c.Ho * c.Wo;
   for (int64_t ch = 0; ch < c.C; ++ch) {
     float *xc = dx + ch * c.H * c.W;
     for (int64_t i = 0; i < c.kh; ++i) {
       for (int64_t j = 0; j < c.kw; ++j) {
-        const float *src = col + ((ch * c.kh + i) * c.kw + j) * ld;
+        const float *src = col + ((ch * c.kh + i) * c.kw + j) * L;
         for (int64_t y = 0; y < c.Ho; ++y) {
           const int64_t iy = y * c.sh - c.pt + i * c.dh;
           if (iy < 0 || iy >= c.H) continue;
@@ -192,7 +194,7 @@ void conv_forward(const Conv &c, const float *x, const float *w, float *y) {
   // im2col image by image: its buffer (CK x L) stays small enough for the caches
   std::vector<float> col(static_cast<size_t>(CK * L));
   for (int64_t n = 0; n < c.N; ++n) {
-    im2col(c, x + n * c.C * HW, col.data(), L);
+    im2col(c, x + n * c.C * HW, col.data());
     gemm(false, false, c.O, L, CK, w, CK, col.data(), L, 0.0f, y + n * c.O * L, L);
   }
 }
@@ -207,7 +209,7 @@ void conv_grad_input(const Conv &c, const float *dy, const float *w, float *dx) 
   std::fill(dx, dx + c.N * c.C * HW, 0.0f);
   for (int64_t n = 0; n < c.N; ++n) {
     gemm(true, false, CK, L, c.O, w, CK, dy + n * c.O * L, L, 0.0f, col.data(), L);
-    col2im_add(c, col.data(), L, dx + n * c.C * HW);
+    col2im_add(c, col.data(), dx + n * c.C * HW);
   }
 }
 
@@ -220,7 +222,7 @@ void conv_grad_weight(const Conv &c, const float *dy, const float *x, float *dw)
   }
   std::vector<float> col(static_cast<size_t>(CK * L));
   for (int64_t n = 0; n < c.N; ++n) {
-    im2col(c, x + n * c.C * HW, col.data(), L);
+    im2col(c, x + n * c.C * HW, col.data());
     gemm(false, true, c.O, CK, L, dy + n * c.O * L, L, col.data(), L, 1.0f, dw, CK);
   }
 }
