@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+import mind_diffusion  # noqa: F401  (before numpy and mindspore: ONEDNN_MAX_CPU_ISA, OPENBLAS_CORETYPE)
 import numpy as np
 
 from _common import cpu_name

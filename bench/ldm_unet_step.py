@@ -42,9 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+import mind_diffusion  # noqa: F401  (before numpy and mindspore: ONEDNN_MAX_CPU_ISA, OPENBLAS_CORETYPE)
 import numpy as np
 
-import mind_diffusion  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA etc. before mindspore loads)
 from _common import cpu_name
 
 FULL = {}  # LDMUNet defaults = SD-v1 / Wukong

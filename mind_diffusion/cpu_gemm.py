@@ -40,6 +40,8 @@ SYMBOLS = (("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"), (
 # digits DDPM's 16x16 convolutions at 32-64 channels, batch 64: 136 img/s with MindSpore's, 76-109 with
 # OpenBLAS's image-by-image products); from the SD-v1 UNet's 8x8 level up OpenBLAS wins.
 MIN_WORK = 1 << 25
+# OpenBLAS x86 kernel families with AVX2 / AVX-512 sgemm kernels (openblas_get_corename, lower case)
+FAST_CORES = frozenset({"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"})
 
 _state: dict = {}
 
@@ -61,6 +63,28 @@ def _openblas() -> tuple[Path, str, str] | None:
     return None
 
 
+def _slow_core(blas: Path, symbol: str) -> str | None:
+    """Why the OpenBLAS loaded runs slow kernels on this CPU, or None: an AVX2 CPU on which OpenBLAS
+    fell back to a family without AVX2 kernels (its table does not know the CPU model; ``_env.py``)."""
+    from . import _env
+
+    flags = _env.cpu_flags()
+    if not {"avx2", "fma"} <= flags:
+        return None
+    try:
+        get = getattr(ctypes.CDLL(str(blas)), symbol.replace("cblas_sgemm", "openblas_get_corename"))
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_char_p
+    core = (get() or b"").decode(errors="replace")
+    if not core or core.lower() in FAST_CORES:
+        return None
+    want = _env.openblas_coretype(flags)
+    return (f"numpy's OpenBLAS runs its generic '{core}' kernels on this CPU (it does not know the model), "
+            f"slower than MindSpore's; to use the OpenBLAS kernels set OPENBLAS_CORETYPE={want} before Python "
+            f"starts (importing mind_diffusion before numpy does it)")
+
+
 def _build() -> tuple[Path | None, str]:
     if os.environ.get(ENV_SWITCH, "").strip().lower() in OFF_VALUES:
         return None, f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
@@ -68,6 +92,9 @@ def _build() -> tuple[Path | None, str]:
     if found is None:
         return None, "numpy has no bundled OpenBLAS with a CBLAS sgemm to link the CPU convolution kernel against"
     blas, symbol, int_type = found
+    slow = _slow_core(blas, symbol)
+    if slow is not None:
+        return None, slow
     link = [f"-DMD_CBLAS_SGEMM={symbol}", f"-DMD_BLAS_INT={int_type}", f"-L{blas.parent}", f"-l:{blas.name}",
             f"-Wl,-rpath,{blas.parent}"]
     return cpu_attention.build_kernel(SOURCE, "gemm_cpu", link,
@@ -284,6 +311,49 @@ def norm_op(kind: str, eps: float, groups: int = 1):
         func = "MindDiffusionLayerNorm"
     return ops.Custom(f"{lib}:{func}", out_shape=lambda x, g, b, p: x, out_dtype=lambda x, g, b, p: ms.float32,
                       func_type="aot", bprop=bprop)
+
+
+def geglu_op(exact: bool):
+    """A Custom primitive ``op(h, p) -> a * gelu(g)`` for inference (float32; ``h = [a | g]`` on its last
+    axis, ``p`` from :func:`geglu_params`): ``exact`` the erf GELU, else MindSpore's tanh GeLU; None when
+    not :func:`enabled`. Its backward is composed of MindSpore ops."""
+    import mindspore as ms
+    from mindspore import ops
+
+    if not enabled():
+        return None
+    lib = library()
+    zeros = ops.ZerosLike()
+    erf, sigmoid = ops.Erf(), ops.Sigmoid()
+    c_erf, c_tanh = 0.7071067811865476, 0.7978845608028654
+
+    def bprop(h, p, out, dout):
+        a, g = ops.split(h, h.shape[-1] // 2, axis=-1)
+        if exact:
+            cdf = erf(g * c_erf) * 0.5 + 0.5
+            gelu = g * cdf
+            dgelu = cdf + g * ops.exp(-0.5 * g * g) * 0.3989422804014327
+        else:
+            # 0.5 (1 + tanh u) = sigmoid(2u): MindSpore's CPU Tanh rounds to +-1 from |u| ~ 5, which
+            # would zero the tails of 1 - tanh^2
+            sg = sigmoid(2.0 * c_tanh * (g + 0.044715 * g * g * g))
+            gelu = g * sg
+            dgelu = sg + 2.0 * g * sg * (1.0 - sg) * c_tanh * (1.0 + 3 * 0.044715 * g * g)
+        return ops.concat((dout * gelu, dout * a * dgelu), axis=-1), zeros(p)
+
+    def out_shape(hs, ps):
+        return list(hs[:-1]) + [hs[-1] // 2]
+
+    return ops.Custom(f"{lib}:MindDiffusionGeGLU", out_shape=out_shape, out_dtype=lambda h, p: ms.float32,
+                      func_type="aot", bprop=bprop)
+
+
+def geglu_params(exact: bool):
+    """The ``p`` tensor of :func:`geglu_op`."""
+    import numpy as np
+    from mindspore import Tensor
+
+    return Tensor(np.array([1.0 if exact else 0.0], np.float32))
 
 
 def norm_params(kind: str, eps: float, groups: int = 1):

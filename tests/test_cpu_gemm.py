@@ -1,6 +1,6 @@
 """The OpenBLAS CPU kernels (mind_diffusion/cpu_gemm.py, gemm_cpu.cc): convolutions (all three forms)
 and dense layers against the float64 closed form and against MindSpore's own kernels, forward and
-backward; GroupNorm / LayerNorm inference kernels and their backward; whole networks with and
+backward; GroupNorm / LayerNorm / GEGLU inference kernels and their backward; whole networks with and
 without them; how they are switched off, keyed and what falls back."""
 from __future__ import annotations
 
@@ -192,6 +192,44 @@ def test_norm_kernels_are_the_composed_norms_in_inference_and_training(ms_mode, 
     assert np.abs(fast(Tensor(x)).asnumpy() - want).max() <= 2e-6 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_geglu_kernel_is_the_composed_geglu_in_inference_and_training(ms_mode, blas_lib, gelu):
+    from scipy.special import erf
+
+    from mind_diffusion.ldm.unet import GEGLU
+
+    fast, ref = _built_both_ways(lambda: GEGLU(24, 40, gelu))
+    assert fast.fused is not None and ref.fused is None
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 7, 24)) * 5.0).astype(np.float32)
+    # float64 closed form on the projection's output (a wide range of gate values: erf / tanh tails)
+    h = ref.proj(Tensor(x)).asnumpy().astype(np.float64)
+    assert h[..., 40:].min() < -3 and h[..., 40:].max() > 3
+    a, g = h[..., :40], h[..., 40:]
+    if gelu == "exact":
+        want = a * g * 0.5 * (1.0 + erf(g / np.sqrt(2.0)))
+    else:
+        want = a * 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+    got = fast(Tensor(x)).asnumpy()
+    assert got.shape == (2, 7, 40)
+    assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+    assert np.abs(got - ref(Tensor(x)).asnumpy()).max() <= 2e-6 * np.abs(want).max()
+    # a gradient taken in inference mode goes through the kernel's composed bprop
+    r = rng.standard_normal((2, 7, 40)).astype(np.float32)
+    for g_fast, g_ref in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r)):
+        assert np.abs(g_ref).max() > 1e-3
+        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
+    # training, and a float16 projection, run the composed ops
+    fast.set_train(True)
+    assert np.abs(fast(Tensor(x)).asnumpy() - want).max() <= 2e-6 * np.abs(want).max()
+    fast.set_train(False)
+    from mind_diffusion.nn.layers import apply_compute_dtype
+
+    apply_compute_dtype(fast, ms.float16)
+    half = fast(Tensor(x)).asnumpy()
+    assert half.dtype == np.float16 and np.abs(half - want).max() <= 2e-2 * np.abs(want).max()
+
+
 class _Loss(nn.Cell):
     def __init__(self, net):
         super().__init__()
@@ -294,3 +332,49 @@ def test_switch_off_missing_blas_and_the_compile_cache_key(tmp_path, monkeypatch
     finally:
         cpu_gemm._state.clear()
         cpu_gemm._state.update(saved)
+
+
+def test_openblas_kernel_family_is_named_from_the_cpu_flags():
+    from mind_diffusion import _env
+
+    avx512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    assert _env.openblas_coretype(avx512 | {"avx512_bf16"}) == "Cooperlake"
+    assert _env.openblas_coretype(avx512) == "SkylakeX"
+    assert _env.openblas_coretype({"avx2", "fma", "avx512f"}) == "Haswell"   # AVX-512 without BW/VL/DQ
+    assert _env.openblas_coretype({"avx2", "fma"}) == "Haswell"
+    assert _env.openblas_coretype({"avx", "sse4_2"}) is None and _env.openblas_coretype(set()) is None
+
+
+def test_a_generic_openblas_core_falls_back_to_mindspores_kernels_with_a_note(tmp_path):
+    """numpy's OpenBLAS on a CPU model it does not know loads its generic Prescott kernels (7x slower):
+    importing mind_diffusion before numpy names the family from the CPU flags; with the generic family
+    loaded anyway (numpy first, or set by hand) the layers keep MindSpore's kernels and one note says
+    how to fix it. Each case in a fresh process (OpenBLAS picks its kernels when it loads)."""
+    import os
+    import subprocess
+    import sys
+
+    from mind_diffusion import _env
+
+    flags = _env.cpu_flags()
+    if not {"avx2", "fma"} <= flags:
+        pytest.skip("needs an x86 CPU with AVX2 + FMA (the families compared)")
+    probe = ("import mind_diffusion, numpy, os\n"
+             "import mindspore as ms\n"
+             "ms.set_device('CPU')\n"
+             "from mindspore import nn\n"
+             "from mind_diffusion import cpu_gemm\n"
+             "conv = cpu_gemm.accelerate(nn.Conv2d(4, 4, 3, pad_mode='pad', padding=1))\n"
+             "print(os.environ.get('OPENBLAS_CORETYPE'), cpu_gemm.library() is not None, bool(getattr(conv, '_blas', False)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env["MIND_DIFFUSION_KERNEL_CACHE"] = str(tmp_path / "kernels")
+    want = _env.openblas_coretype(flags)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [want, "True", "True"]
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "OPENBLAS_CORETYPE": "Prescott"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["Prescott", "False", "False"]
+    assert out.stderr.count("note: convolutions and dense layers use MindSpore's own CPU kernels") == 1
+    assert f"generic 'Prescott' kernels" in out.stderr and f"OPENBLAS_CORETYPE={want}" in out.stderr

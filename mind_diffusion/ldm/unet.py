@@ -38,6 +38,7 @@ from ..nn.layers import (
     dense,
 )
 from ..cpu_attention import fused_attention_op
+from ..cpu_gemm import geglu_op, geglu_params
 from ..nn.lora import UNET_ATTN_TARGETS, inject_lora
 from ..nn.unet_blocks import UNetBlocksMixin, build_unet_blocks, dropout_cell
 
@@ -169,9 +170,15 @@ class GEGLU(nn.Cell):
         self.exact = gelu == "exact"
         self.gelu_tanh = ops.GeLU()
         self.erf = ops.Erf()
+        # on CPU, inference runs one kernel (mind_diffusion/cpu_gemm.py); training the ops below
+        self.fused = geglu_op(self.exact)
+        self.fused_params = geglu_params(self.exact)
 
     def construct(self, x):
-        a, gate = ops.split(self.proj(x), self.dim_out, axis=-1)
+        h = self.proj(x)
+        if self.fused is not None and not self.training and h.dtype == ms.float32:
+            return self.fused(h, self.fused_params)
+        a, gate = ops.split(h, self.dim_out, axis=-1)
         if self.exact:
             # 0.5 g (1 + erf(g / sqrt 2)); built from Erf because ops.gelu(approximate="none")
             # keeps its intermediates alive in CPU graph mode (~170 MB more per block at 64x64)
