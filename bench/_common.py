@@ -7,11 +7,21 @@ from pathlib import Path
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (falls back to platform info)."""
+    """The CPU model from /proc/cpuinfo with its family and model numbers (virtual machines often
+    name different CPUs alike, e.g. "Intel(R) Xeon(R) Processor"); falls back to platform info."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break
+        if "model name" in fields:
+            ids = (f" (family {fields['cpu family']} model {fields['model']})"
+                   if "cpu family" in fields and "model" in fields else "")
+            return fields["model name"] + ids
     except OSError:
         pass
     return platform.processor() or platform.machine()
