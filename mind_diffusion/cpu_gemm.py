@@ -8,7 +8,8 @@ AVX-512 kernels) and 315-370 for PyTorch. Most of a UNet step is convolutions an
 on CPU the ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` layers built by ``nn.layers.conv2d`` /
 ``dense`` (every network of the library; not the FID Inception, where it measured slower) hand their
 products of at least ``MIN_WORK`` multiply-adds to that sgemm (see the ``.cc`` file for the three
-convolution forms), forward and backward; GroupNorm and LayerNorm run as one kernel in inference.
+convolution forms), forward and backward; GroupNorm runs as one kernel (its backward as two more, so it
+trains through them), LayerNorm and the LDM UNet's GEGLU as one kernel each in inference.
 
 How it is used: :func:`accelerate` swaps a layer's ``conv2d`` / ``matmul`` primitive for a small
 cell that calls the Custom operator on large float32 products and the original primitive otherwise
@@ -266,9 +267,10 @@ def accelerate(cell):
 
 
 def norm_op(kind: str, eps: float, groups: int = 1):
-    """A Custom primitive ``op(x, gamma, beta, p) -> y`` for inference (float32): ``kind`` "group"
-    (x (B, C, ...), p = (groups, eps)) or "layer" (x (M, D), p = (eps,)), or None when not
-    :func:`enabled`. Its backward is composed of MindSpore ops (recomputing the moments)."""
+    """A Custom primitive ``op(x, gamma, beta, p) -> y`` (float32): ``kind`` "group" (x (B, C, ...),
+    p = (groups, eps); its backward is two more kernels, so GroupNorm trains through it too) or "layer"
+    (x (M, D), p = (eps,); inference, its backward composed of MindSpore ops), or None when not
+    :func:`enabled`. Both backward paths recompute the moments from x."""
     import mindspore as ms
     from mindspore import ops
 
@@ -281,21 +283,14 @@ def norm_op(kind: str, eps: float, groups: int = 1):
     zeros = ops.ZerosLike()
 
     if kind == "group":
+        grad_x = ops.Custom(f"{lib}:MindDiffusionGroupNormGrad", out_shape=lambda dy, x, g, p: x,
+                            out_dtype=lambda dy, x, g, p: ms.float32, func_type="aot")
+        grad_affine = ops.Custom(f"{lib}:MindDiffusionGroupNormGradAffine", out_shape=lambda dy, x, p: [2, x[1]],
+                                 out_dtype=lambda dy, x, p: ms.float32, func_type="aot")
+
         def bprop(x, gamma, beta, p, out, dout):
-            shape = x.shape
-            b, c = shape[0], shape[1]
-            xg = x.reshape(b, groups, c // groups, -1)
-            dy = dout.reshape(b, groups, c // groups, -1)
-            mu = xg.mean(axis=(2, 3), keep_dims=True)
-            xc = xg - mu
-            rstd = ops.rsqrt((xc * xc).mean(axis=(2, 3), keep_dims=True) + eps)
-            xhat = xc * rstd
-            dyg = dy * gamma.reshape(1, groups, c // groups, 1)
-            dx = rstd * (dyg - dyg.mean(axis=(2, 3), keep_dims=True)
-                         - xhat * (dyg * xhat).mean(axis=(2, 3), keep_dims=True))
-            dgamma = (dy * xhat).sum(axis=(0, 3)).reshape(c)
-            dbeta = dy.sum(axis=(0, 3)).reshape(c)
-            return dx.reshape(shape), dgamma, dbeta, zeros(p)
+            affine = grad_affine(dout, x, p)
+            return grad_x(dout, x, gamma, p), affine[0], affine[1], zeros(p)
 
         func = "MindDiffusionGroupNorm"
     else:

@@ -1,5 +1,5 @@
-// Convolution and dense layers for MindSpore on CPU through an OpenBLAS sgemm, and GroupNorm /
-// LayerNorm as one kernel each for inference ("aot" Custom operators, see cpu_gemm.py).
+// Convolution and dense layers for MindSpore on CPU through an OpenBLAS sgemm; GroupNorm (forward and
+// backward), LayerNorm and GEGLU (inference) as one kernel each ("aot" Custom operators, see cpu_gemm.py).
 //
 // MindSpore 2.10's CPU kernels run on its bundled oneDNN, held to AVX2 (mind_diffusion/_env.py:
 // above that cap its plain-NCHW convolution falls to a reference kernel). On the 2-core CI CPU
@@ -419,6 +419,125 @@ extern "C" int MindDiffusionGroupNorm(int nparam, void **params, int *ndims, int
       const float *xs = xg + c * S;
       float *ys = yg + c * S;
       for (int64_t i = 0; i < S; ++i) ys[i] = (xs[i] - mu) * scale + shift;
+    }
+  });
+  return 0;
+}
+
+// ---- GroupNorm backward (training): the gradient of y = (x - mu) * rstd * gamma + beta per (image, group) ----
+// dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)) with dyg = dy * gamma and xhat = (x - mu) * rstd over
+// the group; dgamma[c] = sum over images and positions of dy * xhat, dbeta[c] = sum of dy. The moments are
+// recomputed from x (nothing is saved by the forward), sums in double.
+
+namespace {
+
+struct GroupNormShape {
+  int64_t B, C, S, G;
+  float eps;
+};
+
+bool group_norm_shape(int nd, const int64_t *xs, const float *p, int64_t pn, GroupNormShape *g) {
+  if (nd < 2 || pn != 2) return false;
+  g->B = xs[0];
+  g->C = xs[1];
+  g->S = 1;
+  for (int d = 2; d < nd; ++d) g->S *= xs[d];
+  g->G = static_cast<int64_t>(p[0]);
+  g->eps = p[1];
+  return g->G > 0 && g->C % g->G == 0;
+}
+
+}  // namespace
+
+// params: dy (B, C, ...), x like dy, gamma (C,), p (2,) float32 = (groups, eps), dx like x
+extern "C" int MindDiffusionGroupNormGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 5 || ndims[1] != ndims[0] || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != ndims[0]) return 1;
+  for (int i = 0; i < 5; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  for (int d = 0; d < ndims[0]; ++d)
+    if (shapes[1][d] != shapes[0][d] || shapes[4][d] != shapes[0][d]) return 1;
+  GroupNormShape g;
+  if (!group_norm_shape(ndims[0], shapes[0], static_cast<const float *>(params[3]), shapes[3][0], &g) ||
+      shapes[2][0] != g.C)
+    return 1;
+  const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]),
+              *gamma = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[4]);
+  const int64_t cg = g.C / g.G, n = cg * g.S;
+  if (g.B * g.C * g.S == 0) return 0;
+  parallel_for(g.B * g.G, [&](int64_t t) {
+    const int64_t grp = t % g.G;
+    const float *xg = x + t * n, *dyg = dy + t * n;
+    float *dxg = dx + t * n;
+    float mu, rstd;
+    moments(xg, n, g.eps, &mu, &rstd);
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t c = 0; c < cg; ++c) {
+      const float gm = gamma[grp * cg + c];
+      const float *xs = xg + c * g.S, *ds = dyg + c * g.S;
+      double a1 = 0.0, a2 = 0.0;
+      for (int64_t i = 0; i < g.S; ++i) {
+        const float d = ds[i] * gm;
+        a1 += d;
+        a2 += static_cast<double>(d * ((xs[i] - mu) * rstd));
+      }
+      s1 += a1;
+      s2 += a2;
+    }
+    const float m1 = static_cast<float>(s1 / static_cast<double>(n)), m2 = static_cast<float>(s2 / static_cast<double>(n));
+    for (int64_t c = 0; c < cg; ++c) {
+      const float gm = gamma[grp * cg + c];
+      const float *xs = xg + c * g.S, *ds = dyg + c * g.S;
+      float *out = dxg + c * g.S;
+      for (int64_t i = 0; i < g.S; ++i) out[i] = rstd * (ds[i] * gm - m1 - ((xs[i] - mu) * rstd) * m2);
+    }
+  });
+  return 0;
+}
+
+// params: dy (B, C, ...), x like dy, p (2,) float32 = (groups, eps), out (2, C): dgamma, dbeta
+extern "C" int MindDiffusionGroupNormGradAffine(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 4 || ndims[1] != ndims[0] || ndims[2] != 1 || ndims[3] != 2) return 1;
+  for (int i = 0; i < 4; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  for (int d = 0; d < ndims[0]; ++d)
+    if (shapes[1][d] != shapes[0][d]) return 1;
+  GroupNormShape g;
+  if (!group_norm_shape(ndims[0], shapes[0], static_cast<const float *>(params[2]), shapes[2][0], &g) ||
+      shapes[3][0] != 2 || shapes[3][1] != g.C)
+    return 1;
+  const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]);
+  float *out = static_cast<float *>(params[3]);
+  const int64_t cg = g.C / g.G, n = cg * g.S;
+  std::fill(out, out + 2 * g.C, 0.0f);
+  if (g.B * g.C * g.S == 0) return 0;
+  // one task per group: it owns its channels' sums, over every image
+  parallel_for(g.G, [&](int64_t grp) {
+    std::vector<double> dgamma(cg, 0.0), dbeta(cg, 0.0);
+    for (int64_t b = 0; b < g.B; ++b) {
+      const int64_t off = (b * g.G + grp) * n;
+      float mu, rstd;
+      moments(x + off, n, g.eps, &mu, &rstd);
+      for (int64_t c = 0; c < cg; ++c) {
+        const float *xs = x + off + c * g.S, *ds = dy + off + c * g.S;
+        double a = 0.0, s = 0.0;
+        for (int64_t i = 0; i < g.S; ++i) {
+          a += static_cast<double>(ds[i] * ((xs[i] - mu) * rstd));
+          s += ds[i];
+        }
+        dgamma[c] += a;
+        dbeta[c] += s;
+      }
+    }
+    for (int64_t c = 0; c < cg; ++c) {
+      out[grp * cg + c] = static_cast<float>(dgamma[c]);
+      out[g.C + grp * cg + c] = static_cast<float>(dbeta[c]);
     }
   });
   return 0;

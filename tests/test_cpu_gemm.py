@@ -187,9 +187,23 @@ def test_norm_kernels_are_the_composed_norms_in_inference_and_training(ms_mode, 
     for g_fast, g_ref in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r)):
         assert np.abs(g_ref).max() > 1e-3
         assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
-    # in training the layer runs the composed ops (the kernel is for inference)
+    # training: GroupNorm keeps its kernels (forward and backward), LayerNorm runs the composed ops
     fast.set_train(True)
+    ref.set_train(True)
     assert np.abs(fast(Tensor(x)).asnumpy() - want).max() <= 2e-6 * np.abs(want).max()
+    for g_fast, g_ref in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r)):
+        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
+    if kind == "group":
+        # against the float64 closed form of the backward too
+        x64, r64 = x.astype(np.float64).reshape(2, 8, -1), r.astype(np.float64)
+        xhat64 = ((x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5))
+        dyg = (r64 * g.reshape(1, -1, 1, 1)).reshape(2, 8, -1)
+        rstd = 1.0 / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+        dx = rstd * (dyg - dyg.mean(-1, keepdims=True) - xhat64 * (dyg * xhat64).mean(-1, keepdims=True))
+        got_dx, got_dg, got_db = _loss_grads(fast, x, r)
+        assert np.abs(got_dx - dx.reshape(shape)).max() <= 1e-5 * np.abs(dx).max()
+        assert np.abs(got_dg - (r64 * xhat64.reshape(shape)).sum((0, 2, 3))).max() <= 1e-5 * np.abs(got_dg).max()
+        assert np.abs(got_db - r64.sum((0, 2, 3))).max() <= 1e-5 * np.abs(got_db).max()
 
 
 @pytest.mark.parametrize("gelu", ["exact", "tanh"])

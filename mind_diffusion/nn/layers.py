@@ -58,13 +58,13 @@ class GroupNorm(nn.Cell):
         self.eps = eps
         self.gamma = Parameter(initializer("ones", [num_channels], ms.float32), name="gamma")
         self.beta = Parameter(initializer("zeros", [num_channels], ms.float32), name="beta")
-        # on CPU, inference runs one kernel (mind_diffusion/cpu_gemm.py); training the ops below
+        # on CPU one kernel, forward and backward (mind_diffusion/cpu_gemm.py); elsewhere the ops below
         self.fused = norm_op("group", eps, num_groups)
         self.norm_params = norm_params("group", eps, num_groups)
 
     def construct(self, x):
         dtype = x.dtype
-        if self.fused is not None and not self.training:
+        if self.fused is not None:
             return ops.cast(self.fused(ops.cast(x, ms.float32), self.gamma, self.beta, self.norm_params), dtype)
         b, c, h, w = x.shape
         g = self.num_groups
