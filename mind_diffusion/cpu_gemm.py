@@ -9,7 +9,8 @@ on CPU the ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` layers built by ``nn.
 ``dense`` (every network of the library; not the FID Inception, where it measured slower) hand their
 products of at least ``MIN_WORK`` multiply-adds to that sgemm (see the ``.cc`` file for the three
 convolution forms), forward and backward; GroupNorm runs as one kernel (its backward as two more, so it
-trains through them), LayerNorm and the LDM UNet's GEGLU as one kernel each in inference.
+trains through them), LayerNorm, the LDM UNet's GEGLU and the FID Inception's BatchNorm + ReLU as one
+kernel each in inference.
 
 How it is used: :func:`accelerate` swaps a layer's ``conv2d`` / ``matmul`` primitive for a small
 cell that calls the Custom operator on large float32 products and the original primitive otherwise
@@ -341,6 +342,20 @@ def geglu_op(exact: bool):
 
     return ops.Custom(f"{lib}:MindDiffusionGeGLU", out_shape=out_shape, out_dtype=lambda h, p: ms.float32,
                       func_type="aot", bprop=bprop)
+
+
+def batchnorm_relu_op():
+    """A Custom primitive ``op(x, beta, mean, var, p) -> relu((x - mean) / sqrt(var + eps) + beta)`` per
+    channel of x (B, C, ...) for inference (float32, ``p`` = (eps,) from :func:`norm_params` "layer"):
+    the FID Inception's BatchNorm without gamma and its ReLU in one pass; None when not
+    :func:`enabled`. It has no backward (the Inception's parameters are frozen)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    if not enabled():
+        return None
+    return ops.Custom(f"{library()}:MindDiffusionBatchNormReLU", out_shape=lambda x, b, m, v, p: x,
+                      out_dtype=lambda x, b, m, v, p: ms.float32, func_type="aot")
 
 
 def geglu_params(exact: bool):

@@ -382,6 +382,24 @@ inline void moments(const float *x, int64_t n, float eps, float *mean, float *rs
   *rstd = 1.0f / std::sqrt(static_cast<float>(v / static_cast<double>(n)) + eps);
 }
 
+// (B, C, S = the product of the other axes, groups, eps) of x (B, C, ...) and p = (groups, eps); false
+// when they do not fit
+struct GroupNormShape {
+  int64_t B, C, S, G;
+  float eps;
+};
+
+bool group_norm_shape(int nd, const int64_t *xs, const float *p, int64_t pn, GroupNormShape *g) {
+  if (nd < 2 || pn != 2) return false;
+  g->B = xs[0];
+  g->C = xs[1];
+  g->S = 1;
+  for (int d = 2; d < nd; ++d) g->S *= xs[d];
+  g->G = static_cast<int64_t>(p[0]);
+  g->eps = p[1];
+  return g->G > 0 && g->C % g->G == 0;
+}
+
 }  // namespace
 
 // params: x (B, C, ...), gamma (C,), beta (C,), p (2,) float32 = (groups, eps), y like x
@@ -393,15 +411,14 @@ extern "C" int MindDiffusionGroupNorm(int nparam, void **params, int *ndims, int
     return 1;
   for (int i = 0; i < 5; ++i)
     if (!is_f32(dtypes[i])) return 1;
-  const int64_t B = shapes[0][0], C = shapes[0][1];
-  int64_t S = 1;
-  for (int d = 2; d < ndims[0]; ++d) S *= shapes[0][d];
   for (int d = 0; d < ndims[0]; ++d)
     if (shapes[4][d] != shapes[0][d]) return 1;
-  const float *p = static_cast<const float *>(params[3]);
-  const int64_t G = static_cast<int64_t>(p[0]);
-  const float eps = p[1];
-  if (shapes[1][0] != C || shapes[2][0] != C || shapes[3][0] != 2 || G <= 0 || C % G != 0) return 1;
+  GroupNormShape gs;
+  if (!group_norm_shape(ndims[0], shapes[0], static_cast<const float *>(params[3]), shapes[3][0], &gs) ||
+      shapes[1][0] != gs.C || shapes[2][0] != gs.C)
+    return 1;
+  const int64_t B = gs.B, C = gs.C, S = gs.S, G = gs.G;
+  const float eps = gs.eps;
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]),
               *beta = static_cast<const float *>(params[2]);
   float *y = static_cast<float *>(params[4]);
@@ -428,26 +445,6 @@ extern "C" int MindDiffusionGroupNorm(int nparam, void **params, int *ndims, int
 // dx = rstd * (dyg - mean(dyg) - xhat * mean(dyg * xhat)) with dyg = dy * gamma and xhat = (x - mu) * rstd over
 // the group; dgamma[c] = sum over images and positions of dy * xhat, dbeta[c] = sum of dy. The moments are
 // recomputed from x (nothing is saved by the forward), sums in double.
-
-namespace {
-
-struct GroupNormShape {
-  int64_t B, C, S, G;
-  float eps;
-};
-
-bool group_norm_shape(int nd, const int64_t *xs, const float *p, int64_t pn, GroupNormShape *g) {
-  if (nd < 2 || pn != 2) return false;
-  g->B = xs[0];
-  g->C = xs[1];
-  g->S = 1;
-  for (int d = 2; d < nd; ++d) g->S *= xs[d];
-  g->G = static_cast<int64_t>(p[0]);
-  g->eps = p[1];
-  return g->G > 0 && g->C % g->G == 0;
-}
-
-}  // namespace
 
 // params: dy (B, C, ...), x like dy, gamma (C,), p (2,) float32 = (groups, eps), dx like x
 extern "C" int MindDiffusionGroupNormGrad(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -624,6 +621,40 @@ extern "C" int MindDiffusionGeGLU(int nparam, void **params, int *ndims, int64_t
       geglu_rows<true>(h, y, r0, r1, I);
     else
       geglu_rows<false>(h, y, r0, r1, I);
+  });
+  return 0;
+}
+
+// ---- BatchNorm + ReLU (inference; the FID Inception's BasicConv, whose BN has no gamma) ----
+// y = max((x - mean[c]) * (1 / sqrt(var[c] + eps)) + beta[c], 0): the scale and shift as oneDNN's
+// inference batch normalisation forms them (MindSpore's CPU BatchNorm), then the ReLU, in one pass.
+
+// params: x (B, C, ...), beta (C,), mean (C,), var (C,), p (1,) float32 = (eps), y like x
+extern "C" int MindDiffusionBatchNormReLU(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 6 || ndims[0] < 2 || ndims[5] != ndims[0] || ndims[4] != 1 || shapes[4][0] != 1) return 1;
+  for (int i = 0; i < 6; ++i)
+    if (!is_f32(dtypes[i])) return 1;
+  const int64_t B = shapes[0][0], C = shapes[0][1];
+  int64_t S = 1;
+  for (int d = 2; d < ndims[0]; ++d) S *= shapes[0][d];
+  for (int d = 0; d < ndims[0]; ++d)
+    if (shapes[5][d] != shapes[0][d]) return 1;
+  for (int i = 1; i < 4; ++i)
+    if (ndims[i] != 1 || shapes[i][0] != C) return 1;
+  const float *x = static_cast<const float *>(params[0]), *beta = static_cast<const float *>(params[1]),
+              *mean = static_cast<const float *>(params[2]), *var = static_cast<const float *>(params[3]);
+  const float eps = static_cast<const float *>(params[4])[0];
+  float *y = static_cast<float *>(params[5]);
+  if (B * C * S == 0) return 0;
+  parallel_for(B * C, [&](int64_t t) {
+    const int64_t c = t % C;
+    const float scale = 1.0f / std::sqrt(var[c] + eps), mu = mean[c], shift = beta[c];
+    const float *xs = x + t * S;
+    float *ys = y + t * S;
+    for (int64_t i = 0; i < S; ++i) ys[i] = std::max((xs[i] - mu) * scale + shift, 0.0f);
   });
   return 0;
 }

@@ -244,6 +244,30 @@ def test_geglu_kernel_is_the_composed_geglu_in_inference_and_training(ms_mode, b
     assert half.dtype == np.float16 and np.abs(half - want).max() <= 2e-2 * np.abs(want).max()
 
 
+def test_batchnorm_relu_kernel_is_the_fid_inceptions_bn_and_relu(ms_mode, blas_lib):
+    """The FID Inception's BasicConv: BN (no gamma) and ReLU as one kernel equal the closed form and
+    MindSpore's two kernels, at channel counts and sizes of the network and a 1x1 map."""
+    from mind_diffusion.metrics.inception import BN_EPS, BasicConv
+
+    rng = np.random.default_rng(9)
+    for c, hw in ((32, (9, 7)), (192, (1, 1))):
+        fast, ref = _built_both_ways(lambda: BasicConv(16, c, 3, padding=1))
+        assert fast.bn_relu is not None and ref.bn_relu is None
+        stats = {"beta": rng.standard_normal(c), "mean": rng.standard_normal(c), "var": rng.uniform(0.01, 3.0, c)}
+        for cell in (fast, ref):
+            for name, v in stats.items():
+                getattr(cell, name).set_data(Tensor(v.astype(np.float32)))
+        x = (rng.standard_normal((3, 16, *hw)) * 2).astype(np.float32)
+        y = ref.linear(Tensor(x)).asnumpy().astype(np.float64)
+        want = np.maximum((y - stats["mean"][:, None, None].astype(np.float32))
+                          / np.sqrt(stats["var"][:, None, None].astype(np.float32) + BN_EPS)
+                          + stats["beta"][:, None, None].astype(np.float32), 0.0)
+        assert (want == 0).mean() > 0.2 and (want > 0).mean() > 0.2
+        got = fast(Tensor(x)).asnumpy()
+        assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max()
+        assert np.abs(got - ref(Tensor(x)).asnumpy()).max() <= 2e-6 * np.abs(want).max()
+
+
 class _Loss(nn.Cell):
     def __init__(self, net):
         super().__init__()

@@ -129,18 +129,26 @@ def _np_pool(x, op, exclude_pad=True):
     return np.nanmax(win, 0) if op == "max" else np.nanmean(win, 0)
 
 
-def test_pools_exclude_padding():
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+@pytest.mark.parametrize("composed", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 2, 8, 8), (1, 2, 1, 2)])
+def test_pools_exclude_padding(composed, shape, mode):
+    """Both forms (MindSpore's "SAME" pools, the CPU default; the composed pad-and-mask form used on
+    other devices) equal the closed form, border taps excluded."""
     import mindspore as ms
 
     from mind_diffusion.metrics.inception import AvgPoolExcludePad, MaxPoolSame
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    x = np.random.default_rng(1).normal(size=(2, 3, 5, 6)).astype(np.float32) - 2.0  # mostly negative
-    avg = AvgPoolExcludePad()(ms.Tensor(x)).asnumpy()
-    mx = MaxPoolSame()(ms.Tensor(x)).asnumpy()
+    ms.set_context(mode=ms.PYNATIVE_MODE if mode == "pynative" else ms.GRAPH_MODE)
+    try:
+        x = np.random.default_rng(1).normal(size=shape).astype(np.float32) - 2.0  # mostly negative
+        avg = AvgPoolExcludePad(composed=composed)(ms.Tensor(x)).asnumpy()
+        mx = MaxPoolSame(composed=composed)(ms.Tensor(x)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
     np.testing.assert_allclose(avg, _np_pool(x, "avg"), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mx, _np_pool(x, "max"), rtol=0, atol=0)
-    # corner: mean of 4 values (count_include_pad=False), not sum / 9
+    # corner: mean of the valid values (count_include_pad=False), not sum / 9
     np.testing.assert_allclose(avg[0, 0, 0, 0], x[0, 0, :2, :2].mean(), rtol=1e-5)
 
 
