@@ -178,6 +178,11 @@ class GEGLU(nn.Cell):
         h = self.proj(x)
         if self.fused is not None and not self.training and h.dtype == ms.float32:
             return self.fused(h, self.fused_params)
+        return self.composed(h)
+
+    def composed(self, h):
+        """``a * gelu(gate)`` of the projection's output h = [a | gate], in MindSpore ops (training,
+        fp16 / bf16, devices other than CPU)."""
         a, gate = ops.split(h, self.dim_out, axis=-1)
         if self.exact:
             # 0.5 g (1 + erf(g / sqrt 2)); built from Erf because ops.gelu(approximate="none")
