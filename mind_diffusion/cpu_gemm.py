@@ -10,7 +10,7 @@ on CPU the ``nn.Conv2d`` (groups 1, NCHW) and ``nn.Dense`` layers built by ``nn.
 products of at least ``MIN_WORK`` multiply-adds to that sgemm (see the ``.cc`` file for the three
 convolution forms), forward and backward; GroupNorm runs as one kernel (its backward as two more, so it
 trains through them), LayerNorm, the LDM UNet's GEGLU and the FID Inception's BatchNorm + ReLU as one
-kernel each in inference.
+kernel each in inference; the training step's overflow check reads each gradient once (:func:`non_finite_op`).
 
 How it is used: :func:`accelerate` swaps a layer's ``conv2d`` / ``matmul`` primitive for a small
 cell that calls the Custom operator on large float32 products and the original primitive otherwise
@@ -356,6 +356,19 @@ def batchnorm_relu_op():
         return None
     return ops.Custom(f"{library()}:MindDiffusionBatchNormReLU", out_shape=lambda x, b, m, v, p: x,
                       out_dtype=lambda x, b, m, v, p: ms.float32, func_type="aot")
+
+
+def non_finite_op():
+    """A Custom primitive ``op(x) -> (1,)`` float32: 1 when the float32 tensor x holds a NaN or an
+    infinity, else 0 (the training step's overflow check, one read of each gradient); None when not
+    :func:`enabled`."""
+    import mindspore as ms
+    from mindspore import ops
+
+    if not enabled():
+        return None
+    return ops.Custom(f"{library()}:MindDiffusionNonFinite", out_shape=lambda x: [1],
+                      out_dtype=lambda x: ms.float32, func_type="aot")
 
 
 def geglu_params(exact: bool):

@@ -14,7 +14,7 @@ from mind_diffusion.ddpm.config import ddpm_config_defaults
 from mind_diffusion.ddpm.training import train_ddpm
 from mind_diffusion.runtime import Runtime, Precision
 from mind_diffusion.train.data import DiffusionBatches, read_digits
-from mind_diffusion.train.step import EMA, LossScaler, TrainStep
+from mind_diffusion.train.step import EMA, LossScaler, TrainStep, finite_check, grads_finite
 
 TINY = [
     "model.img_channels=1", "model.image_size=8", "model.base_channels=16", "model.channel_mults=[1,2]",
@@ -119,6 +119,41 @@ class _Overflowing(nn.Cell):
 
     def construct(self, x):
         return (self.w * x).sum()
+
+
+class _Finite(nn.Cell):
+    def __init__(self, check):
+        super().__init__()
+        self.check = check
+
+    def construct(self, grads):
+        return grads_finite(grads, self.check)
+
+
+def test_overflow_check_finds_one_bad_element_anywhere(ms_mode):
+    """The CPU kernel (one read of each gradient) and ``ms.amp.all_finite`` agree: a single NaN, +inf
+    or -inf anywhere (a tensor of several 1M-element chunks, its last element; a small one; an fp16
+    one) makes the check fail, and the largest finite values (float32 and fp16) do not."""
+    check = finite_check()
+    if check is None:
+        pytest.skip("the CPU kernels are not available here")
+    rng = np.random.default_rng(0)
+    base = [rng.standard_normal((3, 2_500_001)).astype(np.float32), rng.standard_normal(7).astype(np.float32),
+            rng.standard_normal((4, 5)).astype(np.float16)]
+    base[0][1, 17] = np.finfo(np.float32).max
+    base[1][0] = -np.finfo(np.float32).max
+    base[2][0, 0] = np.finfo(np.float16).max
+    cases = [(list(base), True)]
+    for i, idx in ((0, (2, 2_500_000)), (0, (0, 0)), (1, (6,)), (2, (3, 4))):
+        for bad in (np.nan, np.inf, -np.inf):
+            arrays = [a.copy() for a in base]
+            arrays[i][idx] = bad
+            cases.append((arrays, False))
+    ours, ref = _Finite(check), _Finite(None)
+    for arrays, want in cases:
+        grads = tuple(Tensor(a) for a in arrays)
+        assert bool(ours(grads).asnumpy()) is want
+        assert bool(ref(grads).asnumpy()) is want
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])

@@ -57,6 +57,29 @@ def _ema_param(decay, ema, param):
     return ops.assign(ema, ema * decay + param * (1.0 - decay))
 
 
+def grads_finite(grads, check=None):
+    """Whether every gradient is finite (a scalar bool tensor). ``check`` (CPU, :func:`finite_check`):
+    one kernel per gradient that reads it once, where ``ms.amp.all_finite`` on CPU writes an element-wise
+    IsFinite tensor and reduces it (6-7 ns an element: 6.5% of a CIFAR-10 DDPM training step). Without
+    it ``ms.amp.all_finite`` (on Ascend, the device's overflow status)."""
+    if check is None:
+        return ms.amp.all_finite(grads)
+    bad = ()
+    for g in grads:
+        bad += (check(ops.cast(g, ms.float32)),)
+    return ops.addn(bad)[0] < 0.5
+
+
+def finite_check():
+    """The per-gradient kernel of :func:`grads_finite` on CPU, or None (other devices, or the CPU
+    kernels switched off / unavailable)."""
+    if ms.get_context("device_target") != "CPU":
+        return None
+    from .. import cpu_gemm
+
+    return cpu_gemm.non_finite_op()
+
+
 class LossScaler(nn.Cell):
     """Dynamic loss scale (fp16): x``factor`` after ``window`` finite steps, /``factor`` on overflow.
     ``dynamic=False`` keeps a static scale (1.0 for fp32 training)."""
@@ -64,6 +87,8 @@ class LossScaler(nn.Cell):
     def __init__(self, init_scale: float = 1.0, dynamic: bool = False, factor: float = 2.0, window: int = 1000):
         super().__init__()
         self.dynamic = dynamic
+        # a static scale of 1 (fp32 training): the gradients need no unscaling
+        self.unit = not dynamic and float(init_scale) == 1.0
         self.scale = Parameter(Tensor(init_scale, ms.float32), name="scale_sense", requires_grad=False)
         self.good_steps = Parameter(Tensor(0, ms.int32), name="scale_good_steps", requires_grad=False)
         self.factor, self.window = factor, window
@@ -101,6 +126,8 @@ class TrainStep(nn.Cell):
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=get_group_size()) \
             if distributed else nn.Identity()
         self.distributed = distributed
+        self.unscale = not self.scaler.unit
+        self.finite_check = finite_check()
         self.keyed = rng_step is not None
         if self.keyed:
             self.rng_step = rng_step
@@ -116,9 +143,9 @@ class TrainStep(nn.Cell):
         grads = self.grad(self.loss_net, self.weights)(*inputs, sens)
         if self.distributed:
             grads = self.reducer(grads)
-        inv = 1.0 / scale
-        grads = self.hyper_map(ops.partial(_unscale, inv), grads)
-        finite = ms.amp.all_finite(grads)
+        if self.unscale:
+            grads = self.hyper_map(ops.partial(_unscale, 1.0 / scale), grads)
+        finite = grads_finite(grads, self.finite_check)
         self.scaler(finite)
         if self.clip > 0:
             grads = ops.clip_by_global_norm(grads, self.clip)
@@ -176,6 +203,7 @@ class _Apply(nn.Cell):
         self.distributed = distributed
         self.reducer = nn.DistributedGradReducer(self.buffers, mean=True, degree=get_group_size()) \
             if distributed else nn.Identity()
+        self.finite_check = finite_check()
         self.keyed = rng_step is not None
         if self.keyed:
             self.rng_step = rng_step
@@ -189,7 +217,7 @@ class _Apply(nn.Cell):
         if self.distributed:
             grads = self.reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, 1.0 / (scale * self.accum)), grads)
-        finite = ms.amp.all_finite(grads)
+        finite = grads_finite(grads, self.finite_check)
         self.scaler(finite)
         if self.clip > 0:
             grads = ops.clip_by_global_norm(grads, self.clip)
