@@ -682,10 +682,7 @@ extern "C" int MindDiffusionNonFinite(int nparam, void **params, int *ndims, int
     for (int64_t i = c * kChunk; i < e; ++i) m = std::max(m, bits[i] & kExp);
     worst[c] = m;
   };
-  if (chunks > 1)
-    parallel_for(chunks, scan);
-  else if (chunks == 1)
-    scan(0);
+  parallel_for(chunks, scan);  // one chunk: on the caller's thread
   uint32_t m = 0;
   for (uint32_t w : worst) m = std::max(m, w);
   static_cast<float *>(params[1])[0] = m == kExp ? 1.0f : 0.0f;

@@ -65,7 +65,7 @@ class BasicConv(nn.Cell):
         self.bn = ops.BatchNorm(is_training=False, epsilon=BN_EPS)
         self.relu = ops.ReLU()
         # on CPU, BN and ReLU as one kernel (cpu_gemm; MindSpore's two kernels took 13% of a batch)
-        self.bn_relu = cpu_gemm.batchnorm_relu_op() if _cpu() else None
+        self.bn_relu = cpu_gemm.batchnorm_relu_op()
         self.bn_params = cpu_gemm.norm_params("layer", BN_EPS) if self.bn_relu is not None else None
 
     def construct(self, x):
