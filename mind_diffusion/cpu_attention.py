@@ -205,14 +205,17 @@ def threads_problem() -> str:
             f"process may use (set it to e.g. 2, or unset it)")
 
 
-def kernel_ready(state: dict, lib, why: str, switch: str, note: str) -> bool:
-    """Whether a kernel module applies to networks built now: the CPU device and its library ``lib``.
-    Without the library (and not switched off by ``switch``), says ``note: why`` once."""
+def kernel_ready(state: dict, library, switch: str, note: str) -> bool:
+    """Whether a kernel module applies to networks built now: the CPU device and its library.
+    ``library`` is the module's builder (called only on the CPU device, so other devices never run
+    the compiler); it stores why it has no library under ``state["why"]``. Without the library
+    (and not switched off by ``switch``), says ``note: why`` once."""
     import mindspore as ms
 
     if ms.get_context("device_target") != "CPU":
         return False
-    if lib is None:
+    if library() is None:
+        why = state.get("why", "")
         if not state.get("told") and not why.startswith(switch):
             state["told"] = True
             print(f"note: {note}: {why}", file=sys.stderr)
@@ -222,8 +225,7 @@ def kernel_ready(state: dict, lib, why: str, switch: str, note: str) -> bool:
 
 def enabled() -> bool:
     """Whether networks built now use the fused kernel: CPU device and a library."""
-    if not kernel_ready(_state, library(), unavailable_reason(), ENV_SWITCH,
-                        "attention uses the composed MindSpore kernels"):
+    if not kernel_ready(_state, library, ENV_SWITCH, "attention uses the composed MindSpore kernels"):
         return False
     problem = threads_problem()
     if problem and _state.get("told_threads") != problem:

@@ -119,7 +119,7 @@ def unavailable_reason() -> str:
 
 def enabled() -> bool:
     """Whether layers built now use the OpenBLAS kernels: CPU device and a library."""
-    return cpu_attention.kernel_ready(_state, library(), unavailable_reason(), ENV_SWITCH,
+    return cpu_attention.kernel_ready(_state, library, ENV_SWITCH,
                                       "convolutions and dense layers use MindSpore's own CPU kernels")
 
 

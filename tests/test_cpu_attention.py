@@ -243,3 +243,39 @@ def test_the_compile_cache_key_names_the_attention_path(composed_attention):
     assert parts["attention"] == "composed"
     assert "attention" not in compile_cache.key_parts(device_target="GPU", mode="graph",
                                                       precision="float16", script_key={"x": 1})
+
+
+def test_other_devices_never_build_the_kernels(monkeypatch, capsys):
+    """On GPU or Ascend the kernel modules answer "not used" without building their libraries
+    (no compiler run at start-up) and without a note; on the CPU device they build them."""
+    import mindspore as ms
+
+    from mind_diffusion import cpu_gemm
+
+    real_get = ms.get_context
+    for module in (cpu_attention, cpu_gemm):
+        saved = dict(module._state)
+        built = []
+
+        def fake_build(module=module):
+            built.append(module.__name__)
+            return None, "no library in this test"
+
+        monkeypatch.setattr(module, "_build", fake_build)
+        try:
+            module._state.clear()
+            for device in ("GPU", "Ascend"):
+                monkeypatch.setattr(ms, "get_context",
+                                    lambda key, device=device: device if key == "device_target" else real_get(key))
+                assert module.enabled() is False
+            assert built == [] and "lib" not in module._state
+            assert capsys.readouterr().err == ""
+            # the CPU device builds (here: fails to, and says so once)
+            monkeypatch.setattr(ms, "get_context", real_get)
+            assert module.enabled() is False and module.enabled() is False
+            assert built == [module.__name__]
+            assert capsys.readouterr().err.count("no library in this test") == 1
+        finally:
+            monkeypatch.setattr(ms, "get_context", real_get)
+            module._state.clear()
+            module._state.update(saved)
