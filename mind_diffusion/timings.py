@@ -5,8 +5,9 @@
 
 ``import`` runs from the start of the process (Linux: /proc) to the first phase; ``compile``
 is the time of the explicit graph compilation of each cell's first call per input signature
-(graph mode only: :func:`call`), kept out of the phase of that call; ``other`` is the rest of
-the wall time. Off, every hook costs one dict lookup.
+(graph mode only: :func:`call`, which compiles that way with timings off too), kept out of the
+phase of that call; ``other`` is the rest of the wall time. Off, every phase hook costs one
+dict lookup.
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import atexit
 import os
 import sys
 import time
+import weakref
 from contextlib import contextmanager
 
 ENV = "MIND_DIFFUSION_TIMINGS"
 _enabled = os.environ.get(ENV, "").strip().lower() not in ("", "0", "off", "false", "no")
 _phases: dict = {}
 _first = None
-_compiled: dict = {}
+_compiled = weakref.WeakKeyDictionary()   # cell -> input signatures compiled (graph mode)
+_compiled_by_id: dict = {}
 _registered = False
 
 
@@ -87,18 +90,26 @@ def _signature(args) -> tuple:
 
 
 def call(cell, *args):
-    """``cell(*args)``; with timings on in graph mode, a cell's first call per input signature
-    compiles it first (``cell.compile``, timed as ``compile``); the call then reuses that graph."""
-    if _enabled:
-        import mindspore as ms
+    """``cell(*args)``. In graph mode a cell's first call per input signature compiles it first,
+    explicitly (``cell.compile``; with timings on, timed as ``compile``), and then gives the memory
+    the compiler freed back to the OS (:func:`mind_diffusion.memory.release_freed`) before the
+    step's memory pool is filled, which lowers the first run's peak RSS; the call then reuses that
+    graph."""
+    import mindspore as ms
 
-        if ms.get_context("mode") == ms.GRAPH_MODE:
-            seen = _compiled.setdefault(id(cell), set())
-            sig = _signature(args)
-            if sig not in seen:
-                seen.add(sig)
-                with phase("compile"):
-                    cell.compile(*args)
+    if ms.get_context("mode") == ms.GRAPH_MODE:
+        try:
+            seen = _compiled.setdefault(cell, set())
+        except TypeError:                       # a cell that cannot be weakly referenced
+            seen = _compiled_by_id.setdefault(id(cell), set())
+        sig = _signature(args)
+        if sig not in seen:
+            from . import memory
+
+            with phase("compile"):
+                cell.compile(*args)
+            seen.add(sig)
+            memory.release_freed()
     return cell(*args)
 
 

@@ -39,7 +39,7 @@ LAYERS = (
     ("entry", {"evaluation", "cli"}),
     ("family", set(FAMILIES)),
     ("core", {"train", "metrics", "nn", "diffusion", "text", "checkpoint", "utils", "shapes"}),
-    ("base", {"runtime", "config", "_env", "compile_cache", "timings", "cpu_attention", "cpu_gemm"}),
+    ("base", {"runtime", "config", "_env", "compile_cache", "timings", "memory", "cpu_attention", "cpu_gemm"}),
 )
 LAYER_OF = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from mindspore import Tensor
 
+from .. import timings
 from ..checkpoint.io import CheckpointError, file_sha256, load_into
 from ..config import load_config
 from ..diffusion.samplers import get_sampler
@@ -93,7 +94,7 @@ class DDPMPipeline:
         def fn(x, t):
             xt = Tensor(np.ascontiguousarray(x, dtype=np.float32))
             tt = Tensor(np.asarray(t, dtype=np.float32))
-            out = self.net(xt, tt, y) if y is not None else self.net(xt, tt)
+            out = timings.call(self.net, xt, tt, y) if y is not None else timings.call(self.net, xt, tt)
             return out.asnumpy().astype(np.float32)
 
         return fn

@@ -194,7 +194,9 @@ class FeatureExtractor:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import mindspore as ms
 
-        out = self.net(ms.Tensor(x, ms.float32))
+        from .. import timings
+
+        out = timings.call(self.net, ms.Tensor(x, ms.float32))
         return out.asnumpy().astype(np.float64)
 
     def _run_batches(self, batches, n_batches: int | None, desc: str, total_images: int | None):

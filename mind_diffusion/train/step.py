@@ -18,6 +18,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.communication import get_group_size
 
+from .. import timings
+
 
 _unscale = ops.MultitypeFuncGraph("unscale")
 _assign = ops.MultitypeFuncGraph("assign")
@@ -256,8 +258,8 @@ class AccumulatingTrainStep(nn.Cell):
     def run(self, micro_batches):
         if len(micro_batches) != self.accum_steps:
             raise ValueError(f"expected {self.accum_steps} micro-batches, got {len(micro_batches)}")
-        losses = [self.accumulate_grads(*mb) for mb in micro_batches]
-        finite, scale = self.apply_update()
+        losses = [timings.call(self.accumulate_grads, *mb) for mb in micro_batches]
+        finite, scale = timings.call(self.apply_update)
         loss = sum(float(v.asnumpy()) for v in losses) / len(losses)
         return Tensor(loss, ms.float32), finite, scale
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from mindspore import Tensor, nn
 
+from .. import timings
 from ..checkpoint.io import CheckpointError, load_strict, save_atomic
 from ..nn.dropout import RNG_MICRO_NAME, RNG_STEP_NAME, attach_dropout_keys, make_micro_counter
 from ..utils.images import check_output_dir
@@ -308,7 +309,7 @@ class Trainer:
                     loss, finite, scale = self.train_step.run(
                         [tuple(Tensor(a) for a in mb) for mb in micro_batches(batch, self.accum_steps)])
                 else:
-                    loss, finite, scale = self.train_step(*batch)
+                    loss, finite, scale = timings.call(self.train_step, *batch)
                 self.ema.step(self.step)
                 self.step += 1
                 loss_val = float(loss.asnumpy())
