@@ -156,6 +156,20 @@ def test_overflow_check_finds_one_bad_element_anywhere(ms_mode):
         assert bool(ref(grads).asnumpy()) is want
 
 
+def test_overflow_check_compiles_for_a_full_size_models_gradients(graph_mode):
+    """A full-size fine-tune (SD-v1 UNet + text encoder) has over a thousand gradients: the check must
+    compile for them in graph mode (a Python loop over them went past MindSpore's call-depth limit of
+    1000) and still find one NaN among them."""
+    check = finite_check()
+    if check is None:
+        pytest.skip("the CPU kernels are not available here")
+    arrays = [np.full((3,), float(i), np.float32) for i in range(1100)]
+    ours = _Finite(check)
+    assert bool(ours(ms.mutable(tuple(Tensor(a) for a in arrays))).asnumpy()) is True
+    arrays[1042][1] = np.nan
+    assert bool(ours(ms.mutable(tuple(Tensor(a) for a in arrays))).asnumpy()) is False
+
+
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
 def test_dynamic_loss_scale_skips_overflow(mode):
     ms.set_context(mode=mode)

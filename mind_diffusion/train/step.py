@@ -27,6 +27,8 @@ _ema_update = ops.MultitypeFuncGraph("ema_update")
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 _zero = ops.MultitypeFuncGraph("zero")
 _cast_like = ops.MultitypeFuncGraph("cast_like")
+_non_finite = ops.MultitypeFuncGraph("non_finite")
+_hyper_map = ops.HyperMap()
 
 
 @_unscale.register("Tensor", "Tensor")
@@ -54,6 +56,11 @@ def _cast_grad(param, grad):
     return ops.cast(grad, param.dtype)
 
 
+@_non_finite.register("Function", "Tensor")
+def _count_non_finite(check, grad):
+    return check(ops.cast(grad, ms.float32))
+
+
 @_ema_update.register("Number", "Tensor", "Tensor")
 def _ema_param(decay, ema, param):
     return ops.assign(ema, ema * decay + param * (1.0 - decay))
@@ -66,10 +73,9 @@ def grads_finite(grads, check=None):
     it ``ms.amp.all_finite`` (on Ascend, the device's overflow status)."""
     if check is None:
         return ms.amp.all_finite(grads)
-    bad = ()
-    for g in grads:
-        bad += (check(ops.cast(g, ms.float32)),)
-    return ops.addn(bad)[0] < 0.5
+    # HyperMap, not a Python loop: graph mode turns a loop over the ~1,000 gradients of a full-size
+    # model into nested calls past MindSpore's call-depth limit
+    return ops.addn(_hyper_map(ops.partial(_non_finite, check), grads))[0] < 0.5
 
 
 def finite_check():
