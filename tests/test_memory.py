@@ -78,3 +78,12 @@ def test_compiled_call_compiles_once_per_signature_and_matches_a_plain_call(ms_m
         assert len(timings._compiled[net]) == 2 and len(releases) == 2
     else:
         assert net not in timings._compiled and releases == []
+
+
+def test_compiled_call_just_calls_what_is_not_a_cell(graph_mode, monkeypatch):
+    """A plain function (or a test's stand-in for a network) goes through ``call`` unchanged in graph mode:
+    nothing to compile, nothing released."""
+    releases = []
+    monkeypatch.setattr(memory, "release_freed", lambda: releases.append(1) or True)
+    assert timings.call(lambda a, b: a * 10 + b, 4, 2) == 42
+    assert releases == []
