@@ -45,12 +45,21 @@ def resident_mb() -> float | None:
     return None
 
 
-def release_freed() -> bool:
+MIN_GROWTH_MB = 64.0   # below this much growth during a compile, nothing worth trimming was freed
+
+
+def release_freed(grown_from: float | None = None, min_growth_mb: float = MIN_GROWTH_MB) -> bool:
     """Collect Python garbage, then return the C heap's free pages to the OS (glibc's
-    ``malloc_trim(0)``). Nothing in use is touched. True where the trim ran."""
-    gc.collect()
+    ``malloc_trim(0)``). Nothing in use is touched. With ``grown_from`` (the resident MiB before a
+    compile), only when the process grew by at least ``min_growth_mb`` since: a graph loaded from the
+    compile cache frees little, and the collection and trim cost 0.05-0.25 s. True where the trim ran."""
+    if grown_from is not None:
+        now = resident_mb()
+        if now is None or now - grown_from < min_growth_mb:
+            return False
     trim = _malloc_trim()
     if not trim:
         return False
+    gc.collect()
     trim(0)
     return True

@@ -91,8 +91,9 @@ def _signature(args) -> tuple:
 
 def call(cell, *args):
     """``cell(*args)``. In graph mode an ``nn.Cell``'s first call per input signature compiles it first,
-    explicitly (``cell.compile``; with timings on, timed as ``compile``), and then gives the memory
-    the compiler freed back to the OS (:func:`mind_diffusion.memory.release_freed`) before the
+    explicitly (``cell.compile``; with timings on, timed as ``compile``), and then, when the compile
+    grew the process by 64 MiB or more, gives the memory the compiler freed back to the OS
+    (:func:`mind_diffusion.memory.release_freed`) before the
     step's memory pool is filled, which lowers the first run's peak RSS; the call then reuses that
     graph."""
     import mindspore as ms
@@ -107,10 +108,11 @@ def call(cell, *args):
         if sig not in seen:
             from . import memory
 
+            before = memory.resident_mb()
             with phase("compile"):
                 cell.compile(*args)
             seen.add(sig)
-            memory.release_freed()
+            memory.release_freed(grown_from=before)
     return cell(*args)
 
 

@@ -45,6 +45,8 @@ def test_release_freed_gives_back_what_was_freed_and_keeps_what_is_in_use():
     trimmed = memory.resident_mb()
     freed_mb = size * (count - len(kept)) / 2**20
     assert after_free - trimmed > 0.8 * freed_mb, (after_free, trimmed, freed_mb)
+    # asked only for growth since a point: nothing to do when the process has not grown (a cache hit)
+    assert memory.release_freed(grown_from=memory.resident_mb()) is False
     # what is in use is untouched: the kept blocks still hold their bytes
     for b in kept:
         assert ctypes.string_at(b, size) == b"\x01" * size
@@ -64,7 +66,7 @@ def test_compiled_call_compiles_once_per_signature_and_matches_a_plain_call(ms_m
     ms.set_seed(0)
     net = _Net()
     releases = []
-    monkeypatch.setattr(memory, "release_freed", lambda: releases.append(1) or True)
+    monkeypatch.setattr(memory, "release_freed", lambda **k: releases.append(k) or True)
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(shape).astype(np.float32) for shape in ((3, 6), (3, 6), (5, 6), (3, 6))]
     s = Tensor(np.float32(0.5))
@@ -76,6 +78,7 @@ def test_compiled_call_compiles_once_per_signature_and_matches_a_plain_call(ms_m
         np.testing.assert_array_equal(got, net(Tensor(x), s).asnumpy())
     if ms_mode == "graph":   # two input signatures, (3, 6) and (5, 6): two explicit compiles, two releases
         assert len(timings._compiled[net]) == 2 and len(releases) == 2
+        assert all(r["grown_from"] > 0 for r in releases)     # each told the resident size before its compile
     else:
         assert net not in timings._compiled and releases == []
 
@@ -84,6 +87,6 @@ def test_compiled_call_just_calls_what_is_not_a_cell(graph_mode, monkeypatch):
     """A plain function (or a test's stand-in for a network) goes through ``call`` unchanged in graph mode:
     nothing to compile, nothing released."""
     releases = []
-    monkeypatch.setattr(memory, "release_freed", lambda: releases.append(1) or True)
+    monkeypatch.setattr(memory, "release_freed", lambda **k: releases.append(k) or True)
     assert timings.call(lambda a, b: a * 10 + b, 4, 2) == 42
     assert releases == []
