@@ -6,7 +6,8 @@ compile; about 310 MB of it is free again afterwards). glibc keeps freed memory 
 so those pages stay resident, and the runtime memory pool that the first step then fills comes on
 top of them: that is the peak a first run shows. ``malloc_trim(0)`` hands the free pages back.
 :func:`release_freed` does that where the C library is glibc (elsewhere it does nothing);
-:func:`mind_diffusion.timings.call` runs it after each explicit graph compile.
+:func:`mind_diffusion.timings.call` runs it after an explicit graph compile that grew the process by
+``MIN_GROWTH_MB`` or more.
 """
 from __future__ import annotations
 

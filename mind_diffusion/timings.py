@@ -90,12 +90,11 @@ def _signature(args) -> tuple:
 
 
 def call(cell, *args):
-    """``cell(*args)``. In graph mode an ``nn.Cell``'s first call per input signature compiles it first,
-    explicitly (``cell.compile``; with timings on, timed as ``compile``), and then, when the compile
-    grew the process by 64 MiB or more, gives the memory the compiler freed back to the OS
-    (:func:`mind_diffusion.memory.release_freed`) before the
-    step's memory pool is filled, which lowers the first run's peak RSS; the call then reuses that
-    graph."""
+    """``cell(*args)``. In graph mode an ``nn.Cell``'s first call per input signature compiles it
+    first, explicitly (``cell.compile``; with timings on, timed as ``compile``). When that compile grew
+    the process by 64 MiB or more, the memory the compiler freed goes back to the OS
+    (:func:`mind_diffusion.memory.release_freed`) before the step's memory pool is filled, which
+    lowers the first run's peak RSS. The call then reuses the compiled graph."""
     import mindspore as ms
 
     # a Cell in graph mode; anything else (a function, a test's stand-in) is just called
