@@ -94,7 +94,7 @@ do_install() {
   local missing
   missing=$("$PY" - <<'EOF'
 import importlib.util
-print(" ".join(m for m in ("mindspore", "numpy", "omegaconf", "pytest", "torch", "diffusers", "PIL", "tqdm")
+print(" ".join(m for m in ("mindspore", "numpy", "omegaconf", "pytest", "xdist", "torch", "diffusers", "PIL", "tqdm")
                if importlib.util.find_spec(m) is None))
 EOF
   )
@@ -110,7 +110,7 @@ TESTS=(tests/test_ldm_unet.py tests/test_ldm_vae.py tests/test_ldm_text_encoder.
        tests/test_precision_and_data.py tests/test_glide_networks.py tests/test_ddpm_unet.py)
 [ "$DRY" = 1 ] && TESTS=(tests/test_guidance.py tests/test_precision_and_data.py)
 step tests 200 "passed|failed|error" env MD_TEST_DEVICE="$DEVICE" MIND_DIFFUSION_COMPILE_CACHE=off \
-  "$PY" -m pytest -q -p no:cacheprovider -k "graph or pynative" --junitxml "$OUT/tests.xml" "${TESTS[@]}"
+  "$PY" -m pytest -q -n 0 -p no:cacheprovider -k "graph or pynative" --junitxml "$OUT/tests.xml" "${TESTS[@]}"
 
 # 4. the full-size UNet step in fp16, ours vs diffusers on the same GPU
 if [ "$DRY" = 1 ]; then

@@ -315,6 +315,13 @@ def test_config_errors_name_the_key():
         build_srgan({"upscale_factor": 3})
     with pytest.raises(ValueError, match="num_head_channels"):
         build_glide_base({"model_channels": 96, "num_res_blocks": 1, "xf_layers": 0, "num_groups": 32})
+    # heads are counted only where attention is (as in the original): a 16-channel level without it builds
+    light_top = {"image_size": 32, "model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
+                 "num_head_channels": 32, "num_groups": 8, "xf_layers": 0}
+    net = build_glide_base({**light_top, "attention_resolutions": [2]})
+    assert sum(p.size for p in net.get_parameters()) > 0
+    with pytest.raises(ValueError, match="channels 16 are not divisible by num_head_channels 32"):
+        build_glide_base({**light_top, "attention_resolutions": [1, 2]})
     # the classes themselves take overrides of the same defaults
     from mind_diffusion.glide.config import GLIDE_TINY
     from mind_diffusion.glide.unet import GlideSuperResUNet

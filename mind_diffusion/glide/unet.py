@@ -215,11 +215,14 @@ def _check_unet_config(in_channels, out_channels, model_channels, channel_mult, 
     if bad:
         raise ValueError(f"GLIDE UNet: attention_resolutions are downsample factors (ds) and must be "
                          f"among {sorted(possible)} for {len(channel_mult)} levels, got {bad}")
-    for mult in channel_mult:
+    for level, mult in enumerate(channel_mult):
         ch = model_channels * mult
         if ch % num_groups:
             raise ValueError(f"GLIDE UNet: channels {ch} (model_channels {model_channels} x mult {mult}) "
                              f"are not divisible by num_groups {num_groups}")
+        # heads matter only where attention is: the levels of attention_resolutions and the middle block
+        if 2 ** level not in attention_resolutions and level != len(channel_mult) - 1:
+            continue
         if num_head_channels == -1:
             for heads in (num_heads, num_heads_upsample if num_heads_upsample != -1 else num_heads):
                 if heads < 1 or ch % heads:
