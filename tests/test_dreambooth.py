@@ -85,6 +85,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
          ("dreambooth.instance_t_min must be", "0 = every step")),
         (["--train_data_path", str(nomask), "--token", "sks", "dreambooth.subject_weight=5"],
          ("cross_1.png has none: put cross_1.mask.png",)),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.pivot_steps=10"],
+         ("dreambooth.pivot_steps=10", "set dreambooth.train_token_rows=true")),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.pivot_learning_rate=0"],
+         ("dreambooth.pivot_learning_rate > 0",)),
     ]
     for extra, needles in cases:
         rc = run_db_train.main(base + extra)
@@ -398,6 +402,64 @@ def test_token_init_starts_the_identifier_as_the_initializer_words(mode):
     np.testing.assert_allclose(ctx("一个红色的sks在中间"), ctx("一个红色的正方形在中间"), rtol=0, atol=1e-6)
     assert np.abs(ctx("一个红色的sks在中间") - ctx("一个红色的圆形在中间")).max() > 1e-2
     np.testing.assert_array_equal(cond.transformer.token_rows.asnumpy() != 0, True)
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_pivotal_tuning_moves_the_rows_alone_then_everything(mode):
+    """The optimizer of ``finish_ldm_trainer``'s pivot: for the first N updates only the named rows move,
+    each by the pivot learning rate (AdamWeightDecay's first steps on a constant gradient move by lr
+    exactly, up to eps), the LoRA and the text encoder's other weights not at all; from step N every
+    group moves on the common schedule (the rows too, by the schedule's lr, no longer the pivot's).
+    MindSpore's AdamWeightDecay has no bias correction: on a constant gradient its k-th update is
+    lr * (1 - b1^k) / sqrt(1 - b2^k) in the gradient's sign, and a group held at lr 0 keeps counting k."""
+    import mindspore as ms
+    from mindspore import Parameter, Tensor, nn, ops
+    from omegaconf import OmegaConf
+
+    from mind_diffusion.train.optim import build_optimizer
+    from mind_diffusion.train.schedules import DelayedLR, PivotLR, WarmupCosineLR
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.rows = Parameter(Tensor(np.zeros((2, 3), np.float32)), name="te.token_rows")
+            self.te_lora = Parameter(Tensor(np.ones((3,), np.float32)), name="te.lora_a")
+            self.unet_lora = Parameter(Tensor(np.ones((4,), np.float32)), name="unet.lora_a")
+
+        def construct(self):
+            return self.rows.sum() + 2.0 * self.te_lora.sum() - self.unet_lora.sum()
+
+    net = Net()
+    tcfg = OmegaConf.create({"betas": [0.9, 0.999], "eps": 1e-12, "optim": "adamw", "weight_decay": 0.0})
+    base = lambda: WarmupCosineLR(1e-3, 1e-3, 0, 100)   # noqa: E731  (constant 1e-3)
+    pivot_n, pivot_lr = 3, 0.05
+    opt = build_optimizer(net.trainable_params(), tcfg, DelayedLR(base(), pivot_n),
+                          [({"te.token_rows"}, PivotLR(base(), pivot_n, pivot_lr)),
+                           ({"te.token_rows", "te.lora_a"}, DelayedLR(base(), pivot_n))])
+    grad = ops.GradOperation(get_by_list=True)(net, opt.parameters)
+
+    def step():
+        opt(grad())
+
+    def u(k):   # the k-th update over lr on a constant gradient
+        return (1 - 0.9 ** k) / np.sqrt(1 - 0.999 ** k)
+
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    for _ in range(pivot_n):
+        step()
+    after = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    moved = pivot_lr * sum(u(k) for k in range(1, pivot_n + 1))
+    np.testing.assert_allclose(after["te.token_rows"], before["te.token_rows"] - moved, rtol=1e-5)
+    np.testing.assert_array_equal(after["te.lora_a"], before["te.lora_a"])
+    np.testing.assert_array_equal(after["unet.lora_a"], before["unet.lora_a"])
+    step()
+    last = {p.name: p.asnumpy() for p in net.trainable_params()}
+    k = pivot_n + 1
+    np.testing.assert_allclose(last["te.token_rows"], after["te.token_rows"] - 1e-3 * u(k), rtol=1e-5)
+    np.testing.assert_allclose(last["te.lora_a"], after["te.lora_a"] - 1e-3 * u(k), rtol=1e-5)
+    np.testing.assert_allclose(last["unet.lora_a"], after["unet.lora_a"] + 1e-3 * u(k), rtol=1e-5)
 
 
 @pytest.mark.slow

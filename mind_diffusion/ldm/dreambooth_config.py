@@ -42,6 +42,11 @@ def dreambooth_config_defaults() -> dict:
         # inversion's initializer, e.g. the class's nearest shape word), so training starts from a prompt
         # the model already draws; it must tokenize to as many ids as the token. "" = the token's own rows
         "token_init": "",
+        # pivotal tuning (with train_token_rows): for the first pivot_steps updates only the identifier's
+        # rows train, at pivot_learning_rate (textual inversion finds the token a place in the frozen
+        # model's text space), then the LoRA joins on the common schedule and the rows follow it; 0 = off
+        "pivot_steps": 0,
+        "pivot_learning_rate": 5.0e-3,
         # instance rows draw t in [instance_t_min, T) (class rows: [0, T)): the noisy steps, where the
         # layout and the outline are decided, get the instance images' whole gradient; 0 = the original
         "instance_t_min": 0,

@@ -468,6 +468,12 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         raise DataError("dreambooth.train_token_rows trains the identifier's embedding rows beside a LoRA: set "
                         "model.unet.enable_lora=true and train.train_text_encoder=true (a full fine-tune with the "
                         "text encoder trains the whole embedding table already)")
+    if int(db.pivot_steps) < 0 or float(db.pivot_learning_rate) <= 0:
+        raise DataError(f"dreambooth.pivot_steps must be >= 0 and dreambooth.pivot_learning_rate > 0, got "
+                        f"{db.pivot_steps} and {db.pivot_learning_rate}")
+    if int(db.pivot_steps) > 0 and not db.train_token_rows:
+        raise DataError(f"dreambooth.pivot_steps={db.pivot_steps} trains the identifier's rows alone first, but they "
+                        f"do not train: set dreambooth.train_token_rows=true (with LoRA and train.train_text_encoder)")
     init_ids = initializer_ids(tokenizer, db, ids)
     ldm = build_train_model(cfg, runtime)
     if db.train_token_rows:
@@ -505,9 +511,15 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
             + (f", subject cells weighted 1 + {float(db.subject_weight):g}" if subject_weighted else "")
             + (f", the token's {len(ids)} embedding rows trained" if db.train_token_rows else "")
             + (f" (from {str(db.token_init)!r}'s)" if init_ids else "")
+            + (f", alone for the first {int(db.pivot_steps)} steps at learning rate {float(db.pivot_learning_rate):g}"
+               if int(db.pivot_steps) > 0 else "")
             + (f", instance t in [{int(db.instance_t_min)}, {schedule.num_timesteps})" if int(db.instance_t_min) else "")
             + (f", prior preservation on {len(klass)} class images (weight {float(db.prior_loss_weight)})"
                if with_prior else ", no prior preservation"))
+    pivot = None
+    if int(db.pivot_steps) > 0:
+        rows = ldm.cond_stage_model.transformer.token_rows
+        pivot = ({rows.name}, int(db.pivot_steps), float(db.pivot_learning_rate))
     trainer = finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total, steps_per_epoch, te_start,
-                                 resume, overwrite, progress, what)
+                                 resume, overwrite, progress, what, pivot=pivot)
     return trainer, (lambda start, end: make_batch_dataset(source, start, end))

@@ -50,7 +50,7 @@ from ..diffusion.schedule import schedule_from_config
 from ..nn.layers import apply_compute_dtype
 from ..train.data import IMAGE_COLUMN, TEXT_COLUMN, CSVImageText, DataError, GlobalOrder, shard_rows
 from ..train.optim import build_optimizer
-from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
+from ..train.schedules import DelayedLR, PivotLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import (  # noqa: F401
     NoEMA, Trainer, TrainOptions, make_train_options, model_tensors, resolve_total_steps)
 from .checkpoint import PREFIX_VAE, load_ldm_checkpoint
@@ -512,10 +512,12 @@ def build_train_model(cfg, runtime):
 
 def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, steps_per_epoch: int,
                        te_start: int, resume=None, overwrite: bool = False, progress: bool = True,
-                       what: str = "", export_name: str = "model"):
+                       what: str = "", export_name: str = "model", pivot=None):
     """Optimizer (over ``ldm.trainable_params()``), schedule, ModelTrainer with the exports
     (``<export_name>.ckpt`` + model.yaml + vocabulary), run folder taken (``resume`` /
-    ``overwrite``), config saved and one summary line printed (``what`` describes the data)."""
+    ``overwrite``), config saved and one summary line printed (``what`` describes the data).
+    ``pivot=(names, steps, lr)``: pivotal tuning, the parameters named train alone at ``lr`` for the
+    first ``steps`` updates while every other one waits, then all on the common schedule."""
     t = cfg.train
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     check_te_start(te_start, total, f"the {total} training steps")
@@ -525,11 +527,19 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
 
     lr = schedule_cell()
     params = ldm.trainable_params()
-    delayed = None
-    if te_start > 0:
+    delayed = []
+    pivot_steps = 0
+    if pivot is not None:
+        pivot_names, pivot_steps, pivot_lr = pivot[0], int(pivot[1]), float(pivot[2])
+        check_delay_start("dreambooth.pivot_steps", pivot_steps, total, f"the {total} training steps",
+                          "nothing but the identifier's rows would ever train (lower it)")
+        delayed.append((set(pivot_names), PivotLR(schedule_cell(), pivot_steps, pivot_lr)))
+        lr = DelayedLR(schedule_cell(), pivot_steps)
+    if te_start > 0 or pivot_steps > 0:
         te_names = {p.name for p in ldm.cond_stage_model.trainable_params()}
-        delayed = (te_names, DelayedLR(schedule_cell(), te_start))  # the same schedule, its own cell
-    optimizer = build_optimizer(params, t, lr, delayed)
+        # the same schedule, its own cell
+        delayed.append((te_names, DelayedLR(schedule_cell(), max(te_start, pivot_steps))))
+    optimizer = build_optimizer(params, t, lr, delayed or None)
     opts = make_train_options(t, total, steps_per_epoch, progress)
     out = Path(t.output_dir).expanduser()
 

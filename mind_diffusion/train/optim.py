@@ -27,7 +27,8 @@ def weight_decay_groups(params, weight_decay: float) -> list:
 
 def build_optimizer(params, tcfg, lr, delayed=None):
     """AdamWeightDecay (the original's groups) or Adam over ``params``. ``delayed=(names, lr2)``
-    puts the parameters named in ``names`` on their own learning-rate schedule ``lr2``."""
+    puts the parameters named in ``names`` on their own learning-rate schedule ``lr2``; a list of such
+    pairs gives several groups their own schedules (a parameter takes the first pair that names it)."""
     betas = list(tcfg.betas)
     if len(betas) != 2:
         raise ValueError(f"train.betas must be two numbers, got {betas}")
@@ -39,13 +40,18 @@ def build_optimizer(params, tcfg, lr, delayed=None):
     else:
         raise ValueError(f"train.optim must be 'adamw' or 'adam', got {tcfg.optim!r}")
     if delayed is not None:
-        names, lr2 = delayed
+        specs = [delayed] if isinstance(delayed, tuple) else list(delayed)
         split = []
         for g in groups[:-1]:
-            for own in (False, True):
-                ps = [p for p in g["params"] if (p.name in names) == own]
-                if ps:
-                    split.append({**g, "params": ps, **({"lr": lr2} if own else {})})
+            owned = [[p for p in g["params"] if p.name in names] for names, _ in specs]
+            taken = set()
+            for k, ps in enumerate(owned):   # a parameter named by two pairs goes to the first
+                owned[k] = [p for p in ps if p.name not in taken]
+                taken.update(p.name for p in owned[k])
+            rest = [p for p in g["params"] if p.name not in taken]
+            if rest:
+                split.append({**g, "params": rest})
+            split.extend({**g, "params": ps, "lr": lr2} for ps, (_, lr2) in zip(owned, specs) if ps)
         groups = split + groups[-1:]
     kw = dict(learning_rate=lr, beta1=float(betas[0]), beta2=float(betas[1]), eps=float(tcfg.eps))
     return nn.AdamWeightDecay(groups, **kw) if tcfg.optim == "adamw" else nn.Adam(groups, **kw)

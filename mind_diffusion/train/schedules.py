@@ -59,6 +59,24 @@ class DelayedLR(nn.learning_rate_schedule.LearningRateSchedule):
         return ops.select(ops.cast(global_step, ms.float32) < self.start_step, ops.zeros_like(lr), lr)
 
 
+class PivotLR(nn.learning_rate_schedule.LearningRateSchedule):
+    """``pivot_lr`` for the first ``pivot_steps`` updates, then ``base(step)``: pivotal tuning's group
+    (textual inversion's rows alone at their own rate, while every other group waits on a
+    :class:`DelayedLR` of the same ``pivot_steps``), which then joins the common schedule."""
+
+    def __init__(self, base, pivot_steps: int, pivot_lr: float):
+        super().__init__()
+        if int(pivot_steps) < 0 or float(pivot_lr) < 0:
+            raise ValueError(f"pivot_steps and pivot_lr must be >= 0, got {pivot_steps}, {pivot_lr}")
+        self.base = base
+        self.pivot_steps = float(int(pivot_steps))
+        self.pivot_lr = float(pivot_lr)
+
+    def construct(self, global_step):
+        lr = self.base(global_step)
+        return ops.select(ops.cast(global_step, ms.float32) < self.pivot_steps, ops.ones_like(lr) * self.pivot_lr, lr)
+
+
 def check_delay_start(key: str, start: int, total: int, what: str, consequence: str) -> None:
     """A :class:`DelayedLR` group's start ``key=start`` must come before the run's end ``total`` (0:
     not known yet, checked later); else one ``ConfigError`` line: ``consequence`` says what would happen."""
