@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import timings   # MindSpore-free at import, as this module
+
 FEATURE_DIM = 2048  # = inception.FEATURE_DIM (not imported: this module loads MindSpore lazily)
 INPUT_SIZE = 299
 MODES = ("pt", "tf")
@@ -193,8 +195,6 @@ class FeatureExtractor:
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import mindspore as ms
-
-        from .. import timings
 
         out = timings.call(self.net, ms.Tensor(x, ms.float32))
         return out.asnumpy().astype(np.float64)
