@@ -134,6 +134,37 @@ def test_base_unet_matches_torch(ms_mode):
     assert err <= TOL and np.abs(want).max() > 0.1
 
 
+def test_base_unet_of_the_v3_recipe_matches_torch(ms_mode):
+    """The network of ``configs/glide/shapes-base-v3.yaml`` (five levels, 16 channels at the top with no
+    attention there, attention at three levels): the same random weights give the reference's output."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference for GLIDE parity")
+    from omegaconf import OmegaConf
+
+    from mind_diffusion.glide.model import build_glide_base
+    from tests.reference.torch_glide import Text2ImUNetRef
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = {**OmegaConf.to_container(OmegaConf.load(root / "configs/glide/shapes-base-v3.yaml").model.net),
+           "timestep_freqs": "numpy"}
+    net = build_glide_base(cfg)
+    assert sum(int(np.prod(p.shape)) for p in net.get_parameters()) == 5_014_342
+    state = random_state(net, 4)
+    _load_ms(net, state)
+    ref_cfg = {k: v for k, v in cfg.items() if k not in ("image_size", "timestep_freqs")}
+    ref = _to_torch(Text2ImUNetRef(in_channels=3, super_res=False, **ref_cfg), state)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    t = np.array([640, 3], np.int32)
+    tokens, mask = _text_inputs(rng, 2, cfg["text_ctx"], cfg["n_vocab"])
+    out = net(Tensor(x), Tensor(t), Tensor(tokens), Tensor(mask)).asnumpy()
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(tokens),
+                   torch.from_numpy(mask)).numpy()
+    err = np.abs(out - want).max()
+    _report("v3 base UNet", ms_mode, err)
+    assert out.shape == (2, 6, 64, 64) and err <= TOL and np.abs(want).max() > 0.1
+
+
 def test_sr_unet_matches_torch(ms_mode):
     torch = pytest.importorskip("torch", reason="PyTorch is the reference for GLIDE parity")
     net, ref, cfg = _unet_pair("sr", 3)

@@ -162,13 +162,14 @@ class TextTransformerRef(nn.Module):
 
 # ----------------------------------------------------------------------------- UNet
 class ResBlockRef(nn.Module):
-    def __init__(self, ch, emb_ch, out_ch, dropout, up=False, down=False):
+    def __init__(self, ch, emb_ch, out_ch, dropout, up=False, down=False, num_groups=32):
         super().__init__()
         self.up, self.down = up, down
-        self.in_layers = nn.Sequential(GroupNorm32(ch, swish=True), nn.Identity(),
+        self.in_layers = nn.Sequential(GroupNorm32(ch, swish=True, num_groups=num_groups), nn.Identity(),
                                        nn.Conv2d(ch, out_ch, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, 2 * out_ch))
-        self.out_layers = nn.Sequential(GroupNorm32(out_ch, swish=False), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(GroupNorm32(out_ch, swish=False, num_groups=num_groups), nn.SiLU(),
+                                        nn.Dropout(dropout),
                                         nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip_connection = nn.Identity() if ch == out_ch else nn.Conv2d(ch, out_ch, 1)
 
@@ -190,10 +191,10 @@ class ResBlockRef(nn.Module):
 
 
 class AttentionRef(nn.Module):
-    def __init__(self, ch, heads, encoder_ch):
+    def __init__(self, ch, heads, encoder_ch, num_groups=32):
         super().__init__()
         self.heads = heads
-        self.norm = GroupNorm32(ch, swish=False)
+        self.norm = GroupNorm32(ch, swish=False, num_groups=num_groups)
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.encoder_kv = nn.Conv1d(encoder_ch, 2 * ch, 1)
         self.proj_out = nn.Conv1d(ch, ch, 1)
@@ -226,7 +227,7 @@ class Text2ImUNetRef(nn.Module):
     def __init__(self, in_channels=3, model_channels=192, out_channels=6, num_res_blocks=3,
                  attention_resolutions=(2, 4, 8), dropout=0.0, channel_mult=(1, 2, 3, 4),
                  num_head_channels=64, text_ctx=128, xf_width=512, xf_layers=16, xf_heads=8,
-                 n_vocab=50001, gelu="tanh", ln_eps=1e-7, super_res=False):
+                 n_vocab=50001, gelu="tanh", ln_eps=1e-7, super_res=False, num_groups=32):
         super().__init__()
         self.super_res = super_res
         self.model_channels = model_channels
@@ -234,10 +235,10 @@ class Text2ImUNetRef(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
 
         def res(c, o, **kw):
-            return ResBlockRef(c, emb_ch, o, dropout, **kw)
+            return ResBlockRef(c, emb_ch, o, dropout, num_groups=num_groups, **kw)
 
         def attn(c):
-            return AttentionRef(c, c // num_head_channels, xf_width)
+            return AttentionRef(c, c // num_head_channels, xf_width, num_groups)
 
         self.input_blocks = nn.ModuleList([Seq([nn.Conv2d(in_channels, model_channels, 3, padding=1)])])
         skips = [model_channels]
@@ -267,7 +268,7 @@ class Text2ImUNetRef(nn.Module):
                     mods.append(res(ch, ch, up=True))
                     ds //= 2
                 self.output_blocks.append(Seq(mods))
-        self.out = nn.Sequential(GroupNorm32(ch, swish=True), nn.Identity(),
+        self.out = nn.Sequential(GroupNorm32(ch, swish=True, num_groups=num_groups), nn.Identity(),
                                  nn.Conv2d(ch, out_channels, 3, padding=1))
         _attach_text(self, text_ctx, xf_width, xf_layers, xf_heads, n_vocab, emb_ch, gelu, ln_eps)
 
