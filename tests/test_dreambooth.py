@@ -89,6 +89,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
          ("dreambooth.pivot_steps=10", "set dreambooth.train_token_rows=true")),
         (["--train_data_path", str(good), "--token", "sks", "dreambooth.pivot_learning_rate=0"],
          ("dreambooth.pivot_learning_rate > 0",)),
+        (["--train_data_path", str(good), "--token", "sks", "--enable_lora", "True", "train.train_text_encoder=true",
+          "dreambooth.train_token_rows=true", "train.steps=5", "dreambooth.pivot_steps=5"],
+         ("dreambooth.pivot_steps=5 is not below the 5 training steps", "lower it")),
     ]
     for extra, needles in cases:
         rc = run_db_train.main(base + extra)

@@ -420,7 +420,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     from ..train.validate import check_number
     from .training import (build_train_model, check_ldm_train_config, compute_latent_cache,
                            finish_ldm_trainer, latent_shape_of, lora_enabled, make_batch_dataset,
-                           resolve_train_vocab)
+                           resolve_total_steps, resolve_train_vocab)
+    from ..train.schedules import check_delay_start
 
     t, d, db = cfg.train, cfg.data, cfg.dreambooth
     te_start = check_ldm_train_config(cfg, runtime, resume, overwrite)
@@ -474,6 +475,11 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     if int(db.pivot_steps) > 0 and not db.train_token_rows:
         raise DataError(f"dreambooth.pivot_steps={db.pivot_steps} trains the identifier's rows alone first, but they "
                         f"do not train: set dreambooth.train_token_rows=true (with LoRA and train.train_text_encoder)")
+    steps_per_epoch = max(1, len(instance) * (int(db.train_data_repeats) + 1) // (int(t.batch_size) * runtime.group_size))
+    total = resolve_total_steps(t, steps_per_epoch)
+    # before class images are generated: a run that would train nothing but the rows writes nothing
+    check_delay_start("dreambooth.pivot_steps", int(db.pivot_steps), total, f"the {total} training steps",
+                      "nothing but the identifier's rows would ever train (lower it)")
     init_ids = initializer_ids(tokenizer, db, ids)
     ldm = build_train_model(cfg, runtime)
     if db.train_token_rows:
@@ -495,15 +501,13 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         latents = compute_latent_cache(ldm.first_stage_model, instance)
         class_latents = compute_latent_cache(ldm.first_stage_model, klass) if klass is not None else None
     schedule = schedule_from_config(cfg.model.schedule)
-    steps_per_epoch = max(1, len(instance) * (int(db.train_data_repeats) + 1) // (int(t.batch_size) * runtime.group_size))
     source = DreamBoothBatches(instance, tokenizer, int(t.batch_size), schedule.num_timesteps, latent_shape_of(cfg),
                                seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
                                caption_dropout=float(d.caption_dropout), klass=klass, latents=latents,
                                class_latents=class_latents, steps_per_epoch=steps_per_epoch,
                                instance_weights=instance_weights, instance_t_min=int(db.instance_t_min))
-    from .training import LatentDiffusionLoss, resolve_total_steps
+    from .training import LatentDiffusionLoss
 
-    total = resolve_total_steps(t, steps_per_epoch)
     base = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder), bool(t.schedule_fp16),
                                cached=latents is not None, loss_weighting=str(t.loss_weighting))
     loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior, subject_weighted)
