@@ -517,7 +517,8 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
     (``<export_name>.ckpt`` + model.yaml + vocabulary), run folder taken (``resume`` /
     ``overwrite``), config saved and one summary line printed (``what`` describes the data).
     ``pivot=(names, steps, lr)``: pivotal tuning, the parameters named train alone at ``lr`` for the
-    first ``steps`` updates while every other one waits, then all on the common schedule."""
+    first ``steps`` updates while every other one waits, then all on the common schedule (the caller
+    checks ``steps`` < ``total`` before it writes anything: ``build_dreambooth_trainer``)."""
     t = cfg.train
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
     check_te_start(te_start, total, f"the {total} training steps")
@@ -530,9 +531,7 @@ def finish_ldm_trainer(cfg, runtime, ldm, loss_net, source, vocab, total: int, s
     delayed = []
     pivot_steps = 0
     if pivot is not None:
-        pivot_names, pivot_steps, pivot_lr = pivot[0], int(pivot[1]), float(pivot[2])
-        check_delay_start("dreambooth.pivot_steps", pivot_steps, total, f"the {total} training steps",
-                          "nothing but the identifier's rows would ever train (lower it)")
+        pivot_names, pivot_steps, pivot_lr = pivot[0], int(pivot[1]), float(pivot[2])   # checked by the caller
         delayed.append((set(pivot_names), PivotLR(schedule_cell(), pivot_steps, pivot_lr)))
         lr = DelayedLR(schedule_cell(), pivot_steps)
     if te_start > 0 or pivot_steps > 0:
