@@ -6,9 +6,11 @@ on the same fixed batch ``(x0, y, t, noise)`` with the simple DDPM loss
 ``mean((eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) noise, t, y) - noise)^2)`` and Adam(lr=1e-3):
 
 * MindSpore: ``TrainStep(NoisePredictionLoss(net), nn.Adam)`` compiled as one graph; the first
-  call (compilation + one step) is reported separately as ``compile s``; twice (``--kernels both``):
-  with the convolutions and dense layers through OpenBLAS (``mind_diffusion/cpu_gemm.py``, the default
-  on CPU) and through MindSpore's own kernels;
+  call (compilation + one step) is reported separately as ``compile s``; up to three times
+  (``--kernels all``): with the library's CPU kernels as installed (``mind_diffusion/cpu_gemm.py``, the
+  default on CPU: convolutions on oneDNN where the onednn wheels are installed, dense layers on
+  OpenBLAS), with the convolutions on OpenBLAS instead (``MIND_DIFFUSION_DNNL=off``; only when oneDNN
+  is in use) and with MindSpore's own kernels;
 * PyTorch: eager ``zero_grad / forward / backward / torch.optim.Adam.step``.
 
 ``--warmup`` further steps are excluded from the timing, then ``--steps`` steps are timed. Run it
@@ -80,7 +82,8 @@ def bench_mindspore(cfg, batch_np, steps, warmup, lr, seed, kernels="blas"):
     from mind_diffusion.train.step import TrainStep
 
     ms.set_seed(seed)
-    with (cpu_gemm.mindspore_kernels() if kernels == "mindspore" else contextlib.nullcontext()):
+    switch = {"mindspore": cpu_gemm.mindspore_kernels, "openblas": cpu_gemm.openblas_convolutions}
+    with switch.get(kernels, contextlib.nullcontext)():
         net = DDPMUNet(**cfg)
     init_state = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
     net.set_train(True)
@@ -176,9 +179,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="CPU threads for both frameworks (default: all cores)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--kernels", choices=["both", "blas", "mindspore"], default="both",
-                    help="our convolutions and dense layers through OpenBLAS (the default path on CPU, "
-                         "mind_diffusion/cpu_gemm.py), through MindSpore's own kernels, or both rows")
+    ap.add_argument("--kernels", choices=["all", "both", "blas", "openblas", "mindspore"], default="all",
+                    help="blas: the library's CPU kernels as installed (the default path on CPU, "
+                         "mind_diffusion/cpu_gemm.py: oneDNN convolutions where available, OpenBLAS dense "
+                         "layers); openblas: the convolutions on OpenBLAS (MIND_DIFFUSION_DNNL=off); mindspore: "
+                         "MindSpore's own kernels; both: blas + mindspore; all: every one of them that differs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -198,6 +203,12 @@ def main(argv=None):
         print("PyTorch is not installed: only MindSpore is measured", file=sys.stderr)
     import mindspore as ms
 
+    from mind_diffusion import cpu_gemm
+
+    ms.set_context(device_target="CPU")
+    backend = cpu_gemm.conv_backend()
+    labels = {"blas": ("oneDNN convolutions, OpenBLAS dense" if backend == "onednn" else "OpenBLAS kernels"),
+              "openblas": "OpenBLAS kernels", "mindspore": "MindSpore's own kernels"}
     rows = []
     for name, batch in zip(args.config, batches):
         cfg, size, default_batch, default_steps, default_warmup = CONFIGS[name]
@@ -207,10 +218,11 @@ def main(argv=None):
         warmup = default_warmup if args.warmup is None else args.warmup
         batch_np = make_batch(cfg, size, batch, args.seed)
         print(f"[{name}] batch {batch}, {size}x{size}, {steps} timed steps ...", flush=True)
-        kinds = ["blas", "mindspore"] if args.kernels == "both" else [args.kernels]
-        for kind in kinds:
+        kinds = {"both": ["blas", "mindspore"],
+                 "all": ["blas", "openblas", "mindspore"] if backend == "onednn" else ["blas", "mindspore"]}
+        for kind in kinds.get(args.kernels, [args.kernels]):
             res, init_state = bench_mindspore(cfg, batch_np, steps, warmup, args.lr, args.seed, kind)
-            label = "OpenBLAS kernels" if kind == "blas" else "MindSpore's own kernels"
+            label = labels[kind]
             rows.append(dict(framework=f"MindSpore {ms.__version__} (graph, {label})", config=name,
                              image_size=size, batch=batch, steps=steps, warmup=warmup, kernels=kind, **res))
             print(f"  mindspore ({label}): compile {res['compile_s']:.1f} s, {res['s_per_step']:.3f} s/step",
@@ -235,12 +247,13 @@ def main(argv=None):
         torch_row = [r for r in rows if r["config"] == name and r["kernels"] == "torch"]
         for r in rows:
             if torch_row and r["config"] == name and r["kernels"] != "torch":
-                label = "OpenBLAS kernels" if r["kernels"] == "blas" else "MindSpore's own kernels"
+                label = labels[r["kernels"]]
                 ratios.append(f"- {name}: ours ({label}) / torch throughput = "
                               f"{r['img_per_s'] / torch_row[0]['img_per_s']:.2f}x")
     notes = (f"CPU: {cpu_name()} ({os.cpu_count()} cores), {args.threads} thread(s) for both frameworks; "
              "the first step (MindSpore: with compilation) and the warm-up steps are not timed; "
-             f"fp32; Adam lr={args.lr}. "
+             f"fp32; Adam lr={args.lr}; convolutions: {cpu_gemm.dnnl_info() if backend == 'onednn' else backend}; "
+             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (both frameworks). "
              "`loss@1` is the loss of the first step (same weights and batch; equal when dropout=0).")
     if load_at_start is not None and load_at_start > 0.5:
         notes += (f" WARNING: 1-min load average was {load_at_start:.2f} at start: other processes shared "

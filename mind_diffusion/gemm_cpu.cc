@@ -25,6 +25,9 @@
 // - MindDiffusionMatMulNT(a (M,K), b (N,K)) -> a b^T (nn.Dense), ...NN(a (M,K), b (K,N)) -> a b,
 //   ...TN(a (K,M), b (K,N)) -> a^T b (its backward).
 //
+// - MindDiffusionDnnlConv2d, ...DnnlConv2dGradInput, ...DnnlConv2dGradWeight: the same three with the same
+//   parameters, run by oneDNN's convolution primitives where the library was built with MD_WITH_DNNL
+//   (see "oneDNN" below): they fall back to the OpenBLAS forms above when oneDNN cannot run one.
 // The sgemm is OpenBLAS's CBLAS entry, ILP64 (numpy's build: cblas_sgemm64_) or LP64, chosen
 // when the library is built (-DMD_CBLAS_SGEMM=..., -DMD_BLAS_INT=...). OpenBLAS runs its own
 // threads. Returns 0 on success, 1 for inputs it does not take (MindSpore then raises).
@@ -229,11 +232,12 @@ void conv_grad_weight(const Conv &c, const float *dy, const float *x, float *dw)
 
 }  // namespace
 
+namespace {
+
+bool dnnl_conv(int kind, const Conv &c, const float *a, const float *b, float *out);
+
 // params: x, w, p, y
-extern "C" int MindDiffusionConv2d(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                   void *stream, void *extra) {
-  (void)stream;
-  (void)extra;
+int conv_forward_entry(bool dnnl, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   if (nparam != 4) return 1;
   static const int ranks[] = {4, 4, 1, 4};
   for (int i = 0; i < 4; ++i)
@@ -244,16 +248,35 @@ extern "C" int MindDiffusionConv2d(int nparam, void **params, int *ndims, int64_
   Conv c;
   if (!conv_problem(shapes[0], shapes[1], static_cast<const int64_t *>(params[2]), &c)) return 1;
   if (shapes[3][0] != c.N || shapes[3][1] != c.O || shapes[3][2] != c.Ho || shapes[3][3] != c.Wo) return 1;
-  conv_forward(c, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-               static_cast<float *>(params[3]));
+  const float *x = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[3]);
+  if (!dnnl || !dnnl_conv(0, c, x, w, y)) conv_forward(c, x, w, y);
   return 0;
+}
+
+}  // namespace
+
+// params: x, w, p, y
+extern "C" int MindDiffusionConv2d(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_forward_entry(false, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int MindDiffusionDnnlConv2d(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_forward_entry(true, nparam, params, ndims, shapes, dtypes);
 }
 
 namespace {
 
 // the backward's entry points: params dy, a, b, p, out; for the input gradient a = w, b = x, out = dx
 // (x's shape), for the weight gradient a = x, b = w, out = dw (w's shape)
-int conv_grad(bool wrt_input, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+int conv_grad(bool dnnl, bool wrt_input, int nparam, void **params, int *ndims, int64_t **shapes,
+              const char **dtypes) {
   if (nparam != 5) return 1;
   static const int ranks[] = {4, 4, 4, 1, 4};
   for (int i = 0; i < 5; ++i)
@@ -269,6 +292,7 @@ int conv_grad(bool wrt_input, int nparam, void **params, int *ndims, int64_t **s
     if (shapes[4][d] != shapes[2][d]) return 1;
   const float *dy = static_cast<const float *>(params[0]), *a = static_cast<const float *>(params[1]);
   float *out = static_cast<float *>(params[4]);
+  if (dnnl && dnnl_conv(wrt_input ? 1 : 2, c, dy, a, out)) return 0;
   if (wrt_input)
     conv_grad_input(c, dy, a, out);
   else
@@ -283,7 +307,14 @@ extern "C" int MindDiffusionConv2dGradInput(int nparam, void **params, int *ndim
                                             const char **dtypes, void *stream, void *extra) {
   (void)stream;
   (void)extra;
-  return conv_grad(true, nparam, params, ndims, shapes, dtypes);
+  return conv_grad(false, true, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int MindDiffusionDnnlConv2dGradInput(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_grad(true, true, nparam, params, ndims, shapes, dtypes);
 }
 
 // params: dy, x, w, p, dw
@@ -291,7 +322,14 @@ extern "C" int MindDiffusionConv2dGradWeight(int nparam, void **params, int *ndi
                                              const char **dtypes, void *stream, void *extra) {
   (void)stream;
   (void)extra;
-  return conv_grad(false, nparam, params, ndims, shapes, dtypes);
+  return conv_grad(false, false, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int MindDiffusionDnnlConv2dGradWeight(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                 const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  return conv_grad(true, false, nparam, params, ndims, shapes, dtypes);
 }
 
 namespace {
@@ -688,3 +726,263 @@ extern "C" int MindDiffusionNonFinite(int nparam, void **params, int *ndims, int
   static_cast<float *>(params[1])[0] = m == kExp ? 1.0f : 0.0f;
   return 0;
 }
+
+// ---- oneDNN convolutions (MD_WITH_DNNL) ----
+// MindSpore's CPU convolutions run on the oneDNN it bundles, held to AVX2 by ONEDNN_MAX_CPU_ISA (above
+// that cap its plain-NCHW convolution is a reference kernel) and driven in the plain layout: 90-120
+// GFLOP/s on the 2-core CI CPU. oneDNN's own blocked-layout AVX-512 kernels reach 250-430 on the same
+// shapes, the kernels PyTorch runs. This section loads a separate copy of oneDNN (the onednn-cpu-gomp
+// wheel, path MD_DNNL_PATH) by its file path, with RTLD_LOCAL, so MindSpore's copy (the same soname)
+// and its ISA cap stay as they are; the C functions are looked up with dlsym, and the ISA limit of this
+// copy is set through its API (which takes precedence over the environment variable). Each geometry gets
+// a plan once: the primitives chosen with format "any" (blocked layouts), and reorders between the NCHW /
+// OIHW tensors MindSpore passes and those layouts; the blocked copies live in one shared arena. Plans
+// are built and run under one lock (convolutions run one at a time; oneDNN spreads each over the cores
+// with OpenMP). Any failure returns false, and the caller runs the OpenBLAS form instead.
+#ifdef MD_WITH_DNNL
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "oneapi/dnnl/dnnl.h"
+
+namespace {
+
+struct DnnlApi {
+  decltype(&dnnl_engine_create) engine_create = nullptr;
+  decltype(&dnnl_stream_create) stream_create = nullptr;
+  decltype(&dnnl_stream_wait) stream_wait = nullptr;
+  decltype(&dnnl_memory_desc_create_with_tag) md_create = nullptr;
+  decltype(&dnnl_memory_desc_equal) md_equal = nullptr;
+  decltype(&dnnl_memory_desc_get_size) md_size = nullptr;
+  decltype(&dnnl_primitive_desc_query_md) query_md = nullptr;
+  decltype(&dnnl_primitive_desc_query) query = nullptr;
+  decltype(&dnnl_convolution_forward_primitive_desc_create) fwd_pd = nullptr;
+  decltype(&dnnl_convolution_backward_data_primitive_desc_create) bwd_data_pd = nullptr;
+  decltype(&dnnl_convolution_backward_weights_primitive_desc_create) bwd_weights_pd = nullptr;
+  decltype(&dnnl_reorder_primitive_desc_create) reorder_pd = nullptr;
+  decltype(&dnnl_primitive_create) primitive_create = nullptr;
+  decltype(&dnnl_primitive_execute) execute = nullptr;
+  decltype(&dnnl_memory_create) memory_create = nullptr;
+  decltype(&dnnl_memory_set_data_handle) set_handle = nullptr;
+  decltype(&dnnl_set_max_cpu_isa) set_max_isa = nullptr;
+  decltype(&dnnl_get_effective_cpu_isa) effective_isa = nullptr;
+  decltype(&dnnl_version) version = nullptr;
+  dnnl_engine_t engine = nullptr;
+  dnnl_stream_t stream = nullptr;
+  bool ok = false;
+  std::string info;
+};
+
+std::mutex g_dnnl_lock;
+
+template <class F>
+bool dnnl_sym(void *lib, const char *name, F *fn, std::string *missing) {
+  *fn = reinterpret_cast<F>(dlsym(lib, name));
+  if (*fn == nullptr && missing->empty()) *missing = name;
+  return *fn != nullptr;
+}
+
+DnnlApi &dnnl_api() {
+  static DnnlApi api;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void *lib = dlopen(MD_DNNL_PATH, RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      const char *err = dlerror();
+      api.info = std::string("cannot load ") + MD_DNNL_PATH + ": " + (err ? err : "?");
+      return;
+    }
+    std::string missing;
+    dnnl_sym(lib, "dnnl_engine_create", &api.engine_create, &missing);
+    dnnl_sym(lib, "dnnl_stream_create", &api.stream_create, &missing);
+    dnnl_sym(lib, "dnnl_stream_wait", &api.stream_wait, &missing);
+    dnnl_sym(lib, "dnnl_memory_desc_create_with_tag", &api.md_create, &missing);
+    dnnl_sym(lib, "dnnl_memory_desc_equal", &api.md_equal, &missing);
+    dnnl_sym(lib, "dnnl_memory_desc_get_size", &api.md_size, &missing);
+    dnnl_sym(lib, "dnnl_primitive_desc_query_md", &api.query_md, &missing);
+    dnnl_sym(lib, "dnnl_primitive_desc_query", &api.query, &missing);
+    dnnl_sym(lib, "dnnl_convolution_forward_primitive_desc_create", &api.fwd_pd, &missing);
+    dnnl_sym(lib, "dnnl_convolution_backward_data_primitive_desc_create", &api.bwd_data_pd, &missing);
+    dnnl_sym(lib, "dnnl_convolution_backward_weights_primitive_desc_create", &api.bwd_weights_pd, &missing);
+    dnnl_sym(lib, "dnnl_reorder_primitive_desc_create", &api.reorder_pd, &missing);
+    dnnl_sym(lib, "dnnl_primitive_create", &api.primitive_create, &missing);
+    dnnl_sym(lib, "dnnl_primitive_execute", &api.execute, &missing);
+    dnnl_sym(lib, "dnnl_memory_create", &api.memory_create, &missing);
+    dnnl_sym(lib, "dnnl_memory_set_data_handle", &api.set_handle, &missing);
+    dnnl_sym(lib, "dnnl_set_max_cpu_isa", &api.set_max_isa, &missing);
+    dnnl_sym(lib, "dnnl_get_effective_cpu_isa", &api.effective_isa, &missing);
+    dnnl_sym(lib, "dnnl_version", &api.version, &missing);
+    if (!missing.empty()) {
+      api.info = std::string(MD_DNNL_PATH) + " has no " + missing;
+      return;
+    }
+    // before anything else runs in this copy: its own ISA limit, whatever ONEDNN_MAX_CPU_ISA says
+    // (that variable is set for MindSpore's copy)
+    api.set_max_isa(dnnl_cpu_isa_avx512_core_amx);
+    if (api.engine_create(&api.engine, dnnl_cpu, 0) != dnnl_success ||
+        api.stream_create(&api.stream, api.engine, dnnl_stream_default_flags) != dnnl_success) {
+      api.info = "oneDNN could not create a CPU engine";
+      return;
+    }
+    const dnnl_version_t *v = api.version();
+    const int isa = static_cast<int>(api.effective_isa());
+    const char *isa_name = isa == dnnl_cpu_isa_avx512_core_amx   ? "avx512_core_amx"
+                           : isa == dnnl_cpu_isa_avx512_core_bf16 ? "avx512_core_bf16"
+                           : isa == dnnl_cpu_isa_avx512_core_vnni ? "avx512_core_vnni"
+                           : isa == dnnl_cpu_isa_avx512_core      ? "avx512_core"
+                           : isa == dnnl_cpu_isa_avx2_vnni        ? "avx2_vnni"
+                           : isa == dnnl_cpu_isa_avx2             ? "avx2"
+                           : isa == dnnl_cpu_isa_avx              ? "avx"
+                           : isa == dnnl_cpu_isa_sse41            ? "sse41"
+                                                                  : "other";
+    api.info = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+               std::to_string(v->patch) + " (" + isa_name + ")";
+    api.ok = true;
+  });
+  return api;
+}
+
+// one operand of a primitive: the user's tensor (plain layout, its pointer set at each run) and, when
+// the primitive wants another layout, its copy in the arena and the reorder between them
+struct Operand {
+  int arg = 0;
+  bool output = false;
+  dnnl_memory_t user = nullptr, inner = nullptr;
+  dnnl_primitive_t reorder = nullptr;
+  size_t offset = 0;
+};
+
+struct Plan {
+  dnnl_primitive_t primitive = nullptr;
+  Operand ops[3];
+  size_t arena = 0;  // bytes of blocked copies this plan needs
+  std::string impl;
+};
+
+std::vector<char> &arena() {
+  static std::vector<char> a;
+  return a;
+}
+
+bool make_operand(DnnlApi &api, const_dnnl_memory_desc_t user_md, const_dnnl_memory_desc_t want, int arg,
+                  bool output, Plan *plan, Operand *op) {
+  op->arg = arg;
+  op->output = output;
+  if (api.memory_create(&op->user, user_md, api.engine, DNNL_MEMORY_NONE) != dnnl_success) return false;
+  if (api.md_equal(user_md, want)) return true;
+  if (api.memory_create(&op->inner, want, api.engine, DNNL_MEMORY_NONE) != dnnl_success) return false;
+  dnnl_primitive_desc_t rpd = nullptr;
+  const dnnl_status_t st = output ? api.reorder_pd(&rpd, want, api.engine, user_md, api.engine, nullptr)
+                                  : api.reorder_pd(&rpd, user_md, api.engine, want, api.engine, nullptr);
+  if (st != dnnl_success || api.primitive_create(&op->reorder, rpd) != dnnl_success) return false;
+  op->offset = plan->arena;
+  plan->arena += (api.md_size(want) + 63) / 64 * 64;
+  return true;
+}
+
+// kind 0: forward (a = x, b = w, out = y); 1: input gradient (a = dy, b = w, out = dx); 2: weight
+// gradient (a = dy, b = x, out = dw)
+bool make_plan(DnnlApi &api, int kind, const Conv &c, Plan *plan) {
+  const dnnl_dims_t xd = {c.N, c.C, c.H, c.W}, wd = {c.O, c.C, c.kh, c.kw}, yd = {c.N, c.O, c.Ho, c.Wo};
+  const dnnl_dims_t strides = {c.sh, c.sw}, dil = {c.dh - 1, c.dw - 1}, pl = {c.pt, c.pl}, pr = {c.pb, c.pr};
+  dnnl_memory_desc_t xu, wu, yu, xa, wa, ya;
+  if (api.md_create(&xu, 4, xd, dnnl_f32, dnnl_nchw) || api.md_create(&wu, 4, wd, dnnl_f32, dnnl_oihw) ||
+      api.md_create(&yu, 4, yd, dnnl_f32, dnnl_nchw) || api.md_create(&xa, 4, xd, dnnl_f32, dnnl_format_tag_any) ||
+      api.md_create(&wa, 4, wd, dnnl_f32, dnnl_format_tag_any) ||
+      api.md_create(&ya, 4, yd, dnnl_f32, dnnl_format_tag_any))
+    return false;
+  dnnl_primitive_desc_t fwd = nullptr, pd = nullptr;
+  if (api.fwd_pd(&fwd, api.engine, dnnl_forward_training, dnnl_convolution_direct, xa, wa, nullptr, ya, strides,
+                 dil, pl, pr, nullptr) != dnnl_success)
+    return false;
+  bool ok = true;
+  if (kind == 0) {
+    pd = fwd;
+    ok = make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[0]) &&
+         make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
+                      &plan->ops[1]) &&
+         make_operand(api, yu, api.query_md(pd, dnnl_query_dst_md, 0), DNNL_ARG_DST, true, plan, &plan->ops[2]);
+  } else if (kind == 1) {
+    if (api.bwd_data_pd(&pd, api.engine, dnnl_convolution_direct, xa, wa, ya, strides, dil, pl, pr, fwd,
+                        nullptr) != dnnl_success)
+      return false;
+    ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
+                      &plan->ops[0]) &&
+         make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
+                      &plan->ops[1]) &&
+         make_operand(api, xu, api.query_md(pd, dnnl_query_diff_src_md, 0), DNNL_ARG_DIFF_SRC, true, plan,
+                      &plan->ops[2]);
+  } else {
+    if (api.bwd_weights_pd(&pd, api.engine, dnnl_convolution_direct, xa, wa, nullptr, ya, strides, dil, pl, pr,
+                           fwd, nullptr) != dnnl_success)
+      return false;
+    ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
+                      &plan->ops[0]) &&
+         make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[1]) &&
+         make_operand(api, wu, api.query_md(pd, dnnl_query_diff_weights_md, 0), DNNL_ARG_DIFF_WEIGHTS, true, plan,
+                      &plan->ops[2]);
+  }
+  if (!ok || api.primitive_create(&plan->primitive, pd) != dnnl_success) return false;
+  const char *impl = nullptr;
+  if (api.query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl != nullptr) plan->impl = impl;
+  return true;
+}
+
+bool dnnl_conv(int kind, const Conv &c, const float *a, const float *b, float *out) {
+  DnnlApi &api = dnnl_api();
+  if (!api.ok) return false;
+  std::lock_guard<std::mutex> guard(g_dnnl_lock);
+  static std::map<std::vector<int64_t>, Plan> plans;  // a failed plan stays, with no primitive
+  const std::vector<int64_t> key = {kind, c.N, c.C, c.H, c.W, c.O, c.kh, c.kw, c.sh, c.sw,
+                                    c.pt, c.pb, c.pl, c.pr, c.dh, c.dw};
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    Plan plan;
+    if (!make_plan(api, kind, c, &plan)) plan.primitive = nullptr;
+    found = plans.emplace(key, plan).first;
+  }
+  Plan &plan = found->second;
+  if (plan.primitive == nullptr) return false;
+  std::vector<char> &mem = arena();
+  if (mem.size() < plan.arena + 64) mem.resize(plan.arena + 64);
+  char *base = reinterpret_cast<char *>((reinterpret_cast<uintptr_t>(mem.data()) + 63) / 64 * 64);
+  void *handles[3] = {const_cast<float *>(a), const_cast<float *>(b), out};
+  dnnl_exec_arg_t args[3];
+  for (int i = 0; i < 3; ++i) {
+    Operand &op = plan.ops[i];
+    if (api.set_handle(op.user, handles[i]) != dnnl_success) return false;
+    dnnl_memory_t used = op.user;
+    if (op.inner != nullptr) {
+      if (api.set_handle(op.inner, base + op.offset) != dnnl_success) return false;
+      used = op.inner;
+      if (!op.output) {
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, op.user}, {DNNL_ARG_TO, op.inner}};
+        if (api.execute(op.reorder, api.stream, 2, r) != dnnl_success) return false;
+      }
+    }
+    args[i] = {op.arg, used};
+  }
+  if (api.execute(plan.primitive, api.stream, 3, args) != dnnl_success) return false;
+  Operand &res = plan.ops[2];
+  if (res.inner != nullptr) {
+    dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, res.inner}, {DNNL_ARG_TO, res.user}};
+    if (api.execute(res.reorder, api.stream, 2, r) != dnnl_success) return false;
+  }
+  return api.stream_wait(api.stream) == dnnl_success;
+}
+
+}  // namespace
+
+// "oneDNN 3.2.0 (avx512_core_amx)" when the convolutions above can run, else why not
+extern "C" const char *MindDiffusionDnnlInfo() { return dnnl_api().info.c_str(); }
+
+#else
+namespace {
+bool dnnl_conv(int, const Conv &, const float *, const float *, float *) { return false; }
+}  // namespace
+
+extern "C" const char *MindDiffusionDnnlInfo() { return "built without oneDNN"; }
+#endif

@@ -89,10 +89,11 @@ def test_runtime_auto_picks_cpu_here_and_refuses_missing_devices(capsys):
 
 
 def test_env_defaults_respect_user_settings():
-    code = "import os, mind_diffusion; print(os.environ['ONEDNN_MAX_CPU_ISA'], os.environ['GLOG_v'])"
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "GLOG_v")}
+    keys = ("ONEDNN_MAX_CPU_ISA", "OMP_WAIT_POLICY", "GLOG_v")
+    code = f"import os, mind_diffusion; print(*(os.environ[k] for k in {keys!r}))"
+    env = {k: v for k, v in os.environ.items() if k not in keys}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True).stdout
-    assert out.split() == ["AVX2", "3"]
-    env.update(ONEDNN_MAX_CPU_ISA="AVX512_CORE", GLOG_v="1")
+    assert out.split() == ["AVX2", "PASSIVE", "3"]
+    env.update(ONEDNN_MAX_CPU_ISA="AVX512_CORE", OMP_WAIT_POLICY="ACTIVE", GLOG_v="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True).stdout
-    assert out.split() == ["AVX512_CORE", "1"]
+    assert out.split() == ["AVX512_CORE", "ACTIVE", "1"]

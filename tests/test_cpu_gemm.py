@@ -1,5 +1,5 @@
-"""The OpenBLAS CPU kernels (mind_diffusion/cpu_gemm.py, gemm_cpu.cc): convolutions (all three forms)
-and dense layers against the float64 closed form and against MindSpore's own kernels, forward and
+"""The OpenBLAS CPU kernels (mind_diffusion/cpu_gemm.py, gemm_cpu.cc): convolutions (all three forms,
+and the oneDNN convolutions where the onednn wheels are installed) and dense layers against the float64 closed form and against MindSpore's own kernels, forward and
 backward; GroupNorm / LayerNorm / GEGLU inference kernels and their backward; whole networks with and
 without them; how they are switched off, keyed and what falls back."""
 from __future__ import annotations
@@ -22,6 +22,20 @@ def blas_lib(monkeypatch):
         pytest.skip(f"the OpenBLAS CPU kernel is not available here: {cpu_gemm.unavailable_reason()}")
     monkeypatch.setattr(cpu_gemm, "MIN_WORK", 0)
     return lib
+
+
+@pytest.fixture(params=["onednn", "openblas"])
+def conv_path(request, blas_lib):
+    """Each convolution backend of the library: oneDNN (skipped where the wheels are not installed) and
+    the OpenBLAS forms (the library built with ``MIND_DIFFUSION_DNNL=off``)."""
+    if request.param == "openblas":
+        with cpu_gemm.openblas_convolutions():
+            assert cpu_gemm.conv_backend() == "openblas"
+            yield "openblas"
+        return
+    if cpu_gemm.conv_backend() != "onednn":
+        pytest.skip(f"the oneDNN convolutions are not available here: {cpu_gemm.dnnl_info()}")
+    yield "onednn"
 
 
 def _conv_closed_form(x, w, b, stride, pads, dilation):
@@ -74,7 +88,7 @@ CONVS = [(1, 32, 32, 33, 8, 3, 1, 1, 1), (2, 16, 32, 32, 8, 1, 1, 0, 1), (3, 8, 
 @pytest.mark.parametrize("case", CONVS, ids=["shifted", "1x1-per-image", "7x7-two-chunks", "small-images",
                                              "few-channels", "stride2", "tiny-image", "1x1-batched",
                                              "1x7-asym-pad", "dilated", "stride2-valid"])
-def test_convolution_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, blas_lib, case):
+def test_convolution_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, conv_path, case):
     n, c, h, w, o, k, s, p, d = case
     kw = dict(stride=s, pad_mode="pad" if p else "valid", padding=p, dilation=d, has_bias=True)
     with cpu_gemm.mindspore_kernels():
@@ -121,22 +135,42 @@ def test_dense_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, blas_l
         assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max())
 
 
-def test_small_products_keep_mindspores_kernels_and_large_ones_do_not(ms_mode, blas_lib, monkeypatch):
-    monkeypatch.setattr(cpu_gemm, "MIN_WORK", 1 << 25)
-    rng = np.random.default_rng(5)
-    for c, h, o, small in ((8, 8, 8, True), (64, 48, 64, False)):    # 37 k / 85 M multiply-adds per image
+def _small_and_large_convolutions(rng):
+    """(small, fast layer, MindSpore's layer, output of each, closed form) for a 37 k and an 85 M
+    multiply-add per image convolution."""
+    for c, h, o, small in ((8, 8, 8, True), (64, 48, 64, False)):
         with cpu_gemm.mindspore_kernels():
             ref = nn.Conv2d(c, o, 3, pad_mode="pad", padding=1, has_bias=True)
         fast = cpu_gemm.accelerate(nn.Conv2d(c, o, 3, pad_mode="pad", padding=1, has_bias=True))
         fast.weight.set_data(ref.weight.data.copy())
         fast.bias.set_data(ref.bias.data.copy())
         x = Tensor(rng.standard_normal((2, c, h, h)).astype(np.float32))
-        a, b = fast(x).asnumpy(), ref(x).asnumpy()
-        if small:
-            assert np.array_equal(a, b)           # the same MindSpore kernel
-        else:
-            want = _conv_closed_form(x.asnumpy(), ref.weight.asnumpy(), ref.bias.asnumpy(), (1, 1), (1,) * 4, (1, 1))
-            assert np.abs(a - want).max() <= 2e-5 * np.abs(want).max() and not np.array_equal(a, b)
+        want = _conv_closed_form(x.asnumpy(), ref.weight.asnumpy(), ref.bias.asnumpy(), (1, 1), (1,) * 4, (1, 1))
+        yield small, fast, fast(x).asnumpy(), ref(x).asnumpy(), want
+
+
+def test_small_products_keep_mindspores_kernels_and_large_ones_do_not(ms_mode, blas_lib, monkeypatch):
+    # the OpenBLAS forms: products below MIN_WORK stay with MindSpore's kernels
+    monkeypatch.setattr(cpu_gemm, "MIN_WORK", 1 << 25)
+    with cpu_gemm.openblas_convolutions():
+        for small, fast, a, b, want in _small_and_large_convolutions(np.random.default_rng(5)):
+            assert fast.conv2d.min_work == 1 << 25
+            if small:
+                assert np.array_equal(a, b)           # the same MindSpore kernel
+            else:
+                assert np.abs(a - want).max() <= 2e-5 * np.abs(want).max() and not np.array_equal(a, b)
+
+
+def test_onednn_takes_every_float32_convolution(ms_mode, blas_lib, monkeypatch):
+    if cpu_gemm.conv_backend() != "onednn":
+        pytest.skip(f"the oneDNN convolutions are not available here: {cpu_gemm.dnnl_info()}")
+    monkeypatch.setattr(cpu_gemm, "MIN_WORK", 1 << 25)
+    info = cpu_gemm.dnnl_info()
+    assert info.startswith("oneDNN 3.") and "(" in info      # its version and the instruction set it runs
+    for small, fast, a, b, want in _small_and_large_convolutions(np.random.default_rng(5)):
+        assert fast.conv2d.min_work == 0
+        assert np.abs(a - want).max() <= 2e-5 * np.abs(want).max()
+        assert np.abs(b - want).max() <= 2e-5 * np.abs(want).max()   # MindSpore's own kernel still runs beside it
 
 
 def test_other_dtypes_and_layers_keep_mindspores_kernels(blas_lib):
@@ -348,7 +382,7 @@ def test_switch_off_missing_blas_and_the_compile_cache_key(tmp_path, monkeypatch
         lib = cpu_gemm.library()
         assert lib is not None and lib.parent.parent == tmp_path / "kernels" and lib.name == "gemm_cpu.so"
         parts = compile_cache.key_parts(device_target="CPU", mode="graph", precision="float32", script_key={"x": 1})
-        assert parts["gemm"] == f"blas:{lib.parent.name}"
+        assert parts["gemm"] == f"blas:{lib.parent.name}:{cpu_gemm.conv_backend()}"
         assert "gemm" not in compile_cache.key_parts(device_target="GPU", mode="graph", precision="float16",
                                                      script_key={"x": 1})
         # no OpenBLAS with a CBLAS sgemm: MindSpore's kernels, one note that says why
@@ -416,3 +450,38 @@ def test_a_generic_openblas_core_falls_back_to_mindspores_kernels_with_a_note(tm
     assert out.stdout.split() == ["Prescott", "False", "False"]
     assert out.stderr.count("note: convolutions and dense layers use MindSpore's own CPU kernels") == 1
     assert f"generic 'Prescott' kernels" in out.stderr and f"OPENBLAS_CORETYPE={want}" in out.stderr
+
+
+def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(tmp_path, monkeypatch, blas_lib):
+    """The oneDNN install is found under $MIND_DIFFUSION_DNNL_ROOT first; a libdnnl.so.3 that cannot load
+    still builds, and its convolutions run the OpenBLAS forms (conv_backend says so); the switch builds
+    without oneDNN."""
+    from mind_diffusion import cpu_attention
+
+    real = cpu_gemm.onednn()
+    if real is None:
+        pytest.skip("no oneDNN install (the onednn-cpu-gomp and onednn-devel-cpu-gomp wheels) to build against")
+    fake = tmp_path / "dnnl"
+    (fake / "lib").mkdir(parents=True)
+    (fake / "lib" / "libdnnl.so.3").write_bytes(b"not a shared library")
+    (fake / "include").symlink_to(real[1])
+    monkeypatch.setenv(cpu_gemm.DNNL_ROOT_ENV, str(fake))
+    assert cpu_gemm.onednn() == (fake / "lib" / "libdnnl.so.3", fake / "include")
+    monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "kernels"))
+    saved = dict(cpu_gemm._state)
+    try:
+        cpu_gemm._state.clear()
+        assert cpu_gemm.library() is not None
+        assert cpu_gemm.dnnl_info().startswith(f"cannot load {fake / 'lib' / 'libdnnl.so.3'}")
+        assert cpu_gemm.conv_backend() == "openblas"
+        conv = cpu_gemm.accelerate(nn.Conv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=False))
+        x = np.random.default_rng(3).standard_normal((1, 8, 6, 6)).astype(np.float32)
+        want = _conv_closed_form(x, conv.weight.asnumpy(), np.zeros(8, np.float32), (1, 1), (1,) * 4, (1, 1))
+        assert np.abs(conv(Tensor(x)).asnumpy() - want).max() <= 2e-5 * np.abs(want).max()
+        cpu_gemm._state.clear()
+        monkeypatch.setenv(cpu_gemm.DNNL_SWITCH, "off")
+        assert cpu_gemm._dnnl_flags() == ([], [])
+        assert cpu_gemm.dnnl_info() == "built without oneDNN" and cpu_gemm.conv_backend() == "openblas"
+    finally:
+        cpu_gemm._state.clear()
+        cpu_gemm._state.update(saved)
