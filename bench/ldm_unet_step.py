@@ -147,8 +147,13 @@ def worker_ours(cfg, args, out_dir: Path) -> dict:
         from mind_diffusion import cpu_gemm
 
         raise SystemExit(f"asked for {args.kernels} kernels, got the other: {cpu_gemm.unavailable_reason()}")
-    attention = (f", {'OpenBLAS' if blas else 'MindSpore'} conv/dense/norm kernels, "
-                 f"{'fused' if fused else 'composed'} attention") if args.device == "CPU" else ""
+    kernels = "MindSpore conv/dense/norm kernels"
+    if blas:
+        from mind_diffusion import cpu_gemm
+
+        kernels = ("oneDNN conv, OpenBLAS dense/norm kernels" if cpu_gemm.conv_backend() == "onednn"
+                   else "OpenBLAS conv/dense/norm kernels")
+    attention = f", {kernels}, {'fused' if fused else 'composed'} attention" if args.device == "CPU" else ""
     return {"framework": f"MindSpore {ms.__version__} ({args.mode}, {args.device}{', fp16' if args.fp16 else ''}{attention})",
             "build_s": build_s, "first_s": first, "device_peak_mb": dev_mb,
             "times": times, "rss_weights_mb": rss_weights, "peak_rss_mb": peak_rss_mb(),
@@ -311,7 +316,7 @@ def main(argv=None):
     for r in rows:
         r["median_s"] = statistics.median(r["times"])
     ratios = {r["tag"]: rows[-1]["median_s"] / r["median_s"] for r in rows[:-1]}
-    label = {"ours": "ours" if args.device != "CPU" else "ours (OpenBLAS kernels, fused attention)",
+    label = {"ours": "ours" if args.device != "CPU" else "ours (the library's CPU kernels, fused attention)",
              "ours_composed": "ours (composed attention)", "ours_pynative": "ours (pynative)",
              "ours_mindspore": "ours (MindSpore's own conv/dense/norm kernels, fused attention)",
              "ours_cached": "ours (compile cache hit)"}
