@@ -56,6 +56,26 @@ def _conv_closed_form(x, w, b, stride, pads, dilation):
     return y + b.reshape(1, -1, 1, 1)
 
 
+def _conv_grads_closed_form(x, w, r, stride, pads, dilation):
+    """float64 gradients of sum(conv(x, w) + b) * r) with respect to x, w and b (the adjoint of
+    :func:`_conv_closed_form`)."""
+    x, w, r = x.astype(np.float64), w.astype(np.float64), r.astype(np.float64)
+    sh, sw = stride
+    dh, dw = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]))
+    o, _, kh, kw = w.shape
+    ho, wo = r.shape[2:]
+    dxp, dwt = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            dwt[:, :, i, j] = np.einsum("nchw,nohw->oc", xp[:, :, rows, cols], r)
+            dxp[:, :, rows, cols] += np.einsum("nohw,oc->nchw", r, w[:, :, i, j])
+    dx = dxp[:, :, pads[0]:dxp.shape[2] - pads[1], pads[2]:dxp.shape[3] - pads[3]]
+    return dx, dwt, r.sum(axis=(0, 2, 3))
+
+
 class _Grads(nn.Cell):
     """d sum(net(x) * r) / d (x, parameters)."""
 
@@ -110,9 +130,16 @@ def test_convolution_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, 
     # the names of the parameters are the layer's own (checkpoints load as before)
     assert [q.name for q in fast.get_parameters()] == [q.name for q in ref.get_parameters()]
     r = rng.standard_normal(want.shape).astype(np.float32)
-    for g_fast, g_ref, name in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r), ("x", "weight", "bias")):
+    exact = _conv_grads_closed_form(x, wt, r, (s, s), pads, (d, d))
+    for g_fast, g_ref, g, name in zip(_loss_grads(fast, x, r), _loss_grads(ref, x, r), exact, ("x", "weight", "bias")):
         assert np.abs(g_ref).max() > 1e-3, name
-        assert np.abs(g_fast - g_ref).max() <= 1e-5 * max(1.0, np.abs(g_ref).max()), name
+        # float32 sums of up to 49 k terms (the 7x7 weight gradient; oneDNN on one thread sums them in one
+        # run: 1.2e-5 of the largest entry, MindSpore's kernel 7e-7): within 2e-5 of the float64 closed
+        # form, relative to the gradient's largest entry, and of MindSpore's
+        scale = max(1.0, np.abs(g).max())
+        err_fast, err_ref = np.abs(g_fast - g).max(), np.abs(g_ref - g).max()
+        assert err_fast <= 2e-5 * scale and err_ref <= 2e-5 * scale, (name, err_fast, err_ref)
+        assert np.abs(g_fast - g_ref).max() <= 2e-5 * scale, name
 
 
 def test_dense_is_the_closed_form_and_its_backward_is_mindspores(ms_mode, blas_lib):
