@@ -757,6 +757,8 @@ struct DnnlApi {
   decltype(&dnnl_memory_desc_create_with_tag) md_create = nullptr;
   decltype(&dnnl_memory_desc_equal) md_equal = nullptr;
   decltype(&dnnl_memory_desc_get_size) md_size = nullptr;
+  decltype(&dnnl_memory_desc_destroy) md_destroy = nullptr;
+  decltype(&dnnl_primitive_desc_destroy) pd_destroy = nullptr;
   decltype(&dnnl_primitive_desc_query_md) query_md = nullptr;
   decltype(&dnnl_primitive_desc_query) query = nullptr;
   decltype(&dnnl_convolution_forward_primitive_desc_create) fwd_pd = nullptr;
@@ -802,6 +804,8 @@ DnnlApi &dnnl_api() {
     dnnl_sym(lib, "dnnl_memory_desc_create_with_tag", &api.md_create, &missing);
     dnnl_sym(lib, "dnnl_memory_desc_equal", &api.md_equal, &missing);
     dnnl_sym(lib, "dnnl_memory_desc_get_size", &api.md_size, &missing);
+    dnnl_sym(lib, "dnnl_memory_desc_destroy", &api.md_destroy, &missing);
+    dnnl_sym(lib, "dnnl_primitive_desc_destroy", &api.pd_destroy, &missing);
     dnnl_sym(lib, "dnnl_primitive_desc_query_md", &api.query_md, &missing);
     dnnl_sym(lib, "dnnl_primitive_desc_query", &api.query, &missing);
     dnnl_sym(lib, "dnnl_convolution_forward_primitive_desc_create", &api.fwd_pd, &missing);
@@ -877,38 +881,55 @@ bool make_operand(DnnlApi &api, const_dnnl_memory_desc_t user_md, const_dnnl_mem
   dnnl_primitive_desc_t rpd = nullptr;
   const dnnl_status_t st = output ? api.reorder_pd(&rpd, want, api.engine, user_md, api.engine, nullptr)
                                   : api.reorder_pd(&rpd, user_md, api.engine, want, api.engine, nullptr);
-  if (st != dnnl_success || api.primitive_create(&op->reorder, rpd) != dnnl_success) return false;
+  const bool made = st == dnnl_success && api.primitive_create(&op->reorder, rpd) == dnnl_success;
+  if (rpd != nullptr) api.pd_destroy(rpd);
+  if (!made) return false;
   op->offset = plan->arena;
   plan->arena += (api.md_size(want) + 63) / 64 * 64;
   return true;
 }
+
+// the descriptors a plan is made from, released when it is made (the primitives and memories keep copies)
+struct PlanDescs {
+  DnnlApi &api;
+  dnnl_memory_desc_t md[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  dnnl_primitive_desc_t fwd = nullptr, bwd = nullptr;
+  explicit PlanDescs(DnnlApi &a) : api(a) {}
+  ~PlanDescs() {
+    for (dnnl_memory_desc_t m : md)
+      if (m != nullptr) api.md_destroy(m);
+    if (fwd != nullptr) api.pd_destroy(fwd);
+    if (bwd != nullptr) api.pd_destroy(bwd);
+  }
+};
 
 // kind 0: forward (a = x, b = w, out = y); 1: input gradient (a = dy, b = w, out = dx); 2: weight
 // gradient (a = dy, b = x, out = dw)
 bool make_plan(DnnlApi &api, int kind, const Conv &c, Plan *plan) {
   const dnnl_dims_t xd = {c.N, c.C, c.H, c.W}, wd = {c.O, c.C, c.kh, c.kw}, yd = {c.N, c.O, c.Ho, c.Wo};
   const dnnl_dims_t strides = {c.sh, c.sw}, dil = {c.dh - 1, c.dw - 1}, pl = {c.pt, c.pl}, pr = {c.pb, c.pr};
-  dnnl_memory_desc_t xu, wu, yu, xa, wa, ya;
+  PlanDescs d(api);
+  dnnl_memory_desc_t &xu = d.md[0], &wu = d.md[1], &yu = d.md[2], &xa = d.md[3], &wa = d.md[4], &ya = d.md[5];
   if (api.md_create(&xu, 4, xd, dnnl_f32, dnnl_nchw) || api.md_create(&wu, 4, wd, dnnl_f32, dnnl_oihw) ||
       api.md_create(&yu, 4, yd, dnnl_f32, dnnl_nchw) || api.md_create(&xa, 4, xd, dnnl_f32, dnnl_format_tag_any) ||
       api.md_create(&wa, 4, wd, dnnl_f32, dnnl_format_tag_any) ||
       api.md_create(&ya, 4, yd, dnnl_f32, dnnl_format_tag_any))
     return false;
-  dnnl_primitive_desc_t fwd = nullptr, pd = nullptr;
-  if (api.fwd_pd(&fwd, api.engine, dnnl_forward_training, dnnl_convolution_direct, xa, wa, nullptr, ya, strides,
+  if (api.fwd_pd(&d.fwd, api.engine, dnnl_forward_training, dnnl_convolution_direct, xa, wa, nullptr, ya, strides,
                  dil, pl, pr, nullptr) != dnnl_success)
     return false;
+  dnnl_primitive_desc_t pd = d.fwd;
   bool ok = true;
   if (kind == 0) {
-    pd = fwd;
     ok = make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[0]) &&
          make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
                       &plan->ops[1]) &&
          make_operand(api, yu, api.query_md(pd, dnnl_query_dst_md, 0), DNNL_ARG_DST, true, plan, &plan->ops[2]);
   } else if (kind == 1) {
-    if (api.bwd_data_pd(&pd, api.engine, dnnl_convolution_direct, xa, wa, ya, strides, dil, pl, pr, fwd,
+    if (api.bwd_data_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, ya, strides, dil, pl, pr, d.fwd,
                         nullptr) != dnnl_success)
       return false;
+    pd = d.bwd;
     ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
                       &plan->ops[0]) &&
          make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
@@ -916,9 +937,10 @@ bool make_plan(DnnlApi &api, int kind, const Conv &c, Plan *plan) {
          make_operand(api, xu, api.query_md(pd, dnnl_query_diff_src_md, 0), DNNL_ARG_DIFF_SRC, true, plan,
                       &plan->ops[2]);
   } else {
-    if (api.bwd_weights_pd(&pd, api.engine, dnnl_convolution_direct, xa, wa, nullptr, ya, strides, dil, pl, pr,
-                           fwd, nullptr) != dnnl_success)
+    if (api.bwd_weights_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, nullptr, ya, strides, dil, pl, pr,
+                           d.fwd, nullptr) != dnnl_success)
       return false;
+    pd = d.bwd;
     ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
                       &plan->ops[0]) &&
          make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[1]) &&
