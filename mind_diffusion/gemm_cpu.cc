@@ -760,7 +760,6 @@ struct DnnlApi {
   decltype(&dnnl_memory_desc_destroy) md_destroy = nullptr;
   decltype(&dnnl_primitive_desc_destroy) pd_destroy = nullptr;
   decltype(&dnnl_primitive_desc_query_md) query_md = nullptr;
-  decltype(&dnnl_primitive_desc_query) query = nullptr;
   decltype(&dnnl_convolution_forward_primitive_desc_create) fwd_pd = nullptr;
   decltype(&dnnl_convolution_backward_data_primitive_desc_create) bwd_data_pd = nullptr;
   decltype(&dnnl_convolution_backward_weights_primitive_desc_create) bwd_weights_pd = nullptr;
@@ -807,7 +806,6 @@ DnnlApi &dnnl_api() {
     dnnl_sym(lib, "dnnl_memory_desc_destroy", &api.md_destroy, &missing);
     dnnl_sym(lib, "dnnl_primitive_desc_destroy", &api.pd_destroy, &missing);
     dnnl_sym(lib, "dnnl_primitive_desc_query_md", &api.query_md, &missing);
-    dnnl_sym(lib, "dnnl_primitive_desc_query", &api.query, &missing);
     dnnl_sym(lib, "dnnl_convolution_forward_primitive_desc_create", &api.fwd_pd, &missing);
     dnnl_sym(lib, "dnnl_convolution_backward_data_primitive_desc_create", &api.bwd_data_pd, &missing);
     dnnl_sym(lib, "dnnl_convolution_backward_weights_primitive_desc_create", &api.bwd_weights_pd, &missing);
@@ -863,7 +861,6 @@ struct Plan {
   dnnl_primitive_t primitive = nullptr;
   Operand ops[3];
   size_t arena = 0;  // bytes of blocked copies this plan needs
-  std::string impl;
 };
 
 std::vector<char> &arena() {
@@ -919,38 +916,32 @@ bool make_plan(DnnlApi &api, int kind, const Conv &c, Plan *plan) {
                  dil, pl, pr, nullptr) != dnnl_success)
     return false;
   dnnl_primitive_desc_t pd = d.fwd;
-  bool ok = true;
-  if (kind == 0) {
-    ok = make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[0]) &&
-         make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
-                      &plan->ops[1]) &&
-         make_operand(api, yu, api.query_md(pd, dnnl_query_dst_md, 0), DNNL_ARG_DST, true, plan, &plan->ops[2]);
-  } else if (kind == 1) {
-    if (api.bwd_data_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, ya, strides, dil, pl, pr, d.fwd,
-                        nullptr) != dnnl_success)
+  if (kind == 1 && api.bwd_data_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, ya, strides, dil, pl, pr,
+                                   d.fwd, nullptr) != dnnl_success)
+    return false;
+  if (kind == 2 && api.bwd_weights_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, nullptr, ya, strides,
+                                      dil, pl, pr, d.fwd, nullptr) != dnnl_success)
+    return false;
+  if (kind != 0) pd = d.bwd;
+  // the operands in dnnl_conv's order (a, b, out): which plain descriptor, what the primitive calls it
+  struct Port {
+    const_dnnl_memory_desc_t user;
+    dnnl_query_t query;
+    int arg;
+  };
+  const Port ports[3][3] = {
+      {{xu, dnnl_query_src_md, DNNL_ARG_SRC}, {wu, dnnl_query_weights_md, DNNL_ARG_WEIGHTS},
+       {yu, dnnl_query_dst_md, DNNL_ARG_DST}},
+      {{yu, dnnl_query_diff_dst_md, DNNL_ARG_DIFF_DST}, {wu, dnnl_query_weights_md, DNNL_ARG_WEIGHTS},
+       {xu, dnnl_query_diff_src_md, DNNL_ARG_DIFF_SRC}},
+      {{yu, dnnl_query_diff_dst_md, DNNL_ARG_DIFF_DST}, {xu, dnnl_query_src_md, DNNL_ARG_SRC},
+       {wu, dnnl_query_diff_weights_md, DNNL_ARG_DIFF_WEIGHTS}}};
+  for (int i = 0; i < 3; ++i) {
+    const Port &port = ports[kind][i];
+    if (!make_operand(api, port.user, api.query_md(pd, port.query, 0), port.arg, i == 2, plan, &plan->ops[i]))
       return false;
-    pd = d.bwd;
-    ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
-                      &plan->ops[0]) &&
-         make_operand(api, wu, api.query_md(pd, dnnl_query_weights_md, 0), DNNL_ARG_WEIGHTS, false, plan,
-                      &plan->ops[1]) &&
-         make_operand(api, xu, api.query_md(pd, dnnl_query_diff_src_md, 0), DNNL_ARG_DIFF_SRC, true, plan,
-                      &plan->ops[2]);
-  } else {
-    if (api.bwd_weights_pd(&d.bwd, api.engine, dnnl_convolution_direct, xa, wa, nullptr, ya, strides, dil, pl, pr,
-                           d.fwd, nullptr) != dnnl_success)
-      return false;
-    pd = d.bwd;
-    ok = make_operand(api, yu, api.query_md(pd, dnnl_query_diff_dst_md, 0), DNNL_ARG_DIFF_DST, false, plan,
-                      &plan->ops[0]) &&
-         make_operand(api, xu, api.query_md(pd, dnnl_query_src_md, 0), DNNL_ARG_SRC, false, plan, &plan->ops[1]) &&
-         make_operand(api, wu, api.query_md(pd, dnnl_query_diff_weights_md, 0), DNNL_ARG_DIFF_WEIGHTS, true, plan,
-                      &plan->ops[2]);
   }
-  if (!ok || api.primitive_create(&plan->primitive, pd) != dnnl_success) return false;
-  const char *impl = nullptr;
-  if (api.query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl != nullptr) plan->impl = impl;
-  return true;
+  return api.primitive_create(&plan->primitive, pd) == dnnl_success;
 }
 
 bool dnnl_conv(int kind, const Conv &c, const float *a, const float *b, float *out) {

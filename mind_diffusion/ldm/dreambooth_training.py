@@ -418,7 +418,7 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
     from ..diffusion.schedule import schedule_from_config
     from ..text.factory import build_tokenizer
     from ..train.validate import check_number
-    from .training import (build_train_model, check_ldm_train_config, compute_latent_cache,
+    from .training import (LatentDiffusionLoss, build_train_model, check_ldm_train_config, compute_latent_cache,
                            finish_ldm_trainer, latent_shape_of, lora_enabled, make_batch_dataset,
                            resolve_total_steps, resolve_train_vocab)
     from ..train.schedules import check_delay_start
@@ -506,8 +506,6 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
                                caption_dropout=float(d.caption_dropout), klass=klass, latents=latents,
                                class_latents=class_latents, steps_per_epoch=steps_per_epoch,
                                instance_weights=instance_weights, instance_t_min=int(db.instance_t_min))
-    from .training import LatentDiffusionLoss
-
     base = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder), bool(t.schedule_fp16),
                                cached=latents is not None, loss_weighting=str(t.loss_weighting))
     loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior, subject_weighted)
