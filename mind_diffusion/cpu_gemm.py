@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 from . import cpu_attention
@@ -45,6 +46,7 @@ SOURCE = Path(__file__).with_name("gemm_cpu.cc")
 ENV_SWITCH = "MIND_DIFFUSION_BLAS"
 DNNL_SWITCH = "MIND_DIFFUSION_DNNL"
 DNNL_ROOT_ENV = "MIND_DIFFUSION_DNNL_ROOT"
+NO_DNNL = "built without oneDNN"   # MindDiffusionDnnlInfo of a library built without it
 OFF_VALUES = cpu_attention.OFF_VALUES
 # (symbol, integer type) in the order tried: numpy's ILP64 build, scipy's, a plain LP64 OpenBLAS
 SYMBOLS = (("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"), ("cblas_sgemm", "int"))
@@ -102,17 +104,25 @@ def onednn() -> tuple[Path, Path] | None:
     """(``libdnnl.so.3``, include folder) of an installed oneDNN 3.x (the onednn-cpu-gomp and
     onednn-devel-cpu-gomp wheels put them under the environment's prefix), or None."""
     import site
-    import sys
 
-    roots = [os.environ[DNNL_ROOT_ENV]] if os.environ.get(DNNL_ROOT_ENV) else []
-    roots += [sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None) or ""]
-    for root in roots:
-        if not root:
-            continue
+    def holds(root: str) -> tuple[Path, Path] | None:
         lib, inc = Path(root) / "lib" / "libdnnl.so.3", Path(root) / "include"
         version = inc / "oneapi" / "dnnl" / "dnnl_version.h"
         if lib.is_file() and version.is_file() and "DNNL_VERSION_MAJOR 3" in version.read_text(errors="replace"):
             return lib, inc
+        return None
+
+    named = os.environ.get(DNNL_ROOT_ENV)
+    if named:
+        found = holds(named)
+        if found is not None:
+            return found
+        print(f"note: {DNNL_ROOT_ENV}={named} holds no oneDNN 3 (lib/libdnnl.so.3 and "
+              f"include/oneapi/dnnl/dnnl_version.h); looking in this Python environment instead", file=sys.stderr)
+    for root in (sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None)):
+        found = holds(root) if root else None
+        if found is not None:
+            return found
     return None
 
 
@@ -177,7 +187,14 @@ def conv_backend() -> str:
     least ``MIN_WORK``; smaller ones MindSpore's) or "mindspore" (not :func:`enabled`)."""
     if not enabled():
         return "mindspore"
-    return "onednn" if dnnl_info().startswith("oneDNN ") else "openblas"
+    info = dnnl_info()
+    if info.startswith("oneDNN "):
+        return "onednn"
+    if info != NO_DNNL and not _state.get("told_dnnl"):
+        # built against a oneDNN that does not run here: say so once
+        _state["told_dnnl"] = True
+        print(f"note: convolutions use the OpenBLAS kernels: {info}", file=sys.stderr)
+    return "openblas"
 
 
 def openblas_convolutions():

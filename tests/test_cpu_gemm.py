@@ -479,10 +479,11 @@ def test_a_generic_openblas_core_falls_back_to_mindspores_kernels_with_a_note(tm
     assert f"generic 'Prescott' kernels" in out.stderr and f"OPENBLAS_CORETYPE={want}" in out.stderr
 
 
-def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(tmp_path, monkeypatch, blas_lib):
-    """The oneDNN install is found under $MIND_DIFFUSION_DNNL_ROOT first; a libdnnl.so.3 that cannot load
-    still builds, and its convolutions run the OpenBLAS forms (conv_backend says so); the switch builds
-    without oneDNN."""
+def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(tmp_path, monkeypatch, capsys,
+                                                                                  blas_lib):
+    """The oneDNN install is found under $MIND_DIFFUSION_DNNL_ROOT first (a root without it: one note, then
+    the environment's); a libdnnl.so.3 that cannot load still builds, and its convolutions run the OpenBLAS
+    forms (conv_backend says so, in one note); the switch builds without oneDNN, silently."""
     from mind_diffusion import cpu_attention
 
     real = cpu_gemm.onednn()
@@ -492,6 +493,10 @@ def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(t
     (fake / "lib").mkdir(parents=True)
     (fake / "lib" / "libdnnl.so.3").write_bytes(b"not a shared library")
     (fake / "include").symlink_to(real[1])
+    monkeypatch.setenv(cpu_gemm.DNNL_ROOT_ENV, str(tmp_path / "nowhere"))
+    assert cpu_gemm.onednn() == real
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{cpu_gemm.DNNL_ROOT_ENV}={tmp_path / 'nowhere'} holds no oneDNN 3" in err
     monkeypatch.setenv(cpu_gemm.DNNL_ROOT_ENV, str(fake))
     assert cpu_gemm.onednn() == (fake / "lib" / "libdnnl.so.3", fake / "include")
     monkeypatch.setenv(cpu_attention.ENV_CACHE, str(tmp_path / "kernels"))
@@ -500,7 +505,9 @@ def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(t
         cpu_gemm._state.clear()
         assert cpu_gemm.library() is not None
         assert cpu_gemm.dnnl_info().startswith(f"cannot load {fake / 'lib' / 'libdnnl.so.3'}")
-        assert cpu_gemm.conv_backend() == "openblas"
+        assert cpu_gemm.conv_backend() == "openblas" and cpu_gemm.conv_backend() == "openblas"
+        err = capsys.readouterr().err
+        assert err.count("note: convolutions use the OpenBLAS kernels: cannot load") == 1, err
         conv = cpu_gemm.accelerate(nn.Conv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=False))
         x = np.random.default_rng(3).standard_normal((1, 8, 6, 6)).astype(np.float32)
         want = _conv_closed_form(x, conv.weight.asnumpy(), np.zeros(8, np.float32), (1, 1), (1,) * 4, (1, 1))
@@ -508,7 +515,8 @@ def test_onednn_is_found_built_in_and_an_unloadable_one_falls_back_to_openblas(t
         cpu_gemm._state.clear()
         monkeypatch.setenv(cpu_gemm.DNNL_SWITCH, "off")
         assert cpu_gemm._dnnl_flags() == ([], [])
-        assert cpu_gemm.dnnl_info() == "built without oneDNN" and cpu_gemm.conv_backend() == "openblas"
+        assert cpu_gemm.dnnl_info() == cpu_gemm.NO_DNNL and cpu_gemm.conv_backend() == "openblas"
+        assert "note:" not in capsys.readouterr().err
     finally:
         cpu_gemm._state.clear()
         cpu_gemm._state.update(saved)
