@@ -156,6 +156,24 @@ def test_seeds_reproduce_and_image_k_alone(pipe, graph_mode):
     assert np.abs(empty[64] - two[64]).max() > 1e-3  # the unconditional branch matters
 
 
+def test_snr_scale_of_the_config_is_the_chain_the_base_is_sampled_on(tiny_dir):
+    """``diffusion.base_snr_scale``: the base stage samples the cosine chain with its SNRs scaled (a model
+    trained with ``diffusion.snr_scale``); the images change with it; a bad value is one clear line."""
+    from mind_diffusion.config import ConfigError
+    from mind_diffusion.glide import diffusion as gd
+
+    shifted = make_pipe(tiny_dir, stages=64, overrides=["diffusion.base_snr_scale=0.0625"])
+    plain = make_pipe(tiny_dir, stages=64)
+    np.testing.assert_array_equal(shifted.schedule("base").alphas_cumprod,
+                                  gd.base_diffusion(snr_scale=0.0625).alphas_cumprod)
+    np.testing.assert_array_equal(plain.schedule("base").alphas_cumprod, gd.base_diffusion().alphas_cumprod)
+    kw = dict(num_inference_steps=3, progress=False, output_type="np", seed=3)
+    assert np.abs(shifted(PROMPTS[0], **kw)[64] - plain(PROMPTS[0], **kw)[64]).max() > 1e-2
+    bad = make_pipe(tiny_dir, stages=64, overrides=["diffusion.base_snr_scale=-1"])
+    with pytest.raises(ConfigError, match="diffusion.base_snr_scale must be a number > 0"):
+        bad(PROMPTS[0], **kw)
+
+
 def test_nan_guard_keeps_earlier_stages(pipe, graph_mode):
     from mindspore import Tensor
 

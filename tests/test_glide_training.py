@@ -48,10 +48,10 @@ def shapes_data(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- loss, closed form
-def _schedule(stage):
+def _schedule(stage, snr_scale=1.0):
     from mind_diffusion.glide import diffusion as gd
 
-    return gd.base_diffusion() if stage == "base" else gd.sr_diffusion()
+    return (gd.base_diffusion if stage == "base" else gd.sr_diffusion)(snr_scale=snr_scale)
 
 
 def _tensors(seed=0, b=6, s=8):
@@ -66,7 +66,7 @@ def _tensors(seed=0, b=6, s=8):
     return x0, noise, np.concatenate([eps, v], 1), t
 
 
-def _fixed_output_loss(stage, out, vb_weight=1.0, **loss_kw):
+def _fixed_output_loss(stage, out, vb_weight=1.0, snr_scale=1.0, **loss_kw):
     """GlideHybridLoss around a 'net' whose output is a Parameter (the given array)."""
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn
@@ -86,7 +86,7 @@ def _fixed_output_loss(stage, out, vb_weight=1.0, **loss_kw):
             return self.out * 1.0
 
     net = Base() if stage == "base" else SR()
-    return GlideHybridLoss(net, _schedule(stage), stage == "sr", vb_weight=vb_weight, clip_denoised=True,
+    return GlideHybridLoss(net, _schedule(stage, snr_scale), stage == "sr", vb_weight=vb_weight, clip_denoised=True,
                            **loss_kw), net
 
 
@@ -171,6 +171,31 @@ def test_hybrid_loss_matches_closed_form_and_torch(stage):
     terr = max(np.abs(mse - tm.numpy()).max(), np.abs(vb - tv.numpy()).max(), abs(total - float(tl)))
     print(f"[glide-train] {stage} loss vs torch: max |error| {terr:.1e}")
     assert terr <= 1e-5
+
+
+def test_hybrid_loss_on_a_shifted_chain_matches_torch_and_the_config_picks_it():
+    """``diffusion.snr_scale=0.0625``: the trainer's chain is the cosine one with every SNR / 16, and the
+    hybrid loss on it (VLB at t = 0 and 999 included) equals the torch reference given those betas."""
+    from mind_diffusion.config import ConfigError, load_config
+    from mind_diffusion.glide.training import glide_train_config_defaults, schedule_for
+
+    cfg_file = ROOT / "configs/glide/shapes-base.yaml"
+    cfg = load_config(str(cfg_file), ["diffusion.snr_scale=0.0625"], glide_train_config_defaults())
+    sched, plain = schedule_for(cfg), _schedule("base")
+    np.testing.assert_allclose(sched.alphas_cumprod, _schedule("base", 0.0625).alphas_cumprod, rtol=0, atol=0)
+    snr = lambda a: a / (1 - a)  # noqa: E731
+    np.testing.assert_allclose(snr(sched.alphas_cumprod[1:990]), snr(plain.alphas_cumprod[1:990]) / 16, rtol=1e-9)
+    x0, noise, out, t = _tensors(seed=11)
+    loss_net, _ = _fixed_output_loss("base", out, snr_scale=0.0625)
+    mse, vb = (a.asnumpy() for a in loss_net.terms(*_inputs("base", x0, noise, t)))
+    torch = pytest.importorskip("torch", reason="torch (requirements-dev.txt) gives the independent reference")
+    tm, tv, _ = torch_hybrid(sched.betas, x0, noise, torch.as_tensor(out, dtype=torch.float64), t)
+    assert max(np.abs(mse - tm.numpy()).max(), np.abs(vb - tv.numpy()).max()) <= 1e-5
+    _, pv, _ = torch_hybrid(plain.betas, x0, noise, torch.as_tensor(out, dtype=torch.float64), t)
+    assert np.abs(vb - pv.numpy()).max() > 1e-3        # the shift changes the VLB targets
+    for bad in ("0", "-1", "0.0"):
+        with pytest.raises(ConfigError, match="diffusion.snr_scale must be a number > 0"):
+            schedule_for(load_config(str(cfg_file), [f"diffusion.snr_scale={bad}"], glide_train_config_defaults()))
 
 
 @pytest.mark.parametrize("stage", ["base", "sr"])

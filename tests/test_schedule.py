@@ -167,3 +167,34 @@ def test_schedule_rejects_bad_betas():
         DiffusionSchedule(np.array([0.1, -0.1]))
     with pytest.raises(ValueError, match="unknown beta schedule"):
         DiffusionSchedule.create("nope")
+
+
+# ----------------------------------------------------------------------------- SNR scale
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+@pytest.mark.parametrize("scale", [0.0625, 0.25, 4.0])
+def test_snr_scale_multiplies_every_steps_snr(kind, scale):
+    """``scale_snr``: SNR'_t = s * SNR_t at every step whose beta the 0.999 cap leaves alone (closed
+    form: abar' = s abar / (1 - abar + s abar)); s = 1 is the schedule itself; respacing keeps it."""
+    from mind_diffusion.diffusion.schedule import scale_snr
+
+    betas = make_betas(kind, 1000)
+    np.testing.assert_array_equal(scale_snr(betas, 1.0), betas)
+    sched = DiffusionSchedule.create(kind, 1000, snr_scale=scale)
+    plain = DiffusionSchedule.create(kind, 1000)
+    a, p = np.asarray(sched.alphas_cumprod, np.float64), np.asarray(plain.alphas_cumprod, np.float64)
+    uncapped = np.asarray(sched.betas) < 0.999
+    assert uncapped[:990].all()
+    np.testing.assert_allclose((a / (1 - a))[uncapped], scale * (p / (1 - p))[uncapped], rtol=1e-9)
+    assert np.all(np.diff(a) < 0) and 0 < a[-1] < a[0] <= 1
+    short, short_plain = sched.respace("60"), plain.respace("60")
+    np.testing.assert_array_equal(short.timestep_map, short_plain.timestep_map)
+    sa, sp = np.asarray(short.alphas_cumprod, np.float64), np.asarray(short_plain.alphas_cumprod, np.float64)
+    np.testing.assert_allclose((sa / (1 - sa))[:-1], scale * (sp / (1 - sp))[:-1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("inf"), float("nan")])
+def test_snr_scale_must_be_positive(bad):
+    from mind_diffusion.diffusion.schedule import scale_snr
+
+    with pytest.raises(ValueError, match="snr_scale must be a finite number > 0"):
+        scale_snr(make_betas("cosine", 100), bad)

@@ -118,6 +118,28 @@ def make_betas(
     raise ValueError(f"unknown beta schedule {kind!r}; expected one of {BETA_SCHEDULES}")
 
 
+def scale_snr(betas, snr_scale: float, max_beta: float = 0.999) -> np.ndarray:
+    """The betas of the chain whose signal-to-noise ratio at every step is ``snr_scale`` times that
+    of ``betas``' chain: ``SNR_t = abar_t / (1 - abar_t)`` becomes ``snr_scale * SNR_t``, so
+    ``abar'_t = s * abar_t / (1 - abar_t + s * abar_t)``, and ``beta'_t = 1 - abar'_t / abar'_{t-1}``
+    (``abar'_{-1} = 1``), capped at ``max_beta`` as the cosine schedule's betas are.
+
+    ``snr_scale < 1`` is the "shifted" schedule of Hoogeboom et al. (simple diffusion, 2023) for images
+    whose objects span many pixels: at the cosine schedule's noise levels a 64 px image still shows
+    where its objects are until very late in the chain, so a model can read the layout from ``x_t``
+    and never learns it from the text. ``1`` returns ``betas`` unchanged."""
+    s = float(snr_scale)
+    if not (math.isfinite(s) and s > 0.0):
+        raise ValueError(f"snr_scale must be a finite number > 0, got {snr_scale!r}")
+    betas = np.asarray(betas, dtype=np.float64)
+    if s == 1.0:
+        return betas.copy()
+    abar = np.cumprod(1.0 - betas)
+    shifted = s * abar / (1.0 - abar + s * abar)
+    prev = np.concatenate([[1.0], shifted[:-1]])
+    return np.minimum(1.0 - shifted / prev, max_beta)
+
+
 def _check_beta_range(kind: str, start: float, end: float) -> None:
     for label, value in (("beta_start", start), ("beta_end", end)):
         if not (0.0 < value < 1.0):
@@ -334,9 +356,12 @@ class DiffusionSchedule:
     @classmethod
     def create(cls, kind: str = "linear", num_timesteps: int = 1000,
                beta_start: Optional[float] = None, beta_end: Optional[float] = None,
-               coeff_dtype: str = "float64") -> "DiffusionSchedule":
-        """Build an unrespaced schedule from a named beta schedule (see :func:`make_betas`)."""
+               coeff_dtype: str = "float64", snr_scale: float = 1.0) -> "DiffusionSchedule":
+        """Build an unrespaced schedule from a named beta schedule (see :func:`make_betas`), its
+        signal-to-noise ratios scaled by ``snr_scale`` (:func:`scale_snr`; 1: the named schedule)."""
         betas = make_betas(kind, num_timesteps, beta_start, beta_end)
+        if float(snr_scale) != 1.0:
+            betas = scale_snr(betas, snr_scale)
         canonical = kind.strip().lower()
         if canonical == "cosine":
             canonical = "squaredcos_cap_v2"

@@ -114,6 +114,10 @@ def glide_config_defaults() -> dict:
         # base stage: ancestral sampling over respacing "60" of the cosine schedule (the
         # original); any core sampler by name. Super-resolution: DDIM over "fast27" (27 only), from
         # noise (super_res_strength 1, the original) or, below 1, from the noised enlarged low-res image.
+        # the chains the networks were trained on: snr_scale s multiplies the base (or SR) cosine
+        # (linear) schedule's signal-to-noise ratios (1: the released models; a model trained with
+        # diffusion.snr_scale s is sampled with the same s)
+        "diffusion": {"base_snr_scale": 1.0, "sr_snr_scale": 1.0},
         "sampling": sampling_defaults(
             sampler="ddpm", num_inference_steps=60, guidance_scale=5.0, height=64, width=64,
             num_images_per_prompt=8, seed=0, negative_prompt="", super_res_steps=27, super_res_strength=1.0,

@@ -30,12 +30,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..config import ConfigError
 from ..diffusion.schedule import COEFF_DTYPES, DiffusionSchedule
 
 __all__ = [
     "BASE_NUM_TIMESTEPS", "BASE_SCHEDULE", "SR_SCHEDULE", "SR_RESPACING", "SR_STEPS",
     "UPSAMPLE_TEMP", "UNCOND_MODES", "COEFF_DTYPES",
-    "base_diffusion", "sr_diffusion", "base_schedule", "sr_schedule", "check_steps",
+    "base_diffusion", "sr_diffusion", "base_schedule", "sr_schedule", "check_steps", "check_snr_scale",
     "check_super_res_steps", "random_uncond_tokens", "empty_uncond_tokens", "guided_model_fn",
     "quantize_low_res", "make_rngs", "base_noise", "sr_noise",
 ]
@@ -58,21 +59,33 @@ def check_steps(steps, what: str = "denoise steps") -> int:
     return int(steps)
 
 
-def base_diffusion(coeff_dtype: str = "float64") -> DiffusionSchedule:
-    """The base model's 1000-step cosine schedule (what the samplers take)."""
-    return DiffusionSchedule.create(BASE_SCHEDULE, BASE_NUM_TIMESTEPS, coeff_dtype=coeff_dtype)
+def check_snr_scale(value, key: str = "diffusion.snr_scale") -> float:
+    """A schedule's ``snr_scale`` as a float > 0 (1: the schedule as released), else one clear line
+    naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < float("inf"):
+        raise ConfigError(f"{key} must be a number > 0 (1: the released schedule; below 1 shifts it towards "
+                          f"noise, e.g. 0.0625), got {value!r}")
+    return float(value)
 
 
-def sr_diffusion(coeff_dtype: str = "float64") -> DiffusionSchedule:
-    """The super-resolution model's 1000-step linear schedule."""
-    return DiffusionSchedule.create(SR_SCHEDULE, BASE_NUM_TIMESTEPS, coeff_dtype=coeff_dtype)
+def base_diffusion(coeff_dtype: str = "float64", snr_scale: float = 1.0) -> DiffusionSchedule:
+    """The base model's 1000-step cosine schedule (what the samplers take); ``snr_scale`` != 1 scales
+    its signal-to-noise ratios (a model trained with ``diffusion.snr_scale``; the released ones: 1)."""
+    return DiffusionSchedule.create(BASE_SCHEDULE, BASE_NUM_TIMESTEPS, coeff_dtype=coeff_dtype,
+                                    snr_scale=snr_scale)
 
 
-def base_schedule(steps: int = 60, coeff_dtype: str = "float64") -> DiffusionSchedule:
+def sr_diffusion(coeff_dtype: str = "float64", snr_scale: float = 1.0) -> DiffusionSchedule:
+    """The super-resolution model's 1000-step linear schedule (``snr_scale``: as for the base)."""
+    return DiffusionSchedule.create(SR_SCHEDULE, BASE_NUM_TIMESTEPS, coeff_dtype=coeff_dtype,
+                                    snr_scale=snr_scale)
+
+
+def base_schedule(steps: int = 60, coeff_dtype: str = "float64", snr_scale: float = 1.0) -> DiffusionSchedule:
     """The chain the base model is sampled on by default: respacing ``str(steps)`` of the
     cosine schedule (``--denoise_steps``; 60 in the original)."""
     steps = check_steps(steps)
-    return base_diffusion(coeff_dtype).respace(str(steps))
+    return base_diffusion(coeff_dtype, snr_scale).respace(str(steps))
 
 
 def check_super_res_steps(steps) -> int:

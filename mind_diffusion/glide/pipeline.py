@@ -282,8 +282,14 @@ class GlidePipeline:
         in this pipeline's ``coeff_dtype`` (built once)."""
         if kind not in self._schedules:
             make = gd.base_diffusion if kind == "base" else gd.sr_diffusion
-            self._schedules[kind] = make(self.coeff_dtype)
+            self._schedules[kind] = make(self.coeff_dtype, self.snr_scale(kind))
         return self._schedules[kind]
+
+    def snr_scale(self, kind: str) -> float:
+        """``diffusion.base_snr_scale`` / ``sr_snr_scale`` of the config (1 when it has none)."""
+        key = f"{kind}_snr_scale"
+        section = self.cfg.get("diffusion") if hasattr(self.cfg, "get") else None
+        return gd.check_snr_scale(section.get(key, 1.0) if section is not None else 1.0, f"diffusion.{key}")
 
     def _base_model_fn(self, tokens, mask, scale, uncond, rngs, negative=None) -> Callable:
         def step(x, t, tok2, mask2, s):

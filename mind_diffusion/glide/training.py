@@ -133,7 +133,12 @@ def glide_train_config_defaults() -> dict:
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
                       "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0, "inv_snr_cap": 20.0,
                       "foreground_weight": 0.0, "foreground_threshold": 0.1,
-                      "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0},
+                      "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0,
+                      # snr_scale s (1, the original): the chain's signal-to-noise ratio at every step
+                      # times s (schedule.scale_snr); s < 1 moves the noise levels at which a 64 px
+                      # image's layout is still visible in x_t earlier, so the text has to decide it.
+                      # A model trained with s is sampled with the same s (model.base_snr_scale)
+                      "snr_scale": 1.0},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
             # each captions file "<image path>\\t<caption>[\\t<caption> ...]"); csv: data.path/*.csv
@@ -255,7 +260,9 @@ def schedule_for(cfg):
     if int(cfg.diffusion.num_timesteps) != 1000:
         raise ConfigError(f"diffusion.num_timesteps must be 1000 (the released models' chain and the "
                           f"samplers' respacings), got {cfg.diffusion.num_timesteps}")
-    return gd.base_diffusion() if kind == "cosine" else gd.sr_diffusion()
+    return (gd.base_diffusion if kind == "cosine" else gd.sr_diffusion)(snr_scale=gd.check_snr_scale(cfg.diffusion.snr_scale))
+
+
 
 
 # ---------------------------------------------------------------------------------------- data
