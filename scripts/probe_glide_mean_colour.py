@@ -6,6 +6,14 @@ input's mean colour (see mind_diffusion/glide/diagnostics.py for what the number
     python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-sr.yaml \\
         --ckpt models/glide_shapes/glide_super_res.ckpt --set data.path=data/shapes_glide256
 
+--captions (shapes-world data) probes the text instead: for each --t, the objects' error (in x0 units)
+with the true captions and with each caption's places, colours or shapes swapped, or empty
+(mind_diffusion/glide/diagnostics.py: caption_probe_rows); writes captions.md and captions.csv. A swap
+that costs nothing at every t is a word the model does not use:
+
+    python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-base-v3.yaml \
+        --ckpt runs/glide-shapes-base-v3/checkpoints/step_0008000.ckpt --captions --t 200 400 600 800 900
+
 The images are the last --n pairs of the config's data at the training size (the SR stage's crops,
 with their low-res crops as its input), captioned; for each --t the eps error against the noise
 that made x_t, per pixel and of k x k block means scaled by k^2 (1 = no skill at that scale, 0 =
@@ -28,6 +36,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=32, help="images probed (the data's last N pairs)")
     p.add_argument("--t", type=int, nargs="+", default=[50, 300, 600, 850, 970, 995], help="timesteps")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--captions", action="store_true",
+                   help="probe what the model reads from the captions (places, colours, shapes swapped; "
+                        "shapes-world captions, base stage)")
     p.add_argument("--out", default="output/glide_probe", help="output folder (created)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. data.path=DIR")
     args = p.parse_args(argv)
@@ -75,6 +86,8 @@ def main(argv=None):
             return net(ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)), *cond, tokens, mask).asnumpy()
 
         out = check_output_dir(args.out)
+        if args.captions:
+            return caption_probe(net, tok, ncfg, x0, data, sched, cond, what, out)
         pools = sorted({k for k in (4, 8, size) if size % k == 0})
         rows = probe_rows(eps_fn, x0, sched.alphas_cumprod, args.t, pools, seed=args.seed)
         md = (f"# Eps skill by scale and mean-colour slope\n\n{stage} model, {args.ckpt} ({what}); "
@@ -89,6 +102,39 @@ def main(argv=None):
             w.writerows(rows)
         print(md)
         print(f"wrote {out / 'probe.md'} and probe.csv")
+
+    def caption_probe(net, tok, ncfg, x0, data, sched, cond, what, out):
+        import mindspore as ms
+        import numpy as np
+
+        from mind_diffusion.glide.diagnostics import caption_probe_rows, rows_markdown
+        from mind_diffusion.text.sentencepiece_tokenizer import padded_tokens_and_mask
+
+        if cond:
+            raise ValueError("--captions probes a base model (its captions decide the picture); this config is "
+                             "the super-resolution stage's")
+        ctx = int(ncfg["text_ctx"])
+
+        def eps_fn(x, t, captions):
+            rows = [padded_tokens_and_mask(tok.encode(c) if c else [], ctx, tok.end_token) for c in captions]
+            tokens = ms.Tensor(np.stack([r[0] for r in rows]))
+            mask = ms.Tensor(np.stack([r[1] for r in rows]))
+            return net(ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)), tokens, mask).asnumpy()
+
+        captions = [c[0] for c in data.captions[:len(x0)]]
+        rows = caption_probe_rows(eps_fn, x0, captions, sched.alphas_cumprod, args.t, seed=args.seed)
+        md = (f"# What the base model reads from its captions\n\n{args.ckpt} ({what}); {len(x0)} images of "
+              f"{args.config}'s data.\n\nThe objects' squared error in x0 units (eps error x (1 - abar) / abar, "
+              f"over the pixels unlike the border colour) with the true captions and with every place, object "
+              f"colour or shape swapped, or the caption empty. A swap costing nothing: a word not used at that t.\n\n"
+              + rows_markdown(rows))
+        (out / "captions.md").write_text(md, encoding="utf-8")
+        with open(out / "captions.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print(md)
+        print(f"wrote {out / 'captions.md'} and captions.csv")
 
     return run_cli(job)
 

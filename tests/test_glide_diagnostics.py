@@ -60,6 +60,48 @@ def test_probe_rows_of_an_oracle():
         probe_rows(oracle, x0, abar, [1000], [4])
 
 
+def test_swap_caption_moves_each_word_kind_alone():
+    from mind_diffusion.glide.diagnostics import swap_caption
+
+    cap = "黑色背景上，左侧有一个红色的圆形，右边有一个蓝色的星形"
+    assert swap_caption(cap, "true") == cap and swap_caption(cap, "empty") == ""
+    assert swap_caption(cap, "place") == "黑色背景上，右边有一个红色的圆形，左边有一个蓝色的星形"
+    assert swap_caption(cap, "colour") == "黑色背景上，左侧有一个绿色的圆形，右边有一个黑色的星形"  # background kept
+    assert swap_caption(cap, "shape") == "黑色背景上，左侧有一个红色的正方形，右边有一个蓝色的圆形"
+    assert swap_caption("画面中央是一个黄色的三角形", "place") == "画面左边是一个黄色的三角形"
+    assert swap_caption("上方有一个紫色的正方形", "place") == "下面有一个紫色的正方形"
+    with pytest.raises(ValueError, match="what must be one of"):
+        swap_caption(cap, "size")
+
+
+def test_caption_probe_of_an_oracle_that_reads_only_true_captions():
+    """An eps predictor that knows x0 for the true captions and predicts the plain background for any
+    other: the true row is 0 and every other row is the objects' mean squared contrast (closed form),
+    at every t, because the error is read in x0 units."""
+    from mind_diffusion.glide.diagnostics import caption_probe_rows, foreground
+
+    x0 = np.full((2, 3, 8, 8), -0.6)
+    x0[0, 0, 2:5, 1:4] = 0.9                    # a red-ish square on image 0 (contrast 1.5, 9 pixels)
+    x0[1, :, 5:7, 5:7] = 0.2                    # a grey square on image 1 (contrast 0.8 in 3 channels, 4 pixels)
+    fg = foreground(x0)
+    assert fg.shape == (2, 1, 8, 8) and fg[0].sum() == 9 and fg[1].sum() == 4
+    captions = ["一个红色的正方形在左边", "一个白色的正方形在右边"]
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+
+    def eps_fn(x, t, caps):
+        guess = np.where(np.array([c == k for c, k in zip(caps, captions)])[:, None, None, None], x0, -0.6)
+        return (x - np.sqrt(abar[t]) * guess) / np.sqrt(1 - abar[t])
+
+    rows = caption_probe_rows(eps_fn, x0, captions, abar, [10, 500, 990], seed=2)
+    want = (9 * 1.5 ** 2 + 4 * 3 * 0.8 ** 2) / (13 * 3)
+    for r in rows:
+        assert r["true"] == pytest.approx(0.0, abs=1e-9)
+        for v in ("place", "colour", "shape", "empty"):
+            assert r[v] == pytest.approx(want, rel=1e-4), (r["t"], v)
+    with pytest.raises(ValueError, match="no foreground pixels"):
+        caption_probe_rows(eps_fn, np.zeros((1, 3, 8, 8)), captions[:1], abar, [10])
+
+
 def test_select_weights():
     from mind_diffusion.glide.diagnostics import select_weights
 
@@ -71,8 +113,9 @@ def test_select_weights():
         select_weights(state, "best")
 
 
-@pytest.mark.parametrize("stage", [pytest.param("base", marks=pytest.mark.slow), "sr"])  # sr: the superset path
-def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
+@pytest.mark.parametrize("case", [pytest.param("base", marks=pytest.mark.slow), "sr",  # sr: the superset path
+                                  "captions"])  # --captions of a base checkpoint alone
+def test_script_on_a_training_checkpoint(case, tmp_path, capsys):
     """The script reads a training checkpoint (net, ema.*, optimizer and loss-scale state), takes the
     EMA or the raw copy as asked, and writes the rows the probe gives by hand on those weights."""
     import mindspore as ms
@@ -83,6 +126,7 @@ def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
     from mind_diffusion.glide.model import build_glide_base, build_glide_sr
     from scripts.probe_glide_mean_colour import main
 
+    stage = "sr" if case == "sr" else "base"
     (tmp_path / "sp").mkdir()
     sp = train_shapes_sp(tmp_path / "sp")
     data = shapes_glide_data(tmp_path / "data", 6)
@@ -105,7 +149,7 @@ def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
     src = T.GlideBatches(T.GlideImageText(pairs[-4:], tok, (size,) if low is None else (size, low)), tok.end_token,
                          int(net_cfg["text_ctx"]), 4, size, low, text_drop_p=0.0, seed=1, shuffle=False)
     b = src[0]
-    for which, net in (("ema", ema), ("raw", raw)):
+    for which, net in (("ema", ema), ("raw", raw)) if case != "captions" else ():
         out = tmp_path / f"probe_{which}"
         assert main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--weights", which,
                      "--n", "4", "--t", "10", "990", "--out", str(out)]) == 0
@@ -124,6 +168,27 @@ def test_script_on_a_training_checkpoint(stage, tmp_path, capsys):
             for k, v in w.items():
                 assert float(g[k]) == pytest.approx(v, rel=1e-4, abs=1e-6), (which, k)
         assert "EMA weights" in (out / "probe.md").read_text(encoding="utf-8") or which == "raw"
+    if case == "captions":  # the same probe by hand, with the data's captions swapped
+        from mind_diffusion.glide.diagnostics import caption_probe_rows
+        from mind_diffusion.text.sentencepiece_tokenizer import padded_tokens_and_mask
+
+        out = tmp_path / "probe_captions"
+        assert main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--captions", "--n", "4",
+                     "--t", "10", "700", "--out", str(out)]) == 0
+        got = list(csv.DictReader(open(out / "captions.csv", encoding="utf-8")))
+        ctx = int(net_cfg["text_ctx"])
+
+        def eps_caps(x, t, caps):
+            rows = [padded_tokens_and_mask(tok.encode(c) if c else [], ctx, tok.end_token) for c in caps]
+            return ema(ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)), ms.Tensor(np.stack([r[0] for r in rows])),
+                       ms.Tensor(np.stack([r[1] for r in rows]))).asnumpy()
+
+        caps = [c[0] for c in T.GlideImageText(pairs[-4:], tok, (size,)).captions]
+        want = caption_probe_rows(eps_caps, b[0], caps, T.schedule_for(cfg).alphas_cumprod, [10, 700], seed=1)
+        for g, w in zip(got, want):
+            for k, v in w.items():
+                assert float(g[k]) == pytest.approx(v, rel=1e-4, abs=1e-7), k
+        assert float(got[1]["place"]) != float(got[1]["true"])  # a random network still reads its tokens
     capsys.readouterr()
     rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
     captured_error(capsys, rc, "missing.ckpt", "not found")

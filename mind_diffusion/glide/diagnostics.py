@@ -90,3 +90,81 @@ def rows_markdown(rows: list[dict]) -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
     return head + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)
+
+
+# ------------------------------------------------------------------------- caption probe
+#: Place words of the shapes world's captions and the place each is swapped to (left <-> right,
+#: top <-> bottom, middle -> left); the variant words (左侧, 上方, ...) map as their canonical word.
+_PLACE_SWAP = {"左边": "右边", "右边": "左边", "上面": "下面", "下面": "上面", "中间": "左边"}
+_PLACE_VARIANTS = {"左侧": "左边", "右侧": "右边", "上方": "上面", "下方": "下面", "中央": "中间"}
+_COLOUR_RING = "红橙黄绿蓝紫白黑"
+_SHAPE_RING = ("圆形", "正方形", "三角形", "星形")
+CAPTION_VARIANTS = ("true", "place", "colour", "shape", "empty")
+
+
+def swap_caption(caption: str, what: str) -> str:
+    """The shapes-world ``caption`` with every object's place (``"place"``), colour (``"colour"``:
+    the ``X色的`` of objects, each moved three steps along the colour ring, so the background's
+    colour stays) or shape (``"shape"``: one step along 圆形 -> 正方形 -> 三角形 -> 星形) replaced by
+    another; ``"true"`` returns it, ``"empty"`` the empty caption."""
+    import re
+
+    if what == "true":
+        return caption
+    if what == "empty":
+        return ""
+    if what == "place":
+        words = sorted(list(_PLACE_SWAP) + list(_PLACE_VARIANTS), key=len, reverse=True)
+        return re.sub("|".join(words), lambda m: _PLACE_SWAP[_PLACE_VARIANTS.get(m.group(0), m.group(0))], caption)
+    if what == "colour":
+        ring = _COLOUR_RING
+        return re.sub(f"([{ring}])色的", lambda m: ring[(ring.index(m.group(1)) + 3) % len(ring)] + "色的", caption)
+    if what == "shape":
+        return re.sub("|".join(_SHAPE_RING),
+                      lambda m: _SHAPE_RING[(_SHAPE_RING.index(m.group(0)) + 1) % len(_SHAPE_RING)], caption)
+    raise ValueError(f"what must be one of {CAPTION_VARIANTS}, got {what!r}")
+
+
+def foreground(x0: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """(B, 1, H, W) bool: the pixels of ``x0`` (B, 3, H, W in [-1, 1]) unlike its border colour (the
+    mean of its outermost rows and columns) by more than ``threshold`` in some channel: the training
+    loss's ``foreground_weight`` mask."""
+    x0 = np.asarray(x0, np.float64)
+    border = np.concatenate([x0[:, :, 0, :], x0[:, :, -1, :], x0[:, :, :, 0], x0[:, :, :, -1]], axis=2)
+    colour = border.mean(axis=2)[:, :, None, None]
+    return (np.abs(x0 - colour).max(axis=1, keepdims=True) > threshold)
+
+
+def caption_probe_rows(eps_fn: Callable[[np.ndarray, int, list], np.ndarray], x0: np.ndarray, captions: list,
+                       alphas_cumprod, timesteps: Sequence[int], variants: Sequence[str] = CAPTION_VARIANTS,
+                       seed: int = 0) -> list[dict]:
+    """How much of the objects' pixels the model takes from the caption, per ``t``.
+
+    For each ``t`` one noise draw makes ``x_t`` from ``x0``; ``eps_fn(x_t, t, captions)`` predicts eps
+    with the true captions and with each swapped variant (:func:`swap_caption`). The error is measured
+    where the image has objects (:func:`foreground`) and in x0 units: the eps error times
+    ``(1 - abar_t) / abar_t`` (the squared error of the implied x0), so every ``t`` reads on one scale.
+    A variant's error above the true captions' is what the model read from the swapped words at that
+    noise level; equal errors mean the words were not used (the model found the answer in ``x_t``, or
+    never learned it)."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    x0 = np.asarray(x0, np.float64)
+    fg = foreground(x0)
+    if not fg.any():
+        raise ValueError("the probe images have no foreground pixels (plain images): give images with objects")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in timesteps:
+        t = int(t)
+        if not 0 <= t < len(abar):
+            raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
+        noise = rng.standard_normal(x0.shape)
+        xt = (np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise).astype(np.float32)
+        row = {"t": t, "abar": float(abar[t])}
+        for v in variants:
+            caps = [swap_caption(c, v) for c in captions]
+            eps = np.asarray(eps_fn(xt, t, caps), np.float64)[:, :3]
+            err = np.square(eps - noise) * (1.0 - abar[t]) / abar[t]
+            row[v] = float((err * fg).sum() / (fg.sum() * 3))
+        rows.append(row)
+    return rows
