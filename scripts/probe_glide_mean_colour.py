@@ -27,6 +27,17 @@ import sys
 from mind_diffusion.cli import run_cli
 
 
+def write_table(out, name: str, md: str, rows: list) -> None:
+    """``out/name.md`` (the report) and ``out/name.csv`` (its rows), and the report on stdout."""
+    (out / f"{name}.md").write_text(md, encoding="utf-8")
+    with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(md)
+    print(f"wrote {out / (name + '.md')} and {name}.csv")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the stage's training config (configs/glide/*.yaml)")
@@ -95,13 +106,7 @@ def main(argv=None):
               f"pix / poolK: squared eps error per pixel / of KxK block means x K^2 (1 = no skill, 0 = perfect); "
               f"slope: d mean(eps) / d (constant added to x_t), ~1 right near t = T, ~0 blind.\n\n"
               + rows_markdown(rows))
-        (out / "probe.md").write_text(md, encoding="utf-8")
-        with open(out / "probe.csv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print(md)
-        print(f"wrote {out / 'probe.md'} and probe.csv")
+        write_table(out, "probe", md, rows)
 
     def caption_probe(net, tok, ncfg, x0, data, sched, cond, what, out):
         import mindspore as ms
@@ -128,13 +133,7 @@ def main(argv=None):
               f"over the pixels unlike the border colour) with the true captions and with every place, object "
               f"colour or shape swapped, or the caption empty. A swap costing nothing: a word not used at that t.\n\n"
               + rows_markdown(rows))
-        (out / "captions.md").write_text(md, encoding="utf-8")
-        with open(out / "captions.csv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print(md)
-        print(f"wrote {out / 'captions.md'} and captions.csv")
+        write_table(out, "captions", md, rows)
 
     return run_cli(job)
 

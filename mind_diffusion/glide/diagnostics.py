@@ -60,6 +60,14 @@ def select_weights(state: dict, weights: str = "ema") -> tuple[dict, str]:
     return rest, "raw (non-EMA) weights"
 
 
+def _noised(x0: np.ndarray, abar: np.ndarray, t: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(noise, x_t float32) for ``x0`` at step ``t`` of the chain ``abar``, one draw of ``rng``."""
+    if not 0 <= t < len(abar):
+        raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
+    noise = rng.standard_normal(x0.shape)
+    return noise, (np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise).astype(np.float32)
+
+
 def probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.ndarray, alphas_cumprod,
                timesteps: Sequence[int], pools: Sequence[int], seed: int = 0, delta: float = 0.3) -> list[dict]:
     """One row per ``t``: ``scale_errors`` of ``eps_fn(x_t, t)`` against the noise that made ``x_t``
@@ -70,10 +78,7 @@ def probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.ndarray, 
     rows = []
     for t in timesteps:
         t = int(t)
-        if not 0 <= t < len(abar):
-            raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
-        noise = rng.standard_normal(x0.shape)
-        xt = (np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise).astype(np.float32)
+        noise, xt = _noised(x0, abar, t, rng)
         step = lambda x, t=t: eps_fn(x, t)  # noqa: E731
         eps = np.asarray(step(xt), np.float64)[:, :3]
         row = {"t": t}
@@ -156,10 +161,7 @@ def caption_probe_rows(eps_fn: Callable[[np.ndarray, int, list], np.ndarray], x0
     rows = []
     for t in timesteps:
         t = int(t)
-        if not 0 <= t < len(abar):
-            raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
-        noise = rng.standard_normal(x0.shape)
-        xt = (np.sqrt(abar[t]) * x0 + np.sqrt(1.0 - abar[t]) * noise).astype(np.float32)
+        noise, xt = _noised(x0, abar, t, rng)
         row = {"t": t, "abar": float(abar[t])}
         for v in variants:
             caps = [swap_caption(c, v) for c in captions]
