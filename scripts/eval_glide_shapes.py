@@ -117,6 +117,9 @@ def main(argv=None):
 
         settings["first"] = args.first
         settings["super_res_strength"] = float(cfg.sampling.super_res_strength)
+        for kind in ("base", "sr"):  # a chain trained with diffusion.snr_scale (the default 1 is not written)
+            if pipe.snr_scale(kind) != 1.0:
+                settings[f"{kind}_snr_scale"] = pipe.snr_scale(kind)
         table, all_rows = {}, []
         for split, n in (("heldout", args.n_heldout), ("train", args.n_seen)):
             if n <= 0:

@@ -6,10 +6,11 @@
 #
 # Stages, each with its log in $RUNS/glide-shapes-<stage>.log:
 #   export     the world: N_IMAGES captioned 256 px renders (anti-aliased)         -> $DATA
-#   tokenizer  the world's SentencePiece model (if $OUT lacks it)                  -> $OUT/shapes-sp.model
-#   base32     the base model's first phase, at 32 px (configs/glide/shapes-base-32.yaml) -> $RUNS/glide-shapes-base32
-#   base32-text    its second, the noisy steps weighted up (shapes-base-32-text.yaml) -> $RUNS/glide-shapes-base32-text
-#   base       the 64 px base model, fine-tuned from base32-text's EMA (shapes-base.yaml) -> $RUNS/glide-shapes-base
+#   export64   the same world rendered at 64 px (anti-aliased), the base's data     -> $DATA64
+#   tokenizer  the world's word-level SentencePiece model (if $OUT lacks it)       -> $OUT/shapes-sp.model
+#   base-v3    the base model's first phase, 64 px, cosine chain (configs/glide/shapes-base-v3.yaml)
+#                                                                                  -> $RUNS/glide-shapes-base-v3
+#   base       its second, from base-v3's EMA on the chain with SNR / 16 (shapes-base-v4.yaml) -> $RUNS/glide-shapes-base
 #   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
 #   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
 #   srgan-flat     its fine-tune for exact flat areas (shapes-srgan-flat.yaml)     -> $RUNS/glide-shapes-srgan-flat
@@ -19,9 +20,9 @@
 #
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
-# Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), RUNS (runs), N_IMAGES
-# (20000), BASE32_ARGS / BASE32_TEXT_ARGS / BASE_ARGS / SR_ARGS / SRGAN_ARGS / SRGAN_FLAT_ARGS / SRGAN_FINETUNE_ARGS (config
-# overrides of each training stage, e.g. BASE_ARGS="train.steps=2000"),
+# Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), DATA64 (data/shapes_glide64), RUNS
+# (runs), N_IMAGES (20000), BASE_V3_ARGS / BASE_ARGS / SR_ARGS / SRGAN_ARGS / SRGAN_FLAT_ARGS / SRGAN_FINETUNE_ARGS
+# (config overrides of each training stage, e.g. BASE_ARGS="train.steps=2000"),
 # EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,10 +32,10 @@ source "$ROOT/scripts/_train_stages.sh"
 find_python
 OUT="$(model_folder_arg output/glide_shapes "$@")" || exit 2
 DATA="${DATA:-data/shapes_glide256}"
+DATA64="${DATA64:-data/shapes_glide64}"
 RUNS="${RUNS:-runs}"
 N_IMAGES="${N_IMAGES:-20000}"
-read -r -a BASE32_X <<< "${BASE32_ARGS:-}"
-read -r -a BASE32_TEXT_X <<< "${BASE32_TEXT_ARGS:-}"
+read -r -a BASE_V3_X <<< "${BASE_V3_ARGS:-}"
 read -r -a BASE_X <<< "${BASE_ARGS:-}"
 read -r -a SR_X <<< "${SR_ARGS:-}"
 read -r -a SRGAN_X <<< "${SRGAN_ARGS:-}"
@@ -52,22 +53,24 @@ if [ -f "$DATA/data.csv" ]; then
 else
   stage export "$PY" scripts/export_shapes_csv.py --out "$DATA" --n "$N_IMAGES" --image_size 256 --antialias --overwrite
 fi
+if [ -f "$DATA64/data.csv" ]; then
+  echo "== export64: $DATA64 holds an export, kept"
+else
+  stage export64 "$PY" scripts/export_shapes_csv.py --out "$DATA64" --n "$N_IMAGES" --image_size 64 --antialias --overwrite
+fi
 TOK="$OUT/shapes-sp.model"
 if [ -f "$TOK" ]; then
   echo "== tokenizer: $TOK exists, kept"
 else
   stage tokenizer "$PY" -c "import sys; from mind_diffusion.shapes.sentencepiece_vocab import build_sentencepiece; \
-print(build_sentencepiece(sys.argv[1]))" "$TOK"
+print(build_sentencepiece(sys.argv[1], word_level=True))" "$TOK"
 fi
 
-train base32 train_glide.py configs/glide/shapes-base-32.yaml "$RUNS/glide-shapes-base32" --no_progress \
-  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base32" ${BASE32_X[@]+"${BASE32_X[@]}"}
-train base32-text train_glide.py configs/glide/shapes-base-32-text.yaml "$RUNS/glide-shapes-base32-text" --no_progress \
-  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base32-text" \
-  "init.checkpoint=$RUNS/glide-shapes-base32/glide_gen_ema.ckpt" ${BASE32_TEXT_X[@]+"${BASE32_TEXT_X[@]}"}
-train base train_glide.py configs/glide/shapes-base.yaml "$RUNS/glide-shapes-base" --no_progress \
-  "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" \
-  "init.checkpoint=$RUNS/glide-shapes-base32-text/glide_gen_ema.ckpt" ${BASE_X[@]+"${BASE_X[@]}"}
+train base-v3 train_glide.py configs/glide/shapes-base-v3.yaml "$RUNS/glide-shapes-base-v3" --no_progress \
+  "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base-v3" ${BASE_V3_X[@]+"${BASE_V3_X[@]}"}
+train base train_glide.py configs/glide/shapes-base-v4.yaml "$RUNS/glide-shapes-base" --no_progress \
+  "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" \
+  "init.checkpoint=$RUNS/glide-shapes-base-v3/glide_gen_ema.ckpt" ${BASE_X[@]+"${BASE_X[@]}"}
 train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --no_progress \
   "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
 train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
@@ -79,8 +82,8 @@ train srgan-finetune train_srgan.py configs/glide/shapes-srgan-finetune.yaml "$R
   --set "train.output_dir=$RUNS/glide-shapes-srgan-finetune" "init.generator=$RUNS/glide-shapes-srgan-flat/srgan.ckpt" \
   ${SRGAN_FT_X[@]+"${SRGAN_FT_X[@]}"}
 
-stage package "$PY" scripts/package_glide_shapes.py --base32 "$RUNS/glide-shapes-base32" \
-  --base32_text "$RUNS/glide-shapes-base32-text" --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
+stage package "$PY" scripts/package_glide_shapes.py --base_v3 "$RUNS/glide-shapes-base-v3" \
+  --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
   --srgan "$RUNS/glide-shapes-srgan-finetune" --out "$OUT" --tokenizer "$TOK"
 rm -rf "$OUT/eval.tmp"
 stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \
