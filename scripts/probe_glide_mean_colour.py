@@ -27,8 +27,12 @@ import sys
 from mind_diffusion.cli import run_cli
 
 
-def write_table(out, name: str, md: str, rows: list) -> None:
-    """``out/name.md`` (the report) and ``out/name.csv`` (its rows), and the report on stdout."""
+def write_table(out, name: str, header: str, rows: list) -> None:
+    """``out/name.md`` (``header`` and the rows as a Markdown table) and ``out/name.csv`` (the rows), and the
+    report on stdout."""
+    from mind_diffusion.glide.diagnostics import rows_markdown
+
+    md = header + rows_markdown(rows)
     (out / f"{name}.md").write_text(md, encoding="utf-8")
     with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -62,7 +66,7 @@ def main(argv=None):
         from mind_diffusion.config import load_config
         from mind_diffusion.glide import training as T
         from mind_diffusion.glide.checkpoint import load_glide_checkpoint
-        from mind_diffusion.glide.diagnostics import probe_rows, rows_markdown, select_weights
+        from mind_diffusion.glide.diagnostics import probe_rows, select_weights
         from mind_diffusion.glide.model import build_glide_base, build_glide_sr
         from mind_diffusion.runtime import init_runtime
         from mind_diffusion.utils.images import check_output_dir
@@ -74,6 +78,9 @@ def main(argv=None):
             raise ValueError(f"--t {bad[0]} is outside the 1000-step chain: give timesteps in 0..999")
         cfg = load_config(args.config, args.set, T.glide_train_config_defaults())
         stage = T.stage_of(cfg)
+        if args.captions and stage != "base":
+            raise ValueError("--captions probes a base model (its captions decide the picture); this config is "
+                             "the super-resolution stage's")
         ncfg, sched, size = T.net_config(cfg), T.schedule_for(cfg), T.train_size(cfg)
         init_runtime("CPU", "pynative", seed=0)
         state, what = select_weights(read_checkpoint(args.ckpt, "GLIDE checkpoint"), args.weights)
@@ -98,26 +105,21 @@ def main(argv=None):
 
         out = check_output_dir(args.out)
         if args.captions:
-            return caption_probe(net, tok, ncfg, x0, data, sched, cond, what, out)
+            return caption_probe(net, tok, ncfg, x0, data, sched, what, out)
         pools = sorted({k for k in (4, 8, size) if size % k == 0})
         rows = probe_rows(eps_fn, x0, sched.alphas_cumprod, args.t, pools, seed=args.seed)
-        md = (f"# Eps skill by scale and mean-colour slope\n\n{stage} model, {args.ckpt} ({what}); "
-              f"{args.n} images of {cfg.data.path} at {size} px.\n\n"
-              f"pix / poolK: squared eps error per pixel / of KxK block means x K^2 (1 = no skill, 0 = perfect); "
-              f"slope: d mean(eps) / d (constant added to x_t), ~1 right near t = T, ~0 blind.\n\n"
-              + rows_markdown(rows))
-        write_table(out, "probe", md, rows)
+        write_table(out, "probe", f"# Eps skill by scale and mean-colour slope\n\n{stage} model, {args.ckpt} "
+                    f"({what}); {args.n} images of {cfg.data.path} at {size} px.\n\npix / poolK: squared eps error "
+                    f"per pixel / of KxK block means x K^2 (1 = no skill, 0 = perfect); slope: d mean(eps) / d "
+                    f"(constant added to x_t), ~1 right near t = T, ~0 blind.\n\n", rows)
 
-    def caption_probe(net, tok, ncfg, x0, data, sched, cond, what, out):
+    def caption_probe(net, tok, ncfg, x0, data, sched, what, out):
         import mindspore as ms
         import numpy as np
 
-        from mind_diffusion.glide.diagnostics import caption_probe_rows, rows_markdown
+        from mind_diffusion.glide.diagnostics import caption_probe_rows
         from mind_diffusion.text.sentencepiece_tokenizer import padded_tokens_and_mask
 
-        if cond:
-            raise ValueError("--captions probes a base model (its captions decide the picture); this config is "
-                             "the super-resolution stage's")
         ctx = int(ncfg["text_ctx"])
 
         def eps_fn(x, t, captions):
@@ -128,12 +130,11 @@ def main(argv=None):
 
         captions = [c[0] for c in data.captions[:len(x0)]]
         rows = caption_probe_rows(eps_fn, x0, captions, sched.alphas_cumprod, args.t, seed=args.seed)
-        md = (f"# What the base model reads from its captions\n\n{args.ckpt} ({what}); {len(x0)} images of "
-              f"{args.config}'s data.\n\nThe objects' squared error in x0 units (eps error x (1 - abar) / abar, "
-              f"over the pixels unlike the border colour) with the true captions and with every place, object "
-              f"colour or shape swapped, or the caption empty. A swap costing nothing: a word not used at that t.\n\n"
-              + rows_markdown(rows))
-        write_table(out, "captions", md, rows)
+        write_table(out, "captions", f"# What the base model reads from its captions\n\n{args.ckpt} ({what}); "
+                    f"{len(x0)} images of {args.config}'s data.\n\nThe objects' squared error in x0 units (eps error "
+                    f"x (1 - abar) / abar, over the pixels unlike the border colour) with the true captions and with "
+                    f"every place, object colour or shape swapped, or the caption empty. A swap costing nothing: a "
+                    f"word not used at that t.\n\n", rows)
 
     return run_cli(job)
 

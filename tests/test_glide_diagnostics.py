@@ -196,3 +196,8 @@ def test_script_on_a_training_checkpoint(case, tmp_path, capsys):
     rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--t", "1000", "--out", str(tmp_path / "x")])
     captured_error(capsys, rc, "--t 1000 is outside the 1000-step chain")
     assert not (tmp_path / "x").exists()
+    if stage == "sr":  # the captions decide only a base model's picture: one line, no output folder
+        rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--captions", "--out",
+                   str(tmp_path / "x")])
+        captured_error(capsys, rc, "--captions probes a base model")
+        assert not (tmp_path / "x").exists()

@@ -359,9 +359,7 @@ class DiffusionSchedule:
                coeff_dtype: str = "float64", snr_scale: float = 1.0) -> "DiffusionSchedule":
         """Build an unrespaced schedule from a named beta schedule (see :func:`make_betas`), its
         signal-to-noise ratios scaled by ``snr_scale`` (:func:`scale_snr`; 1: the named schedule)."""
-        betas = make_betas(kind, num_timesteps, beta_start, beta_end)
-        if float(snr_scale) != 1.0:
-            betas = scale_snr(betas, snr_scale)
+        betas = scale_snr(make_betas(kind, num_timesteps, beta_start, beta_end), snr_scale)
         canonical = kind.strip().lower()
         if canonical == "cosine":
             canonical = "squaredcos_cap_v2"

@@ -13,6 +13,7 @@ colour: the probe behind the built-in GLIDE's model card (``scripts/probe_glide_
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -98,12 +99,9 @@ def rows_markdown(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------- caption probe
-#: Place words of the shapes world's captions and the place each is swapped to (left <-> right,
-#: top <-> bottom, middle -> left); the variant words (左侧, 上方, ...) map as their canonical word.
+#: The place each of the shapes world's places is swapped to (left <-> right, top <-> bottom, middle -> left);
+#: a caption's variant words (左侧, 上方, ...: ``CAPTION_PLACE_WORDS``) map as their canonical word.
 _PLACE_SWAP = {"左边": "右边", "右边": "左边", "上面": "下面", "下面": "上面", "中间": "左边"}
-_PLACE_VARIANTS = {"左侧": "左边", "右侧": "右边", "上方": "上面", "下方": "下面", "中央": "中间"}
-_COLOUR_RING = "红橙黄绿蓝紫白黑"
-_SHAPE_RING = ("圆形", "正方形", "三角形", "星形")
 CAPTION_VARIANTS = ("true", "place", "colour", "shape", "empty")
 
 
@@ -112,21 +110,21 @@ def swap_caption(caption: str, what: str) -> str:
     the ``X色的`` of objects, each moved three steps along the colour ring, so the background's
     colour stays) or shape (``"shape"``: one step along 圆形 -> 正方形 -> 三角形 -> 星形) replaced by
     another; ``"true"`` returns it, ``"empty"`` the empty caption."""
-    import re
+    from ..shapes.world import CAPTION_PLACE_WORDS, COLOURS, SHAPES
 
     if what == "true":
         return caption
     if what == "empty":
         return ""
     if what == "place":
-        words = sorted(list(_PLACE_SWAP) + list(_PLACE_VARIANTS), key=len, reverse=True)
-        return re.sub("|".join(words), lambda m: _PLACE_SWAP[_PLACE_VARIANTS.get(m.group(0), m.group(0))], caption)
+        canonical = {w: place for place, words in CAPTION_PLACE_WORDS.items() for w in words}
+        words = sorted(canonical, key=len, reverse=True)
+        return re.sub("|".join(words), lambda m: _PLACE_SWAP[canonical[m.group(0)]], caption)
     if what == "colour":
-        ring = _COLOUR_RING
+        ring = "".join(COLOURS)
         return re.sub(f"([{ring}])色的", lambda m: ring[(ring.index(m.group(1)) + 3) % len(ring)] + "色的", caption)
     if what == "shape":
-        return re.sub("|".join(_SHAPE_RING),
-                      lambda m: _SHAPE_RING[(_SHAPE_RING.index(m.group(0)) + 1) % len(_SHAPE_RING)], caption)
+        return re.sub("|".join(SHAPES), lambda m: SHAPES[(SHAPES.index(m.group(0)) + 1) % len(SHAPES)], caption)
     raise ValueError(f"what must be one of {CAPTION_VARIANTS}, got {what!r}")
 
 
@@ -157,14 +155,14 @@ def caption_probe_rows(eps_fn: Callable[[np.ndarray, int, list], np.ndarray], x0
     fg = foreground(x0)
     if not fg.any():
         raise ValueError("the probe images have no foreground pixels (plain images): give images with objects")
+    swapped = {v: [swap_caption(c, v) for c in captions] for v in variants}
     rng = np.random.default_rng(seed)
     rows = []
     for t in timesteps:
         t = int(t)
         noise, xt = _noised(x0, abar, t, rng)
         row = {"t": t, "abar": float(abar[t])}
-        for v in variants:
-            caps = [swap_caption(c, v) for c in captions]
+        for v, caps in swapped.items():
             eps = np.asarray(eps_fn(xt, t, caps), np.float64)[:, :3]
             err = np.square(eps - noise) * (1.0 - abar[t]) / abar[t]
             row[v] = float((err * fg).sum() / (fg.sum() * 3))

@@ -137,7 +137,7 @@ def glide_train_config_defaults() -> dict:
                       # snr_scale s (1, the original): the chain's signal-to-noise ratio at every step
                       # times s (schedule.scale_snr); s < 1 moves the noise levels at which a 64 px
                       # image's layout is still visible in x_t earlier, so the text has to decide it.
-                      # A model trained with s is sampled with the same s (model.base_snr_scale)
+                      # A model trained with s is sampled with the same s (diffusion.base_snr_scale)
                       "snr_scale": 1.0},
         "data": {
             # captions: the original's image_caption_path_file (lines "<captions file> <image root>",
@@ -261,8 +261,6 @@ def schedule_for(cfg):
         raise ConfigError(f"diffusion.num_timesteps must be 1000 (the released models' chain and the "
                           f"samplers' respacings), got {cfg.diffusion.num_timesteps}")
     return (gd.base_diffusion if kind == "cosine" else gd.sr_diffusion)(snr_scale=gd.check_snr_scale(cfg.diffusion.snr_scale))
-
-
 
 
 # ---------------------------------------------------------------------------------------- data
