@@ -460,6 +460,51 @@ def test_center_crop_matches_pil_on_a_non_square_image():
         assert got.shape == (size, size, 3) and np.array_equal(got, want), size
 
 
+def _max_filter(a: np.ndarray, w: int) -> np.ndarray:
+    """(B, 1, H, W) max over each pixel's in-image (2w + 1)^2 window, written out in numpy."""
+    b, _, h, wd = a.shape
+    out = np.empty_like(a)
+    for i in range(h):
+        for j in range(wd):
+            out[:, :, i, j] = a[:, :, max(0, i - w):i + w + 1, max(0, j - w):j + w + 1].max((2, 3))
+    return out
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_edge_weighting_against_closed_form(ms_mode, width):
+    """``edge_weight=5`` (with ``foreground_weight=10``): pixels within ``edge_width`` of the object's outline
+    (the mask dilated by a (2w + 1)^2 window less the mask eroded by it, windows cut at the image's border)
+    weigh 5 more; an 8 x 8 image with a 3 x 3 object and one touching the border, and one without any (no
+    band: the plain mean); the loss and the eps gradient against the float64 closed form."""
+    import mindspore as ms
+
+    _, noise, out, t = _tensors(seed=9)
+    b, c, h, w_ = noise.shape
+    x0 = np.full((b, 3, h, w_), -0.5, np.float32)
+    for i in range(b - 2):
+        x0[i, :, 3:6, 2 + i % 2:5 + i % 2] = 0.6                                   # a 3 x 3 object
+    x0[b - 2, :, 0:3, 5:8] = 0.6                                                   # one in the corner
+    kw = dict(foreground_weight=10.0, foreground_threshold=0.1, edge_weight=5.0, edge_width=width)
+    loss_net, net = _fixed_output_loss("base", out, **kw)
+    total = float(loss_net(*_inputs("base", x0, noise, t)).asnumpy())
+    _, ref_vb = _numpy_reference("base", x0, noise, out, t)
+    x = x0.astype(np.float64)
+    border = np.concatenate([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], 2).mean(2)
+    fg = (np.abs(x - border[:, :, None, None]).max(1, keepdims=True) > 0.1).astype(np.float64)
+    band = _max_filter(fg, width) - (1.0 - _max_filter(1.0 - fg, width))
+    assert band[b - 1].sum() == 0 and band[0].sum() == (3 + 2 * width) ** 2 - max(0, 3 - 2 * width) ** 2
+    wpix = 1.0 + 10.0 * fg + 5.0 * band
+    err = noise.astype(np.float64) - out[:, :3]
+    mse = (wpix * err ** 2).sum((1, 2, 3)) / (c * wpix.sum((1, 2, 3)))
+    want = float(np.mean(mse + ref_vb))
+    assert abs(total - want) <= 1e-5 * max(1.0, abs(want)), (total, want)
+    g = ms.grad(loss_net, grad_position=None, weights=[net.out])(*_inputs("base", x0, noise, t))[0].asnumpy()
+    closed = -2.0 * wpix * err / (c * wpix.sum((1, 2, 3), keepdims=True)) / b
+    assert np.abs(g[:, :3] - closed).max() <= 1e-9 + 1e-5 * np.abs(closed).max()
+    fg_only, _ = _fixed_output_loss("base", out, foreground_weight=10.0, foreground_threshold=0.1)
+    assert abs(float(fg_only(*_inputs("base", x0, noise, t)).asnumpy()) - total) > 1e-4  # the band counts
+
+
 def _source(tokenizer, shapes_data, **kw):
     from mind_diffusion.glide.training import GlideBatches, GlideImageText, read_image_caption_path_file
 
@@ -520,6 +565,37 @@ def test_offset_noise_adds_one_constant_per_image_and_channel(tokenizer, shapes_
 
     with pytest.raises(ConfigError, match="diffusion.offset_noise"):
         _source(tokenizer, shapes_data, offset_noise=2.0)
+
+
+def test_t_focus_redraws_a_fraction_of_the_timesteps(tokenizer, shapes_data):
+    """t_focus_range [600, 800) with fraction 0.5: every column but t is the plain run's; each t is either the
+    plain run's or redrawn inside the range, about half of them; ranks still split the global batch; a bad
+    range or fraction is one ConfigError line."""
+    plain = _source(tokenizer, shapes_data)
+    focus = _source(tokenizer, shapes_data, t_focus_range=[600, 800], t_focus_fraction=0.5)
+    t_plain, t_focus = [], []
+    for step in range(100):
+        a, b = plain[step], focus[step]
+        assert all(np.array_equal(x, y) for i, (x, y) in enumerate(zip(a, b)) if i != 3)
+        t_plain.append(a[3])
+        t_focus.append(b[3])
+    tp, tf = np.concatenate(t_plain), np.concatenate(t_focus)
+    assert tf.dtype == np.int32
+    moved = tf != tp
+    assert np.all((tf[moved] >= 600) & (tf[moved] < 800))
+    inside = np.mean((tf >= 600) & (tf < 800))
+    assert abs(inside - (0.5 + 0.5 * 0.2)) < 0.06, inside            # 0.5 redrawn + 0.5 x 200 / 1000
+    assert abs(np.mean((tp >= 600) & (tp < 800)) - 0.2) < 0.06
+    halves = [_source(tokenizer, shapes_data, batch_size=2, rank=r, group_size=2, t_focus_range=[600, 800])[5]
+              for r in (0, 1)]
+    assert np.array_equal(np.concatenate([h[3] for h in halves]), focus[5][3])
+    from mind_diffusion.config import ConfigError
+
+    for rng_, frac, needle in (([800, 600], 0.5, "t_focus_range"), ([0, 1001], 0.5, "t_focus_range"),
+                               ([100], 0.5, "t_focus_range"), ([100.5, 200], 0.5, "t_focus_range"),
+                               ([100, 200], 0.0, "t_focus_fraction"), ([100, 200], 1.5, "t_focus_fraction")):
+        with pytest.raises(ConfigError, match=needle):
+            _source(tokenizer, shapes_data, t_focus_range=rng_, t_focus_fraction=frac)
 
 
 # ------------------------------------------------------------------------ flags and learning rate
@@ -627,7 +703,8 @@ def _train_main(capsys, cfg: Path, *args):
                              *map(str, args)])
 
 
-@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap", "foreground"])
+@pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap", "foreground",
+                                  "edge", "focus"])
 def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, shapes_data, capsys):
     data = _copy_data(shapes_data, tmp_path / "data")
     cfg = tiny_cfg(tmp_path, shapes_sp, data)
@@ -652,6 +729,12 @@ def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, s
     elif case == "foreground":
         extra, strict, needles = ["diffusion.foreground_weight=-1"], False, ("diffusion.foreground_weight must be",
                                                                             "-1")
+    elif case == "edge":
+        extra, strict, needles = ["diffusion.edge_weight=2", "diffusion.edge_width=0"], False, (
+            "diffusion.edge_width must be", "0")
+    elif case == "focus":
+        extra, strict, needles = ["diffusion.t_focus_range=[700,300]"], False, ("diffusion.t_focus_range must be",
+                                                                             "[700, 300]")
     else:
         extra, strict, needles = ["train.btch_size=2"], False, ("unknown config key 'train.btch_size'",)
     rc = _train_main(capsys, cfg, "--overwrite", *(["--strict"] if strict else []), *extra)

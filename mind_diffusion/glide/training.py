@@ -133,6 +133,13 @@ def glide_train_config_defaults() -> dict:
         "diffusion": {"num_timesteps": 1000, "noise_schedule": "auto", "vb_weight": 1.0,
                       "clip_denoised": True, "loss_weighting": "none", "min_snr_gamma": 5.0, "inv_snr_cap": 20.0,
                       "foreground_weight": 0.0, "foreground_threshold": 0.1,
+                      # edge_weight E (0, the original: off): pixels within edge_width px of the foreground's
+                      # outline (inside or out) weigh E more (on top of foreground_weight): where the
+                      # shapes of one size and place differ (see GlideHybridLoss)
+                      "edge_weight": 0.0, "edge_width": 2,
+                      # t_focus_range [lo, hi] ([], the original: off): t_focus_fraction of each global
+                      # batch draws t uniformly from [lo, hi) instead of [0, T) (see GlideBatches)
+                      "t_focus_range": [], "t_focus_fraction": 0.5,
                       "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0,
                       # snr_scale s (1, the original): the chain's signal-to-noise ratio at every step
                       # times s (schedule.scale_snr); s < 1 moves the noise levels at which a 64 px
@@ -388,6 +395,10 @@ class GlideBatches:
     ``B = batch_size * accum_steps`` (its micro-batches, stacked). The global batch and all its
     randomness are a pure function of ``(seed, step)``; rank ``r`` takes its rows.
 
+    ``t_focus_range`` ``(lo, hi)`` (empty: the original): each sample's t is, with probability
+    ``t_focus_fraction``, redrawn uniformly from ``[lo, hi)`` (the noise levels where a word decides
+    what x_t does not show yet get that much more of the batch); the other draws stay a plain run's.
+
     ``offset_noise`` (0: the original): each image's noise, the eps target, gains ``offset_noise * c``
     with ``c ~ N(0, 1)`` per channel, constant over the image ("offset noise", Guttenberg 2023). The
     mean colour of a standard-normal noise image varies by only 1 / side, so a small network never
@@ -397,8 +408,10 @@ class GlideBatches:
     def __init__(self, data: GlideImageText, end_token: int, text_ctx: int, batch_size: int, image_size: int,
                  low_res_size: int | None, num_timesteps: int = 1000, text_drop_p: float = 0.2, seed: int = 0,
                  rank: int = 0, group_size: int = 1, accum_steps: int = 1, shuffle: bool = True,
-                 random_flip: bool = False, crop_size: int = 0, offset_noise: float = 0.0):
+                 random_flip: bool = False, crop_size: int = 0, offset_noise: float = 0.0,
+                 t_focus_range=(), t_focus_fraction: float = 0.5):
         check_number(text_drop_p, "data.text_drop_p", 0, 1)
+        self.t_focus = check_t_focus(t_focus_range, t_focus_fraction, int(num_timesteps))
         check_number(offset_noise, "diffusion.offset_noise", 0, 1)
         self.offset_noise = float(offset_noise)
         self.crop = check_crop_size(crop_size, image_size, low_res_size)
@@ -447,6 +460,10 @@ class GlideBatches:
         if self.offset_noise:  # drawn last: the other draws are those of a run without it
             offset = rng.standard_normal((g, 3, 1, 1)) * self.offset_noise
             out["noise"] = (noise + offset).astype(np.float32)
+        if self.t_focus:  # drawn after every other draw, so those are a plain run's
+            lo, hi, fraction = self.t_focus
+            focused = rng.random(g) < fraction
+            out["t"] = np.where(focused, rng.integers(lo, hi, size=g), t).astype(np.int32)
         return out
 
     def _crops(self, hi: np.ndarray, lo: np.ndarray, u) -> tuple[np.ndarray, np.ndarray]:
@@ -496,6 +513,22 @@ class GlideBatches:
 
     def __len__(self):
         return 2**62
+
+
+def check_t_focus(t_range, fraction, num_timesteps: int = 1000) -> tuple | None:
+    """``diffusion.t_focus_range`` / ``t_focus_fraction`` as ``(lo, hi, fraction)``, or None when the
+    range is empty (off); else one ``ConfigError`` line."""
+    from omegaconf import OmegaConf
+
+    t_range = list(OmegaConf.to_container(t_range) if OmegaConf.is_config(t_range) else (t_range or []))
+    if not t_range:
+        return None
+    ok = len(t_range) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in t_range)
+    if not ok or not 0 <= t_range[0] < t_range[1] <= int(num_timesteps):
+        raise ConfigError(f"diffusion.t_focus_range must be [lo, hi] with integers 0 <= lo < hi <= "
+                          f"{num_timesteps} (the timesteps drawn more often), got {t_range!r}; [] turns it off")
+    check_number(fraction, "diffusion.t_focus_fraction", 0, 1, low_inclusive=False)
+    return int(t_range[0]), int(t_range[1]), float(fraction)
 
 
 def check_crop_size(crop_size, image_size: int, low_res_size) -> int:
@@ -625,12 +658,20 @@ class GlideHybridLoss(nn.Cell):
     plain backgrounds (the shapes world) the object is a few percent of the pixels, so under the plain
     mean the picture's background, which the text also names, earns nearly all of the text's gain and
     the object's colour, shape and place almost none; with F = 10 an object of 6% of the pixels
-    carries ~40% of the term. An image without such pixels keeps the plain mean."""
+    carries ~40% of the term. An image without such pixels keeps the plain mean.
+
+    ``edge_weight`` E (0: off) adds ``E * edge`` to that weight, where ``edge`` marks the pixels within
+    ``edge_width`` w of the foreground's outline: the foreground dilated by a (2w + 1)^2 square, less
+    the foreground eroded by it (the image's border does not count as outline). Shapes of one size at
+    one place differ only there (a square's corners against a circle's arc, a star's points), a few
+    percent of even the object's pixels, so under the per-pixel mean the shape words earn almost none
+    of the text's gain; the band gives the outline its own share."""
 
     def __init__(self, net: nn.Cell, schedule, super_res: bool, vb_weight: float = 1.0,
                  clip_denoised: bool = True, loss_weighting: str = "none", min_snr_gamma: float = 5.0,
                  multiscale_pools=(), multiscale_weight=1.0, inv_snr_cap: float = 20.0,
-                 foreground_weight: float = 0.0, foreground_threshold: float = 0.1):
+                 foreground_weight: float = 0.0, foreground_threshold: float = 0.1, edge_weight: float = 0.0,
+                 edge_width: int = 2):
         super().__init__(auto_prefix=False)  # the model's parameter names stay unprefixed
         self.net = net
         self.super_res = bool(super_res)
@@ -654,6 +695,11 @@ class GlideHybridLoss(nn.Cell):
             self.mse_weights = f32(inv_snr_weights(abar, float(inv_snr_cap)))
         self.fg_weight = float(foreground_weight)
         self.fg_threshold = float(foreground_threshold)
+        self.edge_weight = float(edge_weight)
+        self.pixel_weighted = self.fg_weight > 0 or self.edge_weight > 0
+        if self.edge_weight > 0:  # a (2w + 1)^2 max filter; the padding never wins a max
+            k = 2 * int(edge_width) + 1
+            self.dilate = nn.MaxPool2d(kernel_size=k, stride=1, pad_mode="same")
         self.reduce_max = ops.ReduceMax(keep_dims=True)
         self.pools = tuple(int(k) for k in (multiscale_pools or ()))
         self.pool_scales = tuple(w * k * k for w, k in zip(pool_weights(multiscale_weight, self.pools), self.pools))
@@ -663,12 +709,17 @@ class GlideHybridLoss(nn.Cell):
 
     def pixel_weights(self, x0):
         """(B, 1, H, W): ``1 + foreground_weight`` where the clean image differs from its border colour
-        by more than ``foreground_threshold`` in some channel, else 1."""
+        by more than ``foreground_threshold`` in some channel, else 1; plus ``edge_weight`` on the
+        band of ``edge_width`` pixels around the foreground's outline."""
         border = ops.concat((x0[:, :, 0, :], x0[:, :, -1, :], x0[:, :, :, 0], x0[:, :, :, -1]), 2)
         colour = ops.mean(border, 2).reshape(x0.shape[0], x0.shape[1], 1, 1)
         dist = self.reduce_max(ops.abs(x0 - colour), 1)
         fg = ops.cast(ops.gt(dist, self.fg_threshold), ms.float32)
-        return 1.0 + self.fg_weight * fg
+        weights = 1.0 + self.fg_weight * fg
+        if self.edge_weight > 0:  # decided at compile time
+            band = self.dilate(fg) - (1.0 - self.dilate(1.0 - fg))
+            weights = weights + self.edge_weight * band
+        return weights
 
     def terms(self, x0, tokens, mask, t, noise, low_res=None):
         """Per-sample ``(mse, vb)``, each (B,)."""
@@ -682,7 +733,7 @@ class GlideHybridLoss(nn.Cell):
         out = ops.cast(out, ms.float32)
         eps, v = out[:, :3], out[:, 3:]
         err = noise - eps
-        if self.fg_weight > 0:  # decided at compile time
+        if self.pixel_weighted:  # decided at compile time
             wpix = self.pixel_weights(x0)
             mse = ops.sum(wpix * ops.square(err), (1, 2, 3)) / (err.shape[1] * ops.sum(wpix, (1, 2, 3)))
         else:
@@ -778,6 +829,9 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     check_number(cfg.diffusion.inv_snr_cap, "diffusion.inv_snr_cap", 1, None)
     check_number(cfg.diffusion.foreground_weight, "diffusion.foreground_weight", 0, None)
     check_number(cfg.diffusion.foreground_threshold, "diffusion.foreground_threshold", 0, 2)
+    check_number(cfg.diffusion.edge_weight, "diffusion.edge_weight", 0, None)
+    check_number(cfg.diffusion.edge_width, "diffusion.edge_width", 1, 8, integer=True)
+    check_t_focus(cfg.diffusion.t_focus_range, cfg.diffusion.t_focus_fraction, int(cfg.diffusion.num_timesteps))
     multiscale_terms(cfg)
     check_number(cfg.diffusion.offset_noise, "diffusion.offset_noise", 0, 1)
     check_number(cfg.data.low_res_size, "data.low_res_size", 8, None, integer=True)
@@ -836,14 +890,17 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
                           schedule.num_timesteps, float(d.text_drop_p), seed=int(t.seed), rank=runtime.rank,
                           group_size=runtime.group_size, accum_steps=int(t.grad_accum_steps),
                           shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size),
-                          offset_noise=float(cfg.diffusion.offset_noise))
+                          offset_noise=float(cfg.diffusion.offset_noise),
+                          t_focus_range=cfg.diffusion.t_focus_range,
+                          t_focus_fraction=float(cfg.diffusion.t_focus_fraction))
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
                                float(cfg.diffusion.min_snr_gamma), *multiscale_terms(cfg),
                                inv_snr_cap=float(cfg.diffusion.inv_snr_cap),
                                foreground_weight=float(cfg.diffusion.foreground_weight),
-                               foreground_threshold=float(cfg.diffusion.foreground_threshold))
+                               foreground_threshold=float(cfg.diffusion.foreground_threshold),
+                               edge_weight=float(cfg.diffusion.edge_weight), edge_width=int(cfg.diffusion.edge_width))
     decay = int(t.decay_steps) if int(t.decay_steps) > 0 else total
 
     def schedule_cell():
