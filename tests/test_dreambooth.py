@@ -83,6 +83,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
           "dreambooth.train_token_rows=true", "dreambooth.token_init=圆形"], ("tokenizes to 2 ids", "to 3")),
         (["--train_data_path", str(good), "--token", "sks", "dreambooth.instance_t_min=1000"],
          ("dreambooth.instance_t_min must be", "0 = every step")),
+        (["--train_data_path", str(good), "--token", "sks", "dreambooth.instance_t_min=400",
+          "dreambooth.instance_t_max=300"], ("dreambooth.instance_t_max must be", "above dreambooth.instance_t_min")),
         (["--train_data_path", str(nomask), "--token", "sks", "dreambooth.subject_weight=5"],
          ("cross_1.png has none: put cross_1.mask.png",)),
         (["--train_data_path", str(good), "--token", "sks", "dreambooth.pivot_steps=10"],
@@ -189,6 +191,14 @@ def test_batches_are_a_function_of_the_step_and_shard_over_workers():
         assert all(np.array_equal(a[c], b[c]) for c in (0, 1, 3, 4, 5, 6, 7, 8, 9))
         assert not np.array_equal(a[2], b[2])
     assert np.concatenate([noisy[s][7] for s in range(200)]).min() < 100   # class rows: every t
+    # dreambooth.instance_t_max: and below t_max; the other columns are instance_t_min's run's
+    window = DreamBoothBatches(_Data(5, "i"), batch_size=4, klass=_Data(9, "c"), instance_t_min=600,
+                               instance_t_max=700, **kw)
+    tw = np.concatenate([window[s][2] for s in range(200)])
+    assert tw.min() >= 600 and tw.max() <= 699 and tw.min() < 605 and tw.max() > 694
+    for step in (0, 7):
+        a, b = window[step], noisy[step]
+        assert all(np.array_equal(a[c], b[c]) for c in (0, 1, 3, 4, 5, 6, 7, 8, 9))
 
 
 def _tiny_loss():

@@ -50,6 +50,9 @@ def dreambooth_config_defaults() -> dict:
         # instance rows draw t in [instance_t_min, T) (class rows: [0, T)): the noisy steps, where the
         # layout and the outline are decided, get the instance images' whole gradient; 0 = the original
         "instance_t_min": 0,
+        # and below instance_t_max (0 = T, the chain's end): the noisiest steps, where only the layout
+        # (the instances' own colours and places) is decided, left to the class rows
+        "instance_t_max": 0,
     }
     return cfg
 

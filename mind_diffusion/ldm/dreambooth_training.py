@@ -37,7 +37,8 @@ Here (``dreambooth:`` config section):
   the model already draws;
 - ``instance_t_min`` T0 > 0 draws the instance rows' t in [T0, T) (class rows keep [0, T)): the noisy
   steps decide the outline, and at the uniform t most of an instance image's gradient goes to the
-  low-noise steps' texture;
+  low-noise steps' texture; ``instance_t_max`` T1 > 0 draws them below T1 as well ([T0, T1)): the
+  noisiest steps decide only the layout, which for the instance images is their own colours and places;
 - LoRA (``train.enable_lora``) works here as in plain fine-tuning: only the LoRA weights train and the
   exports are LoRA-only files.
 """
@@ -328,9 +329,10 @@ class DreamBoothBatches:
     def __init__(self, instance, tokenizer, batch_size: int, num_timesteps: int, latent_shape, seed: int = 0,
                  rank: int = 0, group_size: int = 1, caption_dropout: float = 0.0, klass=None,
                  latents=None, class_latents=None, steps_per_epoch: int = 1, instance_weights=None,
-                 instance_t_min: int = 0):
+                 instance_t_min: int = 0, instance_t_max: int = 0):
         self.instance, self.klass, self.tokenizer = instance, klass, tokenizer
         self.instance_t_min = int(instance_t_min)
+        self.instance_t_max = int(instance_t_max) or int(num_timesteps)
         self.local = int(batch_size)
         self.global_batch = self.local * int(group_size)
         self.rows = range(*shard_rows(self.global_batch, int(group_size), 1, int(rank)))  # as the LDM trainer
@@ -342,11 +344,11 @@ class DreamBoothBatches:
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.instance_weights = instance_weights
 
-    def _part(self, data, latents, rng, rows, weights=None, t_min: int = 0):
+    def _part(self, data, latents, rng, rows, weights=None, t_min: int = 0, t_max: int | None = None):
         g = self.global_batch
         idx = rng.integers(len(data), size=g)
         drop = rng.random(g) < self.caption_dropout
-        t = rng.integers(t_min, self.num_timesteps, size=g).astype(np.int32)
+        t = rng.integers(t_min, t_max or self.num_timesteps, size=g).astype(np.int32)
         noise = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
         post = rng.standard_normal((g, *self.latent_shape)).astype(np.float32)
         mine = idx[rows.start:rows.stop]
@@ -364,7 +366,7 @@ class DreamBoothBatches:
 
     def __getitem__(self, step: int):
         out = self._part(self.instance, self.latents, np.random.default_rng([self.seed, int(step), 17, 0]), self.rows,
-                         self.instance_weights, self.instance_t_min)
+                         self.instance_weights, self.instance_t_min, self.instance_t_max)
         if self.klass is not None:
             out += self._part(self.klass, self.class_latents, np.random.default_rng([self.seed, int(step), 17, 1]),
                               self.rows)
@@ -434,6 +436,9 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
         check_number(db[key], f"dreambooth.{key}", 1 if key != "train_data_repeats" else 0, integer=True)
     check_number(db.instance_t_min, "dreambooth.instance_t_min", 0, int(cfg.model.schedule.num_timesteps) - 1,
                  integer=True, hint=" (0 = every step; e.g. 400: the instance images train the noisier steps only)")
+    if db.instance_t_max != 0:
+        check_number(db.instance_t_max, "dreambooth.instance_t_max", int(db.instance_t_min) + 1, int(cfg.model.schedule.num_timesteps),
+                     integer=True, hint=" (0 = the chain's end; it must lie above dreambooth.instance_t_min)")
     if int(t.get("grad_accum_steps", 1)) != 1:
         raise DataError(f"train.grad_accum_steps={t.grad_accum_steps}: DreamBooth trains without gradient accumulation; "
                         f"raise train.batch_size instead")
@@ -505,7 +510,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
                                seed=int(t.seed), rank=runtime.rank, group_size=runtime.group_size,
                                caption_dropout=float(d.caption_dropout), klass=klass, latents=latents,
                                class_latents=class_latents, steps_per_epoch=steps_per_epoch,
-                               instance_weights=instance_weights, instance_t_min=int(db.instance_t_min))
+                               instance_weights=instance_weights, instance_t_min=int(db.instance_t_min),
+                               instance_t_max=int(db.instance_t_max))
     base = LatentDiffusionLoss(ldm, schedule.alphas_cumprod, bool(t.train_text_encoder), bool(t.schedule_fp16),
                                cached=latents is not None, loss_weighting=str(t.loss_weighting))
     loss_net = DreamBoothLoss(base, float(db.prior_loss_weight), with_prior, subject_weighted)
@@ -515,7 +521,8 @@ def build_dreambooth_trainer(cfg, runtime, resume: str | None = None, progress: 
             + (f" (from {str(db.token_init)!r}'s)" if init_ids else "")
             + (f", alone for the first {int(db.pivot_steps)} steps at learning rate {float(db.pivot_learning_rate):g}"
                if int(db.pivot_steps) > 0 else "")
-            + (f", instance t in [{int(db.instance_t_min)}, {schedule.num_timesteps})" if int(db.instance_t_min) else "")
+            + (f", instance t in [{int(db.instance_t_min)}, {source.instance_t_max})"
+               if int(db.instance_t_min) or int(db.instance_t_max) else "")
             + (f", prior preservation on {len(klass)} class images (weight {float(db.prior_loss_weight)})"
                if with_prior else ", no prior preservation"))
     pivot = None
