@@ -14,6 +14,14 @@ that costs nothing at every t is a word the model does not use:
     python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-base-v3.yaml \
         --ckpt runs/glide-shapes-base-v3/checkpoints/step_0008000.ckpt --captions --t 200 400 600 800 900
 
+--words needs no model: what the shape and place words are worth to the ideal denoiser on the config's
+chain, per --t (mind_diffusion/glide/diagnostics.py: word_value_rows), on --n one-object scenes of the
+data's world (its world.json; else the default world); writes words.md and words.csv. The noise levels
+where p_true is well below 1 are those where only the word can decide; the caption probe says whether
+the model uses it there:
+
+    python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-base-v4.yaml --words --n 48
+
 The images are the last --n pairs of the config's data at the training size (the SR stage's crops,
 with their low-res crops as its input), captioned; for each --t the eps error against the noise
 that made x_t, per pixel and of k x k block means scaled by k^2 (1 = no skill at that scale, 0 =
@@ -45,7 +53,7 @@ def write_table(out, name: str, header: str, rows: list) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the stage's training config (configs/glide/*.yaml)")
-    p.add_argument("--ckpt", required=True, help="a training checkpoint (checkpoints/step_*.ckpt) or an export")
+    p.add_argument("--ckpt", help="a training checkpoint (checkpoints/step_*.ckpt) or an export (not with --words)")
     p.add_argument("--weights", default="ema", choices=("ema", "raw"),
                    help="a training checkpoint's EMA copy (default) or its raw weights")
     p.add_argument("--n", type=int, default=32, help="images probed (the data's last N pairs)")
@@ -54,6 +62,8 @@ def main(argv=None):
     p.add_argument("--captions", action="store_true",
                    help="probe what the model reads from the captions (places, colours, shapes swapped; "
                         "shapes-world captions, base stage)")
+    p.add_argument("--words", action="store_true",
+                   help="no model: what the shape and place words are worth to the ideal denoiser, per --t")
     p.add_argument("--out", default="output/glide_probe", help="output folder (created)")
     p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. data.path=DIR")
     args = p.parse_args(argv)
@@ -78,6 +88,10 @@ def main(argv=None):
             raise ValueError(f"--t {bad[0]} is outside the 1000-step chain: give timesteps in 0..999")
         cfg = load_config(args.config, args.set, T.glide_train_config_defaults())
         stage = T.stage_of(cfg)
+        if args.words:
+            return word_values(cfg, stage)
+        if not args.ckpt:
+            raise ValueError("--ckpt is needed (the model to probe); only --words runs without one")
         if args.captions and stage != "base":
             raise ValueError("--captions probes a base model (its captions decide the picture); this config is "
                              "the super-resolution stage's")
@@ -135,6 +149,37 @@ def main(argv=None):
                     f"x (1 - abar) / abar, over the pixels unlike the border colour) with the true captions and with "
                     f"every place, object colour or shape swapped, or the caption empty. A swap costing nothing: a "
                     f"word not used at that t.\n\n", rows)
+
+    def word_values(cfg, stage):
+        import json
+        from pathlib import Path
+
+        from mind_diffusion.glide import training as T
+        from mind_diffusion.glide.diagnostics import word_alternatives, word_value_rows
+        from mind_diffusion.shapes.world import ShapesWorld
+        from mind_diffusion.utils.images import check_output_dir
+
+        if stage != "base":
+            raise ValueError("--words measures a base model's chain (its captions decide the picture); this config "
+                             "is the super-resolution stage's")
+        size = T.train_size(cfg)
+        meta = Path(str(cfg.data.path)).expanduser() / "world.json"
+        settings = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+        keep = ("seed", "split", "antialias", "size_range", "max_offset", "max_rotation", "default_background_prob")
+        world = ShapesWorld(image_size=size, two_shape_prob=0.0, **{k: settings[k] for k in keep if k in settings})
+        scenes = [world.sample_scene(i)[0] for i in range(args.n)]
+        alts = {w: [word_alternatives(s, w, size, world.antialias) for s in scenes] for w in ("shape", "place")}
+        abar = T.schedule_for(cfg).alphas_cumprod
+        per = {w: word_value_rows(a, abar, args.t, seed=args.seed) for w, a in alts.items()}
+        rows = [{"t": r["t"], "abar": r["abar"], **{f"{w}_{k}": per[w][i][k] for w in per for k in ("p_true", "excess")}}
+                for i, r in enumerate(per["shape"])]
+        out = check_output_dir(args.out)
+        write_table(out, "words", f"# What the shape and place words are worth to the ideal denoiser\n\n{args.config}'s "
+                    f"chain (snr_scale {cfg.diffusion.snr_scale}); {args.n} one-object scenes of "
+                    f"{meta if meta.is_file() else 'the default world'} at {size} px, each rendered with every shape "
+                    f"(and every place), the rest equal.\n\np_true: the posterior of the true value given x_t (1: x_t "
+                    f"shows it; 1/4 for shapes, 1/5 for places: nothing); excess: the squared x0 error (per pixel and "
+                    f"channel, over the renders' objects) of a denoiser that knows everything but the word.\n\n", rows)
 
     return run_cli(job)
 

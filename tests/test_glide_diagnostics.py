@@ -102,6 +102,51 @@ def test_caption_probe_of_an_oracle_that_reads_only_true_captions():
         caption_probe_rows(eps_fn, np.zeros((1, 3, 8, 8)), captions[:1], abar, [10])
 
 
+def test_word_value_of_two_renders_against_the_closed_form():
+    """Two renders A (true) and B with squared distance D: the log posterior ratio given x_t is N(m, 2m),
+    m = abar D / (2 (1 - abar)), so p_true = E[sigmoid(N(m, 2m))] and the excess x0 error is
+    E[(1 - p_true)^2] D / (3 n_fg) over the union of the objects; both by Gauss-Hermite quadrature
+    against 4000 draws; abar -> 1 reads the word off x_t (p_true 1), abar -> 0 not at all (1/2)."""
+    from mind_diffusion.glide.diagnostics import word_value_rows
+
+    a = np.full((3, 8, 8), -0.5)
+    b = a.copy()
+    a[:, 1:4, 1:4] = 0.5
+    b[:, 4:7, 3:6] = 0.5
+    d = float(np.square(a - b).sum())                            # 2 objects x 9 px x 3 channels x 1.0
+    n_fg = 18 - 1                                                # the two 3 x 3 objects overlap in one pixel
+    abar = np.array([1 - 1e-9, 0.02, 0.036, 0.1, 1e-9])
+    rows = word_value_rows([(np.stack([a, b]), 0)], abar, range(5), draws=4000, seed=3)
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    for r, ab in zip(rows, abar):
+        m = ab * d / (2 * (1 - ab))
+        p = 1.0 / (1.0 + np.exp(-(m + np.sqrt(2 * m) * z)))
+        want_p = float((w * p).sum() / w.sum())
+        want_ex = float((w * (1 - p) ** 2).sum() / w.sum()) * d / (3 * n_fg)
+        assert abs(r["p_true"] - want_p) < 0.012, (ab, r, want_p)
+        assert abs(r["excess"] - want_ex) < 0.02 * d / (3 * n_fg), (ab, r, want_ex)
+    assert rows[0]["p_true"] > 0.999 and abs(rows[-1]["p_true"] - 0.5) < 1e-4
+    with pytest.raises(ValueError, match="outside the 5-step chain"):
+        word_value_rows([(np.stack([a, b]), 0)], abar, [5])
+
+
+def test_word_alternatives_render_the_scene_with_each_value():
+    from mind_diffusion.glide.diagnostics import word_alternatives
+    from mind_diffusion.shapes.world import PLACES, SHAPES, Scene, ShapeObject, render_scene
+
+    scene = Scene((ShapeObject("红", "三角形", "上面", 0.12, 0.01, -0.02, 15.0),), "白")
+    x, k = word_alternatives(scene, "shape", 64)
+    assert x.shape == (4, 3, 64, 64) and SHAPES[k] == "三角形"
+    own = render_scene(scene, 64, True).astype(np.float64).transpose(2, 0, 1) / 127.5 - 1.0
+    assert np.array_equal(x[k], own) and all(not np.array_equal(x[j], own) for j in range(4) if j != k)
+    y, kp = word_alternatives(scene, "place", 64)
+    assert y.shape == (5, 3, 64, 64) and list(PLACES)[kp] == "上面" and np.array_equal(y[kp], own)
+    with pytest.raises(ValueError, match="one-object"):
+        word_alternatives(Scene(scene.objects * 2), "shape")
+    with pytest.raises(ValueError, match="'shape' or 'place'"):
+        word_alternatives(scene, "colour")
+
+
 def test_select_weights():
     from mind_diffusion.glide.diagnostics import select_weights
 
@@ -189,6 +234,29 @@ def test_script_on_a_training_checkpoint(case, tmp_path, capsys):
             for k, v in w.items():
                 assert float(g[k]) == pytest.approx(v, rel=1e-4, abs=1e-7), k
         assert float(got[1]["place"]) != float(got[1]["true"])  # a random network still reads its tokens
+        # --words: no model; the ideal denoiser's rows on the data's world (world.json) and the config's chain
+        import json
+
+        from mind_diffusion.glide.diagnostics import word_alternatives, word_value_rows
+        from mind_diffusion.shapes.world import ShapesWorld
+
+        out = tmp_path / "words"
+        assert main(["--config", str(cfg_path), "--words", "--n", "3", "--t", "300", "800", "--out", str(out)]) == 0
+        got = list(csv.DictReader(open(out / "words.csv", encoding="utf-8")))
+        meta = json.loads((data / "world.json").read_text(encoding="utf-8"))
+        world = ShapesWorld(image_size=size, seed=meta["seed"], two_shape_prob=0.0, antialias=meta["antialias"])
+        scenes = [world.sample_scene(i)[0] for i in range(3)]
+        abar = T.schedule_for(cfg).alphas_cumprod
+        for word in ("shape", "place"):
+            want = word_value_rows([word_alternatives(sc, word, size, meta["antialias"]) for sc in scenes], abar,
+                                   [300, 800], seed=1)
+            for g, w in zip(got, want):
+                assert float(g[f"{word}_p_true"]) == pytest.approx(w["p_true"], rel=1e-9)
+                assert float(g[f"{word}_excess"]) == pytest.approx(w["excess"], rel=1e-9, abs=1e-15)
+        assert float(got[0]["shape_p_true"]) > float(got[1]["shape_p_true"])  # the word is worth more at t 800
+        capsys.readouterr()
+        rc = main(["--config", str(cfg_path), "--out", str(tmp_path / "x")])
+        captured_error(capsys, rc, "--ckpt is needed")
     capsys.readouterr()
     rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
     captured_error(capsys, rc, "missing.ckpt", "not found")

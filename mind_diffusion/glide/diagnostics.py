@@ -168,3 +168,64 @@ def caption_probe_rows(eps_fn: Callable[[np.ndarray, int, list], np.ndarray], x0
             row[v] = float((err * fg).sum() / (fg.sum() * 3))
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------- the ideal denoiser's use of a word
+def word_alternatives(scene, what: str, image_size: int = 64, antialias: bool = True) -> tuple[np.ndarray, int]:
+    """``(X, k)``: the one-object shapes-world ``scene`` rendered with each value of one word, ``what`` =
+    ``"shape"`` (the world's four shapes, the object's size, offset and rotation kept; a circle unrotated)
+    or ``"place"`` (its five places), everything else equal; ``X`` (K, 3, H, W) on the [-1, 1] scale and
+    ``k`` the index of the scene's own value."""
+    import dataclasses
+
+    from ..shapes.world import PLACES, SHAPES, render_scene
+
+    if len(scene.objects) != 1:
+        raise ValueError("word_alternatives takes one-object scenes")
+    obj = scene.objects[0]
+    if what == "shape":
+        values = [dataclasses.replace(obj, shape=s, rotation=0.0 if s == "圆形" else obj.rotation) for s in SHAPES]
+        k = SHAPES.index(obj.shape)
+    elif what == "place":
+        values = [dataclasses.replace(obj, place=p) for p in PLACES]
+        k = list(PLACES).index(obj.place)
+    else:
+        raise ValueError(f"what must be 'shape' or 'place', got {what!r}")
+    renders = [render_scene(dataclasses.replace(scene, objects=(v,)), image_size, antialias) for v in values]
+    return np.stack([r.astype(np.float64).transpose(2, 0, 1) / 127.5 - 1.0 for r in renders]), k
+
+
+def word_value_rows(alternatives: Sequence[tuple[np.ndarray, int]], alphas_cumprod, timesteps: Sequence[int],
+                    draws: int = 4, seed: int = 0) -> list[dict]:
+    """What one word is worth to the ideal denoiser, per ``t``, when it knows everything else.
+
+    Each item of ``alternatives`` is ``(X, k)``: an image rendered with each of the word's K values,
+    everything else equal (:func:`word_alternatives`), ``X[k]`` the true one. For each ``t`` and each of
+    ``draws`` noise draws, ``x_t`` comes from ``X[k]``; the posterior over the K renders given ``x_t``
+    (Gaussian likelihood ``N(x_t; sqrt(abar) X_j, (1 - abar) I)``, uniform prior) is what a denoiser
+    that lacks only the word can know. Rows: ``p_true``, the mean posterior of the true value (1: x_t
+    shows it, the word is worth nothing; 1 / K: x_t shows nothing of it), and ``excess``, the squared
+    error of that denoiser's posterior-mean x0 against the truth over the pixels where the renders
+    differ from their border colour (their union), per pixel and channel: what the word would save."""
+    abar = np.asarray(alphas_cumprod, np.float64)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in timesteps:
+        t = int(t)
+        if not 0 <= t < len(abar):
+            raise ValueError(f"timestep {t} is outside the {len(abar)}-step chain")
+        a = abar[t]
+        p_true, excess = [], []
+        for x, k in alternatives:
+            x = np.asarray(x, np.float64)
+            fg = foreground(x).any(0)[0]
+            for _ in range(int(draws)):
+                xt = np.sqrt(a) * x[k] + np.sqrt(1.0 - a) * rng.standard_normal(x[k].shape)
+                logp = -np.square(xt[None] - np.sqrt(a) * x).sum((1, 2, 3)) / (2.0 * (1.0 - a))
+                post = np.exp(logp - logp.max())
+                post /= post.sum()
+                guess = np.tensordot(post, x, 1)
+                p_true.append(post[k])
+                excess.append(float(np.square(guess - x[k])[:, fg].mean()) if fg.any() else 0.0)
+        rows.append({"t": t, "abar": float(a), "p_true": float(np.mean(p_true)), "excess": float(np.mean(excess))})
+    return rows
