@@ -11,8 +11,8 @@ stays as it is (`package.json` keeps the records of the stages not repackaged):
 
     python scripts/package_glide_shapes.py --sr runs/glide-shapes-sr --out models/glide_shapes
 
---base_v3 adds the log and curve of the shipped base's first phase (no checkpoint: the base's export is the
-second phase, trained from it); --base32 and --base32_text those of the earlier recipe's two 32 px phases. --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
+--base_v3 and --base_v4 add the logs and curves of the shipped base's first two phases (no checkpoints: the base's
+export is the third phase, trained from them); --base32 and --base32_text those of the earlier recipe's two 32 px phases. --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
 EMA weights; `raw` for glide_gen.ckpt / glide_super_res.ckpt). The inference config is
 --config (default: models/glide_shapes/config.yaml, the shipped one) unless --out already holds it.
 """
@@ -36,6 +36,8 @@ def main(argv=None):
                                          "metrics_base32_text.csv, loss_base32_text.png")
     p.add_argument("--base_v3", help="the shipped base's first phase (shapes-base-v3.yaml, train.output_dir): "
                                      "metrics_base_v3.csv, loss_base_v3.png")
+    p.add_argument("--base_v4", help="the shipped base's second phase (shapes-base-v4.yaml, train.output_dir): "
+                                     "metrics_base_v4.csv, loss_base_v4.png")
     p.add_argument("--sr", help="the super-resolution model's training run")
     p.add_argument("--srgan", help="the SRGAN's training run (holding srgan.ckpt)")
     p.add_argument("--out", required=True, help="model folder to write (created)")
@@ -65,7 +67,8 @@ def main(argv=None):
         # the base's 32 px phases ship their logs only: (flag, run, tag, curve label)
         phases = (("--base32", args.base32, "base32", "mse + vb"),
                   ("--base32_text", args.base32_text, "base32_text", "weighted mse + vb"),
-                  ("--base_v3", args.base_v3, "base_v3", "weighted mse + vb"))
+                  ("--base_v3", args.base_v3, "base_v3", "weighted mse + vb"),
+                  ("--base_v4", args.base_v4, "base_v4", "weighted mse + vb"))
         for flag, run, _, _ in phases:
             if run and not (Path(run) / "metrics.csv").is_file():
                 raise FileNotFoundError(f"{Path(run) / 'metrics.csv'} not found ({flag}: an earlier phase's training run)")

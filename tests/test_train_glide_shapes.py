@@ -1,9 +1,9 @@
 """scripts/train_glide_shapes.sh, the one command that reproduces the built-in GLIDE, on a tiny budget:
 the real configs (configs/glide/shapes-*.yaml, the shipped network sizes) with 24 images and two steps
 per training stage. From nothing it must reach a packaged, loadable model folder (the three checkpoints
-in the released layout, the word-level tokenizer, the logs of the two base phases) and an evaluation table; the
-second base phase must start from the first phase's EMA weights; tracked configs stay as they are; a second run
-skips every finished stage. Marked slow: nine stages, each its own process and graph compile."""
+in the released layout, the word-level tokenizer, the logs of the three base phases) and an evaluation table; each
+later base phase must start from the previous phase's EMA weights; tracked configs stay as they are; a second run
+skips every finished stage. Marked slow: ten stages, each its own process and graph compile."""
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,8 @@ TINY = {
     "N_IMAGES": "24",
     # another seed than the second phase's: its initial weights differ from those the second phase would draw
     "BASE_V3_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1 train.seed=5",
-    "BASE_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1",
+    "BASE_V4_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1",
+    "BASE_ARGS": _DIFFUSION + " train.decay_steps=0",
     "SR_ARGS": _DIFFUSION,
     "SRGAN_ARGS": _SRGAN,
     "SRGAN_FLAT_ARGS": _SRGAN,
@@ -37,7 +38,7 @@ def first(tmp_path_factory):
     return first_build(tmp_path_factory, "train_glide_shapes.sh", TINY, "configs/glide/shapes-*.yaml")
 
 
-@pytest.mark.slow  # nine stages, each its own process and graph compile
+@pytest.mark.slow  # ten stages, each its own process and graph compile
 def test_from_nothing_to_a_packaged_glide(first):
     from mind_diffusion.checkpoint.io import read_checkpoint
     from mind_diffusion.config import read_yaml
@@ -49,7 +50,8 @@ def test_from_nothing_to_a_packaged_glide(first):
     model, runs = tmp / "model", tmp / "runs"
     names = {p.name for p in model.iterdir()}
     assert {"config.yaml", "glide_gen.ckpt", "glide_super_res.ckpt", "srgan.ckpt", "shapes-sp.model",
-            "package.json", "metrics_base_v3.csv", "metrics_base.csv", "metrics_sr.csv", "loss_base_v3.png",
+            "package.json", "metrics_base_v3.csv", "metrics_base_v4.csv", "metrics_base.csv", "metrics_sr.csv",
+            "loss_base_v3.png", "loss_base_v4.png",
             "loss_base.png", "eval"} <= names, sorted(names)
     from mind_diffusion.shapes.sentencepiece_vocab import build_sentencepiece
 
@@ -66,7 +68,7 @@ def test_from_nothing_to_a_packaged_glide(first):
     # so a fresh initialisation would differ by the size of the weights themselves)
     import numpy as np
 
-    for prev, run in (("glide-shapes-base-v3", "glide-shapes-base"),):
+    for prev, run in (("glide-shapes-base-v3", "glide-shapes-base-v4"), ("glide-shapes-base-v4", "glide-shapes-base")):
         start = runs / prev / "glide_gen_ema.ckpt"
         assert Path(str(read_yaml(runs / run / "config.yaml").init.checkpoint)) == start
         a, b = read_checkpoint(str(start)), read_checkpoint(str(runs / run / "glide_gen.ckpt"))
@@ -82,6 +84,6 @@ def test_a_second_run_skips_every_finished_stage(first):
     assert proc.returncode == 0
     again = _run(tmp, str(tmp / "model"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    for stage in ("base-v3", "base", "sr", "srgan", "srgan-flat", "srgan-finetune"):
+    for stage in ("base-v3", "base-v4", "base", "sr", "srgan", "srgan-flat", "srgan-finetune"):
         assert f"== {stage}: finished before" in again.stdout, stage
     assert "holds an export, kept" in again.stdout and "exists, kept" in again.stdout
