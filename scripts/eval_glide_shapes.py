@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--n_seen", type=int, default=16, help="seen (training-combination) prompts")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--batch", type=int, default=8, help="images per pipeline call")
-    p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. sampling.guidance_scale=3")
+    p.add_argument("--set", nargs="*", action="extend", default=[], help="config overrides, e.g. sampling.guidance_scale=3")
     from mind_diffusion.runtime import add_runtime_args
 
     add_runtime_args(p)

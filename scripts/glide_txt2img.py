@@ -83,7 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None, help="base seed; image k uses seed + k (default 0)")
     p.add_argument("--output_path", default="output/glide", help="output folder (created if missing)")
     p.add_argument("--config", default=None, help=f"GLIDE inference config YAML (default {DEFAULT_CONFIG})")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--official_set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for a Taichu-GLIDE config only, not the built-in's "
                         "(run_glide_infer.sh passes the original run_infer.sh settings this way)")

@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--words", action="store_true",
                    help="no model: what the shape and place words are worth to the ideal denoiser, per --t")
     p.add_argument("--out", default="output/glide_probe", help="output folder (created)")
-    p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. data.path=DIR")
+    p.add_argument("--set", nargs="*", action="extend", default=[], help="config overrides, e.g. data.path=DIR")
     args = p.parse_args(argv)
 
     def job():

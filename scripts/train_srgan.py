@@ -18,7 +18,7 @@ DEFAULT_CONFIG = "configs/glide/shapes-srgan.yaml"
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.steps=3000 train.output_dir=runs/x")
     p.add_argument("--resume", default=None,
                    help="continue the run in train.output_dir: 'auto' (its newest checkpoint that reads) or a .ckpt path")

@@ -61,7 +61,7 @@ def add_ldm_args(p, default_config: str = DEFAULT_CONFIG, default_ckpt: str = OF
     p.add_argument("--seed", type=int, default=None, help="base seed (default: the config's, 42)")
     p.add_argument("--skip_save", action="store_true", help="do not write the single images")
     p.add_argument("--skip_grid", action="store_true", help="do not write grids")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--force_memory", action="store_true",
                    help="run even when the memory estimate of one call exceeds the free memory")
     add_runtime_args(p)
