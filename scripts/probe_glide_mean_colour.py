@@ -22,6 +22,16 @@ the model uses it there:
 
     python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-base-v4.yaml --words --n 48
 
+--denoise (shapes-world data) asks whether the model keeps what x_t still shows: for each --t, the
+model's one-call estimate of the clean image from the data's images noised to t (true captions, no
+guidance), read by the world's scorer (colour / shape / position rates) and its squared error
+(mind_diffusion/glide/diagnostics.py: denoise_probe_rows); writes denoise.md and denoise.csv. Where
+--words says x_t still shows the shape, a low shape rate is a model that cannot draw the outline it
+is shown:
+
+    python scripts/probe_glide_mean_colour.py --config configs/glide/shapes-base-v5.yaml \
+        --ckpt runs/glide-shapes-base/checkpoints/step_0006000.ckpt --denoise --n 48 --t 50 135 237 389 542
+
 The images are the last --n pairs of the config's data at the training size (the SR stage's crops,
 with their low-res crops as its input), captioned; for each --t the eps error against the noise
 that made x_t, per pixel and of k x k block means scaled by k^2 (1 = no skill at that scale, 0 =
@@ -62,6 +72,9 @@ def main(argv=None):
     p.add_argument("--captions", action="store_true",
                    help="probe what the model reads from the captions (places, colours, shapes swapped; "
                         "shapes-world captions, base stage)")
+    p.add_argument("--denoise", action="store_true",
+                   help="how well the model's one-call clean-image estimate keeps the data's colours, shapes and "
+                        "places, per --t (shapes-world captions)")
     p.add_argument("--words", action="store_true",
                    help="no model: what the shape and place words are worth to the ideal denoiser, per --t")
     p.add_argument("--out", default="output/glide_probe", help="output folder (created)")
@@ -86,6 +99,8 @@ def main(argv=None):
         bad = [t for t in args.t if not 0 <= t < 1000]
         if bad:
             raise ValueError(f"--t {bad[0]} is outside the 1000-step chain: give timesteps in 0..999")
+        if sum((args.captions, args.denoise, args.words)) > 1:
+            raise ValueError("--captions, --denoise and --words are separate probes: give one of them")
         cfg = load_config(args.config, args.set, T.glide_train_config_defaults())
         stage = T.stage_of(cfg)
         if args.words:
@@ -120,6 +135,17 @@ def main(argv=None):
         out = check_output_dir(args.out)
         if args.captions:
             return caption_probe(net, tok, ncfg, x0, data, sched, what, out)
+        if args.denoise:
+            from mind_diffusion.glide.diagnostics import denoise_probe_rows
+
+            captions = [c[0] for c in data.captions[:len(x0)]]
+            rows = denoise_probe_rows(eps_fn, x0, captions, sched.alphas_cumprod, args.t, seed=args.seed)
+            return write_table(out, "denoise", f"# What the model keeps of what x_t shows\n\n{stage} model, "
+                               f"{args.ckpt} ({what}); {len(x0)} images of {args.config}'s data at {size} px, true "
+                               f"captions, no guidance.\n\nThe one-call estimate of the clean image, clip((x_t - "
+                               f"sqrt(1 - abar) eps) / sqrt(abar)), read by the shapes-world scorer (rates of colour, "
+                               f"shape and position right) and its squared error against the image (mse: every pixel; "
+                               f"mse_objects: the objects' pixels).\n\n", rows)
         pools = sorted({k for k in (4, 8, size) if size % k == 0})
         rows = probe_rows(eps_fn, x0, sched.alphas_cumprod, args.t, pools, seed=args.seed)
         write_table(out, "probe", f"# Eps skill by scale and mean-colour slope\n\n{stage} model, {args.ckpt} "

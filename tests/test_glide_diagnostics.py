@@ -102,6 +102,47 @@ def test_caption_probe_of_an_oracle_that_reads_only_true_captions():
         caption_probe_rows(eps_fn, np.zeros((1, 3, 8, 8)), captions[:1], abar, [10])
 
 
+def test_denoise_probe_of_an_oracle_and_of_a_blind_model():
+    """An eps predictor that returns the noise that made x_t gives back the images (up to x_t's float32
+    rounding): the scorer reads them as it reads the renders, at every t. One that predicts the plain
+    background (x0 = the border colour) draws no object: every rate 0, and its error over the objects'
+    pixels is their mean squared contrast (closed form)."""
+    from mind_diffusion.glide.diagnostics import denoise_probe_rows, foreground
+    from mind_diffusion.shapes.scorer import score_many
+    from mind_diffusion.shapes.world import ShapesWorld
+
+    world = ShapesWorld(image_size=64, seed=5, two_shape_prob=0.0)
+    imgs, caps = zip(*[world.sample(i)[:2] for i in range(6)])
+    x0 = np.stack(imgs).astype(np.float64).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+
+    def oracle(x, t):  # the noise that made x_t (recovered exactly from x0 in float64)
+        return (x.astype(np.float64) - np.sqrt(abar[t]) * x0) / np.sqrt(1 - abar[t])
+
+    rows = denoise_probe_rows(oracle, x0, list(caps), abar, [20, 600, 990], seed=3)
+    ref = score_many(list(imgs), list(caps))
+    assert ref["shape"] == 1.0 and ref["colour"] == 1.0  # renders: the scorer's own ground truth
+    for r in rows:
+        for k in ("colour", "shape", "position"):
+            assert r[k] == pytest.approx(ref[k]), (r["t"], k)
+        assert r["mse"] < 1e-9 and r["mse_objects"] < 1e-9
+    assert [r["t"] for r in rows] == [20, 600, 990] and rows[1]["abar"] == pytest.approx(abar[600])
+    border = np.concatenate([x0[:, :, 0, :], x0[:, :, -1, :], x0[:, :, :, 0], x0[:, :, :, -1]], axis=2).mean(2)
+    plain = np.broadcast_to(border[:, :, None, None], x0.shape)
+
+    def blind(x, t):
+        return (x.astype(np.float64) - np.sqrt(abar[t]) * plain) / np.sqrt(1 - abar[t])
+
+    rows = denoise_probe_rows(blind, x0, list(caps), abar, [300], seed=3)
+    fg = foreground(x0)
+    sq = np.square(plain - x0)
+    assert rows[0]["shape"] == 0 and rows[0]["colour"] == 0 and rows[0]["position"] == 0
+    assert rows[0]["mse_objects"] == pytest.approx((sq * fg).sum() / (fg.sum() * 3), rel=1e-5)
+    assert rows[0]["mse"] == pytest.approx(sq.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="pair up"):
+        denoise_probe_rows(oracle, x0, list(caps)[:2], abar, [10])
+
+
 def test_word_value_of_two_renders_against_the_closed_form():
     """Two renders A (true) and B with squared distance D: the log posterior ratio given x_t is N(m, 2m),
     m = abar D / (2 (1 - abar)), so p_true = E[sigmoid(N(m, 2m))] and the excess x0 error is
@@ -254,6 +295,27 @@ def test_script_on_a_training_checkpoint(case, tmp_path, capsys):
                 assert float(g[f"{word}_p_true"]) == pytest.approx(w["p_true"], rel=1e-9)
                 assert float(g[f"{word}_excess"]) == pytest.approx(w["excess"], rel=1e-9, abs=1e-15)
         assert float(got[0]["shape_p_true"]) > float(got[1]["shape_p_true"])  # the word is worth more at t 800
+        # --denoise: the EMA network's one-call clean-image estimates, scored, as by hand
+        from mind_diffusion.glide.diagnostics import denoise_probe_rows
+
+        out = tmp_path / "denoise"
+        assert main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--denoise", "--n", "4",
+                     "--t", "10", "500", "--out", str(out)]) == 0
+        got = list(csv.DictReader(open(out / "denoise.csv", encoding="utf-8")))
+
+        def eps_true(x, t):
+            return ema(ms.Tensor(x), ms.Tensor(np.full(len(x), t, np.int32)), ms.Tensor(b[1]), ms.Tensor(b[2])).asnumpy()
+
+        want = denoise_probe_rows(eps_true, b[0], caps, T.schedule_for(cfg).alphas_cumprod, [10, 500], seed=1)
+        assert [int(r["t"]) for r in got] == [10, 500]
+        for g, w in zip(got, want):
+            for k, v in w.items():
+                assert float(g[k]) == pytest.approx(v, rel=1e-4, abs=1e-7), k
+        capsys.readouterr()
+        rc = main(["--config", str(cfg_path), "--ckpt", str(tmp_path / "step.ckpt"), "--denoise", "--captions",
+                   "--out", str(tmp_path / "y")])
+        captured_error(capsys, rc, "separate probes")
+        assert not (tmp_path / "y").exists()
         capsys.readouterr()
         rc = main(["--config", str(cfg_path), "--out", str(tmp_path / "x")])
         captured_error(capsys, rc, "--ckpt is needed")

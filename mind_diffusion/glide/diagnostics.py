@@ -170,6 +170,44 @@ def caption_probe_rows(eps_fn: Callable[[np.ndarray, int, list], np.ndarray], x0
     return rows
 
 
+def denoise_probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.ndarray, captions: list,
+                       alphas_cumprod, timesteps: Sequence[int], seed: int = 0) -> list[dict]:
+    """Can the model keep what ``x_t`` still shows? Per ``t``: one noise draw makes ``x_t`` from the
+    shapes-world images ``x0`` (B, 3, H, W in [-1, 1]); the model's one-call estimate of the clean image,
+    ``x0_hat = clip((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), -1, 1)``, is read by the world's scorer
+    against the images' captions. Rows: ``t``, ``abar``, the rates ``colour``, ``shape``, ``position``
+    of the estimates, ``mse`` (x0_hat against x0 over every pixel) and ``mse_objects`` (over
+    :func:`foreground`).
+
+    Where the word probe (:func:`word_value_rows`) says that ``x_t`` still shows the shape (its
+    posterior near 1), a denoiser that reads ``x_t`` well keeps it; a shape rate well below the
+    renders' own there is a model that cannot yet draw the outline it is shown, whatever its text
+    side does."""
+    from ..shapes.scorer import score_many
+    from ..utils.images import to_uint8
+
+    abar = np.asarray(alphas_cumprod, np.float64)
+    x0 = np.asarray(x0, np.float64)
+    if x0.ndim != 4 or x0.shape[1] != 3:
+        raise ValueError(f"x0 must be (batch, 3, height, width), got shape {x0.shape}")
+    if len(captions) != len(x0):
+        raise ValueError(f"{len(captions)} captions for {len(x0)} images; they must pair up one to one")
+    fg = foreground(x0)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in timesteps:
+        t = int(t)
+        noise, xt = _noised(x0, abar, t, rng)
+        eps = np.asarray(eps_fn(xt, t), np.float64)[:, :3]
+        est = np.clip((xt - np.sqrt(1.0 - abar[t]) * eps) / np.sqrt(abar[t]), -1.0, 1.0)
+        rates = score_many(list(to_uint8(est.astype(np.float32))), list(captions))
+        sq = np.square(est - x0)
+        rows.append({"t": t, "abar": float(abar[t]), "colour": rates["colour"], "shape": rates["shape"],
+                     "position": rates["position"], "mse": float(sq.mean()),
+                     "mse_objects": float((sq * fg).sum() / max(1, fg.sum() * 3))})
+    return rows
+
+
 # ------------------------------------------------------------------------- the ideal denoiser's use of a word
 def word_alternatives(scene, what: str, image_size: int = 64, antialias: bool = True) -> tuple[np.ndarray, int]:
     """``(X, k)``: the one-object shapes-world ``scene`` rendered with each value of one word, ``what`` =
