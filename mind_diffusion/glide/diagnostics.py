@@ -183,6 +183,7 @@ def denoise_probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.n
     posterior near 1), a denoiser that reads ``x_t`` well keeps it; a shape rate well below the
     renders' own there is a model that cannot yet draw the outline it is shown, whatever its text
     side does."""
+    from ..diffusion.gaussian import eps_to_x0_ab
     from ..shapes.scorer import score_many
     from ..utils.images import to_uint8
 
@@ -197,9 +198,9 @@ def denoise_probe_rows(eps_fn: Callable[[np.ndarray, int], np.ndarray], x0: np.n
     rows = []
     for t in timesteps:
         t = int(t)
-        noise, xt = _noised(x0, abar, t, rng)
+        _, xt = _noised(x0, abar, t, rng)
         eps = np.asarray(eps_fn(xt, t), np.float64)[:, :3]
-        est = np.clip((xt - np.sqrt(1.0 - abar[t]) * eps) / np.sqrt(abar[t]), -1.0, 1.0)
+        est = np.clip(eps_to_x0_ab(abar[t], xt, eps), -1.0, 1.0)
         rates = score_many(list(to_uint8(est.astype(np.float32))), list(captions))
         sq = np.square(est - x0)
         rows.append({"t": t, "abar": float(abar[t]), "colour": rates["colour"], "shape": rates["shape"],
