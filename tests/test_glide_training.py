@@ -567,19 +567,24 @@ def test_offset_noise_adds_one_constant_per_image_and_channel(tokenizer, shapes_
         _source(tokenizer, shapes_data, offset_noise=2.0)
 
 
-def test_t_focus_redraws_a_fraction_of_the_timesteps(tokenizer, shapes_data):
-    """t_focus_range [600, 800) with fraction 0.5: every column but t is the plain run's; each t is either the
-    plain run's or redrawn inside the range, about half of them; ranks still split the global batch; a bad
-    range or fraction is one ConfigError line."""
-    plain = _source(tokenizer, shapes_data)
-    focus = _source(tokenizer, shapes_data, t_focus_range=[600, 800], t_focus_fraction=0.5)
+def _plain_and_focused_t(plain, focus, steps: int):
+    """The t columns of two batch sources over ``steps`` steps, after checking that every other column
+    is the same."""
     t_plain, t_focus = [], []
-    for step in range(100):
+    for step in range(steps):
         a, b = plain[step], focus[step]
         assert all(np.array_equal(x, y) for i, (x, y) in enumerate(zip(a, b)) if i != 3)
         t_plain.append(a[3])
         t_focus.append(b[3])
-    tp, tf = np.concatenate(t_plain), np.concatenate(t_focus)
+    return np.concatenate(t_plain), np.concatenate(t_focus)
+
+
+def test_t_focus_redraws_a_fraction_of_the_timesteps(tokenizer, shapes_data):
+    """t_focus_range [600, 800) with fraction 0.5: every column but t is the plain run's; each t is either the
+    plain run's or redrawn inside the range, about half of them; ranks still split the global batch; a bad
+    range or fraction is one ConfigError line."""
+    focus = _source(tokenizer, shapes_data, t_focus_range=[600, 800], t_focus_fraction=0.5)
+    tp, tf = _plain_and_focused_t(_source(tokenizer, shapes_data), focus, 100)
     assert tf.dtype == np.int32
     moved = tf != tp
     assert np.all((tf[moved] >= 600) & (tf[moved] < 800))
@@ -594,6 +599,34 @@ def test_t_focus_redraws_a_fraction_of_the_timesteps(tokenizer, shapes_data):
     for rng_, frac, needle in (([800, 600], 0.5, "t_focus_range"), ([0, 1001], 0.5, "t_focus_range"),
                                ([100], 0.5, "t_focus_range"), ([100.5, 200], 0.5, "t_focus_range"),
                                ([100, 200], 0.0, "t_focus_fraction"), ([100, 200], 1.5, "t_focus_fraction")):
+        with pytest.raises(ConfigError, match=needle):
+            _source(tokenizer, shapes_data, t_focus_range=rng_, t_focus_fraction=frac)
+
+
+def test_t_focus_over_several_ranges(tokenizer, shapes_data):
+    """Two ranges with fractions 0.25 / 0.25: each moved t lies in one of them, about a quarter of the batch
+    lands in each (their own share plus the plain draws that fall there); with one range given as a list of
+    one, the draws are those of the single-range form; fractions of the wrong count, or summing above 1, are
+    one ConfigError line each."""
+    two = _source(tokenizer, shapes_data, t_focus_range=[[50, 250], [600, 800]], t_focus_fraction=[0.25, 0.25])
+    tp, tt = _plain_and_focused_t(_source(tokenizer, shapes_data), two, 120)
+    moved = tt != tp
+    in_a, in_b = (tt >= 50) & (tt < 250), (tt >= 600) & (tt < 800)
+    assert np.all(in_a[moved] | in_b[moved])
+    assert abs(np.mean(moved) - 0.5) < 0.06, np.mean(moved)  # half redrawn (one may land on its own t, rarely)
+    for inside in (in_a, in_b):
+        assert abs(np.mean(inside) - (0.25 + 0.5 * 0.2)) < 0.06, np.mean(inside)  # 0.25 redrawn + 0.5 x 200 / 1000
+    one = _source(tokenizer, shapes_data, t_focus_range=[600, 800], t_focus_fraction=0.3)
+    listed = _source(tokenizer, shapes_data, t_focus_range=[[600, 800]], t_focus_fraction=[0.3])
+    for step in (0, 7):
+        assert np.array_equal(one[step][3], listed[step][3])
+    from mind_diffusion.config import ConfigError
+
+    for rng_, frac, needle in (([[50, 250], [600, 800]], 0.5, "list of 2 numbers"),
+                               ([[50, 250], [600, 800]], [0.5], "list of 2 numbers"),
+                               ([[50, 250], [600, 800]], [0.6, 0.6], "sums to 1.2"),
+                               ([[50, 250], [800, 600]], [0.2, 0.2], "t_focus_range"),
+                               ([[50, 250], [600, 800]], [0.2, 0.0], r"t_focus_fraction\[1\]")):
         with pytest.raises(ConfigError, match=needle):
             _source(tokenizer, shapes_data, t_focus_range=rng_, t_focus_fraction=frac)
 
@@ -704,7 +737,7 @@ def _train_main(capsys, cfg: Path, *args):
 
 
 @pytest.mark.parametrize("case", ["missing list", "corrupt image", "empty caption", "batch", "unknown key", "cap", "foreground",
-                                  "edge", "focus"])
+                                  "edge", "focus", "focus fractions"])
 def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, shapes_data, capsys):
     data = _copy_data(shapes_data, tmp_path / "data")
     cfg = tiny_cfg(tmp_path, shapes_sp, data)
@@ -735,6 +768,9 @@ def test_bad_input_one_line_exit_2_earlier_run_kept(case, tmp_path, shapes_sp, s
     elif case == "focus":
         extra, strict, needles = ["diffusion.t_focus_range=[700,300]"], False, ("diffusion.t_focus_range must be",
                                                                              "[700, 300]")
+    elif case == "focus fractions":  # two ranges from the command line, the default single fraction
+        extra, strict, needles = ["diffusion.t_focus_range=[[50,450],[400,850]]"], False, (
+            "diffusion.t_focus_fraction must be a list of 2 numbers", "got None")
     else:
         extra, strict, needles = ["train.btch_size=2"], False, ("unknown config key 'train.btch_size'",)
     rc = _train_main(capsys, cfg, "--overwrite", *(["--strict"] if strict else []), *extra)

@@ -138,8 +138,10 @@ def glide_train_config_defaults() -> dict:
                       # shapes of one size and place differ (see GlideHybridLoss)
                       "edge_weight": 0.0, "edge_width": 2,
                       # t_focus_range [lo, hi] ([], the original: off): t_focus_fraction of each global
-                      # batch draws t uniformly from [lo, hi) instead of [0, T) (see GlideBatches)
-                      "t_focus_range": [], "t_focus_fraction": 0.5,
+                      # batch draws t uniformly from [lo, hi) instead of [0, T) (see GlideBatches); or
+                      # several ranges [[lo, hi], ...] with a list of fractions, one each (null: 0.5 for
+                      # one range; a number or a list, so the schema leaves its type open)
+                      "t_focus_range": [], "t_focus_fraction": None,
                       "multiscale_pools": [], "multiscale_weight": None, "offset_noise": 0.0,
                       # snr_scale s (1, the original): the chain's signal-to-noise ratio at every step
                       # times s (schedule.scale_snr); s < 1 moves the noise levels at which a 64 px
@@ -398,6 +400,8 @@ class GlideBatches:
     ``t_focus_range`` ``(lo, hi)`` (empty: the original): each sample's t is, with probability
     ``t_focus_fraction``, redrawn uniformly from ``[lo, hi)`` (the noise levels where a word decides
     what x_t does not show yet get that much more of the batch); the other draws stay a plain run's.
+    Several ranges ``[[lo1, hi1], [lo2, hi2], ...]`` with one fraction each (their sum at most 1):
+    each sample is redrawn in range k with probability f_k, in none with 1 - sum f.
 
     ``offset_noise`` (0: the original): each image's noise, the eps target, gains ``offset_noise * c``
     with ``c ~ N(0, 1)`` per channel, constant over the image ("offset noise", Guttenberg 2023). The
@@ -409,7 +413,7 @@ class GlideBatches:
                  low_res_size: int | None, num_timesteps: int = 1000, text_drop_p: float = 0.2, seed: int = 0,
                  rank: int = 0, group_size: int = 1, accum_steps: int = 1, shuffle: bool = True,
                  random_flip: bool = False, crop_size: int = 0, offset_noise: float = 0.0,
-                 t_focus_range=(), t_focus_fraction: float = 0.5):
+                 t_focus_range=(), t_focus_fraction=0.5):
         check_number(text_drop_p, "data.text_drop_p", 0, 1)
         self.t_focus = check_t_focus(t_focus_range, t_focus_fraction, int(num_timesteps))
         check_number(offset_noise, "diffusion.offset_noise", 0, 1)
@@ -461,9 +465,14 @@ class GlideBatches:
             offset = rng.standard_normal((g, 3, 1, 1)) * self.offset_noise
             out["noise"] = (noise + offset).astype(np.float32)
         if self.t_focus:  # drawn after every other draw, so those are a plain run's
-            lo, hi, fraction = self.t_focus
-            focused = rng.random(g) < fraction
-            out["t"] = np.where(focused, rng.integers(lo, hi, size=g), t).astype(np.int32)
+            u = rng.random(g)  # sample j takes range k when u_j falls in [f_1 + .. + f_(k-1), f_1 + .. + f_k)
+            start, focused_t = 0.0, t.copy()
+            for lo, hi, fraction in self.t_focus:
+                redraw = rng.integers(lo, hi, size=g)
+                chosen = (u >= start) & (u < start + fraction)
+                focused_t = np.where(chosen, redraw, focused_t)
+                start += fraction
+            out["t"] = focused_t.astype(np.int32)
         return out
 
     def _crops(self, hi: np.ndarray, lo: np.ndarray, u) -> tuple[np.ndarray, np.ndarray]:
@@ -516,19 +525,43 @@ class GlideBatches:
 
 
 def check_t_focus(t_range, fraction, num_timesteps: int = 1000) -> tuple | None:
-    """``diffusion.t_focus_range`` / ``t_focus_fraction`` as ``(lo, hi, fraction)``, or None when the
-    range is empty (off); else one ``ConfigError`` line."""
+    """``diffusion.t_focus_range`` / ``t_focus_fraction`` as a tuple of ``(lo, hi, fraction)``, one per
+    range, or None when the range is empty (off); else one ``ConfigError`` line. One range ``[lo, hi]``
+    takes one fraction; several ``[[lo, hi], ...]`` take a list of fractions, one each, summing to at
+    most 1."""
     from omegaconf import OmegaConf
 
-    t_range = list(OmegaConf.to_container(t_range) if OmegaConf.is_config(t_range) else (t_range or []))
+    def plain(v):
+        return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+
+    t_range, fraction = plain(t_range) or [], plain(fraction)
+    t_range = list(t_range)
     if not t_range:
         return None
-    ok = len(t_range) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in t_range)
-    if not ok or not 0 <= t_range[0] < t_range[1] <= int(num_timesteps):
-        raise ConfigError(f"diffusion.t_focus_range must be [lo, hi] with integers 0 <= lo < hi <= "
-                          f"{num_timesteps} (the timesteps drawn more often), got {t_range!r}; [] turns it off")
-    check_number(fraction, "diffusion.t_focus_fraction", 0, 1, low_inclusive=False)
-    return int(t_range[0]), int(t_range[1]), float(fraction)
+    several = all(isinstance(r, (list, tuple)) for r in t_range)
+    if fraction is None and not several:
+        fraction = 0.5
+    ranges = [list(r) for r in t_range] if several else [t_range]
+    usage = (f"diffusion.t_focus_range must be [lo, hi] (or a list of them, [[lo, hi], ...]) with integers "
+             f"0 <= lo < hi <= {num_timesteps} (the timesteps drawn more often), got {t_range!r}; [] turns it off")
+    for r in ranges:
+        ok = len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+        if not ok or not 0 <= r[0] < r[1] <= int(num_timesteps):
+            raise ConfigError(usage)
+    if several:
+        fractions = list(fraction) if isinstance(fraction, (list, tuple)) else None
+        if fractions is None or len(fractions) != len(ranges):
+            raise ConfigError(f"diffusion.t_focus_fraction must be a list of {len(ranges)} numbers, one per range "
+                              f"of diffusion.t_focus_range (each sample's chance of a redraw there), got {fraction!r}")
+    else:
+        fractions = [fraction]
+    for k, f in enumerate(fractions):
+        name = "diffusion.t_focus_fraction" + (f"[{k}]" if several else "")
+        check_number(f, name, 0, 1, low_inclusive=False)
+    if sum(float(f) for f in fractions) > 1 + 1e-9:
+        raise ConfigError(f"diffusion.t_focus_fraction {fractions!r} sums to {sum(fractions):g}, above 1: they are "
+                          f"shares of one batch; lower them")
+    return tuple((int(r[0]), int(r[1]), float(f)) for r, f in zip(ranges, fractions))
 
 
 def check_crop_size(crop_size, image_size: int, low_res_size) -> int:
@@ -892,7 +925,7 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
                           shuffle=bool(d.shuffle), random_flip=bool(d.random_flip), crop_size=int(d.crop_size),
                           offset_noise=float(cfg.diffusion.offset_noise),
                           t_focus_range=cfg.diffusion.t_focus_range,
-                          t_focus_fraction=float(cfg.diffusion.t_focus_fraction))
+                          t_focus_fraction=cfg.diffusion.t_focus_fraction)
     total = resolve_total_steps(t, source.steps_per_epoch)
     loss_net = GlideHybridLoss(net, schedule, stage == "sr", float(cfg.diffusion.vb_weight),
                                bool(cfg.diffusion.clip_denoised), str(cfg.diffusion.loss_weighting),
