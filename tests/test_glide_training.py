@@ -706,6 +706,49 @@ def test_text_side_holds_still_until_its_start_step(tmp_path, shapes_sp, shapes_
     captured_error(capsys, rc, "train.text_encoder_start_step=3 is not below the 3 training steps")
 
 
+def test_frozen_prefixes_hold_their_tensors(tmp_path, shapes_sp, shapes_data, capsys):
+    """``train.frozen_prefixes [middle_block, input_blocks.1]``: after 2 updates those tensors (and the EMA
+    export's) are bit-identical to the init checkpoint while the rest moved; ``input_blocks.1`` does not
+    hold ``input_blocks.10``-style neighbours; the summary counts what trains. A prefix naming nothing,
+    or a list holding everything, is one clear line."""
+    from mind_diffusion.checkpoint.io import read_checkpoint
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.training import build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+
+    init = _tiny_checkpoint("base", tmp_path / "glide_gen.ckpt", seed=7)
+    cfg_path = tiny_cfg(tmp_path, shapes_sp, shapes_data, steps=2, ckpt_every=1, ema_decay=0.9,
+                        frozen_prefixes=["middle_block", "input_blocks.1"])
+    cfg = load_config(str(cfg_path), [f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}"], glide_train_config_defaults())
+    trainer, make = build_glide_trainer(cfg, init_runtime("CPU", "pynative", seed=0, verbose=False), progress=False)
+    held = [k for k in init if k.startswith(("middle_block.", "input_blocks.1."))]
+    moving = [k for k in init if k not in held and k.endswith("weight") and init[k].ndim > 1]
+    assert len(held) > 5 and len(moving) > 5
+    n_held = sum(int(np.prod(init[k].shape)) for k in held)
+    n_all = sum(int(np.prod(init[k].shape)) for k in init)
+    assert f"{n_all - n_held:,} parameters trained ({n_held:,} held still by train.frozen_prefixes)" \
+        in capsys.readouterr().out
+    trainer.fit(make)
+    two = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002.ckpt")
+    ema = {k.split("guider_net.")[-1]: v for k, v in read_checkpoint(tmp_path / "run" / "glide_gen_ema.ckpt").items()}
+    for k in held:
+        assert np.array_equal(two[k], init[k].astype(two[k].dtype)), k
+        assert np.array_equal(ema[k], init[k].astype(ema[k].dtype)), k
+    assert all(not np.array_equal(two[k], init[k].astype(two[k].dtype)) for k in moving)
+    from types import SimpleNamespace
+
+    from mind_diffusion.glide.training import frozen_parameter_names
+
+    stub = SimpleNamespace(get_parameters=lambda: [SimpleNamespace(name=n, requires_grad=True) for n in
+                                                   ("input_blocks.1.0.w", "input_blocks.10.0.w", "out.w")])
+    assert frozen_parameter_names(stub, ["input_blocks.1"]) == {"input_blocks.1.0.w"}
+    assert frozen_parameter_names(stub, ["input_blocks.1.", "out.w"]) == {"input_blocks.1.0.w", "out.w"}
+    for prefixes, needle in ((["midle_block"], "'midle_block' names no parameter"),
+                             (sorted({k.split(".")[0] for k in init}), "holds every parameter still")):
+        rc = _train_main(capsys, cfg_path, "--overwrite", f"train.frozen_prefixes=[{','.join(prefixes)}]")
+        captured_error(capsys, rc, needle)
+
+
 # ------------------------------------------------------------------ bad input, fine-tune starts
 def _earlier_run(out: Path) -> dict:
     """A run folder of an earlier run; returns its files' bytes."""

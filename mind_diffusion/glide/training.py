@@ -192,6 +192,10 @@ def glide_train_config_defaults() -> dict:
             # not transformer_proj, nor the UNet's encoder_kv) keeps its initial weights for this many
             # steps, then trains on the common schedule; 0 (the original): trained from the start
             "text_encoder_start_step": 0,
+            # parameters held at their initial weights the whole run: names, or prefixes ending at a
+            # dot boundary ("middle_block" holds middle_block.*); [] (the original): all train. The
+            # exported files still hold every tensor (see frozen_parameter_names)
+            "frozen_prefixes": [],
         },
         # init.checkpoint: the released glide_gen.ckpt / glide_super_res.ckpt (--pretrained_model) or
         # a file this trainer wrote; null: random weights. fresh_text_side: true keeps the network's
@@ -562,6 +566,32 @@ def check_t_focus(t_range, fraction, num_timesteps: int = 1000) -> tuple | None:
         raise ConfigError(f"diffusion.t_focus_fraction {fractions!r} sums to {sum(fractions):g}, above 1: they are "
                           f"shares of one batch; lower them")
     return tuple((int(r[0]), int(r[1]), float(f)) for r, f in zip(ranges, fractions))
+
+
+def frozen_parameter_names(net, prefixes) -> set:
+    """The names of ``net``'s parameters that ``train.frozen_prefixes`` holds still: those equal to a
+    prefix or starting with it plus a dot (``input_blocks.1`` holds ``input_blocks.1.*``, not
+    ``input_blocks.10.*``). A prefix that names no parameter, or one list that holds all of them, is a
+    ``ConfigError`` line."""
+    from omegaconf import OmegaConf
+
+    prefixes = OmegaConf.to_container(prefixes) if OmegaConf.is_config(prefixes) else list(prefixes or [])
+    if not all(isinstance(x, str) and x.strip(". ") for x in prefixes):
+        raise ConfigError(f"train.frozen_prefixes must be a list of parameter names or name prefixes "
+                          f"(e.g. [middle_block, output_blocks.0]), got {prefixes!r}")
+    names = [p.name for p in net.get_parameters() if p.requires_grad]
+    frozen = set()
+    for prefix in prefixes:
+        stem = prefix.strip().rstrip(".")
+        hit = {n for n in names if n == stem or n.startswith(stem + ".")}
+        if not hit:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(f"train.frozen_prefixes: {prefix!r} names no parameter of this network; "
+                              f"names start with one of {', '.join(tops)} (e.g. input_blocks.9, middle_block)")
+        frozen |= hit
+    if frozen and len(frozen) == len(names):
+        raise ConfigError(f"train.frozen_prefixes {prefixes!r} holds every parameter still: nothing would train")
+    return frozen
 
 
 def check_crop_size(crop_size, image_size: int, low_res_size) -> int:
@@ -939,6 +969,10 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
     def schedule_cell():
         return WarmupCosineLR(t.start_learning_rate, t.end_learning_rate, int(t.warmup_steps), decay)
 
+    frozen = frozen_parameter_names(net, t.frozen_prefixes)
+    for p in net.get_parameters():
+        if p.name in frozen:
+            p.requires_grad = False
     te_start = int(t.text_encoder_start_step)
     check_delay_start("train.text_encoder_start_step", te_start, total, f"the {total} training steps",
                       "the text side would never train (lower it, or 0 to train it from the start)")
@@ -956,7 +990,9 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
         save_config(cfg, out / "config.yaml")
         n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
         print(f"[mind_diffusion] GLIDE {'base' if stage == 'base' else 'super-resolution'}: {len(data)} image-text "
-              f"pairs" + (f" ({data.skipped} skipped)" if data.skipped else "") + f", {n_params:,} parameters, "
+              f"pairs" + (f" ({data.skipped} skipped)" if data.skipped else "") + f", {n_params:,} parameters"
+              + (f" trained ({sum(int(np.prod(p.shape)) for p in net.get_parameters() if p.name in frozen):,} held "
+                 f"still by train.frozen_prefixes)" if frozen else "") + ", "
               f"{total} steps" + (f" (text side trained from step {te_start})" if te_start else "")
               + f", global batch {source.global_batch} ({source.describe_global_batch()}) -> {out}",
               flush=True)
