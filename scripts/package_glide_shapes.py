@@ -11,6 +11,8 @@ stays as it is (`package.json` keeps the records of the stages not repackaged):
 
     python scripts/package_glide_shapes.py --sr runs/glide-shapes-sr --out models/glide_shapes
 
+--base_expert adds the base's low-noise expert (glide_gen_expert.ckpt: the tensors its training changed, the base
+in --out under them; the config's checkpoint.gen_expert_ckpt and diffusion.base_expert_below name it and its switch step).
 --base_v3 and --base_v4 add the logs and curves of the shipped base's first two phases (no checkpoints: the base's
 export is the third phase, trained from them); --base32 and --base32_text those of the earlier recipe's two 32 px phases. --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
 EMA weights; `raw` for glide_gen.ckpt / glide_super_res.ckpt). The inference config is
@@ -38,6 +40,9 @@ def main(argv=None):
                                      "metrics_base_v3.csv, loss_base_v3.png")
     p.add_argument("--base_v4", help="the shipped base's second phase (shapes-base-v4.yaml, train.output_dir): "
                                      "metrics_base_v4.csv, loss_base_v4.png")
+    p.add_argument("--base_expert", help="the base's low-noise expert: a training run started from the base in --out "
+                                         "(after --base, if given) with t drawn below diffusion.base_expert_below "
+                                         "only; its tensors that differ from that base go to glide_gen_expert.ckpt")
     p.add_argument("--sr", help="the super-resolution model's training run")
     p.add_argument("--srgan", help="the SRGAN's training run (holding srgan.ckpt)")
     p.add_argument("--out", required=True, help="model folder to write (created)")
@@ -46,11 +51,11 @@ def main(argv=None):
                    help="the inference config to put in --out")
     p.add_argument("--tokenizer", default=str(ROOT / "models" / "glide_shapes" / "shapes-sp.model"))
     args = p.parse_args(argv)
-    if not (args.base or args.sr or args.srgan):
-        p.error("nothing to package: give at least one of --base, --sr, --srgan (a training run folder)")
+    if not (args.base or args.base_expert or args.sr or args.srgan):
+        p.error("nothing to package: give at least one of --base, --base_expert, --sr, --srgan (a training run folder)")
 
     def job():
-        from mind_diffusion.glide.packaging import package_stage
+        from mind_diffusion.glide.packaging import EXPERT_FILE, package_expert, package_stage
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +65,8 @@ def main(argv=None):
             ("base", f"glide_gen{suffix}.ckpt", "glide_gen.ckpt"),
             ("sr", f"glide_super_res{suffix}.ckpt", "glide_super_res.ckpt"),
             ("srgan", "srgan.ckpt", "srgan.ckpt")) if runs[kind])
-        for kind, src, _ in stages:
+        expert_src = Path(args.base_expert) / f"glide_gen{suffix}.ckpt" if args.base_expert else None
+        for kind, src, _ in (*stages, *((("base expert", expert_src, None),) if expert_src else ())):
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found: finish the {kind} training first "
                                         f"(bash scripts/train_glide_shapes.sh)")
@@ -82,6 +88,11 @@ def main(argv=None):
             report[name] = {"from": str(src), **package_stage(src, out / name, kind)}
             print(f"{name}: {report[name]['bytes'] / 1e6:.2f} MB fp16 (max relative rounding "
                   f"{report[name]['fp16_rel_error']:.1e}) from {src}", flush=True)
+        if expert_src is not None:
+            report[EXPERT_FILE] = {"from": str(expert_src), **package_expert(expert_src, out / "glide_gen.ckpt",
+                                                                            out / EXPERT_FILE)}
+            print(f"{EXPERT_FILE}: {report[EXPERT_FILE]['bytes'] / 1e6:.2f} MB fp16, "
+                  f"{report[EXPERT_FILE]['tensors']} tensors that differ from {out / 'glide_gen.ckpt'}", flush=True)
         for src, name in ((Path(args.tokenizer), "shapes-sp.model"), (Path(args.config), "config.yaml")):
             dst = out / name
             if not dst.exists() or dst.resolve() != src.resolve():
@@ -91,7 +102,7 @@ def main(argv=None):
         from mind_diffusion.utils.plots import plot_loss
 
         for run, tag, what in (*((run, tag, what) for _, run, tag, what in phases), (runs["base"], "base", "mse + vb"),
-                               (runs["sr"], "sr", "mse + vb"),
+                               (args.base_expert, "base_expert", "mse + vb"), (runs["sr"], "sr", "mse + vb"),
                                (runs["srgan"], "srgan", None)):
             if not run:
                 continue
@@ -104,7 +115,8 @@ def main(argv=None):
                 shutil.copyfile(png, out / f"{png.stem}_{tag}.png")
         record.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         total = sum(r["bytes"] for r in report.values())
-        print(f"wrote {out}: {', '.join(name for _, _, name in stages)}; the checkpoints package.json "
+        written = [name for _, _, name in stages] + ([EXPERT_FILE] if expert_src else [])
+        print(f"wrote {out}: {', '.join(written)}; the checkpoints package.json "
               f"records come to {total / 1e6:.1f} MB in all")
 
     return run_cli(job)

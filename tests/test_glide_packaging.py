@@ -144,3 +144,50 @@ def test_package_script_copies_the_32px_phase_log_beside_the_base(tmp_path, caps
     assert (out / "metrics_base.csv").read_text(encoding="utf-8") == (base / "metrics.csv").read_text(encoding="utf-8")
     assert (out / "loss_base32.png").stat().st_size > 0 and (out / "loss_base.png").stat().st_size > 0
     load_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), out / "glide_gen.ckpt", "base")  # strict
+
+
+def test_package_script_ships_the_low_noise_expert_as_the_changed_tensors(tmp_path, capsys):
+    """--base with --base_expert: glide_gen_expert.ckpt holds exactly the tensors the expert run changed
+    (fp16 like the base), the packaged base under it gives back the expert's weights, package.json records
+    it; an expert run that equals the base stops with one line."""
+    import json
+
+    from mindspore import Tensor
+    from scripts.package_glide_shapes import main
+
+    from mind_diffusion.glide.checkpoint import load_base_expert, strip_unet_prefix
+    from mind_diffusion.glide.model import build_glide_base
+
+    base_run, expert_run, out = tmp_path / "base", tmp_path / "expert", tmp_path / "model"
+    for run in (base_run, expert_run):
+        run.mkdir()
+    net = build_glide_base(GLIDE_TINY["base"])
+    save_glide_checkpoint(net, base_run / "glide_gen_ema.ckpt", "base")
+    # the expert run starts from the packaged (fp16) base and changes the output blocks only
+    for p in net.get_parameters():
+        a = p.asnumpy()
+        a = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
+        if p.name.startswith("output_blocks."):
+            a = a + np.float32(0.01)
+        p.set_data(Tensor(a))
+    save_glide_checkpoint(net, expert_run / "glide_gen_ema.ckpt", "base")
+    tok, cfg = tmp_path / "sp.model", tmp_path / "config.yaml"
+    tok.write_bytes(b"sp")
+    cfg.write_text("model: {}\n", encoding="utf-8")
+    common = ["--out", str(out), "--tokenizer", str(tok), "--config", str(cfg)]
+    assert main(["--base", str(base_run), "--base_expert", str(expert_run), *common]) in (0, None)
+    expert = read_checkpoint(out / "glide_gen_expert.ckpt")
+    changed = {p.name for p in net.get_parameters() if p.name.startswith("output_blocks.")}
+    assert {strip_unet_prefix(k) for k in expert} == changed
+    record = json.loads((out / "package.json").read_text(encoding="utf-8"))
+    assert record["glide_gen_expert.ckpt"]["tensors"] == len(changed)
+    assert "glide_gen_expert.ckpt: " in capsys.readouterr().out
+    fresh = build_glide_base(GLIDE_TINY["base"])
+    load_glide_checkpoint(fresh, out / "glide_gen.ckpt", "base")
+    load_base_expert(fresh, out / "glide_gen_expert.ckpt")
+    for p, q in zip(net.get_parameters(), fresh.get_parameters()):
+        a = p.asnumpy()
+        want = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
+        np.testing.assert_array_equal(q.asnumpy(), want, err_msg=p.name)
+    assert main(["--base_expert", str(base_run), *common]) == 2  # the base itself: nothing changed
+    assert "equals the base" in capsys.readouterr().err

@@ -47,8 +47,10 @@ __all__ = [
     "OFFICIAL_FILES",
     "TRAINING_PREFIX",
     "detect_kind",
+    "expert_state",
     "glide_state",
     "kind_of",
+    "load_base_expert",
     "load_glide_checkpoint",
     "openai_key",
     "save_glide_checkpoint",
@@ -173,6 +175,42 @@ def load_glide_checkpoint(net, path_or_state, kind: str | None = None, *,
         raise CheckpointMismatchError(exc.report, where + hint) from None
     report.ignored = ignored  # type: ignore[attr-defined]
     return report
+
+
+def load_base_expert(net, path_or_state) -> LoadReport:
+    """Overlay a base model's low-noise expert on ``net``, which already holds the base it was trained
+    from: the expert file (``glide_gen_expert.ckpt``, :func:`expert_state`) holds only the tensors that
+    training changed, in the released names. Every tensor it holds must be one of the base network's,
+    of the same shape (a ``CheckpointMismatchError`` lists the others); the rest stay the base's."""
+    if isinstance(path_or_state, Mapping):
+        state, where = path_or_state, "the given expert state"
+    else:
+        where = str(path_or_state)
+        state = read_checkpoint(path_or_state, "base model's low-noise expert checkpoint")
+    model_state = {n: v for n, v in state.items() if not is_training_state(n)}
+    if not model_state:
+        raise CheckpointError(f"{where} holds no tensors: a low-noise expert file holds the base tensors its "
+                              f"training changed (scripts/package_glide_shapes.py --base_expert writes one)")
+    names = [p.name for p in net.get_parameters()]
+    return load_strict(net, model_state, name_map=strip_unet_prefix, allow_missing=names, path=where)
+
+
+def expert_state(expert: Mapping, base: Mapping) -> dict:
+    """The tensors of a full expert checkpoint ``expert`` that differ from ``base`` (both {name: array}
+    in one layout; compared at the expert's dtype), the content of its expert file. Names that are not
+    in both, or shapes that differ, are a ``CheckpointError``: the expert was trained from another base."""
+    out = {}
+    for name, value in expert.items():
+        if is_training_state(name):
+            continue
+        if name not in base or np.shape(base[name]) != np.shape(value):
+            raise CheckpointError(f"the expert's {name} {np.shape(value)} is not a tensor of the base "
+                                  f"({np.shape(base[name]) if name in base else 'absent'}): it was trained from "
+                                  f"another base model")
+        arr = np.asarray(value)
+        if not np.array_equal(arr, np.asarray(base[name]).astype(arr.dtype)):
+            out[name] = arr
+    return out
 
 
 def glide_state(net, kind: str | None = None, layout: str = "training",

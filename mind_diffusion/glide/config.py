@@ -108,16 +108,19 @@ def glide_config_defaults() -> dict:
                   "sr": glide_sr_defaults(), "srgan": srgan_defaults()},
         "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model",
                       "bpe_dir": "gpt2-bpe"},
+        # gen_expert_ckpt (null: none, the original): the base's low-noise expert, the tensors a copy of
+        # the base changed when trained on t < diffusion.base_expert_below only; it denoises those steps
+        # and the base the others (a relative name is in the base checkpoint's folder)
         "checkpoint": {"ckpt_path": "models/glide", "gen_ckpt": "glide_gen.ckpt",
                        "super_ckpt": "glide_super_res.ckpt", "srgan_ckpt": "srgan.ckpt",
-                       "url": GLIDE_URL},
+                       "gen_expert_ckpt": None, "url": GLIDE_URL},
         # base stage: ancestral sampling over respacing "60" of the cosine schedule (the
         # original); any core sampler by name. Super-resolution: DDIM over "fast27" (27 only), from
         # noise (super_res_strength 1, the original) or, below 1, from the noised enlarged low-res image.
         # the chains the networks were trained on: snr_scale s multiplies the base (or SR) cosine
         # (linear) schedule's signal-to-noise ratios (1: the released models; a model trained with
         # diffusion.snr_scale s is sampled with the same s)
-        "diffusion": {"base_snr_scale": 1.0, "sr_snr_scale": 1.0},
+        "diffusion": {"base_snr_scale": 1.0, "sr_snr_scale": 1.0, "base_expert_below": 0},
         "sampling": sampling_defaults(
             sampler="ddpm", num_inference_steps=60, guidance_scale=5.0, height=64, width=64,
             num_images_per_prompt=8, seed=0, negative_prompt="", super_res_steps=27, super_res_strength=1.0,

@@ -17,7 +17,10 @@ import numpy as np
 from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
 from .checkpoint import detect_kind
 
-__all__ = ["fp16_state", "package_stage", "max_fp16_error"]
+__all__ = ["EXPERT_FILE", "fp16_state", "package_expert", "package_stage", "max_fp16_error"]
+
+#: the base's low-noise expert in a model folder (config: checkpoint.gen_expert_ckpt)
+EXPERT_FILE = "glide_gen_expert.ckpt"
 
 
 def fp16_state(state: dict) -> dict:
@@ -63,3 +66,25 @@ def package_stage(src: str | Path, dst: str | Path, kind: str) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
             "fp16_rel_error": max_fp16_error(state)}
+
+
+def package_expert(src: str | Path, base: str | Path, dst: str | Path) -> dict:
+    """Write the base's low-noise expert: the tensors of ``src`` (a base-stage export trained from the
+    packaged base ``base``) that differ from ``base`` once stored as fp16 like it (``expert_state``), to
+    ``dst``. Returns {'path', 'bytes', 'sha256', 'fp16_rel_error', 'tensors', 'parameters'}."""
+    from .checkpoint import expert_state
+
+    state = read_checkpoint(src, "base expert checkpoint")
+    state = {k: v for k, v in state.items() if not k.startswith("meta.")}
+    if detect_kind(state) != "base":
+        raise CheckpointError(f"{src} holds a {detect_kind(state) or 'non-GLIDE'} checkpoint, not a base model's")
+    if not Path(base).is_file():
+        raise CheckpointError(f"{base} not found: the expert is stored against the packaged base (--base first)")
+    changed = expert_state(fp16_state(state), read_checkpoint(base, "base checkpoint"))
+    if not changed:
+        raise CheckpointError(f"{src} equals the base {base}: no expert to store (did its training run?)")
+    path = save_atomic(changed, dst)
+    return {"path": str(path), "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+            "fp16_rel_error": max_fp16_error({k: state[k] for k in changed}),
+            "tensors": len(changed), "parameters": int(sum(np.size(v) for v in changed.values()))}

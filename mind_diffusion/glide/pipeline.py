@@ -35,8 +35,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .. import timings
-from ..checkpoint.io import CheckpointError, file_sha256
-from ..config import load_config, to_plain
+from ..checkpoint.io import CheckpointError, file_sha256, load_strict
+from ..config import ConfigError, load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
 from ..diffusion.samplers import check_strength, get_sampler, sampler_levels, strength_start_step
 from ..text.factory import build_glide_tokenizer
@@ -78,11 +78,34 @@ def _normalize_stages(stages) -> int:
     return value
 
 
+def expert_below(cfg) -> int:
+    """``diffusion.base_expert_below``: the step below which the low-noise expert denoises (an integer
+    in [1, 1000]; 1000: every step); else one ``ConfigError`` line."""
+    section = cfg.get("diffusion") if hasattr(cfg, "get") else None
+    value = section.get("base_expert_below", 0) if section is not None else 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1000:
+        raise ConfigError(f"diffusion.base_expert_below must be an integer in [1, 1000] (the base's low-noise "
+                          f"expert denoises the steps t below it; the value it was trained for), got {value!r}, "
+                          f"with checkpoint.gen_expert_ckpt set")
+    return int(value)
+
+
+def expert_path(cfg, gen_ckpt) -> Path:
+    """The config's ``checkpoint.gen_expert_ckpt``: as given when absolute, else in the base checkpoint's
+    folder (``checkpoint.ckpt_path`` when the base is a state)."""
+    name = Path(str(cfg.checkpoint.gen_expert_ckpt)).expanduser()
+    if name.is_absolute():
+        return name
+    if isinstance(gen_ckpt, (str, os.PathLike)):
+        return Path(gen_ckpt).expanduser().parent / name
+    return Path(str(cfg.checkpoint.ckpt_path)).expanduser() / name
+
+
 class GlidePipeline:
     """The three GLIDE stages; build with :meth:`from_pretrained`."""
 
     def __init__(self, base, sr, srgan, tokenizer, cfg, *, ckpt_paths: Mapping | None = None,
-                 coeff_dtype: str = "float64", quantize_dtype: str = "float32"):
+                 coeff_dtype: str = "float64", quantize_dtype: str = "float32", base_expert=None):
         self.cfg = cfg
         self.base, self.sr, self.srgan = base, sr, srgan
         self.tokenizer = tokenizer
@@ -101,10 +124,15 @@ class GlidePipeline:
         # order), guided eps + the conditional half's variance channels; the scale an input
         self._base_step = GuidedModel(base, eps_channels=3, cond_first=True) \
             if base is not None else None
+        # the low-noise expert (checkpoint.gen_expert_ckpt): its own graph, for the steps t < expert_below
+        self.expert_below = expert_below(cfg) if base_expert is not None else 0
+        self._expert_step = GuidedModel(base_expert, eps_channels=3, cond_first=True) \
+            if base_expert is not None else None
         self._sr_step = UnguidedModel(sr) if sr is not None else None
         self._schedules: dict = {}
         self._srgan_step = SRGANStep(srgan) if srgan is not None else None
-        for cell in (base, sr, srgan, self._base_step, self._sr_step, self._srgan_step):
+        for cell in (base, sr, srgan, base_expert, self._base_step, self._expert_step, self._sr_step,
+                     self._srgan_step):
             if cell is not None:
                 cell.set_train(False)
 
@@ -117,7 +145,7 @@ class GlidePipeline:
     def from_pretrained(cls, config=None, gen_ckpt=None, super_ckpt=None, srgan_ckpt=None, *,
                         tokenizer=None, stages=1024, overrides: Sequence[str] = (),
                         compute_dtype=None, coeff_dtype: str | None = None,
-                        allow_random: bool = False) -> "GlidePipeline":
+                        allow_random: bool = False, gen_expert_ckpt=None) -> "GlidePipeline":
         """Build the stages up to ``stages`` (64, 256 or 1024) from a config (path, DictConfig
         or None for the defaults) and checkpoint files (or {name: array} states).
 
@@ -125,8 +153,12 @@ class GlidePipeline:
         GPT-2 BPE folder) or a tokenizer object. ``compute_dtype``: the precision policy's
         compute dtype (fp16 compute with fp32 norms on Ascend/GPU; the coefficient tables
         then default to fp16, as the original's). Checkpoints of stages beyond ``stages`` are
-        not needed; a missing one raises unless ``allow_random`` (tests only)."""
-        from .checkpoint import load_glide_checkpoint
+        not needed; a missing one raises unless ``allow_random`` (tests only).
+
+        ``gen_expert_ckpt`` (a path or state; default: the config's ``checkpoint.gen_expert_ckpt``,
+        a relative name in ``gen_ckpt``'s folder): the base's low-noise expert, overlaid on a second
+        copy of the base; it denoises the steps with t < ``diffusion.base_expert_below``."""
+        from .checkpoint import load_base_expert, load_glide_checkpoint
 
         cfg = config if (config is not None and not isinstance(config, (str, os.PathLike))) \
             else cls.load_config(config, overrides)
@@ -163,8 +195,30 @@ class GlidePipeline:
             if kind != "srgan" and fp16:
                 apply_glide_precision(net, compute_dtype)
             nets[kind] = net
+        expert = None
+        if gen_expert_ckpt is None and cfg.checkpoint.get("gen_expert_ckpt"):
+            gen_expert_ckpt = expert_path(cfg, gen_ckpt)
+        if gen_expert_ckpt is not None:
+            expert_below(cfg)  # a file without a switch step is a config error before any build
+            if isinstance(gen_expert_ckpt, (str, os.PathLike)):
+                gen_expert_ckpt = Path(gen_expert_ckpt).expanduser()
+                if not gen_expert_ckpt.is_file():
+                    raise CheckpointError(
+                        f"the base's low-noise expert {gen_expert_ckpt} is not there (checkpoint.gen_expert_ckpt: "
+                        f"give its path, or null to sample with the base model alone)")
+                paths["base_expert"] = str(gen_expert_ckpt)
+            with timings.phase("build"):
+                expert = build_glide_base(cfg.model.base, deferred_init=gen_ckpt is not None)
+            with timings.phase("checkpoint load"):
+                if gen_ckpt is not None:
+                    load_glide_checkpoint(expert, gen_ckpt, "base")
+                else:  # tests: the random base's own weights under the expert's
+                    load_strict(expert, {p.name: p.asnumpy() for p in nets["base"].get_parameters()})
+                load_base_expert(expert, gen_expert_ckpt)
+            if fp16:
+                apply_glide_precision(expert, compute_dtype)
         pipe = cls(nets["base"], nets["sr"], nets["srgan"], tokenizer, cfg, ckpt_paths=paths,
-                   coeff_dtype=coeff_dtype, quantize_dtype="float16" if fp16 else "float32")
+                   coeff_dtype=coeff_dtype, quantize_dtype="float16" if fp16 else "float32", base_expert=expert)
         pipe.check_tokenizer()
         return pipe
 
@@ -293,7 +347,10 @@ class GlidePipeline:
 
     def _base_model_fn(self, tokens, mask, scale, uncond, rngs, negative=None) -> Callable:
         def step(x, t, tok2, mask2, s):
-            return timings.call(self._base_step, Tensor(np.ascontiguousarray(x, np.float32)),
+            cell = self._base_step
+            if self._expert_step is not None and float(np.max(t)) < self.expert_below:
+                cell = self._expert_step
+            return timings.call(cell, Tensor(np.ascontiguousarray(x, np.float32)),
                                 Tensor(np.asarray(t, np.float32)), Tensor(np.float32(s)),
                                 Tensor(tok2), Tensor(mask2)).asnumpy()
         return gd.guided_model_fn(step, tokens, mask, scale=scale, uncond=uncond, rngs=rngs,
@@ -448,7 +505,9 @@ class GlidePipeline:
             out["super_res_step"] = super_res_steps
             out["super_res_strength"] = float(self.cfg.sampling.super_res_strength if super_res_strength is None
                                               else super_res_strength)
-        for kind, key in (("base", 64), ("sr", 256), ("srgan", 1024)):
+        if self._expert_step is not None:
+            out["base_expert_below"] = self.expert_below
+        for kind, key in (("base", 64), ("base_expert", 64), ("sr", 256), ("srgan", 1024)):
             if key <= stage and kind in self.ckpt_paths:
                 out[f"{kind}_checkpoint"] = Path(self.ckpt_paths[kind]).name
                 out[f"{kind}_checkpoint_sha256"] = hashes.get(kind)
