@@ -78,6 +78,9 @@ def main(argv=None):
                     "scale": float(s.guidance_scale), "uncond": str(s.uncond), "super_res_steps": int(s.super_res_steps),
                     "stages": args.stages, "per_prompt": args.per_prompt, "seed": args.seed,
                     "checkpoints": {k: str(v) for k, v in files.items()}, "sha256": pipe.checkpoint_hashes()}
+        if "base_expert" in pipe.ckpt_paths:  # the base's low-noise expert and its switch step
+            settings["checkpoints"]["gen_expert"] = pipe.ckpt_paths["base_expert"]
+            settings["base_expert_below"] = pipe.expert_below
 
         def run(prompts, seed):
             res = pipe(prompts, seed=seed, num_images_per_prompt=1, stages=args.stages, progress=False)

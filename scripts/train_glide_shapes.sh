@@ -13,6 +13,8 @@
 #   base-v4    its second, from base-v3's EMA on the chain with SNR / 16 (shapes-base-v4.yaml) -> $RUNS/glide-shapes-base-v4
 #   base       its third, from base-v4's EMA, the loss on the outlines and the middle of the chain
 #              (shapes-base-v5.yaml)                                                -> $RUNS/glide-shapes-base
+#   base-expert  the base's low-noise expert: a copy of base trained on t < 450 only, its 4 px level and middle
+#              held (shapes-base-expert.yaml)                                       -> $RUNS/glide-shapes-base-expert
 #   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
 #   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
 #   srgan-flat     its fine-tune for exact flat areas (shapes-srgan-flat.yaml)     -> $RUNS/glide-shapes-srgan-flat
@@ -23,7 +25,7 @@
 # Run the same command again after an interruption: finished stages are skipped and a stopped
 # training resumes from its newest checkpoint. To start over, delete $RUNS/glide-shapes-* (and $DATA).
 # Environment: PYTHON (default .venv/bin/python), DATA (data/shapes_glide256), DATA64 (data/shapes_glide64), RUNS
-# (runs), N_IMAGES (20000), BASE_V3_ARGS / BASE_V4_ARGS / BASE_ARGS / SR_ARGS / SRGAN_ARGS / SRGAN_FLAT_ARGS / SRGAN_FINETUNE_ARGS
+# (runs), N_IMAGES (20000), BASE_V3_ARGS / BASE_V4_ARGS / BASE_ARGS / BASE_EXPERT_ARGS / SR_ARGS / SRGAN_ARGS / SRGAN_FLAT_ARGS / SRGAN_FINETUNE_ARGS
 # (config overrides of each training stage, e.g. BASE_ARGS="train.steps=2000"),
 # EVAL_ARGS (extra flags of scripts/eval_glide_shapes.py), RUNTIME_ARGS (e.g. "--device_target GPU").
 set -euo pipefail
@@ -40,6 +42,7 @@ N_IMAGES="${N_IMAGES:-20000}"
 read -r -a BASE_V3_X <<< "${BASE_V3_ARGS:-}"
 read -r -a BASE_V4_X <<< "${BASE_V4_ARGS:-}"
 read -r -a BASE_X <<< "${BASE_ARGS:-}"
+read -r -a BASE_EXPERT_X <<< "${BASE_EXPERT_ARGS:-}"
 read -r -a SR_X <<< "${SR_ARGS:-}"
 read -r -a SRGAN_X <<< "${SRGAN_ARGS:-}"
 read -r -a SRGAN_FLAT_X <<< "${SRGAN_FLAT_ARGS:-}"
@@ -77,6 +80,9 @@ train base-v4 train_glide.py configs/glide/shapes-base-v4.yaml "$RUNS/glide-shap
 train base train_glide.py configs/glide/shapes-base-v5.yaml "$RUNS/glide-shapes-base" --no_progress \
   "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base" \
   "init.checkpoint=$RUNS/glide-shapes-base-v4/glide_gen_ema.ckpt" ${BASE_X[@]+"${BASE_X[@]}"}
+train base-expert train_glide.py configs/glide/shapes-base-expert.yaml "$RUNS/glide-shapes-base-expert" --no_progress \
+  "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base-expert" \
+  "init.checkpoint=$RUNS/glide-shapes-base/glide_gen_ema.ckpt" ${BASE_EXPERT_X[@]+"${BASE_EXPERT_X[@]}"}
 train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --no_progress \
   "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
 train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
@@ -89,7 +95,7 @@ train srgan-finetune train_srgan.py configs/glide/shapes-srgan-finetune.yaml "$R
   ${SRGAN_FT_X[@]+"${SRGAN_FT_X[@]}"}
 
 stage package "$PY" scripts/package_glide_shapes.py --base_v3 "$RUNS/glide-shapes-base-v3" --base_v4 "$RUNS/glide-shapes-base-v4" \
-  --base "$RUNS/glide-shapes-base" --sr "$RUNS/glide-shapes-sr" \
+  --base "$RUNS/glide-shapes-base" --base_expert "$RUNS/glide-shapes-base-expert" --sr "$RUNS/glide-shapes-sr" \
   --srgan "$RUNS/glide-shapes-srgan-finetune" --out "$OUT" --tokenizer "$TOK"
 rm -rf "$OUT/eval.tmp"
 stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \

@@ -260,4 +260,11 @@ def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 102
         build, kind, key = specs[stage]
         net = randomize(build(to_plain(cfg.model[kind])), seed + stage, std)
         save_glide_checkpoint(net, folder / str(cfg.checkpoint[key]), kind)
+        if kind == "base" and cfg.checkpoint.get("gen_expert_ckpt"):  # the low-noise expert: its output blocks
+            from mind_diffusion.checkpoint.io import save_atomic
+            from mind_diffusion.glide.checkpoint import glide_state
+
+            expert = {k: v for k, v in glide_state(randomize(net, seed + stage + 1, std), "base").items()
+                      if ".output_blocks." in k}
+            save_atomic(expert, folder / str(cfg.checkpoint.gen_expert_ckpt))
     return folder

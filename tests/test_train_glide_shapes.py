@@ -3,7 +3,7 @@ the real configs (configs/glide/shapes-*.yaml, the shipped network sizes) with 2
 per training stage. From nothing it must reach a packaged, loadable model folder (the three checkpoints
 in the released layout, the word-level tokenizer, the logs of the three base phases) and an evaluation table; each
 later base phase must start from the previous phase's EMA weights; tracked configs stay as they are; a second run
-skips every finished stage. Marked slow: ten stages, each its own process and graph compile."""
+skips every finished stage. Marked slow: eleven stages, each its own process and graph compile."""
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ TINY = {
     "BASE_V3_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1 train.seed=5",
     "BASE_V4_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1",
     "BASE_ARGS": _DIFFUSION + " train.decay_steps=0",
+    "BASE_EXPERT_ARGS": _DIFFUSION,
     "SR_ARGS": _DIFFUSION,
     "SRGAN_ARGS": _SRGAN,
     "SRGAN_FLAT_ARGS": _SRGAN,
@@ -38,7 +39,7 @@ def first(tmp_path_factory):
     return first_build(tmp_path_factory, "train_glide_shapes.sh", TINY, "configs/glide/shapes-*.yaml")
 
 
-@pytest.mark.slow  # ten stages, each its own process and graph compile
+@pytest.mark.slow  # eleven stages, each its own process and graph compile
 def test_from_nothing_to_a_packaged_glide(first):
     from mind_diffusion.checkpoint.io import read_checkpoint
     from mind_diffusion.config import read_yaml
@@ -49,7 +50,8 @@ def test_from_nothing_to_a_packaged_glide(first):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     model, runs = tmp / "model", tmp / "runs"
     names = {p.name for p in model.iterdir()}
-    assert {"config.yaml", "glide_gen.ckpt", "glide_super_res.ckpt", "srgan.ckpt", "shapes-sp.model",
+    assert {"config.yaml", "glide_gen.ckpt", "glide_gen_expert.ckpt", "glide_super_res.ckpt", "srgan.ckpt",
+            "shapes-sp.model", "metrics_base_expert.csv",
             "package.json", "metrics_base_v3.csv", "metrics_base_v4.csv", "metrics_base.csv", "metrics_sr.csv",
             "loss_base_v3.png", "loss_base_v4.png",
             "loss_base.png", "eval"} <= names, sorted(names)
@@ -68,7 +70,8 @@ def test_from_nothing_to_a_packaged_glide(first):
     # so a fresh initialisation would differ by the size of the weights themselves)
     import numpy as np
 
-    for prev, run in (("glide-shapes-base-v3", "glide-shapes-base-v4"), ("glide-shapes-base-v4", "glide-shapes-base")):
+    for prev, run in (("glide-shapes-base-v3", "glide-shapes-base-v4"), ("glide-shapes-base-v4", "glide-shapes-base"),
+                      ("glide-shapes-base", "glide-shapes-base-expert")):
         start = runs / prev / "glide_gen_ema.ckpt"
         assert Path(str(read_yaml(runs / run / "config.yaml").init.checkpoint)) == start
         a, b = read_checkpoint(str(start)), read_checkpoint(str(runs / run / "glide_gen.ckpt"))

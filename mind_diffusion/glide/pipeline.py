@@ -156,8 +156,9 @@ class GlidePipeline:
         not needed; a missing one raises unless ``allow_random`` (tests only).
 
         ``gen_expert_ckpt`` (a path or state; default: the config's ``checkpoint.gen_expert_ckpt``,
-        a relative name in ``gen_ckpt``'s folder): the base's low-noise expert, overlaid on a second
-        copy of the base; it denoises the steps with t < ``diffusion.base_expert_below``."""
+        a relative name in ``gen_ckpt``'s folder, when a ``gen_ckpt`` is given): the base's low-noise
+        expert, overlaid on a second copy of the base; it denoises the steps with t <
+        ``diffusion.base_expert_below``."""
         from .checkpoint import load_base_expert, load_glide_checkpoint
 
         cfg = config if (config is not None and not isinstance(config, (str, os.PathLike))) \
@@ -196,7 +197,7 @@ class GlidePipeline:
                 apply_glide_precision(net, compute_dtype)
             nets[kind] = net
         expert = None
-        if gen_expert_ckpt is None and cfg.checkpoint.get("gen_expert_ckpt"):
+        if gen_expert_ckpt is None and gen_ckpt is not None and cfg.checkpoint.get("gen_expert_ckpt"):
             gen_expert_ckpt = expert_path(cfg, gen_ckpt)
         if gen_expert_ckpt is not None:
             expert_below(cfg)  # a file without a switch step is a config error before any build
