@@ -56,16 +56,25 @@ def package_stage(src: str | Path, dst: str | Path, kind: str) -> dict:
     """Write ``src`` (a trained stage's export: glide_gen*.ckpt / glide_super_res*.ckpt / srgan.ckpt)
     to ``dst`` as fp16, checking it is a ``kind`` ('base', 'sr', 'srgan') checkpoint. Returns
     {'path', 'bytes', 'sha256', 'fp16_rel_error'}."""
+    state = _stage_state(src, kind)
+    path = save_atomic(fp16_state(state), dst)
+    return {**_file_record(path), "fp16_rel_error": max_fp16_error(state)}
+
+
+def _stage_state(src: str | Path, kind: str) -> dict:
+    """The model tensors of a trained stage's export ``src`` (its ``meta.*`` entries dropped), which
+    must be a ``kind`` checkpoint."""
     state = read_checkpoint(src, f"{kind} checkpoint")
     state = {k: v for k, v in state.items() if not k.startswith("meta.")}
     found = detect_kind(state)
     if found != kind:
         raise CheckpointError(f"{src} holds a {found or 'non-GLIDE'} checkpoint, not the {kind} stage's")
-    half = fp16_state(state)
-    path = save_atomic(half, dst)
+    return state
+
+
+def _file_record(path: Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-            "fp16_rel_error": max_fp16_error(state)}
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
 
 def package_expert(src: str | Path, base: str | Path, dst: str | Path) -> dict:
@@ -74,17 +83,12 @@ def package_expert(src: str | Path, base: str | Path, dst: str | Path) -> dict:
     ``dst``. Returns {'path', 'bytes', 'sha256', 'fp16_rel_error', 'tensors', 'parameters'}."""
     from .checkpoint import expert_state
 
-    state = read_checkpoint(src, "base expert checkpoint")
-    state = {k: v for k, v in state.items() if not k.startswith("meta.")}
-    if detect_kind(state) != "base":
-        raise CheckpointError(f"{src} holds a {detect_kind(state) or 'non-GLIDE'} checkpoint, not a base model's")
+    state = _stage_state(src, "base")
     if not Path(base).is_file():
         raise CheckpointError(f"{base} not found: the expert is stored against the packaged base (--base first)")
     changed = expert_state(fp16_state(state), read_checkpoint(base, "base checkpoint"))
     if not changed:
         raise CheckpointError(f"{src} equals the base {base}: no expert to store (did its training run?)")
     path = save_atomic(changed, dst)
-    return {"path": str(path), "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-            "fp16_rel_error": max_fp16_error({k: state[k] for k in changed}),
+    return {**_file_record(path), "fp16_rel_error": max_fp16_error({k: state[k] for k in changed}),
             "tensors": len(changed), "parameters": int(sum(np.size(v) for v in changed.values()))}

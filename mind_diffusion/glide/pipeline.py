@@ -209,12 +209,9 @@ class GlidePipeline:
                         f"give its path, or null to sample with the base model alone)")
                 paths["base_expert"] = str(gen_expert_ckpt)
             with timings.phase("build"):
-                expert = build_glide_base(cfg.model.base, deferred_init=gen_ckpt is not None)
-            with timings.phase("checkpoint load"):
-                if gen_ckpt is not None:
-                    load_glide_checkpoint(expert, gen_ckpt, "base")
-                else:  # tests: the random base's own weights under the expert's
-                    load_strict(expert, {p.name: p.asnumpy() for p in nets["base"].get_parameters()})
+                expert = build_glide_base(cfg.model.base, deferred_init=True)
+            with timings.phase("checkpoint load"):  # the loaded base's weights (fp32 at any precision), then its own
+                load_strict(expert, {p.name: p.asnumpy() for p in nets["base"].get_parameters()})
                 load_base_expert(expert, gen_expert_ckpt)
             if fp16:
                 apply_glide_precision(expert, compute_dtype)
