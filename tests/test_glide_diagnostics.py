@@ -195,6 +195,10 @@ def test_select_weights():
     assert select_weights(state, "ema") == ({"a.w": 2}, "EMA weights of a training checkpoint")
     assert select_weights(state, "raw")[0] == {"a.w": 1, "adam_m.a.w": 3}
     assert select_weights({"a.w": 1}, "ema")[0] == {"a.w": 1}
+    # train.frozen_prefixes: a held tensor has no EMA copy (nor optimizer state); its raw value is the weight
+    held = {**state, "b.w": 5, "global_step": 7, "meta.seed": 0}
+    assert select_weights(held, "ema") == ({"a.w": 2, "b.w": 5},
+                                           "EMA weights of a training checkpoint (1 held tensor without an EMA copy: raw)")
     with pytest.raises(ValueError):
         select_weights(state, "best")
 

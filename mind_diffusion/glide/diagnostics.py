@@ -53,9 +53,14 @@ def select_weights(state: dict, weights: str = "ema") -> tuple[dict, str]:
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
-    if weights == "ema" and ema:
-        return ema, "EMA weights of a training checkpoint"
     rest = {k: v for k, v in state.items() if not k.startswith("ema.")}
+    if weights == "ema" and ema:
+        # a run with train.frozen_prefixes keeps no EMA copy of the tensors it held: those are the raw ones
+        from ..ldm.checkpoint import split_checkpoint_state
+
+        held = {k: v for k, v in split_checkpoint_state(rest)[0].items() if k not in ema}
+        return {**held, **ema}, "EMA weights of a training checkpoint" + (
+            f" ({len(held)} held tensor{'s' if len(held) != 1 else ''} without an EMA copy: raw)" if held else "")
     if weights == "ema":
         return rest, "the file's weights (it holds no EMA copy)"
     return rest, "raw (non-EMA) weights"
