@@ -1084,3 +1084,37 @@ def test_sr_fine_tune_trains_and_exports_the_released_layout(tmp_path, shapes_sp
     # it started from the given weights (one small AdamW step away) and kept training
     k = "input_blocks.0.0.conv.weight"
     assert 0 < np.abs(first[k] - start[k]).max() < 1e-3 and np.abs(trained[k] - first[k]).max() > 0
+
+
+def test_grow_attention_starts_from_the_smaller_network(tmp_path, shapes_sp, shapes_data, capsys):
+    """init.grow_attention: a checkpoint of the network with fewer attention blocks (here none at the
+    full-size level) loads into one with them: every tensor of the file in its place, the added blocks fresh with their output projection zero (identity);
+    without the key the strict load names the tensors the file lacks; without a checkpoint, one line."""
+    from mind_diffusion.config import load_config
+    from mind_diffusion.glide.checkpoint import grown_attention_names
+    from mind_diffusion.glide.training import build_glide_trainer, glide_train_config_defaults
+    from mind_diffusion.runtime import init_runtime
+
+    want = _tiny_checkpoint("base", tmp_path / "glide_gen.ckpt", seed=12)
+    cfg_path = tiny_cfg(tmp_path, shapes_sp, shapes_data, "base")
+    grown = "model.net.attention_resolutions=[1,2]"
+    cfg = load_config(str(cfg_path), [grown, f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}",
+                                      "init.grow_attention=true", f"train.output_dir={tmp_path / 'grown'}"],
+                      glide_train_config_defaults())
+    trainer, _ = build_glide_trainer(cfg, init_runtime("CPU", "pynative", seed=0, verbose=False), progress=False)
+    assert "tensors of added attention blocks start as the identity (init.grow_attention)" in capsys.readouterr().out
+    got = {p.name: p.asnumpy() for p in trainer.model.get_parameters()}
+    rename, added = grown_attention_names(list(want), list(got))
+    for name, value in want.items():
+        assert np.array_equal(got[rename[name]], value.astype(got[rename[name]].dtype)), name
+    assert added and all(".1." in n for n in added)
+    proj = [n for n in added if "proj_out" in n and n.endswith("weight")]
+    assert proj and all(not got[n].any() for n in proj)
+
+    rc = _train_main(capsys, cfg_path, "--overwrite", grown, f"init.checkpoint={tmp_path / 'glide_gen.ckpt'}",
+                     f"train.output_dir={tmp_path / 'strict'}")
+    captured_error(capsys, rc, "lacks", "set init.grow_attention=true")  # without the key: one line says which
+    before = _earlier_run(tmp_path / "run")
+    rc = _train_main(capsys, cfg_path, "--overwrite", grown, "init.grow_attention=true")
+    captured_error(capsys, rc, "init.grow_attention=true needs init.checkpoint")
+    assert _files(tmp_path / "run") == before

@@ -49,8 +49,11 @@ __all__ = [
     "detect_kind",
     "expert_state",
     "glide_state",
+    "grown_attention_names",
+    "is_attention_tensor",
     "kind_of",
     "load_base_expert",
+    "load_grown_attention",
     "load_glide_checkpoint",
     "openai_key",
     "save_glide_checkpoint",
@@ -177,6 +180,90 @@ def load_glide_checkpoint(net, path_or_state, kind: str | None = None, *,
     return report
 
 
+_BLOCK_TENSOR = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)$")
+_ATTENTION_TENSORS = ("norm.", "qkv.", "encoder_kv.", "proj_out.")
+
+
+def is_attention_tensor(name: str) -> bool:
+    """A tensor of an attention block inside the UNet's input or output blocks (unprefixed name)."""
+    m = _BLOCK_TENSOR.match(name)
+    return bool(m) and m.group(4).startswith(_ATTENTION_TENSORS)
+
+
+def _block_layers(names) -> dict:
+    """{(part, block): {layer: 'attention' | 'other'}} of UNet tensor names (unprefixed)."""
+    out: dict = {}
+    for name in names:
+        m = _BLOCK_TENSOR.match(name)
+        if m:
+            kind = "attention" if m.group(4).startswith(_ATTENTION_TENSORS) else "other"
+            out.setdefault((m.group(1), int(m.group(2))), {})[int(m.group(3))] = kind
+    return out
+
+
+def grown_attention_names(src_names, dst_names, where: str = "the checkpoint") -> tuple[dict, list]:
+    """Map the tensor names of a UNet checkpoint (``src_names``, released or bare) onto a network whose
+    tensors are ``dst_names`` (bare): the same UNet with attention blocks added (a longer
+    ``attention_resolutions``). In a block that gains one, the layers after it move one place on
+    (``output_blocks.7.1.*``, the upsampling ResBlock, becomes ``output_blocks.7.2.*``).
+
+    Returns ``({src name: dst name}, [dst names that no src tensor fills])``; the latter are the added
+    blocks' tensors, which start at their initial weights (``proj_out`` zero: each added block is the
+    identity, so the grown network computes what the checkpoint's did). Any other difference (a layer
+    the network lacks, a block that is not attention) is a ``CheckpointError``."""
+    bare = {strip_unet_prefix(n): n for n in src_names}
+    src, dst = _block_layers(bare), _block_layers(dst_names)
+    if set(src) != set(dst):
+        raise CheckpointError(f"{where} has other UNet blocks than the network ({len(src)} against {len(dst)}): "
+                              f"it is not this network with fewer attention blocks (check model.net)")
+    moved = {}
+    for key, layers in dst.items():
+        have = sorted(src[key].items())
+        i = 0
+        for j, kind in sorted(layers.items()):
+            if i < len(have) and have[i][1] == kind:
+                moved[(key, have[i][0])] = j
+                i += 1
+            elif kind != "attention":
+                raise CheckpointError(f"{where}: {key[0]}.{key[1]} of the network has a {kind} layer {j} that "
+                                      f"the file lacks; only attention blocks can be added")
+        if i < len(have):
+            raise CheckpointError(f"{where}: {key[0]}.{key[1]}.{have[i][0]} ({have[i][1]}) has no place in the "
+                                  f"network; only attention blocks can be added, not removed")
+    rename = {}
+    for name, src_name in bare.items():
+        m = _BLOCK_TENSOR.match(name)
+        if m:
+            key = (m.group(1), int(m.group(2)))
+            name = f"{key[0]}.{key[1]}.{moved[(key, int(m.group(3)))]}.{m.group(4)}"
+        rename[src_name] = name
+    filled = set(rename.values())
+    added = [n for n in dst_names if n not in filled]
+    lacking = [n for n in added if not is_attention_tensor(n)]
+    if lacking:
+        raise CheckpointError(f"{where} lacks {len(lacking)} of the network's tensors that are not in an added "
+                              f"attention block: {', '.join(lacking[:4])}{' ...' if len(lacking) > 4 else ''}")
+    return rename, added
+
+
+def load_grown_attention(net, path_or_state, kind: str = "base") -> tuple[LoadReport, list]:
+    """Load a GLIDE checkpoint into ``net``, the same UNet with attention blocks added
+    (:func:`grown_attention_names`): strict on every tensor the file has; the added blocks keep their
+    initial weights (identity). Returns (report, the added blocks' tensor names)."""
+    if isinstance(path_or_state, Mapping):
+        state, where = path_or_state, "the given state"
+    else:
+        where = str(path_or_state)
+        state = read_checkpoint(path_or_state, f"{DESCRIPTION[kind]} checkpoint")
+    model_state = {n: v for n, v in state.items() if not is_training_state(n)}
+    found = detect_kind(model_state)
+    if found is not None and found != kind:
+        raise _wrong_model(where, found, kind)
+    rename, added = grown_attention_names(model_state, [p.name for p in net.get_parameters()], where)
+    report = load_strict(net, {rename[n]: v for n, v in model_state.items()}, allow_missing=added, path=where)
+    return report, added
+
+
 def load_base_expert(net, path_or_state) -> LoadReport:
     """Overlay a base model's low-noise expert on ``net``, which already holds the base it was trained
     from: the expert file (``glide_gen_expert.ckpt``, :func:`expert_state`) holds only the tensors that
@@ -192,18 +279,40 @@ def load_base_expert(net, path_or_state) -> LoadReport:
         raise CheckpointError(f"{where} holds no tensors: a low-noise expert file holds the base tensors its "
                               f"training changed (scripts/package_glide_shapes.py --base_expert writes one)")
     names = [p.name for p in net.get_parameters()]
-    return load_strict(net, model_state, name_map=strip_unet_prefix, allow_missing=names, path=where)
+    report = load_strict(net, model_state, name_map=strip_unet_prefix, allow_missing=names, path=where)
+    report.names = [strip_unet_prefix(n) for n in model_state]  # type: ignore[attr-defined]
+    return report
 
 
 def expert_state(expert: Mapping, base: Mapping) -> dict:
     """The tensors of a full expert checkpoint ``expert`` that differ from ``base`` (both {name: array}
-    in one layout; compared at the expert's dtype), the content of its expert file. Names that are not
+    in one layout; compared at the expert's dtype), the content of its expert file. An expert whose
+    network adds attention blocks to the base's (``model.base_expert.attention_resolutions``) is compared
+    through :func:`grown_attention_names`, and the added blocks are stored whole. Other names that are not
     in both, or shapes that differ, are a ``CheckpointError``: the expert was trained from another base."""
     out = {}
-    for name, value in expert.items():
-        if is_training_state(name):
+    names = [n for n in expert if not is_training_state(n)]
+    if any(n not in base for n in names):
+        # an expert whose network adds attention blocks to the base's (model.base_expert): the base's
+        # tensors under the expert's names; the added blocks' tensors are all stored
+        bare = {strip_unet_prefix(n): n for n in names}
+        try:
+            rename, _ = grown_attention_names([n for n in base if not is_training_state(n)], list(bare),
+                                              "the base")
+        except CheckpointError as exc:
+            raise CheckpointError(f"the expert's tensors are not the base's (nor the base's with attention blocks "
+                                  f"added: {exc}): it was trained from another base model") from None
+        lost = [n for n in rename if rename[n] not in bare]
+        if lost:
+            raise CheckpointError(f"the expert lacks the base's {lost[0]} ({len(lost)} in all): it was trained "
+                                  f"from another base model")
+        base = {bare[rename[n]]: v for n, v in base.items() if n in rename}
+    for name in names:
+        value = expert[name]
+        if name not in base:
+            out[name] = np.asarray(value)
             continue
-        if name not in base or np.shape(base[name]) != np.shape(value):
+        if np.shape(base[name]) != np.shape(value):
             raise CheckpointError(f"the expert's {name} {np.shape(value)} is not a tensor of the base "
                                   f"({np.shape(base[name]) if name in base else 'absent'}): it was trained from "
                                   f"another base model")

@@ -104,8 +104,11 @@ def network_config(defaults: dict, cfg: Mapping | None, what: str) -> dict:
 def glide_config_defaults() -> dict:
     """Schema and defaults of a GLIDE inference config (configs/glide/infer.yaml)."""
     return {
+        # base_expert.attention_resolutions ([]: the base's): the low-noise expert's network is the base's
+        # with text attention at these levels (a superset of the base's; the blocks it adds are in its file)
         "model": {"family": "taichu-glide", "base": glide_base_defaults(),
-                  "sr": glide_sr_defaults(), "srgan": srgan_defaults()},
+                  "sr": glide_sr_defaults(), "srgan": srgan_defaults(),
+                  "base_expert": {"attention_resolutions": []}},
         "tokenizer": {"is_chinese": True, "sp_model": "cog-pretrain.model",
                       "bpe_dir": "gpt2-bpe"},
         # gen_expert_ckpt (null: none, the original): the base's low-noise expert, the tensors a copy of

@@ -101,6 +101,22 @@ def expert_path(cfg, gen_ckpt) -> Path:
     return Path(str(cfg.checkpoint.ckpt_path)).expanduser() / name
 
 
+def expert_net_config(cfg) -> dict:
+    """The low-noise expert's network: the base's (``model.base``) with the text-attention levels of
+    ``model.base_expert.attention_resolutions`` when given (a superset of the base's)."""
+    net = to_plain(cfg.model.base)
+    section = cfg.model.get("base_expert") if hasattr(cfg.model, "get") else None
+    levels = [int(v) for v in (section.get("attention_resolutions") or [])] if section is not None else []
+    if not levels:
+        return net
+    base_levels = [int(v) for v in net["attention_resolutions"]]
+    if not set(base_levels) <= set(levels):
+        raise ConfigError(f"model.base_expert.attention_resolutions {levels} must hold the base's {base_levels} "
+                          f"(the expert is the base network with attention blocks added)")
+    net["attention_resolutions"] = tuple(sorted(set(levels)))
+    return net
+
+
 class GlidePipeline:
     """The three GLIDE stages; build with :meth:`from_pretrained`."""
 
@@ -159,7 +175,7 @@ class GlidePipeline:
         a relative name in ``gen_ckpt``'s folder, when a ``gen_ckpt`` is given): the base's low-noise
         expert, overlaid on a second copy of the base; it denoises the steps with t <
         ``diffusion.base_expert_below``."""
-        from .checkpoint import load_base_expert, load_glide_checkpoint
+        from .checkpoint import grown_attention_names, load_base_expert, load_glide_checkpoint
 
         cfg = config if (config is not None and not isinstance(config, (str, os.PathLike))) \
             else cls.load_config(config, overrides)
@@ -209,10 +225,19 @@ class GlidePipeline:
                         f"give its path, or null to sample with the base model alone)")
                 paths["base_expert"] = str(gen_expert_ckpt)
             with timings.phase("build"):
-                expert = build_glide_base(cfg.model.base, deferred_init=True)
+                expert = build_glide_base(expert_net_config(cfg), deferred_init=True)
             with timings.phase("checkpoint load"):  # the loaded base's weights (fp32 at any precision), then its own
-                load_strict(expert, {p.name: p.asnumpy() for p in nets["base"].get_parameters()})
-                load_base_expert(expert, gen_expert_ckpt)
+                base_state = {p.name: p.asnumpy() for p in nets["base"].get_parameters()}
+                rename, added = grown_attention_names(base_state, [p.name for p in expert.get_parameters()],
+                                                      "the base model")
+                load_strict(expert, {rename[n]: v for n, v in base_state.items()}, allow_missing=added)
+                report = load_base_expert(expert, gen_expert_ckpt)
+                lacking = sorted(set(added) - set(report.names))
+                if lacking:
+                    raise CheckpointError(
+                        f"the low-noise expert {paths.get('base_expert', 'state')} lacks the {len(lacking)} tensors of "
+                        f"the attention blocks model.base_expert.attention_resolutions adds to the base (first: "
+                        f"{lacking[0]}): set it to the levels the expert was trained with")
             if fp16:
                 apply_glide_precision(expert, compute_dtype)
         pipe = cls(nets["base"], nets["sr"], nets["srgan"], tokenizer, cfg, ckpt_paths=paths,

@@ -60,7 +60,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..checkpoint.io import CheckpointError, read_checkpoint, save_atomic
+from ..checkpoint.io import CheckpointError, CheckpointMismatchError, read_checkpoint, save_atomic
 from ..config import ConfigError, save_config, to_plain
 from ..diffusion.gaussian import MSLearnedRangeVLB
 from ..text.sentencepiece_tokenizer import padded_tokens_and_mask
@@ -78,7 +78,8 @@ from ..train.schedules import DelayedLR, WarmupCosineLR, check_delay_start
 from ..train.trainer import NoEMA, Trainer, make_train_options, resolve_total_steps
 from ..train.validate import check_number, check_train_section
 from . import diffusion as gd
-from .checkpoint import OFFICIAL_FILES, glide_state, load_glide_checkpoint, strip_unet_prefix
+from .checkpoint import (OFFICIAL_FILES, glide_state, is_attention_tensor, load_glide_checkpoint, load_grown_attention,
+                         strip_unet_prefix)
 from .config import glide_base_defaults, glide_sr_defaults, network_config
 from .model import apply_glide_precision, build_glide_base, build_glide_sr
 
@@ -202,8 +203,11 @@ def glide_train_config_defaults() -> dict:
         # fresh initial weights for the text side (TEXT_SIDE_PREFIXES) instead of the checkpoint's: a
         # UNet that already draws the scenes learns to read a new, untrained encoder (with
         # train.text_encoder_start_step, a random one held still, the recipe that taught the built-in
-        # LDM its place words)
-        "init": {"checkpoint": None, "fresh_text_side": False},
+        # LDM its place words). grow_attention: true reads a checkpoint of this network with fewer
+        # attention blocks (a shorter model.net.attention_resolutions, e.g. a base model for an expert
+        # with text attention at one more level): the blocks it lacks start as the identity (their
+        # output projection zero), so training starts from the checkpoint's function
+        "init": {"checkpoint": None, "fresh_text_side": False, "grow_attention": False},
     }
 
 
@@ -903,6 +907,9 @@ def check_glide_train_config(cfg, runtime, resume=None, overwrite: bool = False)
     if bool(cfg.init.fresh_text_side) and not init:
         raise ConfigError("init.fresh_text_side=true needs init.checkpoint (the weights of the rest of the "
                           "network); without one every weight is fresh already")
+    if bool(cfg.init.grow_attention) and (not init or bool(cfg.init.fresh_text_side)):
+        raise ConfigError("init.grow_attention=true needs init.checkpoint (the network with fewer attention "
+                          "blocks) and does not combine with init.fresh_text_side")
     if init and not Path(str(init)).expanduser().is_file():
         raise CheckpointError(f"init.checkpoint not found: {init} (the released {OFFICIAL_FILES[stage]} from "
                               f"https://download.mindspore.cn/toolkits/minddiffusion/Taichu-GLIDE/, or null to "
@@ -944,7 +951,21 @@ def build_glide_trainer(cfg, runtime, resume=None, progress: bool = True, overwr
             state = read_checkpoint(source, f"init.checkpoint ({OFFICIAL_FILES[stage]})")
             source = {n: v for n, v in state.items() if not strip_unet_prefix(n).startswith(TEXT_SIDE_PREFIXES)}
             source.update(fresh)
-        load_glide_checkpoint(net, source, stage)
+        if bool(cfg.init.grow_attention):
+            _, added = load_grown_attention(net, source, stage)
+            if runtime.rank == 0:
+                print(f"[mind_diffusion] init: {len(added)} tensors of added attention blocks start as the identity "
+                      f"(init.grow_attention)", flush=True)
+        else:
+            try:
+                load_glide_checkpoint(net, source, stage)
+            except CheckpointMismatchError as exc:
+                missing = exc.report.missing
+                if missing and not exc.report.unexpected and all(is_attention_tensor(n) for n in missing):
+                    raise CheckpointError(f"init.checkpoint {cfg.init.checkpoint} lacks {len(missing)} tensors of "
+                                          f"attention blocks the network has (model.net.attention_resolutions): "
+                                          f"set init.grow_attention=true to start them as the identity") from None
+                raise
         if fresh and runtime.rank == 0:
             print(f"[mind_diffusion] init: {len(fresh)} text-side tensors keep their fresh initial weights "
                   f"(init.fresh_text_side)", flush=True)
