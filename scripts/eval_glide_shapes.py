@@ -14,6 +14,12 @@ Writes `adherence.md` (table), `adherence.csv` (one row per image) and `grid_<sp
 --n_heldout / --n_seen scenes (256 px renders reduced with the training data's center_crop_arr),
 captioned, so "same verdicts as 64 px" says how often the SR (and SRGAN) stage keeps a correct image
 correct, whatever the base model draws (no base checkpoint is read).
+
+`--renders_from T` measures what the base's steps below t = T keep of a true image: the base starts at
+the step of its grid nearest T from the prompts' own scenes rendered at 64 px (the training data's
+rendering) and noised to that step's level, instead of from noise (the base stage's img2img,
+`GlidePipeline.run_base(init=..., start_step=...)`). A shape kept from T = 68 and lost from T = 237 is
+lost by the steps between them.
 """
 import argparse
 import csv
@@ -34,6 +40,9 @@ def main(argv=None):
     p.add_argument("--stages", type=int, default=1024, choices=(64, 256, 1024))
     p.add_argument("--first", default="model", choices=("model", "renders"),
                    help="the 64 px images: the base model's (default) or the world's renders (SR / SRGAN alone)")
+    p.add_argument("--renders_from", type=int, default=None, metavar="T",
+                   help="start the base at its grid step nearest t = T from the prompts' scenes rendered "
+                        "at 64 px and noised to that level (what the steps below T keep of a true image)")
     p.add_argument("--out", default="output/glide_shapes_eval", help="output folder (created)")
     p.add_argument("--per_prompt", type=int, default=4)
     p.add_argument("--n_heldout", type=int, default=16, help="held-out prompts (16: each held-out combination)")
@@ -63,6 +72,9 @@ def main(argv=None):
         files = {"gen": args.gen_ckpt or model / c.gen_ckpt, "super": args.super_ckpt or model / c.super_ckpt,
                  "srgan": args.srgan_ckpt or model / c.srgan_ckpt}
         renders = args.first == "renders"
+        if args.renders_from is not None and (renders or not 0 < args.renders_from < 1000):
+            raise ValueError(f"--renders_from is a timestep in (0, 1000) where the base model starts "
+                             f"(not with --first renders), got {args.renders_from}")
         if renders and args.stages < 256:
             raise ValueError("--first renders evaluates the SR / SRGAN stages: use --stages 256 or 1024")
         rt = init_runtime(args.device_target, args.mode, seed=0, precision=args.precision, **cli_options(args))
@@ -86,23 +98,52 @@ def main(argv=None):
             res = pipe(prompts, seed=seed, num_images_per_prompt=1, stages=args.stages, progress=False)
             return {size: res[size] for size in (64, 256, 1024) if size <= args.stages}
 
-        lows: list = []  # --first renders: the 64 px renders, in the prompts' order
+        lows: list = []  # --first renders / --renders_from: the renders, in the prompts' order
+
+        def run_from(prompts, seed):
+            import numpy as np
+
+            from mind_diffusion.diffusion.samplers import sampler_levels
+            from mind_diffusion.utils.images import to_uint8
+
+            init = np.stack([lows.pop(0) for _ in prompts]).astype(np.float32) / 127.5 - 1.0
+            steps, sampler = int(s.num_inference_steps), str(s.sampler)
+            ts = sampler_levels(sampler, pipe.schedule("base"), steps)[0]
+            k = max(1, int(np.argmin(np.abs(np.asarray(ts, np.float64) - args.renders_from))))
+            settings["renders_from_t"] = int(ts[k])
+            tok, mask = pipe.tokenize(list(prompts), int(pipe.base_cfg["text_ctx"]))
+            x = pipe.run_base(tok, mask, seed=seed, steps=steps, scale=float(s.guidance_scale), uncond=str(s.uncond),
+                              sampler=sampler, progress=False, init=init.transpose(0, 3, 1, 2), start_step=k)
+            return later_stages(prompts, seed, x, {64: to_uint8(x)})
+
+        def later_stages(prompts, seed, x, out):
+            """The SR (and SRGAN) stages from the 64 px images x (B, 3, H, W) in [-1, 1], into out."""
+            from mind_diffusion.utils.images import to_uint8
+
+            if args.stages >= 256:
+                tok, mask = pipe.tokenize(list(prompts), int(pipe.sr_cfg["text_ctx"]))
+                x = pipe.run_super_res(x, tok, mask, seed=seed, steps=int(settings["super_res_steps"]),
+                                       progress=False, strength=float(cfg.sampling.super_res_strength))
+                out[256] = to_uint8(x)
+                if args.stages >= 1024:
+                    out[1024] = to_uint8(pipe.run_srgan(x, progress=False))
+            return out
+
+        def scene_prompts(split, n):
+            from mind_diffusion.shapes.world import ShapesWorld
+
+            world = ShapesWorld(image_size=int(cfg.model.base.image_size), seed=0, antialias=True, split=split)
+            pairs = world.eval_scenes(n)  # the scenes of eval_prompts(split, n), in its order
+            for scene, _ in pairs:
+                lows.extend([world.render(scene)] * args.per_prompt)
+            return [cap for _, cap in pairs]
 
         def run_renders(prompts, seed):
             import numpy as np
 
-            from mind_diffusion.utils.images import to_uint8
-
             low = np.stack([lows.pop(0) for _ in prompts])
             x = (low.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
-            tok, mask = pipe.tokenize(list(prompts), int(pipe.sr_cfg["text_ctx"]))
-            out = {64: low}
-            x = pipe.run_super_res(x, tok, mask, seed=seed, steps=int(settings["super_res_steps"]),
-                                   progress=False, strength=float(cfg.sampling.super_res_strength))
-            out[256] = to_uint8(x)
-            if args.stages >= 1024:
-                out[1024] = to_uint8(pipe.run_srgan(x, progress=False))
-            return out
+            return later_stages(prompts, seed, x, {64: low})   # --first renders needs --stages >= 256
 
         def render_prompts(split, n):
             from mind_diffusion.glide.training import center_crop_arr
@@ -127,14 +168,20 @@ def main(argv=None):
         for split, n in (("heldout", args.n_heldout), ("train", args.n_seen)):
             if n <= 0:
                 continue
-            prompts = render_prompts(split, n) if renders else eval_prompts(split, n)
-            rows, images = evaluate_stages(run_renders if renders else run, prompts, args.per_prompt, args.seed,
-                                           args.batch)
+            if renders:
+                prompts, runner = render_prompts(split, n), run_renders
+            elif args.renders_from is not None:
+                prompts, runner = scene_prompts(split, n), run_from
+            else:
+                prompts, runner = eval_prompts(split, n), run
+            rows, images = evaluate_stages(runner, prompts, args.per_prompt, args.seed, args.batch)
             for r in rows:
                 r["split"] = split
             all_rows += rows
             name = "held-out combinations" if split == "heldout" else "seen combinations"
             name += " (renders at 64 px)" if renders else ""
+            name += f" (from their renders noised to t = {settings.get('renders_from_t')})" \
+                if args.renders_from is not None else ""
             table[name] = stage_rates(rows)
             for size, r in table[name].items():
                 print(f"{name} @ {size}px: " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if k != "n"), flush=True)

@@ -383,3 +383,26 @@ def test_shipped_base_model_loads_strictly_and_reproduces_its_card(tmp_path, cap
     differ = [i for i, (r, c) in enumerate(zip(rows, card)) if any(r[k] != c[k] for k in keys)]
     assert len(differ) <= 1, (differ, rows, card)
     assert sum(r["colour@64"] == "True" for r in rows) >= 3
+
+
+def test_eval_renders_from_starts_the_shipped_base_at_a_true_image(tmp_path, capsys):
+    """scripts/eval_glide_shapes.py --renders_from T: the base starts at its grid step nearest T from the
+    prompts' own scenes rendered and noised to that level. From t ~ 68 the shipped base keeps what the
+    render shows (the card: 47 of 48 held-out scenes); the step taken is recorded; with --first renders the
+    flag is one clear line."""
+    import csv
+
+    from scripts.eval_glide_shapes import main
+
+    out = tmp_path / "eval"
+    rc = main(["--model", str(BUILTIN_REAL), "--stages", "64", "--n_heldout", "2", "--n_seen", "0", "--per_prompt", "1",
+               "--renders_from", "70", "--out", str(out), "--device_target", "CPU"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    rows = list(csv.DictReader(open(out / "adherence.csv", encoding="utf-8")))
+    assert len(rows) == 2 and all(r["all@64"] == "True" for r in rows), rows
+    md = (out / "adherence.md").read_text(encoding="utf-8")
+    assert '"renders_from_t": 68' in md and "(from their renders noised to t = 68)" in md
+    capsys.readouterr()
+    rc = main(["--model", str(BUILTIN_REAL), "--first", "renders", "--renders_from", "70", "--out", str(tmp_path / "e2"),
+               "--device_target", "CPU"])
+    captured_error(capsys, rc, "--renders_from is a timestep in (0, 1000)")

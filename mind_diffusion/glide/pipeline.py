@@ -382,18 +382,34 @@ class GlidePipeline:
 
     def run_base(self, tokens, mask, *, seed: int, steps: int, scale: float, uncond: str,
                  sampler: str = "ddpm", negative=None, progress: bool = True,
-                 callback=None) -> np.ndarray:
+                 callback=None, init=None, start_step: int = 0) -> np.ndarray:
         """The base stage: any core sampler over the cosine schedule (``"ddpm"``: ancestral
         over the respacing ``str(steps)``, the original), x0 clipped, the learned variance
         used where the sampler has a variance. ``negative``: (tokens, mask) of a negative
-        prompt as the unconditional rows."""
+        prompt as the unconditional rows.
+
+        ``init`` (B, 3, size, size) in [-1, 1] with ``start_step`` >= 1: start at that step of the
+        sampler's grid from the images noised to its level, ``alpha_k init + sigma_k z`` (z: the
+        same standard-normal draws as the start noise), instead of from noise: the base stage's
+        img2img, and the probe of how much of a true image the steps below it keep."""
         n = tokens.shape[0]
         size = int(self.base_cfg["image_size"])
         rngs = gd.make_rngs(seed, n)
         x_T = gd.base_noise(rngs, (3, size, size))
+        if init is not None:
+            init = np.asarray(init, np.float64)
+            if init.shape != x_T.shape:
+                raise ValueError(f"init images must be {x_T.shape} (B, 3, H, W) in [-1, 1], got {init.shape}")
+            _, alpha, sigma = sampler_levels(sampler, self.schedule("base"), steps)
+            if isinstance(start_step, bool) or not 1 <= int(start_step) < len(alpha):
+                raise ValueError(f"start_step must be in [1, {len(alpha) - 1}] (a step of the {steps}-step grid) "
+                                 f"to start from init images, got {start_step!r}")
+            x_T = (alpha[start_step] * init + sigma[start_step] * x_T.astype(np.float64)).astype(np.float32)
+        elif start_step:
+            raise ValueError("start_step needs init images (the images noised to that step's level)")
         fn = self._base_model_fn(tokens, mask, scale, uncond, rngs, negative)
         return self._sample(sampler, fn, x_T, self.schedule("base"), steps, rngs, progress,
-                            callback)
+                            callback, start_step=int(start_step))
 
     @staticmethod
     def _sample(sampler, fn, x_T, schedule, steps, rngs, progress, callback, start_step: int = 0) -> np.ndarray:
