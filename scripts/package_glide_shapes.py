@@ -13,6 +13,8 @@ stays as it is (`package.json` keeps the records of the stages not repackaged):
 
 --base_expert adds the base's low-noise expert (glide_gen_expert.ckpt: the tensors its training changed, the base
 in --out under them; the config's checkpoint.gen_expert_ckpt and diffusion.base_expert_below name it and its switch step).
+--base_expert_v1 adds the logs and curves of the expert's first phase when --base_expert is its second (the expert
+with attention added at the 32 px level, configs/glide/shapes-base-expert-attn.yaml).
 --base_v3 and --base_v4 add the logs and curves of the shipped base's first two phases (no checkpoints: the base's
 export is the third phase, trained from them); --base32 and --base32_text those of the earlier recipe's two 32 px phases. --ckpt picks the base / SR export (glide_gen_ema.ckpt and glide_super_res_ema.ckpt by default: the
 EMA weights; `raw` for glide_gen.ckpt / glide_super_res.ckpt). The inference config is
@@ -38,6 +40,8 @@ def main(argv=None):
                                          "metrics_base32_text.csv, loss_base32_text.png")
     p.add_argument("--base_v3", help="the shipped base's first phase (shapes-base-v3.yaml, train.output_dir): "
                                      "metrics_base_v3.csv, loss_base_v3.png")
+    p.add_argument("--base_expert_v1", help="the expert's first phase (shapes-base-expert.yaml, train.output_dir) when "
+                                            "--base_expert is its second: metrics_base_expert_v1.csv, loss_base_expert_v1.png")
     p.add_argument("--base_v4", help="the shipped base's second phase (shapes-base-v4.yaml, train.output_dir): "
                                      "metrics_base_v4.csv, loss_base_v4.png")
     p.add_argument("--base_expert", help="the base's low-noise expert: a training run started from the base in --out "
@@ -74,7 +78,8 @@ def main(argv=None):
         phases = (("--base32", args.base32, "base32", "mse + vb"),
                   ("--base32_text", args.base32_text, "base32_text", "weighted mse + vb"),
                   ("--base_v3", args.base_v3, "base_v3", "weighted mse + vb"),
-                  ("--base_v4", args.base_v4, "base_v4", "weighted mse + vb"))
+                  ("--base_v4", args.base_v4, "base_v4", "weighted mse + vb"),
+                  ("--base_expert_v1", args.base_expert_v1, "base_expert_v1", "weighted mse + vb"))
         for flag, run, _, _ in phases:
             if run and not (Path(run) / "metrics.csv").is_file():
                 raise FileNotFoundError(f"{Path(run) / 'metrics.csv'} not found ({flag}: an earlier phase's training run)")

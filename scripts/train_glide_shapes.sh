@@ -15,6 +15,8 @@
 #              (shapes-base-v5.yaml)                                                -> $RUNS/glide-shapes-base
 #   base-expert  the base's low-noise expert: a copy of base trained on t < 450 only, its 4 px level and middle
 #              held (shapes-base-expert.yaml)                                       -> $RUNS/glide-shapes-base-expert
+#   base-expert-attn  its second phase: text attention added at the 32 px level (shapes-base-expert-attn.yaml)
+#                                                                                   -> $RUNS/glide-shapes-base-expert-attn
 #   sr         the 64 -> 256 model on 64 px crops (configs/glide/shapes-sr.yaml)    -> $RUNS/glide-shapes-sr
 #   srgan      the 256 -> 1024 SRGAN (configs/glide/shapes-srgan.yaml)              -> $RUNS/glide-shapes-srgan
 #   srgan-flat     its fine-tune for exact flat areas (shapes-srgan-flat.yaml)     -> $RUNS/glide-shapes-srgan-flat
@@ -43,6 +45,7 @@ read -r -a BASE_V3_X <<< "${BASE_V3_ARGS:-}"
 read -r -a BASE_V4_X <<< "${BASE_V4_ARGS:-}"
 read -r -a BASE_X <<< "${BASE_ARGS:-}"
 read -r -a BASE_EXPERT_X <<< "${BASE_EXPERT_ARGS:-}"
+read -r -a BASE_EXPERT_ATTN_X <<< "${BASE_EXPERT_ATTN_ARGS:-}"
 read -r -a SR_X <<< "${SR_ARGS:-}"
 read -r -a SRGAN_X <<< "${SRGAN_ARGS:-}"
 read -r -a SRGAN_FLAT_X <<< "${SRGAN_FLAT_ARGS:-}"
@@ -83,6 +86,9 @@ train base train_glide.py configs/glide/shapes-base-v5.yaml "$RUNS/glide-shapes-
 train base-expert train_glide.py configs/glide/shapes-base-expert.yaml "$RUNS/glide-shapes-base-expert" --no_progress \
   "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base-expert" \
   "init.checkpoint=$RUNS/glide-shapes-base/glide_gen_ema.ckpt" ${BASE_EXPERT_X[@]+"${BASE_EXPERT_X[@]}"}
+train base-expert-attn train_glide.py configs/glide/shapes-base-expert-attn.yaml "$RUNS/glide-shapes-base-expert-attn" \
+  --no_progress "data.path=$DATA64" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-base-expert-attn" \
+  "init.checkpoint=$RUNS/glide-shapes-base-expert/glide_gen_ema.ckpt" ${BASE_EXPERT_ATTN_X[@]+"${BASE_EXPERT_ATTN_X[@]}"}
 train sr train_glide.py configs/glide/shapes-sr.yaml "$RUNS/glide-shapes-sr" --no_progress \
   "data.path=$DATA" "tokenizer.sp_model=$TOK" "train.output_dir=$RUNS/glide-shapes-sr" ${SR_X[@]+"${SR_X[@]}"}
 train srgan train_srgan.py configs/glide/shapes-srgan.yaml "$RUNS/glide-shapes-srgan" \
@@ -95,7 +101,8 @@ train srgan-finetune train_srgan.py configs/glide/shapes-srgan-finetune.yaml "$R
   ${SRGAN_FT_X[@]+"${SRGAN_FT_X[@]}"}
 
 stage package "$PY" scripts/package_glide_shapes.py --base_v3 "$RUNS/glide-shapes-base-v3" --base_v4 "$RUNS/glide-shapes-base-v4" \
-  --base "$RUNS/glide-shapes-base" --base_expert "$RUNS/glide-shapes-base-expert" --sr "$RUNS/glide-shapes-sr" \
+  --base "$RUNS/glide-shapes-base" --base_expert_v1 "$RUNS/glide-shapes-base-expert" \
+  --base_expert "$RUNS/glide-shapes-base-expert-attn" --sr "$RUNS/glide-shapes-sr" \
   --srgan "$RUNS/glide-shapes-srgan-finetune" --out "$OUT" --tokenizer "$TOK"
 rm -rf "$OUT/eval.tmp"
 stage eval "$PY" scripts/eval_glide_shapes.py --model "$OUT" --out "$OUT/eval.tmp" \

@@ -250,6 +250,9 @@ def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 102
     raw = yaml.safe_load((BUILTIN_REAL / "config.yaml").read_text(encoding="utf-8"))
     if tiny:
         raw["model"].update(BUILTIN_TINY)
+        if (raw["model"].get("base_expert") or {}).get("attention_resolutions"):  # the expert adds a level here too
+            levels = sorted({1, *BUILTIN_TINY["base"]["attention_resolutions"]})
+            raw["model"]["base_expert"] = {"attention_resolutions": levels}
     raw["sampling"].update(sampling)
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     shutil.copy(BUILTIN_REAL / "shapes-sp.model", folder / "shapes-sp.model")
@@ -260,11 +263,16 @@ def make_builtin_glide_dir(folder: Path, tiny: bool = True, stages=(64, 256, 102
         build, kind, key = specs[stage]
         net = randomize(build(to_plain(cfg.model[kind])), seed + stage, std)
         save_glide_checkpoint(net, folder / str(cfg.checkpoint[key]), kind)
-        if kind == "base" and cfg.checkpoint.get("gen_expert_ckpt"):  # the low-noise expert: its output blocks
+        if kind == "base" and cfg.checkpoint.get("gen_expert_ckpt"):
+            # the low-noise expert: its output blocks and the attention blocks its network adds
             from mind_diffusion.checkpoint.io import save_atomic
-            from mind_diffusion.glide.checkpoint import glide_state
+            from mind_diffusion.glide.checkpoint import glide_state, grown_attention_names, strip_unet_prefix
+            from mind_diffusion.glide.pipeline import expert_net_config
 
-            expert = {k: v for k, v in glide_state(randomize(net, seed + stage + 1, std), "base").items()
-                      if ".output_blocks." in k}
+            ex = randomize(build_glide_base(expert_net_config(cfg)), seed + stage + 1, std)
+            _, added = grown_attention_names([p.name for p in net.get_parameters()],
+                                             [p.name for p in ex.get_parameters()])
+            expert = {k: v for k, v in glide_state(ex, "base").items()
+                      if ".output_blocks." in k or strip_unet_prefix(k) in added}
             save_atomic(expert, folder / str(cfg.checkpoint.gen_expert_ckpt))
     return folder

@@ -146,13 +146,30 @@ def test_package_script_copies_the_32px_phase_log_beside_the_base(tmp_path, caps
     load_glide_checkpoint(build_glide_base(GLIDE_TINY["base"]), out / "glide_gen.ckpt", "base")  # strict
 
 
+def _trained_expert(net, moved, run, tmp_path) -> list:
+    """Stand-in for an expert run: ``net``'s weights rounded as the packaged (fp16) base, those ``moved(name)``
+    picks shifted by 0.01, saved as ``run``/glide_gen_ema.ckpt; returns the script's --tokenizer / --config."""
+    from mindspore import Tensor
+
+    for p in net.get_parameters():
+        a = p.asnumpy()
+        a = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
+        if moved(p.name):
+            a = a + np.float32(0.01)
+        p.set_data(Tensor(a))
+    save_glide_checkpoint(net, run / "glide_gen_ema.ckpt", "base")
+    tok, cfg = tmp_path / "sp.model", tmp_path / "config.yaml"
+    tok.write_bytes(b"sp")
+    cfg.write_text("model: {}\n", encoding="utf-8")
+    return ["--tokenizer", str(tok), "--config", str(cfg)]
+
+
 def test_package_script_ships_the_low_noise_expert_as_the_changed_tensors(tmp_path, capsys):
     """--base with --base_expert: glide_gen_expert.ckpt holds exactly the tensors the expert run changed
     (fp16 like the base), the packaged base under it gives back the expert's weights, package.json records
     it; an expert run that equals the base stops with one line."""
     import json
 
-    from mindspore import Tensor
     from scripts.package_glide_shapes import main
 
     from mind_diffusion.glide.checkpoint import load_base_expert, strip_unet_prefix
@@ -164,17 +181,8 @@ def test_package_script_ships_the_low_noise_expert_as_the_changed_tensors(tmp_pa
     net = build_glide_base(GLIDE_TINY["base"])
     save_glide_checkpoint(net, base_run / "glide_gen_ema.ckpt", "base")
     # the expert run starts from the packaged (fp16) base and changes the output blocks only
-    for p in net.get_parameters():
-        a = p.asnumpy()
-        a = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
-        if p.name.startswith("output_blocks."):
-            a = a + np.float32(0.01)
-        p.set_data(Tensor(a))
-    save_glide_checkpoint(net, expert_run / "glide_gen_ema.ckpt", "base")
-    tok, cfg = tmp_path / "sp.model", tmp_path / "config.yaml"
-    tok.write_bytes(b"sp")
-    cfg.write_text("model: {}\n", encoding="utf-8")
-    common = ["--out", str(out), "--tokenizer", str(tok), "--config", str(cfg)]
+    common = ["--out", str(out), *_trained_expert(net, lambda name: name.startswith("output_blocks."), expert_run,
+                                                  tmp_path)]
     assert main(["--base", str(base_run), "--base_expert", str(expert_run), *common]) in (0, None)
     expert = read_checkpoint(out / "glide_gen_expert.ckpt")
     changed = {p.name for p in net.get_parameters() if p.name.startswith("output_blocks.")}
@@ -191,3 +199,41 @@ def test_package_script_ships_the_low_noise_expert_as_the_changed_tensors(tmp_pa
         np.testing.assert_array_equal(q.asnumpy(), want, err_msg=p.name)
     assert main(["--base_expert", str(base_run), *common]) == 2  # the base itself: nothing changed
     assert "equals the base" in capsys.readouterr().err
+
+
+def test_package_script_ships_an_expert_with_added_attention(tmp_path, capsys):
+    """--base_expert on a run whose network adds attention at one more level (init.grow_attention): the
+    expert file holds the added blocks whole and the tensors that changed under their moved names, and it
+    loads over the packaged base into that network (model.base_expert) with the run's weights;
+    --base_expert_v1 ships the first phase's log."""
+    from scripts.package_glide_shapes import main
+
+    from mind_diffusion.glide.checkpoint import load_base_expert, load_grown_attention, strip_unet_prefix
+    from mind_diffusion.glide.model import build_glide_base
+
+    base_run, v1, expert_run, out = tmp_path / "base", tmp_path / "v1", tmp_path / "expert", tmp_path / "model"
+    for run in (base_run, v1, expert_run):
+        run.mkdir()
+    (v1 / "metrics.csv").write_text("step,loss,loss_smooth\n1,0.5,0.5\n2,0.4,0.45\n", encoding="utf-8")
+    small_cfg = dict(GLIDE_TINY["base"], attention_resolutions=[1])
+    small = build_glide_base(small_cfg)
+    save_glide_checkpoint(small, base_run / "glide_gen_ema.ckpt", "base")
+    grown_cfg = dict(GLIDE_TINY["base"], attention_resolutions=[1, 2])
+    net = build_glide_base(grown_cfg)
+    _, added = load_grown_attention(net, read_checkpoint(base_run / "glide_gen_ema.ckpt"))
+    # trained: the added blocks and the input blocks move
+    rest = _trained_expert(net, lambda name: name in added or name.startswith("input_blocks."), expert_run, tmp_path)
+    assert main(["--base", str(base_run), "--base_expert_v1", str(v1), "--base_expert", str(expert_run), "--out",
+                 str(out), *rest]) in (0, None)
+    assert (out / "metrics_base_expert_v1.csv").is_file() and (out / "loss_base_expert_v1.png").is_file()
+    expert = {strip_unet_prefix(k) for k in read_checkpoint(out / "glide_gen_expert.ckpt")}
+    assert set(added) <= expert and expert == set(added) | {p.name for p in net.get_parameters()
+                                                            if p.name.startswith("input_blocks.")}
+    fresh = build_glide_base(grown_cfg)
+    load_grown_attention(fresh, out / "glide_gen.ckpt")
+    load_base_expert(fresh, out / "glide_gen_expert.ckpt")
+    for p, q in zip(net.get_parameters(), fresh.get_parameters()):
+        a = p.asnumpy()
+        want = a.astype(np.float16).astype(np.float32) if a.ndim >= 2 else a
+        np.testing.assert_array_equal(q.asnumpy(), want, err_msg=p.name)
+    capsys.readouterr()

@@ -3,7 +3,7 @@ the real configs (configs/glide/shapes-*.yaml, the shipped network sizes) with 2
 per training stage. From nothing it must reach a packaged, loadable model folder (the three checkpoints
 in the released layout, the word-level tokenizer, the logs of the three base phases) and an evaluation table; each
 later base phase must start from the previous phase's EMA weights; tracked configs stay as they are; a second run
-skips every finished stage. Marked slow: eleven stages, each its own process and graph compile."""
+skips every finished stage. Marked slow: twelve stages, each its own process and graph compile."""
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ TINY = {
     "BASE_V4_ARGS": _DIFFUSION + " train.decay_steps=0 train.text_encoder_start_step=1",
     "BASE_ARGS": _DIFFUSION + " train.decay_steps=0",
     "BASE_EXPERT_ARGS": _DIFFUSION,
+    "BASE_EXPERT_ATTN_ARGS": _DIFFUSION + " train.decay_steps=0",
     "SR_ARGS": _DIFFUSION,
     "SRGAN_ARGS": _SRGAN,
     "SRGAN_FLAT_ARGS": _SRGAN,
@@ -39,7 +40,7 @@ def first(tmp_path_factory):
     return first_build(tmp_path_factory, "train_glide_shapes.sh", TINY, "configs/glide/shapes-*.yaml")
 
 
-@pytest.mark.slow  # eleven stages, each its own process and graph compile
+@pytest.mark.slow  # twelve stages, each its own process and graph compile
 def test_from_nothing_to_a_packaged_glide(first):
     from mind_diffusion.checkpoint.io import read_checkpoint
     from mind_diffusion.config import read_yaml
@@ -51,7 +52,7 @@ def test_from_nothing_to_a_packaged_glide(first):
     model, runs = tmp / "model", tmp / "runs"
     names = {p.name for p in model.iterdir()}
     assert {"config.yaml", "glide_gen.ckpt", "glide_gen_expert.ckpt", "glide_super_res.ckpt", "srgan.ckpt",
-            "shapes-sp.model", "metrics_base_expert.csv",
+            "shapes-sp.model", "metrics_base_expert.csv", "metrics_base_expert_v1.csv",
             "package.json", "metrics_base_v3.csv", "metrics_base_v4.csv", "metrics_base.csv", "metrics_sr.csv",
             "loss_base_v3.png", "loss_base_v4.png",
             "loss_base.png", "eval"} <= names, sorted(names)
@@ -70,12 +71,21 @@ def test_from_nothing_to_a_packaged_glide(first):
     # so a fresh initialisation would differ by the size of the weights themselves)
     import numpy as np
 
+    from mind_diffusion.glide.checkpoint import grown_attention_names, strip_unet_prefix
+
     for prev, run in (("glide-shapes-base-v3", "glide-shapes-base-v4"), ("glide-shapes-base-v4", "glide-shapes-base"),
-                      ("glide-shapes-base", "glide-shapes-base-expert")):
+                      ("glide-shapes-base", "glide-shapes-base-expert"),
+                      ("glide-shapes-base-expert", "glide-shapes-base-expert-attn")):
         start = runs / prev / "glide_gen_ema.ckpt"
         assert Path(str(read_yaml(runs / run / "config.yaml").init.checkpoint)) == start
         a, b = read_checkpoint(str(start)), read_checkpoint(str(runs / run / "glide_gen.ckpt"))
-        floats = [k for k in a if np.asarray(a[k]).dtype.kind == "f" and np.asarray(a[k]).size > 1]
+        a = {k: v for k, v in a.items() if np.asarray(v).dtype.kind == "f" and np.asarray(v).size > 1}
+        if run.endswith("-attn"):  # the expert's network with attention added at 32 px: its layers moved on
+            bare = {strip_unet_prefix(k): k for k in b}
+            rename, added = grown_attention_names(list(a), list(bare))
+            assert added and any(strip_unet_prefix(k) != rename[k] for k in a)  # output_blocks.7.1 -> 7.2
+            a = {bare[rename[k]]: v for k, v in a.items()}
+        floats = list(a)
         assert set(floats) <= set(b)
         assert max(np.abs(np.asarray(a[k], np.float64)).max() for k in floats) > 0.1
         assert max(np.abs(np.asarray(b[k], np.float64) - np.asarray(a[k], np.float64)).max() for k in floats) < 0.01
