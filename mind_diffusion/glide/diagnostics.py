@@ -56,9 +56,9 @@ def select_weights(state: dict, weights: str = "ema") -> tuple[dict, str]:
     rest = {k: v for k, v in state.items() if not k.startswith("ema.")}
     if weights == "ema" and ema:
         # a run with train.frozen_prefixes keeps no EMA copy of the tensors it held: those are the raw ones
-        from ..ldm.checkpoint import split_checkpoint_state
+        from .checkpoint import is_training_state
 
-        held = {k: v for k, v in split_checkpoint_state(rest)[0].items() if k not in ema}
+        held = {k: v for k, v in rest.items() if k not in ema and not is_training_state(k)}
         return {**held, **ema}, "EMA weights of a training checkpoint" + (
             f" ({len(held)} held tensor{'s' if len(held) != 1 else ''} without an EMA copy: raw)" if held else "")
     if weights == "ema":
