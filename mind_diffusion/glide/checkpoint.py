@@ -196,7 +196,7 @@ def _block_layers(names) -> dict:
     for name in names:
         m = _BLOCK_TENSOR.match(name)
         if m:
-            kind = "attention" if m.group(4).startswith(_ATTENTION_TENSORS) else "other"
+            kind = "attention" if is_attention_tensor(name) else "other"
             out.setdefault((m.group(1), int(m.group(2))), {})[int(m.group(3))] = kind
     return out
 
@@ -314,8 +314,7 @@ def expert_state(expert: Mapping, base: Mapping) -> dict:
             continue
         if np.shape(base[name]) != np.shape(value):
             raise CheckpointError(f"the expert's {name} {np.shape(value)} is not a tensor of the base "
-                                  f"({np.shape(base[name]) if name in base else 'absent'}): it was trained from "
-                                  f"another base model")
+                                  f"({np.shape(base[name])}): it was trained from another base model")
         arr = np.asarray(value)
         if not np.array_equal(arr, np.asarray(base[name]).astype(arr.dtype)):
             out[name] = arr

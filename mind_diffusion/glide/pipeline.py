@@ -35,7 +35,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .. import timings
-from ..checkpoint.io import CheckpointError, file_sha256, load_strict
+from ..checkpoint.io import CheckpointError, file_sha256
 from ..config import ConfigError, load_config, to_plain
 from ..diffusion.guidance import GuidedModel, UnguidedModel
 from ..diffusion.samplers import check_strength, get_sampler, sampler_levels, strength_start_step
@@ -175,7 +175,7 @@ class GlidePipeline:
         a relative name in ``gen_ckpt``'s folder, when a ``gen_ckpt`` is given): the base's low-noise
         expert, overlaid on a second copy of the base; it denoises the steps with t <
         ``diffusion.base_expert_below``."""
-        from .checkpoint import grown_attention_names, load_base_expert, load_glide_checkpoint
+        from .checkpoint import load_base_expert, load_glide_checkpoint, load_grown_attention
 
         cfg = config if (config is not None and not isinstance(config, (str, os.PathLike))) \
             else cls.load_config(config, overrides)
@@ -227,10 +227,7 @@ class GlidePipeline:
             with timings.phase("build"):
                 expert = build_glide_base(expert_net_config(cfg), deferred_init=True)
             with timings.phase("checkpoint load"):  # the loaded base's weights (fp32 at any precision), then its own
-                base_state = {p.name: p.asnumpy() for p in nets["base"].get_parameters()}
-                rename, added = grown_attention_names(base_state, [p.name for p in expert.get_parameters()],
-                                                      "the base model")
-                load_strict(expert, {rename[n]: v for n, v in base_state.items()}, allow_missing=added)
+                _, added = load_grown_attention(expert, {p.name: p.asnumpy() for p in nets["base"].get_parameters()})
                 report = load_base_expert(expert, gen_expert_ckpt)
                 lacking = sorted(set(added) - set(report.names))
                 if lacking:
