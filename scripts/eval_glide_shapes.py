@@ -99,24 +99,27 @@ def main(argv=None):
             return {size: res[size] for size in (64, 256, 1024) if size <= args.stages}
 
         lows: list = []  # --first renders / --renders_from: the renders, in the prompts' order
-        start_step: dict = {}  # --renders_from: the base's grid step nearest T
+        start_step = None  # --renders_from: the base's grid step nearest T
+        if args.renders_from is not None:
+            import numpy as np
+
+            from mind_diffusion.diffusion.samplers import sampler_levels
+
+            ts = np.asarray(sampler_levels(str(s.sampler), pipe.schedule("base"), int(s.num_inference_steps))[0],
+                            np.float64)
+            start_step = max(1, int(np.argmin(np.abs(ts - args.renders_from))))
+            settings["renders_from_t"] = int(ts[start_step])
 
         def run_from(prompts, seed):
             import numpy as np
 
-            from mind_diffusion.diffusion.samplers import sampler_levels
             from mind_diffusion.utils.images import to_uint8
 
             init = np.stack([lows.pop(0) for _ in prompts]).astype(np.float32) / 127.5 - 1.0
             steps, sampler = int(s.num_inference_steps), str(s.sampler)
-            if "renders_from_t" not in settings:  # the grid step nearest T, found once
-                ts = np.asarray(sampler_levels(sampler, pipe.schedule("base"), steps)[0], np.float64)
-                start_step["k"] = max(1, int(np.argmin(np.abs(ts - args.renders_from))))
-                settings["renders_from_t"] = int(ts[start_step["k"]])
-            k = start_step["k"]
             tok, mask = pipe.tokenize(list(prompts), int(pipe.base_cfg["text_ctx"]))
             x = pipe.run_base(tok, mask, seed=seed, steps=steps, scale=float(s.guidance_scale), uncond=str(s.uncond),
-                              sampler=sampler, progress=False, init=init.transpose(0, 3, 1, 2), start_step=k)
+                              sampler=sampler, progress=False, init=init.transpose(0, 3, 1, 2), start_step=start_step)
             return later_stages(prompts, seed, x, {64: to_uint8(x)})
 
         def later_stages(prompts, seed, x, out):
